@@ -1,0 +1,231 @@
+"""Batch augmentations on the device, batch mixing (MixUp / CutMix / RICAP) and test-time augmentation.
+
+Order of a training batch (see `TrainTransform`):
+    uint8 (B,3,32,32) from the loader (crop / flip / cutout already applied)
+    -> AutoAugment, CIFAR10 policy, per image (torchvision v2, uint8)
+    -> float in [0, 255]: random affine (shift / scale / rotate), brightness / contrast,
+       hue / saturation / value, coarse dropout -- each with per-image parameters, one batched op
+    -> normalise (and resize, and channels_last)            [cifar_dist.data.Normalize]
+    -> mixing: per batch, RICAP or MixUp or CutMix or nothing -> soft targets
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from cifar_dist.config import AugConfig, LossConfig
+
+
+def _uniform(n: int, lo: float, hi: float, device) -> torch.Tensor:
+    return torch.rand(n, device=device) * (hi - lo) + lo
+
+
+def random_affine(x: torch.Tensor, prob: float, max_shift: float, max_scale: float, max_deg: float,
+                  mode: str = "bilinear") -> torch.Tensor:
+    """Per-image random shift (fraction of side), scale (1 +- max_scale) and rotation (+- max_deg).
+
+    x: float (B, C, H, W). Images outside `prob` are untouched; the border is filled with zeros.
+    """
+    b = x.shape[0]
+    on = torch.rand(b, device=x.device) < prob
+    if not bool(on.any()):
+        return x
+    ang = _uniform(b, -max_deg, max_deg, x.device) * math.pi / 180
+    scale = 1 + _uniform(b, -max_scale, max_scale, x.device)
+    tx, ty = (_uniform(b, -max_shift, max_shift, x.device) * 2 for _ in range(2))
+    cos, sin = torch.cos(ang) / scale, torch.sin(ang) / scale
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    ident = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]], device=x.device).expand(b, 2, 3)
+    theta = torch.where(on[:, None, None], theta, ident)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)
+
+
+def brightness_contrast(x: torch.Tensor, prob: float, brightness: float, contrast: float) -> torch.Tensor:
+    """x float in [0, 255]: x*(1+b) then contrast around each image's mean grey, clamped to [0, 255]."""
+    b = x.shape[0]
+    on = (torch.rand(b, device=x.device) < prob).float()[:, None, None, None]
+    fb = 1 + _uniform(b, -brightness, brightness, x.device)[:, None, None, None] * on
+    fc = 1 + _uniform(b, -contrast, contrast, x.device)[:, None, None, None] * on
+    x = x * fb
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    return ((x - mean) * fc + mean).clamp(0, 255)
+
+
+def hsv_jitter(x: torch.Tensor, prob: float, hue: float, saturation: float, value: float) -> torch.Tensor:
+    """x float in [0, 255]: per image hue shift (fraction of the wheel), saturation and value factors."""
+    from torchvision.transforms.v2 import functional as TF
+
+    b = x.shape[0]
+    on = torch.rand(b, device=x.device) < prob
+    fs = 1 + _uniform(b, -saturation, saturation, x.device)
+    fv = 1 + _uniform(b, -value, value, x.device)
+    dh = _uniform(b, -hue, hue, x.device)
+    out = x.clone()
+    for i in torch.nonzero(on).flatten().tolist():
+        img = x[i] / 255
+        img = TF.adjust_saturation(img, float(fs[i]))
+        img = TF.adjust_brightness(img, float(fv[i]))
+        if hue:
+            img = TF.adjust_hue(img, float(dh[i]))
+        out[i] = img.clamp(0, 1) * 255
+    return out
+
+
+def coarse_dropout(x: torch.Tensor, prob: float, holes: tuple[int, ...], size: tuple[int, ...]) -> torch.Tensor:
+    """Zero `holes[0]..holes[1]` squares of side `size[0]..size[1]` px, fully inside the image."""
+    b, _, h, w = x.shape
+    on = torch.rand(b, device=x.device) < prob
+    n_holes = torch.randint(holes[0], holes[1] + 1, (b,), device=x.device)
+    keep = torch.ones(b, 1, h, w, device=x.device)
+    ys, xs = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+    for k in range(holes[1]):
+        side = torch.randint(size[0], size[1] + 1, (b,), device=x.device)
+        y0 = (torch.rand(b, device=x.device) * (h - side + 1)).long()
+        x0 = (torch.rand(b, device=x.device) * (w - side + 1)).long()
+        in_y = (ys[None] >= y0[:, None]) & (ys[None] < (y0 + side)[:, None])
+        in_x = (xs[None] >= x0[:, None]) & (xs[None] < (x0 + side)[:, None])
+        hole = in_y[:, :, None] & in_x[:, None, :] & (on & (k < n_holes))[:, None, None]
+        keep = keep * (~hole).float()[:, None]
+    return x * keep
+
+
+class TrainTransform(torch.nn.Module):
+    """The on-device part of training augmentation: uint8 batch in, normalised float batch out."""
+
+    def __init__(self, aug: AugConfig, normalize: torch.nn.Module):
+        super().__init__()
+        self.aug, self.normalize = aug, normalize
+        self.autoaugment = None
+        if aug.autoaugment:
+            from torchvision.transforms import v2
+
+            self.autoaugment = v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.aug
+        if self.autoaugment is not None:
+            # One policy draw per image (a v2 transform on a batch would apply one draw to all).
+            x = torch.stack([self.autoaugment(img) for img in x])
+        x = x.float()
+        if a.rotation:
+            x = random_affine(x, 1.0, 0.0, 0.0, a.rotation, mode="nearest")
+        if a.affine_prob:
+            x = random_affine(x, a.affine_prob, a.affine_shift, a.affine_scale, a.affine_rotate)
+        if a.color_prob:
+            x = brightness_contrast(x, a.color_prob, a.brightness, a.contrast)
+        if a.hsv_prob:
+            x = hsv_jitter(x, a.hsv_prob, a.hue, a.saturation, a.value)
+        if a.dropout_prob:
+            x = coarse_dropout(x, a.dropout_prob, a.dropout_holes, a.dropout_size)
+        return self.normalize(x)
+
+
+def smooth_one_hot(y: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
+    """(B,) int -> (B, K) targets with `smoothing` spread evenly over all K classes."""
+    off = smoothing / num_classes
+    return torch.full((y.shape[0], num_classes), off, device=y.device).scatter_(1, y[:, None], 1 - smoothing + off)
+
+
+def ricap(x: torch.Tensor, y: torch.Tensor, beta: float, num_classes: int, smoothing: float):
+    """RICAP (Takahashi et al.): tile crops of 4 shuffled copies of the batch into each image.
+
+    x: (B, C, H, W) float, y: (B,) int. Returns mixed images and (B, K) soft targets in which each
+    source's label weighs its area fraction; the four weights sum to 1, so a RICAP batch carries the
+    same loss scale as a clean one.
+    """
+    b, _, h, w = x.shape
+    dist = torch.distributions.Beta(torch.tensor(float(beta)), torch.tensor(float(beta)))
+    cw = int(round(w * float(dist.sample())))
+    ch = int(round(h * float(dist.sample())))
+    widths, heights = [cw, w - cw, cw, w - cw], [ch, ch, h - ch, h - ch]
+    out = torch.empty_like(x)
+    target = torch.zeros(b, num_classes, device=x.device)
+    corners = [(0, 0), (0, cw), (ch, 0), (ch, cw)]
+    for k in range(4):
+        kw_, kh = widths[k], heights[k]
+        if kw_ == 0 or kh == 0:
+            continue
+        perm = torch.randperm(b, device=x.device)
+        x0 = int(torch.randint(0, w - kw_ + 1, (1,)))
+        y0 = int(torch.randint(0, h - kh + 1, (1,)))
+        oy, ox = corners[k]
+        out[:, :, oy : oy + kh, ox : ox + kw_] = x[perm, :, y0 : y0 + kh, x0 : x0 + kw_]
+        target += (kw_ * kh) / (w * h) * smooth_one_hot(y[perm], num_classes, smoothing)
+    return out, target
+
+
+class BatchMixer:
+    """Per batch, one uniform draw picks RICAP, MixUp, CutMix or nothing (seed 004's scheme).
+
+    MixUp and CutMix come from timm's `Mixup` (batch mode, CutMix lambda corrected for clipping);
+    RICAP is `ricap` above. Returns (images, soft targets (B, K)); label smoothing is folded into
+    the targets, so the loss is timm's SoftTargetCrossEntropy in every case.
+    """
+
+    def __init__(self, loss: LossConfig, num_classes: int):
+        from timm.data import Mixup
+
+        self.cfg, self.num_classes = loss, num_classes
+        mix_total = loss.mixup_prob + loss.cutmix_prob
+        if loss.ricap_prob + mix_total > 1 + 1e-9:
+            from cifar_dist.config import ConfigError
+
+            raise ConfigError(
+                f"--loss.ricap_prob + mixup_prob + cutmix_prob: expected a sum <= 1, found "
+                f"{loss.ricap_prob + mix_total:g}"
+            )
+        for prob, alpha, name in ((loss.mixup_prob, loss.mixup_alpha, "mixup"), (loss.cutmix_prob, loss.cutmix_alpha, "cutmix")):
+            if prob > 0 and alpha <= 0:
+                from cifar_dist.config import ConfigError
+
+                raise ConfigError(f"--loss.{name}_alpha: expected > 0 when {name}_prob > 0, found {alpha}")
+        self.mixup = None
+        if mix_total > 0:
+            self.mixup = Mixup(
+                mixup_alpha=loss.mixup_alpha if loss.mixup_prob > 0 else 0.0,
+                cutmix_alpha=loss.cutmix_alpha if loss.cutmix_prob > 0 else 0.0,
+                prob=1.0,
+                switch_prob=loss.cutmix_prob / mix_total if loss.mixup_prob > 0 and loss.cutmix_prob > 0 else 0.5,
+                mode="batch",
+                label_smoothing=loss.label_smoothing,
+                num_classes=num_classes,
+            )
+
+    @property
+    def active(self) -> bool:
+        return self.cfg.ricap_prob > 0 or self.mixup is not None
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.cfg
+        r = float(torch.rand(()))
+        if r < c.ricap_prob:
+            return ricap(x, y, c.ricap_beta, self.num_classes, c.label_smoothing)
+        if self.mixup is not None and r < c.ricap_prob + c.mixup_prob + c.cutmix_prob:
+            if x.shape[0] % 2:
+                raise ValueError(f"MixUp/CutMix need an even batch per process, found {x.shape[0]}")
+            return self.mixup(x, y)
+        return x, smooth_one_hot(y, self.num_classes, c.label_smoothing)
+
+
+def tta_views(x: torch.Tensor, mode: str) -> list[torch.Tensor]:
+    """Views of a normalised batch for test-time augmentation.
+
+    none: [x]; flip: [x, flipped x]; flip_translate: x and its flip, each also shifted by one pixel
+    in the four directions (zero fill = the mean colour after normalisation): 10 views.
+    """
+    if mode == "none":
+        return [x]
+    views = [x, x.flip(3)]
+    if mode == "flip_translate":
+        shifted = []
+        for v in views:
+            p = F.pad(v, (1, 1, 1, 1))
+            h, w = v.shape[-2:]
+            for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2)):
+                shifted.append(p[..., dy : dy + h, dx : dx + w])
+        views += shifted
+    return views

@@ -1,0 +1,374 @@
+"""One typed, frozen, nested configuration for a training run.
+
+Precedence, lowest first: dataclass defaults < preset < YAML file < command-line flags.
+Every override is checked against the field it targets: an unknown key, a wrong type or a value
+outside the allowed choices raises `ConfigError`, whose message is one line naming the key, what
+was expected and what was found. The CLI turns that into exit status 2.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # per-channel mean of CIFAR-10 train, in [0, 1]
+KUANGLIU_STD = (0.2023, 0.1994, 0.2010)  # the std most CIFAR repos copy (not the true std)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)  # the true per-channel std of CIFAR-10 train
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message is one line a user can act on."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dir: str = "data"  # folder with <name>_train.beton, <name>_test.beton (from `cifar-dist prepare`)
+    name: str = "cifar10"  # dataset prefix of the .beton files
+    loader: str = "tensor"  # "tensor": whole split resident on the device; "ffcv": FFCV pipeline
+    num_workers: int = 2  # FFCV decoding threads (ignored by the tensor loader)
+    val_size: int = 5000  # images held out of train for validation/early stopping (0 = none)
+    split_seed: int = 0  # seed of the train/validation split (independent of run.seed)
+    limit_train: int = 0  # use only the first N training images (0 = all); for smoke tests
+    limit_test: int = 0  # use only the first N test images (0 = all)
+    resolution: int = 32  # pixels; images are resized on the device when this is not 32
+    mean: tuple[float, ...] = CIFAR_MEAN  # normalisation mean, RGB in [0, 1]
+    std: tuple[float, ...] = KUANGLIU_STD  # normalisation std, RGB in [0, 1]
+
+
+@dataclass(frozen=True)
+class AugConfig:
+    crop_padding: int = 4  # pixels of zero padding for the random crop (0 = no crop)
+    flip: bool = True  # random horizontal flip, p = 0.5
+    cutout: int = 0  # side in pixels of one zeroed square (0 = off)
+    cutout_prob: float = 1.0  # probability that an image gets the cutout square
+    autoaugment: bool = False  # torchvision AutoAugment, CIFAR10 policy, per image on uint8
+    rotation: float = 0.0  # max degrees of a random rotation (0 = off)
+    affine_prob: float = 0.0  # probability of a random shift/scale/rotate (seed 004 style)
+    affine_shift: float = 0.0  # max shift as a fraction of the side
+    affine_scale: float = 0.0  # max relative scale change
+    affine_rotate: float = 0.0  # max degrees for the affine transform
+    color_prob: float = 0.0  # probability of brightness/contrast jitter
+    brightness: float = 0.0  # max relative brightness change
+    contrast: float = 0.0  # max relative contrast change
+    hsv_prob: float = 0.0  # probability of hue/saturation/value jitter
+    hue: float = 0.0  # max hue shift as a fraction of the colour wheel
+    saturation: float = 0.0  # max relative saturation change
+    value: float = 0.0  # max relative value (brightness) change
+    dropout_prob: float = 0.0  # probability of coarse dropout (holes)
+    dropout_holes: tuple[int, ...] = (1, 1)  # min and max number of holes
+    dropout_size: tuple[int, ...] = (8, 8)  # min and max hole side, pixels
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "simple_cnn"  # registered model name (`cifar-dist models`) or timm:<name>
+    dropout: float | None = None  # model's dropout; None keeps the model's own default
+    blocks: tuple[int, ...] | None = None  # blocks per stage (resnet18_cifar, tpsnet)
+    width: int | None = None  # stem width (resnet18_cifar)
+    shortcut_kernel: int | None = None  # projection-shortcut kernel (resnet18_cifar)
+    c1: int | None = None  # stem width (tpsnet)
+    k: int | None = None  # widening factor (tpsnet)
+    adaptive_pool: bool | None = None  # global adaptive pooling (soheilnet)
+    cifar_stem: bool | None = None  # 3x3 stride-1 stem for timm ImageNet models
+    max_params: int = 0  # refuse to train a model with more parameters (0 = no limit)
+    channels_last: bool = True  # NHWC memory format (faster convolutions on GPUs)
+    compile: bool = False  # torch.compile the model
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: str = "sgd"  # sgd | adam | adamw | adamax
+    lr: float = 0.1  # peak learning rate at ref_batch_size (see lr_scaling)
+    lr_scaling: str = "none"  # none | linear | sqrt: how lr follows global batch / ref_batch_size
+    ref_batch_size: int = 128  # global batch size the lr was tuned for
+    momentum: float = 0.9  # SGD momentum
+    nesterov: bool = False  # SGD Nesterov momentum
+    betas: tuple[float, ...] = (0.9, 0.999)  # Adam-family betas
+    eps: float = 1e-8  # Adam-family epsilon
+    weight_decay: float = 5e-4  # coupled L2 (decoupled for adamw)
+    wd_exempt_norm_bias: bool = False  # no weight decay on norm weights and biases
+    lookahead: bool = False  # wrap in Lookahead (timm)
+    lookahead_k: int = 5  # inner steps between slow-weight updates
+    lookahead_alpha: float = 0.5  # slow-weight step size
+    grad_clip: float = 0.0  # max global gradient norm (0 = off)
+    accum_steps: int = 1  # micro-batches per optimizer step
+
+
+@dataclass(frozen=True)
+class SchedConfig:
+    name: str = "cosine"  # cosine | onecycle | step | constant
+    warmup_epochs: float = 0.0  # linear warm-up length, epochs (fractions allowed)
+    warmup_start: float = 0.0  # lr factor at the first warm-up step
+    min_lr_ratio: float = 0.0  # floor of the cosine as a fraction of the peak lr
+    period_epochs: float = 0.0  # cosine period, epochs (0 = the run's epochs minus warm-up)
+    per_epoch: bool = False  # hold the lr constant within an epoch (as epoch-stepped schedulers do)
+    step_epochs: int = 30  # step schedule: epochs between decays
+    step_gamma: float = 0.1  # step schedule: decay factor
+    onecycle_pct: float = 0.3  # onecycle: fraction of steps spent rising
+    onecycle_div: float = 25.0  # onecycle: initial lr = peak / div
+    onecycle_final_div: float = 1e4  # onecycle: final lr = initial / final_div
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    label_smoothing: float = 0.0  # epsilon of label smoothing
+    mixup_alpha: float = 0.0  # Beta(alpha, alpha) for MixUp (0 = off)
+    cutmix_alpha: float = 0.0  # Beta(alpha, alpha) for CutMix (0 = off)
+    mixup_prob: float = 0.0  # per-batch probability of MixUp
+    cutmix_prob: float = 0.0  # per-batch probability of CutMix
+    ricap_prob: float = 0.0  # per-batch probability of RICAP
+    ricap_beta: float = 0.3  # Beta(beta, beta) for the RICAP crossing point
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "run"  # run directory name under out_dir
+    out_dir: str = "runs"  # parent directory of run directories
+    epochs: int = 10  # training epochs
+    global_batch_size: int = 512  # images per optimizer step summed over processes
+    eval_batch_size: int = 1024  # images per evaluation batch per process
+    seed: int = 0  # seed of weights, data order and augmentation
+    mixed_precision: str = "auto"  # auto (from `accelerate launch`) | no | bf16 | fp16
+    ema: bool = False  # keep an EMA of the weights (timm ModelEmaV3), updated every step
+    ema_decay: float = 0.999  # EMA decay per optimizer step
+    ema_warmup: bool = False  # timm EMA warm-up of the decay
+    tta: str = "none"  # none | flip | flip_translate: test-time augmentation of the final evals
+    early_stop_patience: int = 0  # stop after this many epochs without a better val acc (0 = off)
+    early_stop_window: int = 0  # seed 004 rule: window of epochs for the recent best (0 = off)
+    early_stop_drop: float = 2.0  # seed 004 rule: stop when val acc falls this many points below it
+    early_stop_start: int = 0  # seed 004 rule: first epoch the rule may fire
+    checkpoint_every_steps: int = 0  # extra checkpoint every N optimizer steps (0 = per epoch only)
+    eval_every: int = 1  # evaluate every N epochs (the last epoch always)
+    log_every_steps: int = 10  # TensorBoard scalars every N optimizer steps
+    progress: bool = True  # tqdm progress bar on the main process
+    deterministic: bool = False  # torch deterministic algorithms (slower on GPUs)
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    aug: AugConfig = field(default_factory=AugConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    preset: str = ""  # the preset this config started from (informational)
+
+
+# Values a string field may take; checked on every override.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.loader": ("tensor", "ffcv"),
+    "optim.name": ("sgd", "adam", "adamw", "adamax"),
+    "optim.lr_scaling": ("none", "linear", "sqrt"),
+    "sched.name": ("cosine", "onecycle", "step", "constant"),
+    "run.mixed_precision": ("auto", "no", "bf16", "fp16"),
+    "run.tta": ("none", "flip", "flip_translate"),
+}
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(key: str, tp: Any, value: Any) -> Any:
+    """Check `value` against the annotation `tp`; return it in canonical form or raise ConfigError."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        if isinstance(value, str) and value.lower() in ("none", "null") and type(None) in args:
+            return None
+        return _coerce(key, inner[0], value)
+    if origin is tuple:
+        if isinstance(value, str):
+            try:
+                value = yaml.safe_load(value if value.strip().startswith("[") else f"[{value}]")
+            except yaml.YAMLError as e:
+                raise ConfigError(f"{key}: expected a list of numbers, found {value!r}") from e
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, found {value!r}")
+        elem = args[0] if args else Any
+        return tuple(_coerce(key, elem, v) for v in value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise ConfigError(f"{key}: expected true or false, found {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, found {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected an integer, found {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, found {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, found {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, found {value!r}")
+    raise ConfigError(f"{key}: unsupported field type {_type_name(tp)}")
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls)}
+
+
+def _check(key: str, value: Any) -> None:
+    choices = CHOICES.get(key.lstrip("-"))
+    if choices and value not in choices:
+        raise ConfigError(f"{key}: expected one of {', '.join(choices)}, found {value!r}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+        raise ConfigError(f"{key}: expected a value >= 0, found {value!r}")
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
+    """Return `cfg` with dotted-key overrides applied, e.g. {"optim.lr": 0.2, "run.epochs": 3}.
+
+    Keys may also be nested dicts ({"optim": {"lr": 0.2}}), as a YAML file gives them.
+    """
+    flat: dict[str, Any] = {}
+    for k, v in overrides.items():
+        if isinstance(v, dict) and "." not in k and k in _field_types(Config):
+            for kk, vv in v.items():
+                flat[f"{k}.{kk}"] = vv
+        else:
+            flat[k] = v
+    sections = {name: getattr(cfg, name) for name in _field_types(Config) if is_dataclass(getattr(cfg, name))}
+    top: dict[str, Any] = {}
+    changes: dict[str, dict[str, Any]] = {}
+    for key, value in flat.items():
+        key = key.replace("-", "_")
+        if "." not in key:
+            if key == "preset":
+                top[key] = str(value)
+                continue
+            raise ConfigError(
+                f"--{key}: unknown option; expected --section.key=value with section one of "
+                f"{', '.join(sections)}"
+            )
+        section, _, name = key.partition(".")
+        if section not in sections:
+            raise ConfigError(f"--{key}: unknown section {section!r}; expected one of {', '.join(sections)}")
+        types_ = _field_types(type(sections[section]))
+        if name not in types_:
+            raise ConfigError(f"--{key}: unknown key; {section} has {', '.join(types_)}")
+        coerced = _coerce(f"--{key}", types_[name], value)
+        _check(f"--{key}", coerced)
+        changes.setdefault(section, {})[name] = coerced
+    new_sections = {s: replace(sections[s], **c) for s, c in changes.items()}
+    return replace(cfg, **new_sections, **top)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--config: {p}: file not found")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--config: {p}: not valid YAML ({str(e).splitlines()[0]})") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config: {p}: expected a mapping of sections, found {type(data).__name__}")
+    return data
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict (tuples as lists) for YAML/JSON dumps."""
+    out = {}
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        if is_dataclass(v):
+            v = to_dict(v)
+        elif isinstance(v, tuple):
+            v = list(v)
+        out[f.name] = v
+    return out
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"optim": {"lr": 0.1}} -> {"optim.lr": 0.1}."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def resolve(
+    preset: str | None = None, config_file: str | None = None, overrides: dict[str, Any] | None = None
+) -> Config:
+    """Build the run config: defaults < preset < YAML file < overrides."""
+    from cifar_dist.presets import get_preset
+
+    cfg = get_preset(preset) if preset else Config()
+    if config_file:
+        file_over = load_yaml(config_file)
+        if "preset" in file_over and not preset:
+            cfg = get_preset(str(file_over["preset"]))
+        file_over = {k: v for k, v in file_over.items() if k != "preset"}
+        cfg = apply_overrides(cfg, file_over)
+    if overrides:
+        cfg = apply_overrides(cfg, overrides)
+    return cfg
+
+
+def model_options(m: ModelConfig) -> dict[str, Any]:
+    """The model options that are set (not None), as keyword arguments for `create_model`."""
+    skip = {"name", "max_params", "channels_last", "compile"}
+    return {f.name: getattr(m, f.name) for f in fields(m) if f.name not in skip and getattr(m, f.name) is not None}
+
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "AugConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "SchedConfig",
+    "LossConfig",
+    "RunConfig",
+    "apply_overrides",
+    "resolve",
+    "to_dict",
+    "flatten",
+    "dump_yaml",
+    "model_options",
+]

@@ -1,0 +1,347 @@
+"""Loaders that feed training from `.beton` files written by `cifar-dist prepare`.
+
+Two loaders share one interface: iterating yields `(images, labels)` with `images` a uint8 tensor
+of shape (B, 3, 32, 32) on the target device (already cropped/flipped/cut out for training) and
+`labels` an int64 tensor of shape (B,). Normalisation to float happens afterwards on the device
+(`Normalize`): moving uint8 moves 4x fewer bytes to the GPU, and uint8-only augmentations
+(AutoAugment) can run in between.
+
+- `TensorLoader` reads a split once into one uint8 tensor on the device and augments whole batches
+  with tensor ops. The fastest path for CIFAR-sized data, deterministic per (seed, epoch, step),
+  which makes mid-epoch resume bit-exact, and the fallback where FFCV's loader cannot run.
+- `FFCVLoader` wraps `ffcv.loader.Loader` (random translate, flip, optional cutout in FFCV's
+  compiled pipeline). Its augmentation draws come from numba's RNG, so a resumed epoch matches
+  the data order but not the exact crops.
+
+Sharding: with `world_size` processes each rank sees a disjoint shard; training drops the
+ragged tail so every rank takes the same number of steps (`drop_last`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+class DataError(ValueError):
+    """A missing or malformed dataset file; the message is one line naming the file."""
+
+
+@dataclass(frozen=True)
+class Split:
+    """Where a split lives: the .beton file and, optionally, which of its rows to use."""
+
+    path: Path
+    indices: np.ndarray | None = None  # rows of the file, in order; None = all rows
+
+
+def beton_paths(data_dir: str | Path, name: str) -> tuple[Path, Path]:
+    """Return the train and test .beton paths, or raise DataError naming the missing one."""
+    d = Path(data_dir)
+    train, test = d / f"{name}_train.beton", d / f"{name}_test.beton"
+    for p in (train, test):
+        if not p.is_file():
+            raise DataError(
+                f"--data.dir: {p}: file not found; expected {name}_train.beton and {name}_test.beton "
+                f"written by `cifar-dist prepare SOURCE --out {d}`"
+            )
+    return train, test
+
+
+def read_manifest(data_dir: str | Path, name: str) -> dict:
+    p = Path(data_dir) / f"{name}_manifest.json"
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
+def num_rows(path: Path) -> int:
+    """Number of samples in a .beton file (reads only its header)."""
+    from ffcv.reader import Reader
+
+    return int(Reader(str(path)).num_samples)
+
+
+def train_val_split(n: int, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hold `val_size` random rows of `n` out for validation; both index arrays are sorted."""
+    if val_size >= n:
+        raise DataError(f"--data.val_size: expected fewer than the {n} training images, found {val_size}")
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[val_size:]), np.sort(perm[:val_size])
+
+
+def read_images(path: Path, indices: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Read a .beton image/label file into arrays: images (N, 32, 32, 3) uint8, labels (N,) int64.
+
+    Raw-mode images are copied straight out of the file; JPEG-mode images are decoded with OpenCV.
+    No FFCV Loader is involved, so no JIT warm-up and no thread-count side effects.
+    """
+    from ffcv.reader import Reader
+
+    try:
+        reader = Reader(str(path))
+    except Exception as e:  # noqa: BLE001 - FFCV raises assorted types for a bad header
+        raise DataError(f"{path}: not a readable .beton file ({e})") from e
+    meta = reader.metadata
+    names = meta.dtype.names
+    if names is None or len(names) != 2:
+        raise DataError(f"{path}: expected two fields (image, label), found {len(names)}")
+    img_meta, lab_meta = meta["f0"], meta["f1"]
+    rows = np.arange(len(meta)) if indices is None else np.asarray(indices)
+    labels = np.asarray(lab_meta[rows]).astype(np.int64).reshape(-1)
+    data = np.memmap(str(path), dtype=np.uint8, mode="r")
+    # alloc_table rows are (sample_id, ptr, size); a JPEG's byte length is its allocation's size.
+    table = np.sort(reader.alloc_table, order="ptr")
+    out = np.empty((len(rows), 32, 32, 3), dtype=np.uint8)
+    for i, r in enumerate(rows):
+        m = img_meta[r]
+        h, w = int(m["height"]), int(m["width"])
+        ptr = int(m["data_ptr"])
+        if h != 32 or w != 32:
+            raise DataError(f"{path}: expected 32x32 images, found {h}x{w} at row {r}")
+        if int(m["mode"]) == 0:  # jpg
+            import cv2
+
+            size = int(table["size"][np.searchsorted(table["ptr"], ptr)])
+            buf = np.frombuffer(data[ptr : ptr + size], dtype=np.uint8)
+            bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+            out[i] = bgr[:, :, ::-1]
+        else:  # raw HWC RGB
+            out[i] = np.asarray(data[ptr : ptr + h * w * 3]).reshape(h, w, 3)
+    return out, labels
+
+
+def batch_generator(seed: int, epoch: int, step: int, rank: int, device: torch.device) -> torch.Generator:
+    """A generator seeded by (seed, epoch, step, rank): augmentation draws do not depend on history."""
+    mixed = (seed * 1_000_003 + epoch * 10_007 + step * 101 + rank) % (2**63 - 1)
+    g = torch.Generator(device=device)
+    g.manual_seed(mixed)
+    return g
+
+
+def random_crop(x: torch.Tensor, padding: int, g: torch.Generator) -> torch.Tensor:
+    """Zero-pad (B, C, H, W) by `padding` and take one random HxW crop per image."""
+    if padding <= 0:
+        return x
+    b, c, h, w = x.shape
+    padded = F.pad(x, (padding, padding, padding, padding))
+    oy = torch.randint(0, 2 * padding + 1, (b,), device=x.device, generator=g)
+    ox = torch.randint(0, 2 * padding + 1, (b,), device=x.device, generator=g)
+    rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    bi = torch.arange(b, device=x.device)[:, None, None, None]
+    ci = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[bi, ci, rows, cols]
+
+
+def random_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Flip each image left-right with probability 0.5."""
+    mask = torch.rand(x.shape[0], device=x.device, generator=g) < 0.5
+    return torch.where(mask[:, None, None, None], x.flip(3), x)
+
+
+def cutout(x: torch.Tensor, size: int, prob: float, fill: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Fill one size x size square per image with `fill` (C,), centred anywhere, clipped at borders."""
+    if size <= 0 or prob <= 0:
+        return x
+    b, _, h, w = x.shape
+    cy = torch.randint(0, h, (b,), device=x.device, generator=g)
+    cx = torch.randint(0, w, (b,), device=x.device, generator=g)
+    on = torch.rand(b, device=x.device, generator=g) < prob
+    ys = torch.arange(h, device=x.device)[None, :]
+    xs = torch.arange(w, device=x.device)[None, :]
+    y0, x0 = (cy - size // 2)[:, None], (cx - size // 2)[:, None]
+    in_y = (ys >= y0) & (ys < y0 + size)
+    in_x = (xs >= x0) & (xs < x0 + size)
+    mask = (in_y[:, :, None] & in_x[:, None, :] & on[:, None, None])[:, None]
+    return torch.where(mask, fill.view(1, -1, 1, 1).to(x.dtype), x)
+
+
+class TensorLoader:
+    """A split resident on the device as one uint8 tensor, augmented batch-wise.
+
+    Yields (images uint8 (B, 3, 32, 32), labels int64 (B,)). Order and augmentation are a pure
+    function of (seed, epoch, step, rank): `set_epoch(e)` then iterate; `iter_from(step)` starts
+    mid-epoch, which is how an interrupted epoch resumes.
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray | torch.Tensor,
+        labels: np.ndarray | torch.Tensor,
+        *,
+        batch_size: int,
+        device: torch.device | str = "cpu",
+        train: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool | None = None,
+        crop_padding: int = 0,
+        flip: bool = False,
+        cutout_size: int = 0,
+        cutout_prob: float = 1.0,
+        cutout_fill: tuple[int, ...] = (0, 0, 0),
+    ):
+        self.device = torch.device(device)
+        imgs = torch.as_tensor(images)
+        if imgs.ndim != 4:
+            raise DataError(f"expected images of shape (N, H, W, 3) or (N, 3, H, W), found {tuple(imgs.shape)}")
+        if imgs.shape[-1] == 3 and imgs.shape[1] != 3:
+            imgs = imgs.permute(0, 3, 1, 2)
+        self.images = imgs.contiguous().to(self.device)
+        self.labels = torch.as_tensor(labels, dtype=torch.int64).to(self.device)
+        self.batch_size = batch_size
+        self.train = train
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.drop_last = train if drop_last is None else drop_last
+        self.crop_padding, self.flip = crop_padding, flip
+        self.cutout_size, self.cutout_prob = cutout_size, cutout_prob
+        self.cutout_fill = torch.tensor(cutout_fill, dtype=torch.uint8, device=self.device)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _shard(self) -> torch.Tensor:
+        n = len(self.labels)
+        if self.train:
+            g = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
+            order = torch.randperm(n, generator=g)
+        else:
+            order = torch.arange(n)
+        if self.drop_last:
+            per_rank = (n // (self.batch_size * self.world_size)) * self.batch_size
+            return order[self.rank * per_rank : (self.rank + 1) * per_rank]
+        return order[self.rank :: self.world_size]
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        if self.drop_last:
+            return n // (self.batch_size * self.world_size)
+        return math.ceil(len(range(self.rank, n, self.world_size)) / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.iter_from(0)
+
+    def iter_from(self, start_step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        idx = self._shard().to(self.device)
+        for step in range(start_step, len(self)):
+            sel = idx[step * self.batch_size : (step + 1) * self.batch_size]
+            x, y = self.images[sel], self.labels[sel]
+            if self.train:
+                g = batch_generator(self.seed, self.epoch, step, self.rank, self.device)
+                if self.crop_padding:
+                    x = random_crop(x, self.crop_padding, g)
+                if self.flip:
+                    x = random_flip(x, g)
+                if self.cutout_size:
+                    x = cutout(x, self.cutout_size, self.cutout_prob, self.cutout_fill, g)
+            yield x, y
+
+
+class FFCVLoader:
+    """FFCV's compiled loader over a .beton file, with the same interface as `TensorLoader`.
+
+    The pipeline decodes, random-translates with zero padding, flips and (optionally) cuts out in
+    FFCV's JIT-compiled code, then moves uint8 NCHW batches to the device. Sharding across ranks is
+    FFCV's `distributed=True` (reads torch.distributed's rank and world size).
+    """
+
+    def __init__(
+        self,
+        split: Split,
+        *,
+        batch_size: int,
+        device: torch.device | str = "cpu",
+        train: bool = False,
+        seed: int = 0,
+        distributed: bool = False,
+        num_workers: int = 2,
+        drop_last: bool | None = None,
+        crop_padding: int = 0,
+        flip: bool = False,
+        cutout_size: int = 0,
+        cutout_prob: float = 1.0,
+        cutout_fill: tuple[int, ...] = (0, 0, 0),
+    ):
+        from ffcv.fields.basics import IntDecoder
+        from ffcv.fields.rgb_image import SimpleRGBImageDecoder
+        from ffcv.loader import Loader, OrderOption
+        from ffcv.transforms import Cutout, RandomHorizontalFlip, RandomTranslate, Squeeze, ToDevice, ToTensor, ToTorchImage
+
+        self.device = torch.device(device)
+        threads = torch.get_num_threads()
+        image_ops: list = [SimpleRGBImageDecoder()]
+        if train:
+            if flip:
+                image_ops.append(RandomHorizontalFlip())
+            if crop_padding:
+                image_ops.append(RandomTranslate(padding=crop_padding, fill=(0, 0, 0)))
+            if cutout_size:
+                if cutout_prob < 1.0:
+                    raise DataError("--aug.cutout_prob: the ffcv loader cuts out every image; use 1.0 or data.loader=tensor")
+                image_ops.append(Cutout(cutout_size, tuple(int(v) for v in cutout_fill)))
+        image_ops += [ToTensor(), ToDevice(self.device, non_blocking=True), ToTorchImage(channels_last=False)]
+        label_ops = [IntDecoder(), ToTensor(), Squeeze(), ToDevice(self.device, non_blocking=True)]
+        self.loader = Loader(
+            str(split.path),
+            batch_size=batch_size,
+            num_workers=num_workers,
+            order=OrderOption.RANDOM if train else OrderOption.SEQUENTIAL,
+            drop_last=train if drop_last is None else drop_last,
+            indices=None if split.indices is None else np.asarray(split.indices),
+            pipelines={"image": image_ops, "label": label_ops},
+            distributed=distributed,
+            seed=seed,
+        )
+        torch.set_num_threads(threads)  # FFCV resets torch's thread count; put it back
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        # FFCV's Loader keeps its own epoch counter and seeds its order with seed + epoch.
+        self.loader.next_epoch = epoch
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.iter_from(0)
+
+    def iter_from(self, start_step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        threads = torch.get_num_threads()
+        it = iter(self.loader)
+        torch.set_num_threads(threads)
+        for step, (x, y) in enumerate(it):
+            if step >= start_step:
+                yield x, y.long()
+
+
+class Normalize(torch.nn.Module):
+    """uint8 (B, 3, H, W) -> float (B, 3, R, R), normalised, optionally channels_last and resized.
+
+    `mean`/`std` are RGB in [0, 1]. Resizing (bilinear, antialiased) happens before normalisation
+    so a model trained at a different resolution (seed 000's 320 px) sees the same pipeline.
+    """
+
+    def __init__(self, mean, std, resolution: int = 32, channels_last: bool = False, dtype=torch.float32):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255)
+        self.resolution, self.channels_last, self.dtype = resolution, channels_last, dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        if x.shape[-1] != self.resolution:
+            x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear", antialias=True,
+                              align_corners=False)
+        x = (x - self.mean) / self.std
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x.to(self.dtype)

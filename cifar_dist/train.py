@@ -1,0 +1,439 @@
+"""Train one configuration with DDP and mixed precision through HuggingFace Accelerate.
+
+One code path for every machine; the hardware lives in launch/*.yaml:
+
+    # CPU, one process (tests, laptops)
+    python -m cifar_dist.train --preset=smoke --data.dir=data
+    # CPU, two processes (real gloo DDP)
+    accelerate launch --config_file launch/cpu.yaml -m cifar_dist.train --preset=smoke
+    # one GPU, bf16
+    accelerate launch --config_file launch/1gpu.yaml -m cifar_dist.train --preset=seed002_tpsnet
+    # 8 GPUs on one node
+    accelerate launch --config_file launch/multi_gpu.yaml -m cifar_dist.train --preset=fast
+    # several nodes (SLURM supplies rank and main address): sbatch slurm/train.sh --preset=...
+
+Flags: --preset=NAME, --config=run.yaml, --section.key=value (e.g. --optim.lr=0.2), in that
+precedence; --print_config prints the resolved config and exits; --resume=auto continues from
+runs/<name>/checkpoints/last. Exit status: 0 done, 2 bad input, 3 stopped by SIGTERM/SIGUSR1 after
+saving a checkpoint, 4 stopped on a non-finite loss (the last good checkpoint is kept).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cifar_dist import checkpoint as ckpt
+from cifar_dist.augment import BatchMixer, TrainTransform, tta_views
+from cifar_dist.config import Config, ConfigError, dump_yaml, flatten, model_options, to_dict
+from cifar_dist.data import (
+    DataError,
+    FFCVLoader,
+    Normalize,
+    Split,
+    TensorLoader,
+    beton_paths,
+    num_rows,
+    read_images,
+    read_manifest,
+    train_val_split,
+)
+from cifar_dist.logs import RunLogger, confusion_figure
+from cifar_dist.optim import Schedule, build_optimizer, scaled_lr
+
+EXIT_OK, EXIT_BAD_INPUT, EXIT_PREEMPTED, EXIT_NONFINITE = 0, 2, 3, 4
+
+
+class StopRun(Exception):
+    """Raised inside the loop to end the run with an exit status (after any saving is done)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class SignalFlag:
+    """Remembers that SIGTERM or SIGUSR1 arrived; the loop checks it between steps."""
+
+    def __init__(self):
+        self.signum = 0
+        for s in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(s, self._handle)
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+
+def should_stop_early(history: list[float], patience: int, window: int, drop: float, start: int) -> bool:
+    """Early-stopping rules on validation accuracies (%, one per evaluated epoch, oldest first).
+
+    patience: stop when the best value is `patience` or more evaluations old.
+    window rule (seed 004): from evaluation `start` on, stop when the latest value is more than
+    `drop` points below the best of the last `window` values (the latest included).
+    """
+    if not history:
+        return False
+    if patience and len(history) - 1 - int(np.argmax(history)) >= patience:
+        return True
+    if window and len(history) >= max(start, 1):
+        recent = history[-window:]
+        return history[-1] < max(recent) - drop
+    return False
+
+
+def build_loaders(cfg: Config, accelerator, per_device_batch: int):
+    """Train, validation and test loaders for this process, plus class names."""
+    d = cfg.data
+    train_path, test_path = beton_paths(d.dir, d.name)
+    n_train = num_rows(train_path)
+    if d.limit_train:
+        n_train = min(n_train, d.limit_train)
+    train_idx, val_idx = np.arange(n_train), None
+    if d.val_size:
+        train_idx, val_idx = train_val_split(n_train, d.val_size, d.split_seed)
+    n_test = num_rows(test_path)
+    test_idx = np.arange(min(n_test, d.limit_test)) if d.limit_test else None
+    a = cfg.aug
+    mean_fill = tuple(int(round(m * 255)) for m in d.mean)
+    aug_kw = dict(crop_padding=a.crop_padding, flip=a.flip, cutout_size=a.cutout, cutout_prob=a.cutout_prob,
+                  cutout_fill=mean_fill)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    eval_bs = cfg.run.eval_batch_size
+    if d.loader == "tensor":
+        x_train, y_train = read_images(train_path, np.arange(n_train))
+        x_test, y_test = read_images(test_path, test_idx)
+        common = dict(device=accelerator.device, rank=rank, world_size=world)
+        train = TensorLoader(x_train[train_idx], y_train[train_idx], batch_size=per_device_batch, train=True,
+                             seed=cfg.run.seed, **common, **aug_kw)
+        val = None if val_idx is None else TensorLoader(x_train[val_idx], y_train[val_idx], batch_size=eval_bs, **common)
+        test = TensorLoader(x_test, y_test, batch_size=eval_bs, **common)
+    else:
+        dist = world > 1
+        common = dict(device=accelerator.device, num_workers=d.num_workers, distributed=dist)
+        train = FFCVLoader(Split(train_path, train_idx), batch_size=per_device_batch, train=True, seed=cfg.run.seed,
+                           **common, **aug_kw)
+        val = None if val_idx is None else FFCVLoader(Split(train_path, val_idx), batch_size=eval_bs, **common)
+        test = FFCVLoader(Split(test_path, test_idx), batch_size=eval_bs, **common)
+    classes = read_manifest(d.dir, d.name).get("classes") or [str(i) for i in range(10)]
+    return train, val, test, classes
+
+
+@torch.no_grad()
+def evaluate(model, loader, normalize, accelerator, num_classes: int, tta: str = "none") -> dict:
+    """Accuracy (%), mean loss and confusion matrix over the whole split, summed over processes.
+
+    With TTA the softmax probabilities of the views are averaged; the loss is the NLL of that mean.
+    """
+    was_training = model.training
+    model.eval()
+    stats = torch.zeros(3, device=accelerator.device, dtype=torch.float64)  # correct, loss sum, count
+    confusion = torch.zeros(num_classes * num_classes, device=accelerator.device, dtype=torch.float64)
+    for x, y in loader:
+        x = normalize(x)
+        with accelerator.autocast():
+            if tta == "none":
+                logp = F.log_softmax(model(x).float(), dim=1)
+            else:
+                probs = torch.stack([F.softmax(model(v).float(), dim=1) for v in tta_views(x, tta)]).mean(0)
+                logp = probs.clamp_min(1e-12).log()
+        pred = logp.argmax(1)
+        stats += torch.stack([(pred == y).sum().double(), F.nll_loss(logp, y, reduction="sum").double(),
+                              torch.tensor(float(y.numel()), device=y.device, dtype=torch.float64)])
+        confusion += torch.bincount(y * num_classes + pred, minlength=num_classes * num_classes).double()
+    stats = accelerator.reduce(stats, reduction="sum")
+    confusion = accelerator.reduce(confusion, reduction="sum")
+    model.train(was_training)
+    n = max(float(stats[2]), 1.0)
+    return {"acc": 100.0 * float(stats[0]) / n, "loss": float(stats[1]) / n,
+            "confusion": confusion.view(num_classes, num_classes).long().cpu().tolist()}
+
+
+def train_one_epoch(model, loader, start_step, optimizer, schedule, accelerator, transform, mixer, criterion,
+                    ema, grad_clip, state, on_step):
+    """Train over `loader` from `start_step`; `state` accumulates the epoch's global sums.
+
+    `on_step(step_in_epoch, loss)` runs after every optimizer step (logging, checkpoints, signals).
+    """
+    model.train()
+    for step, (x, y) in enumerate(loader.iter_from(start_step), start=start_step):
+        t0 = time.perf_counter()
+        with accelerator.accumulate(model):
+            x = transform(x)
+            x, target = mixer(x, y) if mixer.active else (x, y)
+            logits = model(x)
+            loss = criterion(logits, target)
+            accelerator.backward(loss)
+            if grad_clip and accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(model.parameters(), grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        if accelerator.sync_gradients:
+            state.global_step += 1
+            schedule.set(state.global_step)
+            if ema is not None:
+                ema.update(accelerator.unwrap_model(model), step=state.global_step)
+        label = target.argmax(1) if target.ndim == 2 else target
+        batch = torch.stack([loss.detach().double() * y.numel(), (logits.argmax(1) == label).sum().double(),
+                             torch.tensor(float(y.numel()), dtype=torch.float64, device=y.device)])
+        batch = accelerator.reduce(batch, reduction="sum")
+        state.loss_sum += float(batch[0])
+        state.correct += float(batch[1])
+        state.seen += int(batch[2])
+        state.train_seconds += time.perf_counter() - t0
+        state.step_in_epoch = step + 1
+        on_step(step, float(batch[0] / batch[2]))
+
+
+def train(cfg: Config, resume: str = "none") -> int:
+    """Run `cfg` to the end (or to a stop signal); return the exit status."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+    from timm.utils import ModelEmaV3
+
+    from cifar_dist.models import count_params, create_model
+
+    r, o = cfg.run, cfg.optim
+    mp = None if r.mixed_precision == "auto" else r.mixed_precision
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mp,
+                              gradient_accumulation_steps=o.accum_steps)
+    world = accelerator.num_processes
+    if r.global_batch_size % (world * o.accum_steps):
+        raise ConfigError(f"--run.global_batch_size: expected a multiple of processes x accum_steps = "
+                          f"{world * o.accum_steps}, found {r.global_batch_size}")
+    per_device = r.global_batch_size // (world * o.accum_steps)
+    set_seed(r.seed)
+    if r.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    run_dir = Path(r.out_dir) / r.name
+    ckpt_dir = run_dir / "checkpoints"
+
+    train_loader, val_loader, test_loader, classes = build_loaders(cfg, accelerator, per_device)
+    if len(train_loader) == 0:
+        raise ConfigError(f"--run.global_batch_size: {r.global_batch_size} is larger than the training split")
+    num_classes = len(classes)
+    model = create_model(cfg.model.name, num_classes=num_classes, **model_options(cfg.model))
+    n_params = count_params(model)
+    if cfg.model.max_params and n_params > cfg.model.max_params:
+        raise ConfigError(f"--model.max_params: {cfg.model.name} has {n_params:,} parameters, over the budget "
+                          f"of {cfg.model.max_params:,}")
+    if cfg.model.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    steps_per_epoch = len(train_loader) // o.accum_steps
+    peak_lr = scaled_lr(o, r.global_batch_size)
+    optimizer = build_optimizer(model, o, peak_lr)
+    schedule = Schedule(optimizer, cfg.sched, peak_lr, steps_per_epoch, r.epochs)
+    ema = ModelEmaV3(model, decay=r.ema_decay, use_warmup=r.ema_warmup) if r.ema else None
+    if cfg.model.compile:
+        model = torch.compile(model)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    schedule.optimizer = optimizer
+    if ema is not None:
+        ema.module.to(accelerator.device)
+        accelerator.register_for_checkpointing(ema)
+
+    normalize = Normalize(cfg.data.mean, cfg.data.std, cfg.data.resolution, cfg.model.channels_last).to(accelerator.device)
+    transform = TrainTransform(cfg.aug, normalize)
+    mixer = BatchMixer(cfg.loss, num_classes)
+    if mixer.active:
+        criterion = SoftTargetCrossEntropy()
+    elif cfg.loss.label_smoothing:
+        criterion = LabelSmoothingCrossEntropy(cfg.loss.label_smoothing)
+    else:
+        criterion = torch.nn.CrossEntropyLoss()
+
+    state = ckpt.TrainState()
+    last = ckpt.find_last(ckpt_dir) if resume == "auto" else None
+    if resume not in ("auto", "none"):
+        raise ConfigError(f"--resume: expected auto or none, found {resume!r}")
+    if last is not None:
+        state = ckpt.load(accelerator, last)
+        if not accelerator.is_main_process:  # the saved sums are global; count them once
+            state.loss_sum = state.correct = state.train_seconds = 0.0
+            state.seen = 0
+        schedule.set(state.global_step)
+    logger = RunLogger(run_dir, accelerator.is_main_process, purge_step=state.global_step if last else None)
+    if last is not None:
+        logger.truncate_metrics(state.epoch)
+    logger.write_start(dump_yaml(cfg), {"world_size": world, "device": str(accelerator.device),
+                                        "mixed_precision": accelerator.mixed_precision, "params": n_params})
+    logger.text("model/params", f"{cfg.model.name}: {n_params:,} parameters")
+    logger.scalar("model/params", n_params, 0)
+    accelerator.print(
+        f"cifar_dist: {cfg.preset or 'custom'} | model {cfg.model.name} ({n_params:,} params) | processes {world} "
+        f"({accelerator.distributed_type}, {accelerator.device}, precision {accelerator.mixed_precision}) | "
+        f"batch {per_device}/device x {world} x accum {o.accum_steps} = {r.global_batch_size} global | "
+        f"lr {peak_lr:g} = {o.lr:g} x ({r.global_batch_size}/{o.ref_batch_size})^{o.lr_scaling} | "
+        f"{steps_per_epoch} steps/epoch x {r.epochs} epochs | run dir {run_dir}"
+        + (f" | resumed at epoch {state.epoch + 1} step {state.step_in_epoch}" if last else "")
+    )
+
+    flag = SignalFlag()
+    session_start = time.time()
+
+    def save_last():
+        state.wall_seconds += time.time() - session_start
+        ckpt.save(accelerator, ckpt_dir, state)
+        state.wall_seconds -= time.time() - session_start
+
+    def on_step(step: int, loss: float) -> None:
+        check = accelerator.reduce(torch.tensor([float(flag.signum), float(not math.isfinite(loss))],
+                                                device=accelerator.device), reduction="sum")
+        if check[1] > 0:
+            raise StopRun(EXIT_NONFINITE, f"error: non-finite loss at epoch {state.epoch + 1} step {step + 1}; "
+                          f"stopping, last good checkpoint kept in {ckpt_dir / 'last'}")
+        if check[0] > 0:
+            save_last()
+            raise StopRun(EXIT_PREEMPTED, f"stopped by signal at epoch {state.epoch + 1} step {step + 1}; "
+                          f"checkpoint saved, resume with --resume=auto")
+        if state.global_step % r.log_every_steps == 0:
+            logger.scalar("train/loss", loss, state.global_step)
+            logger.scalar("train/lr", optimizer.param_groups[0]["lr"], state.global_step)
+        if r.checkpoint_every_steps and state.global_step % r.checkpoint_every_steps == 0:
+            save_last()
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+
+    from tqdm.auto import tqdm
+
+    status = "finished"
+    try:
+        while state.epoch < r.epochs:
+            epoch = state.epoch
+            train_loader.set_epoch(epoch)
+            bar = None
+            if accelerator.is_main_process and r.progress:
+                bar = tqdm(total=len(train_loader), initial=state.step_in_epoch, desc=f"epoch {epoch + 1}/{r.epochs}",
+                           leave=False, dynamic_ncols=True)
+            train_one_epoch(model, train_loader, state.step_in_epoch, optimizer, schedule, accelerator, transform,
+                            mixer, criterion, ema, o.grad_clip, state, on_step)
+            if bar is not None:
+                bar.close()
+            row = {"epoch": epoch + 1, "step": state.global_step,
+                   "train_loss": state.loss_sum / max(state.seen, 1), "train_acc": 100 * state.correct / max(state.seen, 1),
+                   "lr": optimizer.param_groups[0]["lr"], "images_per_s": state.seen / max(state.train_seconds, 1e-9),
+                   "epoch_s": state.train_seconds}
+            stop = False
+            if (epoch + 1) % r.eval_every == 0 or epoch + 1 == r.epochs:
+                plain = accelerator.unwrap_model(model)
+                if val_loader is not None:
+                    row["val_acc"] = evaluate(plain, val_loader, normalize, accelerator, num_classes)["acc"]
+                    if ema is not None:
+                        row["ema_val_acc"] = evaluate(ema.module, val_loader, normalize, accelerator, num_classes)["acc"]
+                test = evaluate(plain, test_loader, normalize, accelerator, num_classes)
+                row["test_acc"], row["test_loss"] = test["acc"], test["loss"]
+                if ema is not None:
+                    row["ema_test_acc"] = evaluate(ema.module, test_loader, normalize, accelerator, num_classes)["acc"]
+                if "val_acc" in row:
+                    state.val_history.append(row["val_acc"])
+                    if row["val_acc"] > state.best_val_acc:
+                        state.best_val_acc, state.best_epoch = row["val_acc"], epoch + 1
+                        if accelerator.is_main_process:
+                            ckpt.save_best(plain, ema, ckpt_dir, epoch + 1, row["val_acc"])
+                    stop = should_stop_early(state.val_history, r.early_stop_patience, r.early_stop_window,
+                                             r.early_stop_drop, r.early_stop_start)
+            row["epoch_s"] = state.train_seconds
+            logger.log_epoch(row)
+            accelerator.print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+            state.epoch, state.step_in_epoch = epoch + 1, 0
+            state.loss_sum = state.correct = state.train_seconds = 0.0
+            state.seen = 0
+            save_last()
+            if stop:
+                status = "early_stopped"
+                accelerator.print(f"early stop after epoch {epoch + 1}: val acc {row['val_acc']:.2f} "
+                                  f"(best {state.best_val_acc:.2f} at epoch {state.best_epoch})")
+                break
+    except StopRun as e:
+        logger.close()
+        if accelerator.is_main_process:
+            print(str(e), file=sys.stderr, flush=True)
+        accelerator.end_training()
+        return e.status
+
+    result = finish(cfg, accelerator, model, ema, test_loader, normalize, num_classes, classes, ckpt_dir, state,
+                    n_params, status, logger, time.time() - session_start)
+    accelerator.print(f"done: test acc {result['final']['test_acc']:.2f}% (tta {result['final']['test_acc_tta']:.2f}%), "
+                      f"best val epoch {result['best']['epoch']}, result in {run_dir / 'result.json'}")
+    logger.close()
+    accelerator.end_training()
+    return EXIT_OK
+
+
+def finish(cfg, accelerator, model, ema, test_loader, normalize, num_classes, classes, ckpt_dir, state, n_params,
+           status, logger, session_seconds) -> dict:
+    """Final evaluations (final and best weights, with TTA), result.json, hparams, confusion matrix."""
+    plain = accelerator.unwrap_model(model)
+    tta = cfg.run.tta
+    final = evaluate(plain, test_loader, normalize, accelerator, num_classes)
+    final_tta = evaluate(plain, test_loader, normalize, accelerator, num_classes, tta) if tta != "none" else final
+    res_final = {"test_acc": final["acc"], "test_loss": final["loss"], "test_acc_tta": final_tta["acc"]}
+    if ema is not None:
+        res_final["ema_test_acc"] = evaluate(ema.module, test_loader, normalize, accelerator, num_classes)["acc"]
+    best = {"epoch": state.epoch, "val_acc": None, "test_acc": final["acc"], "test_acc_tta": final_tta["acc"]}
+    saved = ckpt.load_best(ckpt_dir) if state.best_epoch else None
+    if saved is not None:
+        import copy
+
+        best_model = copy.deepcopy(plain)
+        best_model.load_state_dict(saved["model"])
+        b = evaluate(best_model, test_loader, normalize, accelerator, num_classes)
+        b_tta = evaluate(best_model, test_loader, normalize, accelerator, num_classes, tta) if tta != "none" else b
+        best = {"epoch": state.best_epoch, "val_acc": state.best_val_acc, "test_acc": b["acc"], "test_acc_tta": b_tta["acc"]}
+    rows = []
+    from cifar_dist.logs import read_metrics
+
+    rows = read_metrics(logger.metrics_path) if accelerator.is_main_process else []
+    ips = [row["images_per_s"] for row in rows if "images_per_s" in row]
+    result = {
+        "name": cfg.run.name, "preset": cfg.preset, "status": status, "epochs": state.epoch,
+        "params": n_params, "world_size": accelerator.num_processes, "final": res_final, "best": best,
+        "images_per_s": float(np.mean(ips)) if ips else None,
+        "wall_s": state.wall_seconds + session_seconds,
+    }
+    if accelerator.is_main_process:
+        logger.figure("test/confusion_matrix", confusion_figure(final["confusion"], classes), state.epoch)
+        hp = {k: v for k, v in flatten(to_dict(cfg)).items()}
+        logger.hparams(hp, {"test_acc": final["acc"], "test_acc_tta": final_tta["acc"], "best_val_acc": best["val_acc"],
+                            "best_test_acc": best["test_acc"]})
+    logger.finish(result)
+    return result
+
+
+def run_cli(preset: str | None = None, config: str | None = None, resume: str = "none", print_config: bool = False,
+            **overrides) -> int:
+    """Resolve the config from flags and train; errors in the input become one line and status 2."""
+    from cifar_dist.config import resolve
+
+    try:
+        cfg = resolve(preset, config, overrides)
+        if print_config:
+            print(dump_yaml(cfg), end="")
+            return EXIT_OK
+        return train(cfg, resume=str(resume))
+    except (ConfigError, DataError, ValueError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python -m cifar_dist.train` (Fire parses `--section.key=value` flags)."""
+    from cifar_dist.cli import fire_call, train_help
+
+    return fire_call(run_cli, argv, name="cifar_dist.train", help_text=train_help)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())
+
