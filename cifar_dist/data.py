@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,19 @@ def read_images(path: Path, indices: np.ndarray | None = None) -> tuple[np.ndarr
         else:  # raw HWC RGB
             out[i] = np.asarray(data[ptr : ptr + h * w * 3]).reshape(h, w, 3)
     return out, labels
+
+
+def compute_threads() -> int:
+    """Torch threads this process should use: OMP_NUM_THREADS, else the cores split over local processes.
+
+    `import ffcv` sets torch's thread count to 1 and every FFCV Loader/epoch resets it to the loader's
+    worker count, silently slowing model compute in the same process; FFCVLoader puts this back.
+    """
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return max(1, (os.cpu_count() or 1) // local)
 
 
 def batch_generator(seed: int, epoch: int, step: int, rank: int, device: torch.device) -> torch.Generator:
@@ -216,8 +230,10 @@ class TensorLoader:
         else:
             order = torch.arange(n)
         if self.drop_last:
-            per_rank = (n // (self.batch_size * self.world_size)) * self.batch_size
-            return order[self.rank * per_rank : (self.rank + 1) * per_rank]
+            # Global batch s is order[s*B:(s+1)*B] whatever the world size; rank r takes its r-th
+            # slice, so N processes see exactly the batches one process would (DDP == 1 process).
+            steps, b = len(self), self.batch_size
+            return order[: steps * b * self.world_size].view(steps, self.world_size, b)[:, self.rank].reshape(-1)
         return order[self.rank :: self.world_size]
 
     def __len__(self) -> int:
@@ -273,10 +289,17 @@ class FFCVLoader:
         from ffcv.fields.basics import IntDecoder
         from ffcv.fields.rgb_image import SimpleRGBImageDecoder
         from ffcv.loader import Loader, OrderOption
-        from ffcv.transforms import Cutout, RandomHorizontalFlip, RandomTranslate, Squeeze, ToDevice, ToTensor, ToTorchImage
+        from ffcv.transforms import (
+            Cutout,
+            RandomHorizontalFlip,
+            RandomTranslate,
+            Squeeze,
+            ToDevice,
+            ToTensor,
+            ToTorchImage,
+        )
 
         self.device = torch.device(device)
-        threads = torch.get_num_threads()
         image_ops: list = [SimpleRGBImageDecoder()]
         if train:
             if flip:
@@ -300,7 +323,7 @@ class FFCVLoader:
             distributed=distributed,
             seed=seed,
         )
-        torch.set_num_threads(threads)  # FFCV resets torch's thread count; put it back
+        torch.set_num_threads(compute_threads())  # FFCV resets torch's thread count; put it back
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -315,9 +338,8 @@ class FFCVLoader:
         return self.iter_from(0)
 
     def iter_from(self, start_step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        threads = torch.get_num_threads()
         it = iter(self.loader)
-        torch.set_num_threads(threads)
+        torch.set_num_threads(compute_threads())
         for step, (x, y) in enumerate(it):
             if step >= start_step:
                 yield x, y.long()

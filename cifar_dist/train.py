@@ -41,6 +41,7 @@ from cifar_dist.data import (
     Split,
     TensorLoader,
     beton_paths,
+    compute_threads,
     num_rows,
     read_images,
     read_manifest,
@@ -217,6 +218,7 @@ def train(cfg: Config, resume: str = "none") -> int:
     ckpt_dir = run_dir / "checkpoints"
 
     train_loader, val_loader, test_loader, classes = build_loaders(cfg, accelerator, per_device)
+    torch.set_num_threads(compute_threads())  # importing ffcv set it to 1
     if len(train_loader) == 0:
         raise ConfigError(f"--run.global_batch_size: {r.global_batch_size} is larger than the training split")
     num_classes = len(classes)

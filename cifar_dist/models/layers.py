@@ -1,0 +1,80 @@
+"""Building blocks shared by several families (kept here so a fix lands in every family at once)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def expect_spatial(x: torch.Tensor, size: tuple[int, int], where: str, hint: str) -> None:
+    """Raise ``ValueError`` unless ``x`` (B, C, H, W) has spatial size ``size``.
+
+    Used before a layer whose input width is fixed at construction (a flatten into a Linear, or a fixed
+    pool that must reduce to 1x1), so a wrong input size fails with an actionable message instead of a
+    matmul shape error. It only reads the shape, so ``torch.compile`` turns it into a shape guard.
+    """
+    if tuple(x.shape[-2:]) != size:
+        raise ValueError(
+            f"{where}: expected a {size[0]}x{size[1]} feature map here, got "
+            f"{x.shape[-2]}x{x.shape[-1]}; {hint}"
+        )
+
+
+class SeparableConv2d(nn.Sequential):
+    """Depthwise k×k (stride ``stride``, 'same' padding) then pointwise 1×1, no norm/act in between.
+
+    Shapes: (B, Cin, H, W) -> (B, Cout, ceil(H/stride), ceil(W/stride)) for odd ``kernel_size``.
+    ``dw_bias`` exists because seed 000 kept PyTorch's default bias on the depthwise conv and seed 004
+    did not; the pointwise conv never has a bias (a BatchNorm always follows it).
+    """
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, kernel_size: int = 3, dw_bias: bool = False):
+        super().__init__(
+            nn.Conv2d(cin, cin, kernel_size, stride, kernel_size // 2, groups=cin, bias=dw_bias),
+            nn.Conv2d(cin, cout, 1, bias=False),
+        )
+
+
+class BasicBlock(nn.Module):
+    """Post-activation ResNet BasicBlock (kuangliu / He et al. 2016), shared by seeds 001 and 002.
+
+    conv3×3(stride) → BN → ReLU → [Dropout] → conv3×3 → BN → (+ shortcut) → ReLU.
+    Shapes: (B, cin, H, W) -> (B, cout, ceil(H/stride), ceil(W/stride)).
+
+    The shortcut is the identity when shape is unchanged, else conv k×k (stride, no bias) + BN with
+    k = ``shortcut_kernel``. The main path outputs ceil(H/stride) for any H; a k×k stride-s conv outputs
+    that too iff its total padding is k-1, so we pad (k-1)//2 before and k-1-(k-1)//2 after. For odd k this
+    is ordinary symmetric padding; for even k it is one extra pixel at the bottom/right. (Seed 001 counted
+    k=3 shortcuts without padding, which gives 15×15 against 16×16 and cannot run; padding adds no
+    parameters, so the seed's counts are unchanged.)
+    """
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, shortcut_kernel: int = 1, dropout: float = 0.0):
+        super().__init__()
+        if shortcut_kernel < 1:
+            raise ValueError(f"shortcut_kernel must be >= 1, got {shortcut_kernel}")
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu1 = nn.ReLU(inplace=True)
+        # Seed 002's block dropout (off in its released code); Identity keeps the module tree stable.
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu2 = nn.ReLU(inplace=True)
+        if stride == 1 and cin == cout:
+            self.shortcut: nn.Module = nn.Identity()
+        else:
+            k = shortcut_kernel
+            before, after = (k - 1) // 2, k - 1 - (k - 1) // 2
+            layers: list[nn.Module] = []
+            if before == after:
+                conv = nn.Conv2d(cin, cout, k, stride, before, bias=False)
+            else:
+                layers.append(nn.ZeroPad2d((before, after, before, after)))  # (left, right, top, bottom)
+                conv = nn.Conv2d(cin, cout, k, stride, 0, bias=False)
+            self.shortcut = nn.Sequential(*layers, conv, nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.drop(self.relu1(self.bn1(self.conv1(x))))
+        out = self.bn2(self.conv2(out))
+        return self.relu2(out + self.shortcut(x))

@@ -1,0 +1,131 @@
+"""Model registry: ``@register_model`` fills ``MODEL_REGISTRY``; ``create_model`` builds by name.
+
+The registered function's name is the CLI name (``--model.name=tpsnet``). Its keyword parameters other
+than ``num_classes`` are the model's options (``--model.options.blocks=[3,3,3]``); they are read from the
+signature once, at registration, so an unknown option is rejected before anything is built.
+
+Names of the form ``timm:<name>`` are not in the registry; they are handed to timm (see ``timm_models``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from torch import nn
+
+TIMM_PREFIX = "timm:"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One registered model.
+
+    Attributes:
+        name: CLI name (the builder function's ``__name__``).
+        fn: builder ``fn(*, num_classes: int, **options) -> nn.Module``.
+        input_size: default square input side in pixels; the model is specified (and its MACs and
+            receptive field reported) at ``(B, 3, input_size, input_size)``.
+        description: one line for ``cifar-dist models``.
+        options: accepted option name -> default value, in signature order (``num_classes`` excluded).
+    """
+
+    name: str
+    fn: Callable[..., nn.Module]
+    input_size: int
+    description: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+MODEL_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def _options_from_signature(fn: Callable[..., nn.Module]) -> dict[str, Any]:
+    """Option name -> default for every parameter of ``fn`` except ``num_classes``.
+
+    Every option must have a default: a bare ``create_model(name)`` has to build the reference model.
+    """
+    params = inspect.signature(fn).parameters
+    if "num_classes" not in params:
+        raise TypeError(f"model builder {fn.__name__} must take a num_classes keyword")
+    options: dict[str, Any] = {}
+    for pname, p in params.items():
+        if pname == "num_classes":
+            continue
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.default is p.empty:
+            raise TypeError(f"model builder {fn.__name__}: option {pname!r} must be a keyword with a default")
+        options[pname] = p.default
+    return options
+
+
+def register_model(
+    fn: Callable[..., nn.Module] | None = None, *, input_size: int = 32, description: str = ""
+):
+    """Register a model builder under its function name; usable as ``@register_model`` or
+    ``@register_model(input_size=320, description="...")``.
+
+    ``description`` defaults to the first line of the builder's docstring. Returns the builder unchanged.
+    Registering the same name twice is an error (two modules would silently shadow each other).
+    """
+
+    def decorate(f: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        name = f.__name__
+        if name in MODEL_REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
+        doc_line = (inspect.getdoc(f) or "").strip().splitlines()
+        MODEL_REGISTRY[name] = ModelEntry(
+            name=name,
+            fn=f,
+            input_size=int(input_size),
+            description=description or (doc_line[0] if doc_line else ""),
+            options=MappingProxyType(_options_from_signature(f)),
+        )
+        return f
+
+    return decorate(fn) if fn is not None else decorate
+
+
+def list_models() -> list[str]:
+    """Sorted names of the registered models (``timm:<name>`` models are not listed)."""
+    return sorted(MODEL_REGISTRY)
+
+
+def get_entry(name: str) -> ModelEntry:
+    """The registry entry for ``name``; ``ValueError`` naming the valid models otherwise."""
+    try:
+        return MODEL_REGISTRY[name]
+    except KeyError:
+        valid = ", ".join(list_models())
+        raise ValueError(
+            f"unknown model {name!r}; valid names: {valid}, or {TIMM_PREFIX}<timm name>"
+        ) from None
+
+
+def create_model(name: str, *, num_classes: int = 10, **options: Any) -> nn.Module:
+    """Build model ``name`` with ``num_classes`` outputs.
+
+    Contract: the result maps a float tensor ``(B, 3, H, W)`` (H = W = the entry's ``input_size`` is always
+    valid) to logits ``(B, num_classes)``. Options not accepted by the model raise ``ValueError`` before
+    anything is built. ``timm:<name>`` builds an untrained timm model (no download) and accepts
+    ``cifar_stem: bool`` plus any keyword the timm model takes.
+    """
+    if name.startswith(TIMM_PREFIX):
+        # Imported lazily: timm is heavy to import and only this branch needs it.
+        from cifar_dist.models.timm_models import create_timm_model
+
+        return create_timm_model(name[len(TIMM_PREFIX) :], num_classes=num_classes, **options)
+    entry = get_entry(name)
+    for key in options:
+        if key not in entry.options:
+            accepted = ", ".join(entry.options) or "none"
+            raise ValueError(f"model option {key!r} is not accepted by {name} (accepted: {accepted})")
+    return entry.fn(num_classes=num_classes, **options)
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of trainable parameters (``requires_grad``), each shared tensor counted once."""
+    # parameters() yields each shared (tied) tensor once, so tied weights are not double-counted.
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
