@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from cifar_dist.config import ConfigError, OptimConfig, SchedConfig
@@ -57,6 +55,8 @@ class Schedule:
         from timm.scheduler import CosineLRScheduler, StepLRScheduler
 
         self.cfg, self.optimizer, self.peak_lr = cfg, optimizer, peak_lr
+        for g in optimizer.param_groups:  # the schedulers read their peak from the groups
+            g["lr"] = g["initial_lr"] = peak_lr
         self.steps_per_epoch = steps_per_epoch
         unit = 1 if cfg.per_epoch else steps_per_epoch  # schedule units per epoch
         total = epochs * unit
@@ -107,10 +107,6 @@ def _onecycle_lr(sched: torch.optim.lr_scheduler.OneCycleLR, step: int) -> float
         if step <= end or i == len(sched._schedule_phases) - 1:
             pct = (step - start) / (end - start) if end > start else 0.0
             lo, hi = group[phase["start_lr"]], group[phase["end_lr"]]
-            return sched._anneal_func(lo, hi, pct) if hasattr(sched, "_anneal_func") else _cos(lo, hi, pct)
+            return sched._anneal_func(lo, hi, pct)
         start = end
     return group["lr"]
-
-
-def _cos(start: float, end: float, pct: float) -> float:
-    return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
