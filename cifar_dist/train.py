@@ -91,7 +91,7 @@ def should_stop_early(history: list[float], patience: int, window: int, drop: fl
 
 
 def build_loaders(cfg: Config, accelerator, per_device_batch: int):
-    """Train, validation and test loaders for this process, plus class names."""
+    """Train, validation and test loaders for this process."""
     d = cfg.data
     train_path, test_path = beton_paths(d.dir, d.name)
     n_train = num_rows(train_path)
@@ -123,8 +123,7 @@ def build_loaders(cfg: Config, accelerator, per_device_batch: int):
                            **common, **aug_kw)
         val = None if val_idx is None else FFCVLoader(Split(train_path, val_idx), batch_size=eval_bs, **common)
         test = FFCVLoader(Split(test_path, test_idx), batch_size=eval_bs, **common)
-    classes = read_manifest(d.dir, d.name).get("classes") or [str(i) for i in range(10)]
-    return train, val, test, classes
+    return train, val, test
 
 
 @torch.no_grad()
@@ -217,18 +216,23 @@ def train(cfg: Config, resume: str = "none") -> int:
     run_dir = Path(r.out_dir) / r.name
     ckpt_dir = run_dir / "checkpoints"
 
-    train_loader, val_loader, test_loader, classes = build_loaders(cfg, accelerator, per_device)
-    torch.set_num_threads(compute_threads())  # importing ffcv set it to 1
-    if len(train_loader) == 0:
-        raise ConfigError(f"--run.global_batch_size: {r.global_batch_size} is larger than the training split")
+    beton_paths(cfg.data.dir, cfg.data.name)  # a missing file is reported before any work
+    classes = read_manifest(cfg.data.dir, cfg.data.name).get("classes") or [str(i) for i in range(10)]
     num_classes = len(classes)
-    model = create_model(cfg.model.name, num_classes=num_classes, **model_options(cfg.model))
+    try:
+        model = create_model(cfg.model.name, num_classes=num_classes, **model_options(cfg.model))
+    except ValueError as e:  # unknown model or option: the registry's message names it
+        raise ConfigError(f"--model.name={cfg.model.name}: {e}") from e
     n_params = count_params(model)
     if cfg.model.max_params and n_params > cfg.model.max_params:
         raise ConfigError(f"--model.max_params: {cfg.model.name} has {n_params:,} parameters, over the budget "
                           f"of {cfg.model.max_params:,}")
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    train_loader, val_loader, test_loader = build_loaders(cfg, accelerator, per_device)
+    torch.set_num_threads(compute_threads())  # importing ffcv set it to 1
+    if len(train_loader) == 0:
+        raise ConfigError(f"--run.global_batch_size: {r.global_batch_size} is larger than the training split")
     steps_per_epoch = len(train_loader) // o.accum_steps
     peak_lr = scaled_lr(o, r.global_batch_size)
     optimizer = build_optimizer(model, o, peak_lr)
@@ -422,7 +426,7 @@ def run_cli(preset: str | None = None, config: str | None = None, resume: str = 
             print(dump_yaml(cfg), end="")
             return EXIT_OK
         return train(cfg, resume=str(resume))
-    except (ConfigError, DataError, ValueError) as e:
+    except (ConfigError, DataError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"error: {msg}", file=sys.stderr)
         return EXIT_BAD_INPUT
