@@ -69,7 +69,15 @@ def main() -> None:
     import torchvision.transforms as T
     from PIL import Image
 
-    from cifar_dist.data import FFCVLoader, Normalize, Split, TensorLoader, beton_paths, compute_threads, read_images
+    from cifar_dist.data import (
+        FFCVLoader,
+        Normalize,
+        Split,
+        TensorLoader,
+        beton_paths,
+        compute_threads,
+        read_images,
+    )
 
     threads = compute_threads()
     torch.set_num_threads(threads)

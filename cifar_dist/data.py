@@ -77,44 +77,16 @@ def train_val_split(n: int, val_size: int, seed: int) -> tuple[np.ndarray, np.nd
 
 
 def read_images(path: Path, indices: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Read a .beton image/label file into arrays: images (N, 32, 32, 3) uint8, labels (N,) int64.
+    """Read a .beton file into arrays: images (N, 32, 32, 3) uint8, labels (N,) int64.
 
-    Raw-mode images are copied straight out of the file; JPEG-mode images are decoded with OpenCV.
-    No FFCV Loader is involved, so no JIT warm-up and no thread-count side effects.
+    The reader is data_prep's (no FFCV Loader: no JIT warm-up, no thread-count side effects).
     """
-    from ffcv.reader import Reader
+    from data_prep import DataPrepError, read_beton
 
     try:
-        reader = Reader(str(path))
-    except Exception as e:  # noqa: BLE001 - FFCV raises assorted types for a bad header
-        raise DataError(f"{path}: not a readable .beton file ({e})") from e
-    meta = reader.metadata
-    names = meta.dtype.names
-    if names is None or len(names) != 2:
-        raise DataError(f"{path}: expected two fields (image, label), found {len(names)}")
-    img_meta, lab_meta = meta["f0"], meta["f1"]
-    rows = np.arange(len(meta)) if indices is None else np.asarray(indices)
-    labels = np.asarray(lab_meta[rows]).astype(np.int64).reshape(-1)
-    data = np.memmap(str(path), dtype=np.uint8, mode="r")
-    # alloc_table rows are (sample_id, ptr, size); a JPEG's byte length is its allocation's size.
-    table = np.sort(reader.alloc_table, order="ptr")
-    out = np.empty((len(rows), 32, 32, 3), dtype=np.uint8)
-    for i, r in enumerate(rows):
-        m = img_meta[r]
-        h, w = int(m["height"]), int(m["width"])
-        ptr = int(m["data_ptr"])
-        if h != 32 or w != 32:
-            raise DataError(f"{path}: expected 32x32 images, found {h}x{w} at row {r}")
-        if int(m["mode"]) == 0:  # jpg
-            import cv2
-
-            size = int(table["size"][np.searchsorted(table["ptr"], ptr)])
-            buf = np.frombuffer(data[ptr : ptr + size], dtype=np.uint8)
-            bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-            out[i] = bgr[:, :, ::-1]
-        else:  # raw HWC RGB
-            out[i] = np.asarray(data[ptr : ptr + h * w * 3]).reshape(h, w, 3)
-    return out, labels
+        return read_beton(path, indices)
+    except DataPrepError as e:
+        raise DataError(str(e)) from e
 
 
 def compute_threads() -> int:

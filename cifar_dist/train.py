@@ -217,7 +217,7 @@ def train(cfg: Config, resume: str = "none") -> int:
     ckpt_dir = run_dir / "checkpoints"
 
     beton_paths(cfg.data.dir, cfg.data.name)  # a missing file is reported before any work
-    classes = read_manifest(cfg.data.dir, cfg.data.name).get("classes") or [str(i) for i in range(10)]
+    classes = read_manifest(cfg.data.dir, cfg.data.name).get("class_names") or [str(i) for i in range(10)]
     num_classes = len(classes)
     try:
         model = create_model(cfg.model.name, num_classes=num_classes, **model_options(cfg.model))

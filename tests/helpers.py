@@ -51,7 +51,7 @@ for split, n, seed in (("train", n_train, 1), ("test", n_test, 2)):
     fields = {"image": RGBImageField(write_mode="raw", max_resolution=32), "label": IntField()}
     DatasetWriter(f"{out}/{name}_{split}.beton", fields, num_workers=1).from_indexed_dataset(Arrays(x, y))
 classes = [f"class{k}" for k in range(10)]
-json.dump({"dataset": name, "classes": classes}, open(f"{out}/{name}_manifest.json", "w"))
+json.dump({"dataset": name, "class_names": classes}, open(f"{out}/{name}_manifest.json", "w"))
 """
 
 

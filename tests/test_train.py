@@ -217,3 +217,19 @@ def test_two_process_ddp_matches_one_process(tiny_data, tmp_path):
     shards = two["ffcv_shards"]
     assert len(shards) == 2 and not set(shards[0]) & set(shards[1])
     assert sorted(shards[0] + shards[1]) == list(range(200))
+
+
+@pytest.mark.slow
+def test_real_data_learns_in_one_epoch(real_cifar10, tmp_path):
+    """The shared real CIFAR-10, seed 003's small CNN, one epoch on CPU: test accuracy >= 45 %."""
+    data_dir, name, _ = real_cifar10
+    p = run([sys.executable, "-m", "cifar_dist.train", "--preset=seed003_simple_cnn", f"--data.dir={data_dir}",
+             f"--data.name={name}", "--run.epochs=1", "--optim.lr=0.001", "--data.val_size=5000",
+             f"--run.out_dir={tmp_path}", "--run.name=real", "--run.progress=false"], timeout=900)
+    assert p.returncode == 0, p.stderr[-2000:]
+    res = read_json(tmp_path / "real" / "result.json")
+    print(f"\nreal data, seed003_simple_cnn, 1 epoch: test {res['final']['test_acc']:.2f} %, "
+          f"{res['images_per_s']:.0f} images/s")
+    assert res["final"]["test_acc"] >= 45.0
+    rows = metrics(tmp_path / "real")
+    assert rows[0]["val_acc"] >= 40.0

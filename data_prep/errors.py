@@ -1,0 +1,40 @@
+"""The one exception type of `data_prep`.
+
+Every problem a user can fix (a missing path, a corrupt archive, a wrong image size, an output
+directory that cannot be created, ...) is raised as `DataPrepError`. Its message is one line of the
+form ``<path>: expected <what>, found <what>``; the CLI prints it as ``error: <message>`` on stderr and
+exits with status 2.
+"""
+
+from __future__ import annotations
+
+from os import PathLike
+
+
+class DataPrepError(Exception):
+    """A bad input or environment problem, described in one line that names the file.
+
+    Attributes:
+        path: the file, directory, archive member or URL the problem is about.
+        expected: what `data_prep` needed there.
+        found: what it found instead.
+    """
+
+    def __init__(self, path: str | PathLike[str], expected: str, found: str) -> None:
+        self.path = str(path)
+        self.expected = expected
+        self.found = found
+        super().__init__(self.message)
+
+    @property
+    def message(self) -> str:
+        """The one-line message, without the ``error:`` prefix (newlines are flattened)."""
+        text = f"{self.path}: expected {self.expected}, found {self.found}"
+        return text.replace("\r", " ").replace("\n", " ")
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self) -> tuple[type[DataPrepError], tuple[str, str, str]]:
+        # picklable across process pools despite the three-argument constructor
+        return (type(self), (self.path, self.expected, self.found))

@@ -1,0 +1,753 @@
+"""Tests of data_prep: CIFAR sources -> FFCV .beton files + manifest.
+
+Tiny sources are built here in the official formats (tests/data_prep_helpers.py). Conversions run
+in-process through `write_beton` / `prepare` (the writer compiles FFCV's numba lookups before it
+forks, and a watchdog turns a stalled writer into an error); the CLI and an FFCV Loader are exercised
+in subprocesses.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import json
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import tarfile
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from data_prep import DataPrepError, read_beton, read_labels, write_beton
+from data_prep.cli import build_parser, prepare
+from data_prep.download import OFFICIAL
+from tests.data_prep_helpers import (
+    REPO,
+    make_cifar10_archive,
+    make_cifar10_dir,
+    make_cifar100_dir,
+    make_image_folder,
+    make_tar,
+    output_files,
+    png_bytes,
+    run_cli,
+    smooth_images,
+)
+from tests.helpers import SHARED_JPEG
+
+SPLITS = ("train", "test")
+
+
+def leftovers(root: Path) -> list[Path]:
+    """Every beton, manifest or temporary file anywhere under `root`."""
+    return [
+        p
+        for p in root.rglob("*")
+        if p.suffix == ".beton" or p.name.endswith("_manifest.json") or ".tmp-" in p.name
+    ]
+
+
+def assert_betons_match(out: Path, name: str, expected, *, exact: bool = True) -> None:
+    """Read both betons back and compare labels exactly and pixels exactly (or closely for jpg)."""
+    for split in SPLITS:
+        images, labels = read_beton(out / f"{name}_{split}.beton")
+        exp_images, exp_labels = expected.split(split)
+        np.testing.assert_array_equal(labels, exp_labels)
+        assert images.shape == exp_images.shape
+        if exact:
+            np.testing.assert_array_equal(images, exp_images)
+        else:
+            assert np.abs(images.astype(int) - exp_images.astype(int)).mean() < 6
+
+
+def assert_manifest_counts(manifest: dict, expected) -> None:
+    assert manifest["class_names"] == list(expected.class_names)
+    for split in SPLITS:
+        _, labels = expected.split(split)
+        counts = np.bincount(labels, minlength=len(expected.class_names))
+        assert manifest["counts"][split]["total"] == len(labels)
+        assert manifest["counts"][split]["per_class"] == {
+            c: int(k) for c, k in zip(expected.class_names, counts)
+        }
+
+
+# ----------------------------------------------------------------------------------------------- #
+# Successful conversions
+
+
+def test_cifar10_archive_raw_is_pixel_exact_with_full_manifest(tmp_path):
+    archive, expected = make_cifar10_archive(tmp_path)
+    out = tmp_path / "out"
+    threads = torch.get_num_threads()
+    manifest = write_beton(archive, out, num_workers=2, log=None)
+    assert torch.get_num_threads() == threads  # importing FFCV must not leave torch at 1 thread
+
+    assert output_files(out) == ["cifar10_manifest.json", "cifar10_test.beton", "cifar10_train.beton"]
+    assert_betons_match(out, "cifar10", expected)
+    on_disk = json.loads((out / "cifar10_manifest.json").read_text())
+    assert on_disk == manifest
+    assert_manifest_counts(manifest, expected)
+    assert manifest["dataset"] == "cifar10" and manifest["name"] == "cifar10"
+    assert manifest["write_mode"] == "raw" and manifest["jpeg_quality"] is None
+    assert manifest["image_resolution"] == 32 and manifest["image_shape"] == [32, 32, 3]
+    assert manifest["source_sha256"] == hashlib.sha256(archive.read_bytes()).hexdigest()
+    assert manifest["ffcv_version"] == "1.0.2"
+    assert manifest["labels"] is None and manifest["source_kind"] == "cifar_archive"
+    for split in SPLITS:
+        f = out / f"cifar10_{split}.beton"
+        assert manifest["files"][split]["bytes"] == f.stat().st_size
+        assert manifest["files"][split]["sha256"] == hashlib.sha256(f.read_bytes()).hexdigest()
+
+
+def test_cifar10_batches_folder_and_its_parent_folder(tmp_path):
+    expected = make_cifar10_dir(tmp_path / "src")
+    for i, source in enumerate((tmp_path / "src" / "cifar-10-batches-py", tmp_path / "src")):
+        out = tmp_path / f"out{i}"
+        manifest = write_beton(source, out, num_workers=1, log=None)
+        assert manifest["source_kind"] == "cifar_dir"
+        assert_betons_match(out, "cifar10", expected)
+
+
+def test_cifar100_fine_and_coarse_labels(tmp_path):
+    fine, coarse = make_cifar100_dir(tmp_path / "src")
+    archive = make_tar(tmp_path / "src" / "cifar-100-python", tmp_path / "cifar-100-python.tar.gz")
+    m_fine = write_beton(archive, tmp_path / "fine", num_workers=1, log=None)
+    m_coarse = write_beton(archive, tmp_path / "coarse", labels="coarse", num_workers=1, log=None)
+
+    assert m_fine["name"] == "cifar100" and m_fine["labels"] == "fine" and m_fine["num_classes"] == 100
+    assert m_coarse["labels"] == "coarse" and m_coarse["num_classes"] == 20
+    assert_manifest_counts(m_fine, fine)
+    assert_manifest_counts(m_coarse, coarse)
+    assert_betons_match(tmp_path / "fine", "cifar100", fine)
+    assert_betons_match(tmp_path / "coarse", "cifar100", coarse)
+
+
+def test_image_folder_converts_modes_to_rgb_and_orders_classes(tmp_path):
+    expected = make_image_folder(tmp_path / "pets", modes=("RGB", "L", "RGBA", "P"), n_train=5, n_test=3)
+    out = tmp_path / "out"
+    manifest = write_beton(tmp_path / "pets", out, num_workers=2, log=None)
+    assert manifest["name"] == "pets" and manifest["dataset"] == "image_folder"
+    assert manifest["class_names"] == ["cat", "dog", "frog"]
+    assert_manifest_counts(manifest, expected)
+    assert_betons_match(out, "pets", expected)
+
+
+@pytest.mark.parametrize("arcname", ["", "cifar-tiny"], ids=["tree-at-top", "under-one-folder"])
+def test_image_folder_tar(tmp_path, arcname):
+    expected = make_image_folder(tmp_path / "tree", n_train=3, n_test=2)
+    (tmp_path / "tree" / "README.txt").write_text("ignored: not under train/ or test/\n")
+    archive = make_tar(tmp_path / "tree", tmp_path / "tiny-folder.tar.gz", arcname=arcname)
+    out = tmp_path / "out"
+    manifest = write_beton(archive, out, num_workers=2, log=None)
+    assert manifest["name"] == "tiny-folder" and manifest["source_kind"] == "folder_tar"
+    assert_betons_match(out, "tiny-folder", expected)
+
+
+def test_jpg_mode_with_verify(tmp_path):
+    expected = make_image_folder(
+        tmp_path / "tree", fmt="png", n_train=6, n_test=3
+    )  # noise: JPEG's worst case
+    out = tmp_path / "out"
+    manifest = write_beton(
+        tmp_path / "tree", out, mode="jpg", jpeg_quality=90, verify=True, num_workers=1, log=None
+    )
+    assert manifest["write_mode"] == "jpg" and manifest["jpeg_quality"] == 90
+    assert manifest["fields"]["image"] == {
+        "type": "RGBImageField",
+        "write_mode": "jpg",
+        "jpeg_quality": 90,
+        "max_resolution": 32,
+    }
+    assert manifest["verified"] is True
+    for split in SPLITS:
+        report = manifest["verification"][split]
+        assert report["labels_checked"] == len(expected.split(split)[1])
+        assert report["mean_abs_diff"] <= report["bound"]
+        images, labels = read_beton(out / f"tree_{split}.beton")
+        np.testing.assert_array_equal(labels, expected.split(split)[1])
+        assert images.shape == expected.split(split)[0].shape
+
+
+def test_jpg_mode_on_smooth_images_is_close(tmp_path):
+    expected = make_image_folder(tmp_path / "tree", fmt="png", n_train=4, n_test=2, seed=5)
+    # overwrite with smooth content saved losslessly so the JPEG error is small and meaningful
+    rng = np.random.default_rng(0)
+    for split in SPLITS:
+        images, _ = expected.split(split)
+        smooth = smooth_images(rng, len(images))
+        images[:] = smooth
+        files = sorted((tmp_path / "tree" / split).rglob("*.png"))
+        for f, img in zip(files, smooth):
+            f.write_bytes(png_bytes(img))
+    write_beton(
+        tmp_path / "tree", tmp_path / "out", mode="jpg", jpeg_quality=95, verify=True, num_workers=1, log=None
+    )
+    for split in SPLITS:
+        images, labels = read_beton(tmp_path / "out" / f"tree_{split}.beton")
+        diff = np.abs(images.astype(int) - expected.split(split)[0].astype(int)).mean()
+        assert diff < 3.0
+        np.testing.assert_array_equal(labels, expected.split(split)[1])
+
+
+def test_rerun_is_a_noop_and_force_or_new_options_rewrite(tmp_path):
+    archive, expected = make_cifar10_archive(tmp_path)
+    out = tmp_path / "out"
+    write_beton(archive, out, num_workers=1, log=None)
+    files = [out / f for f in output_files(out)]
+    before = {f: f.stat().st_mtime_ns for f in files}
+    time.sleep(0.02)
+
+    stale = out / ".cifar10_train.beton.tmp-999999999"  # left by a killed run (no such pid)
+    stale.write_bytes(b"partial")
+    messages: list[str] = []
+    again = write_beton(archive, out, num_workers=1, verify=True, log=messages.append)
+    assert any("up to date" in m for m in messages)
+    assert sum("verified cifar10_" in m for m in messages) == 2  # --verify checks the existing files
+    assert {f: f.stat().st_mtime_ns for f in files} == before
+    assert again == json.loads((out / "cifar10_manifest.json").read_text())
+    assert not stale.exists()
+
+    write_beton(archive, out, num_workers=1, force=True, log=None)
+    assert all(f.stat().st_mtime_ns != before[f] for f in files)
+    assert_betons_match(out, "cifar10", expected)
+
+    after_force = {f: f.stat().st_mtime_ns for f in files}
+    m = write_beton(archive, out, mode="jpg", num_workers=1, log=None)  # different options: rewrite
+    assert m["write_mode"] == "jpg"
+    assert all(f.stat().st_mtime_ns != after_force[f] for f in files)
+
+
+def test_changed_source_or_missing_beton_rewrites(tmp_path):
+    expected = make_cifar10_dir(tmp_path / "src")
+    src = tmp_path / "src" / "cifar-10-batches-py"
+    out = tmp_path / "out"
+    first = write_beton(src, out, num_workers=1, log=None)
+    (out / "cifar10_test.beton").unlink()
+    messages: list[str] = []
+    write_beton(src, out, num_workers=1, log=messages.append)
+    assert not any("up to date" in m for m in messages)
+    assert (out / "cifar10_test.beton").is_file()
+
+    make_cifar10_dir(tmp_path / "src2", seed=9)
+    os.replace(tmp_path / "src2" / "cifar-10-batches-py" / "test_batch", src / "test_batch")
+    second = write_beton(src, out, num_workers=1, log=None)
+    assert second["source_sha256"] != first["source_sha256"]
+    _, labels = read_beton(out / "cifar10_train.beton")
+    np.testing.assert_array_equal(labels, expected.train_labels)
+
+
+def test_prepare_prints_summary_table_and_returns_0(tmp_path, capsys):
+    archive, expected = make_cifar10_archive(tmp_path)
+    rc = prepare(str(archive), out=str(tmp_path / "out"), num_workers=1, verify=True)
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert captured.err == ""
+    lines = captured.out.splitlines()
+    counts_train = np.bincount(expected.train_labels, minlength=10)
+    counts_test = np.bincount(expected.test_labels, minlength=10)
+    row = next(line for line in lines if line.startswith("airplane "))
+    assert row.split() == [
+        "airplane",
+        str(counts_train[0]),
+        str(counts_test[0]),
+        str(counts_train[0] + counts_test[0]),
+    ]
+    total = next(line for line in lines if line.startswith("total "))
+    assert total.split() == ["total", "15", "5", "20"]
+    assert "verified" in captured.out
+
+
+def test_cli_subprocess_end_to_end_and_noop(tmp_path):
+    archive, expected = make_cifar10_archive(tmp_path)
+    out = tmp_path / "out"
+    r = run_cli(str(archive), "--out", str(out), "--num_workers", "1", "--verify")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""  # no terminal -> no progress bars; no warnings
+    assert "total" in r.stdout and "cifar10_train.beton" in r.stdout
+    assert_betons_match(out, "cifar10", expected)
+    mtimes = {f: (out / f).stat().st_mtime_ns for f in output_files(out)}
+
+    r = run_cli(str(archive), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "up to date" in r.stdout
+    assert {f: (out / f).stat().st_mtime_ns for f in output_files(out)} == mtimes
+
+
+def test_help_explains_every_option_with_an_example():
+    r = run_cli("--help")
+    assert r.returncode == 0
+    parser = build_parser()
+    for action in parser._actions:
+        if action.help and action.help != "show this help message and exit":
+            assert "Example" in action.help, action.dest
+    for opt in (
+        "--out",
+        "--name",
+        "--mode",
+        "--jpeg_quality",
+        "--labels",
+        "--force",
+        "--verify",
+        "--num_workers",
+        "--md5",
+    ):
+        assert opt in r.stdout
+    assert "examples:" in r.stdout and "python -m data_prep" in r.stdout
+
+
+def test_progress_bars_when_requested(tmp_path, capsys):
+    make_image_folder(tmp_path / "tree", n_train=2, n_test=1)
+    assert prepare(str(tmp_path / "tree"), out=str(tmp_path / "out"), num_workers=1, progress=True) == 0
+    err = capsys.readouterr().err
+    assert "decode images" in err and "write tree_train.beton" in err and "write tree_test.beton" in err
+
+
+# ----------------------------------------------------------------------------------------------- #
+# Downloads
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def http_dir(tmp_path):
+    """Serve tmp_path/www over http://127.0.0.1:<port>/; yields (folder, base URL)."""
+    www = tmp_path / "www"
+    www.mkdir()
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(www))
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield www, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_download_to_cache_with_md5(tmp_path, http_dir):
+    www, base = http_dir
+    archive, expected = make_cifar10_archive(tmp_path)
+    (www / "tiny-c10.tar.gz").write_bytes(archive.read_bytes())
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    cache = tmp_path / "cache"
+    manifest = write_beton(f"{base}/tiny-c10.tar.gz", tmp_path / "out", md5=md5, cache_dir=cache, log=None)
+    assert sorted(p.name for p in cache.iterdir()) == ["tiny-c10.tar.gz"]  # no temporary left
+    assert manifest["source"] == f"{base}/tiny-c10.tar.gz" and manifest["source_kind"] == "cifar_archive"
+    assert_betons_match(tmp_path / "out", "cifar10", expected)
+    (www / "tiny-c10.tar.gz").unlink()  # second run uses the cache
+    write_beton(f"{base}/tiny-c10.tar.gz", tmp_path / "out", md5=md5, cache_dir=cache, force=True, log=None)
+
+
+def test_download_md5_mismatch_official_name(tmp_path, http_dir, capsys):
+    www, base = http_dir
+    archive, _ = make_cifar10_archive(tmp_path)
+    (www / "cifar-10-python.tar.gz").write_bytes(archive.read_bytes())  # not the official bytes
+    cache = tmp_path / "cache"
+    rc = prepare(f"{base}/cifar-10-python.tar.gz", out=str(tmp_path / "out"), cache_dir=str(cache))
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.count("\n") == 1 and err.startswith(f"error: {base}/cifar-10-python.tar.gz: expected")
+    assert OFFICIAL["cifar10"].md5 in err
+    assert list(cache.iterdir()) == []  # temp removed, nothing renamed into the cache
+    assert leftovers(tmp_path) == []
+
+
+def test_offline_download_is_one_line_exit_2(tmp_path):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/cifar-10-python.tar.gz"
+    r = run_cli(url, "--out", str(tmp_path / "out"), "--cache_dir", str(tmp_path / "cache"))
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith(
+        f"error: {url}: expected a reachable download URL"
+    )
+    assert "network error" in r.stderr
+    assert leftovers(tmp_path) == []
+    assert not any((tmp_path / "cache").iterdir())
+
+
+# ----------------------------------------------------------------------------------------------- #
+# Bad inputs: one line on stderr naming the file, exit status 2, nothing left behind
+
+
+def _bad_pickle_archive(tmp: Path, content: bytes, member: str = "data_batch_2") -> Path:
+    make_cifar10_dir(tmp / "src")
+    (tmp / "src" / "cifar-10-batches-py" / member).write_bytes(content)
+    return make_tar(tmp / "src" / "cifar-10-batches-py", tmp / "cifar-10-python.tar.gz")
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def _case_missing(tmp: Path):
+    return [str(tmp / "nope.tar.gz")], "nope.tar.gz: expected an existing archive or folder", {}
+
+
+def _case_not_archive(tmp: Path):
+    (tmp / "notes.tar.gz").write_text("this is not an archive\n" * 50)
+    return [str(tmp / "notes.tar.gz")], "notes.tar.gz: expected a .tar/.tar.gz archive", {}
+
+
+def _case_truncated(tmp: Path):
+    archive, _ = make_cifar10_archive(tmp, per_batch=40, n_test=40)
+    data = archive.read_bytes()
+    archive.write_bytes(data[: len(data) // 2])
+    return [str(archive)], "cifar-10-python.tar.gz", {"found": "truncated or corrupt archive"}
+
+
+def _case_md5_mismatch(tmp: Path):
+    archive, _ = make_cifar10_archive(tmp)
+    wrong = OFFICIAL["cifar10"].md5
+    return [str(archive), "--md5", wrong], f"cifar-10-python.tar.gz: expected md5 {wrong}, found md5", {}
+
+
+def _case_pickle_keys(tmp: Path):
+    archive = _bad_pickle_archive(tmp, pickle.dumps({b"pixels": np.zeros((2, 3072), np.uint8), b"y": [1, 2]}))
+    return (
+        [str(archive)],
+        "cifar-10-python.tar.gz:cifar-10-batches-py/data_batch_2: expected keys b'data', b'labels'",
+        {},
+    )
+
+
+def _case_pickle_garbage(tmp: Path):
+    archive = _bad_pickle_archive(tmp, b"\x80\x02garbage" * 10, member="batches.meta")
+    return [str(archive)], "cifar-10-batches-py/batches.meta: expected a pickled dict", {}
+
+
+def _case_pickle_evil(tmp: Path):
+    archive = _bad_pickle_archive(tmp, pickle.dumps({b"data": _Evil(), b"labels": []}))
+    return [str(archive)], "data_batch_2: expected a pickled dict", {"found": "posix.system is not allowed"}
+
+
+def _case_pickle_shape(tmp: Path):
+    archive = _bad_pickle_archive(
+        tmp, pickle.dumps({b"data": np.zeros((2, 1024), np.uint8), b"labels": [0, 1]})
+    )
+    return (
+        [str(archive)],
+        "data_batch_2: expected b'data' as a uint8 array of shape (N, 3072), found uint8",
+        {},
+    )
+
+
+def _case_wrong_size(tmp: Path):
+    make_image_folder(tmp / "tree")
+    from PIL import Image
+
+    Image.new("RGB", (64, 48)).save(tmp / "tree" / "train" / "dog" / "001.png")
+    return (
+        [str(tmp / "tree")],
+        "train/dog/001.png: expected a 32x32 image for a CIFAR source, found a 64x48 image",
+        {},
+    )
+
+
+def _case_wrong_size_in_tar(tmp: Path):
+    make_image_folder(tmp / "tree")
+    from PIL import Image
+
+    Image.new("RGB", (31, 32)).save(tmp / "tree" / "test" / "cat" / "000.png")
+    archive = make_tar(tmp / "tree", tmp / "pets.tar.gz", arcname="pets")
+    return (
+        [str(archive)],
+        "pets.tar.gz:pets/test/cat/000.png: expected a 32x32 image",
+        {"found": "a 31x32 image"},
+    )
+
+
+def _case_class_sets_differ(tmp: Path):
+    make_image_folder(tmp / "tree")
+    os.rename(tmp / "tree" / "test" / "frog", tmp / "tree" / "test" / "toad")
+    return (
+        [str(tmp / "tree")],
+        "tree: expected the same class folders in train/ and test/",
+        {"found": "only in train: frog; only in test: toad"},
+    )
+
+
+def _case_empty_class(tmp: Path):
+    make_image_folder(tmp / "tree")
+    (tmp / "tree" / "train" / "zebra").mkdir()
+    (tmp / "tree" / "test" / "zebra").mkdir()
+    return (
+        [str(tmp / "tree")],
+        "train/zebra: expected at least one image in each class folder, found an empty",
+        {},
+    )
+
+
+def _case_unreadable_image(tmp: Path):
+    make_image_folder(tmp / "tree")
+    (tmp / "tree" / "train" / "cat" / "002.png").write_bytes(b"\x89PNG not really")
+    return (
+        [str(tmp / "tree")],
+        "train/cat/002.png: expected an image file PIL can read, found unreadable data",
+        {},
+    )
+
+
+def _case_out_under_file(tmp: Path):
+    archive, _ = make_cifar10_archive(tmp)
+    (tmp / "afile").write_text("x")
+    return (
+        [str(archive), "--out", str(tmp / "afile" / "out")],
+        "afile/out: expected a writable output directory",
+        {
+            "found": "is a file, not a folder",
+        },
+    )
+
+
+def _case_out_is_file(tmp: Path):
+    archive, _ = make_cifar10_archive(tmp)
+    (tmp / "out").write_text("x")
+    return (
+        [str(archive), "--out", str(tmp / "out")],
+        "out: expected a writable output directory, found an existing file",
+        {},
+    )
+
+
+def _case_coarse_on_cifar10(tmp: Path):
+    archive, _ = make_cifar10_archive(tmp)
+    return (
+        [str(archive), "--labels", "coarse"],
+        "--labels: expected fine for a CIFAR-10 or image-folder source",
+        {},
+    )
+
+
+BAD_CASES = {
+    "missing-path": _case_missing,
+    "not-an-archive": _case_not_archive,
+    "truncated-archive": _case_truncated,
+    "md5-mismatch": _case_md5_mismatch,
+    "pickle-without-keys": _case_pickle_keys,
+    "pickle-garbage": _case_pickle_garbage,
+    "pickle-with-code": _case_pickle_evil,
+    "pickle-wrong-shape": _case_pickle_shape,
+    "image-wrong-size": _case_wrong_size,
+    "image-wrong-size-in-tar": _case_wrong_size_in_tar,
+    "class-sets-differ": _case_class_sets_differ,
+    "empty-class-folder": _case_empty_class,
+    "unreadable-image": _case_unreadable_image,
+    "out-dir-under-a-file": _case_out_under_file,
+    "out-dir-is-a-file": _case_out_is_file,
+    "coarse-labels-on-cifar10": _case_coarse_on_cifar10,
+}
+
+
+def _parse(argv: list[str], default_out: Path) -> dict:
+    args = build_parser().parse_args(argv)
+    kwargs = vars(args)
+    if "--out" not in argv:
+        kwargs["out"] = str(default_out)
+    return kwargs
+
+
+@pytest.mark.parametrize("case", list(BAD_CASES), ids=list(BAD_CASES))
+def test_bad_input_one_line_exit_2_nothing_left(tmp_path, capsys, case):
+    argv, needle, extra = BAD_CASES[case](tmp_path)
+    kwargs = _parse(argv, tmp_path / "out")
+    rc = prepare(**kwargs)
+    captured = capsys.readouterr()
+    assert rc == 2
+    assert captured.err.endswith("\n") and captured.err.count("\n") == 1, captured.err
+    assert captured.err.startswith("error: ")
+    assert needle in captured.err, captured.err
+    if "found" in extra:
+        assert extra["found"] in captured.err
+    assert leftovers(tmp_path) == []
+    assert "pwned" not in captured.out
+
+
+@pytest.mark.parametrize("case", ["truncated-archive", "unreadable-image", "out-dir-under-a-file"])
+def test_bad_input_through_the_real_cli(tmp_path, case):
+    argv, needle, _ = BAD_CASES[case](tmp_path)
+    if "--out" not in argv:
+        argv = [*argv, "--out", str(tmp_path / "out")]
+    r = run_cli(*argv, "--num_workers", "2")
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: ") and needle in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert leftovers(tmp_path) == []
+
+
+def test_data_prep_error_is_one_line_and_picklable():
+    err = DataPrepError("a\nb.png", "x", "y\nz")
+    assert str(err) == "a b.png: expected x, found y z"
+    again = pickle.loads(pickle.dumps(err))
+    assert (again.path, again.expected, again.found) == (err.path, err.expected, err.found)
+
+
+# ----------------------------------------------------------------------------------------------- #
+# Failures while writing
+
+
+def test_writer_worker_failure_is_an_error_not_a_hang(tmp_path, monkeypatch, capsys):
+    import data_prep.writer as writer_mod
+
+    archive, expected = make_cifar10_archive(tmp_path)
+    out = tmp_path / "out"
+    write_beton(archive, out, num_workers=1, log=None)
+    before = {f: (out / f).stat().st_mtime_ns for f in output_files(out)}
+
+    original = writer_mod._ArrayDataset.__getitem__
+
+    def failing(self, index):
+        if index == 3:
+            raise OSError(28, "No space left on device")
+        return original(self, index)
+
+    monkeypatch.setattr(writer_mod._ArrayDataset, "__getitem__", failing)
+    started = time.monotonic()
+    rc = prepare(str(archive), out=str(out), force=True, num_workers=2)
+    err = capsys.readouterr().err
+    assert time.monotonic() - started < 60
+    assert rc == 2
+    assert err.count("\n") == 1
+    assert "cifar10_train.beton: expected the FFCV writer to encode every sample" in err
+    assert "No space left on device" in err
+    # the earlier outputs are untouched and no temporaries remain
+    assert {f: (out / f).stat().st_mtime_ns for f in output_files(out)} == before
+    assert_betons_match(out, "cifar10", expected)
+
+
+def test_writer_stall_is_an_error_not_a_hang(tmp_path, monkeypatch):
+    import data_prep.writer as writer_mod
+
+    archive, _ = make_cifar10_archive(tmp_path)
+    original = writer_mod._ArrayDataset.__getitem__
+
+    def stuck(self, index):
+        if index == 2:
+            time.sleep(120)
+        return original(self, index)
+
+    monkeypatch.setattr(writer_mod._ArrayDataset, "__getitem__", stuck)
+    monkeypatch.setattr(writer_mod, "STALL_SECONDS", 1.5)
+    started = time.monotonic()
+    with pytest.raises(DataPrepError, match="no progress for 1.5 s"):
+        write_beton(archive, tmp_path / "out", num_workers=1, log=None)
+    assert time.monotonic() - started < 60
+    assert leftovers(tmp_path) == []
+
+
+def test_verify_detects_a_corrupted_beton(tmp_path):
+    from data_prep.sources import read_source, resolve_source
+    from data_prep.writer import verify_split
+
+    archive, _ = make_cifar10_archive(tmp_path)
+    write_beton(archive, tmp_path / "out", num_workers=1, log=None)
+    data = read_source(resolve_source(archive), num_workers=1, progress=False)
+    path = tmp_path / "out" / "cifar10_test.beton"
+    verify_split(path, data.test, mode="raw", jpeg_quality=90)  # intact: passes
+    images, _ = read_beton(path)
+    blob = bytearray(path.read_bytes())
+    pos = blob.find(images[1].tobytes())
+    blob[pos + 100] ^= 0xFF
+    path.write_bytes(bytes(blob))
+    with pytest.raises(
+        DataPrepError, match=r"expected pixels identical to the source \(raw mode\), found 1 different"
+    ):
+        verify_split(path, data.test, mode="raw", jpeg_quality=90)
+
+
+# ----------------------------------------------------------------------------------------------- #
+# FFCV Loader reads the files (in a subprocess: JIT warm-up, threads, fork hazards stay out of pytest)
+
+_LOADER_SCRIPT = textwrap.dedent(
+    """
+    import sys, numpy as np
+    from ffcv.loader import Loader, OrderOption
+    from ffcv.fields.decoders import SimpleRGBImageDecoder, IntDecoder
+    from data_prep import write_beton
+    source, out, result = sys.argv[1], sys.argv[2], sys.argv[3]
+    arrays = {}
+    for name in ("raw", "jpg"):
+        loader = Loader(f"{out}/{name}_train.beton", batch_size=7, num_workers=1, order=OrderOption.SEQUENTIAL,
+                        drop_last=False, pipelines={"image": [SimpleRGBImageDecoder()], "label": [IntDecoder()]})
+        xs, ys = zip(*[(x.copy(), y.copy()) for x, y in loader])
+        arrays[f"{name}_x"], arrays[f"{name}_y"] = np.concatenate(xs), np.concatenate(ys).reshape(-1)
+    np.savez(result, **arrays)
+    # writing again after Loaders ran in this process must not hang (the FFCV fork pitfall)
+    write_beton(source, f"{out}/after", force=True, num_workers=2, log=None)
+    print("ok")
+    """
+)
+
+
+@pytest.mark.slow
+def test_ffcv_loader_reads_what_was_written_and_writer_survives_loader(tmp_path):
+    archive, expected = make_cifar10_archive(tmp_path)
+    tree = make_image_folder(tmp_path / "tree", fmt="png", n_train=5, n_test=2, seed=3)
+    rng = np.random.default_rng(1)
+    for split in SPLITS:  # smooth content so the JPEG comparison is meaningful
+        images, _ = tree.split(split)
+        images[:] = smooth_images(rng, len(images))
+        for f, img in zip(sorted((tmp_path / "tree" / split).rglob("*.png")), images):
+            f.write_bytes(png_bytes(img))
+    out = tmp_path / "out"
+    write_beton(archive, out, name="raw", num_workers=1, log=None)
+    write_beton(tmp_path / "tree", out, name="jpg", mode="jpg", jpeg_quality=95, num_workers=1, log=None)
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    r = subprocess.run(
+        [sys.executable, "-c", _LOADER_SCRIPT, str(archive), str(out), str(tmp_path / "result.npz")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = np.load(tmp_path / "result.npz")
+    np.testing.assert_array_equal(result["raw_x"], expected.train_images)  # FFCV sees the exact pixels
+    np.testing.assert_array_equal(result["raw_y"], expected.train_labels)
+    np.testing.assert_array_equal(result["jpg_y"], tree.train_labels)
+    assert np.abs(result["jpg_x"].astype(int) - tree.train_images.astype(int)).mean() < 3.0
+    assert_betons_match(out / "after", "cifar10", expected)
+
+
+# ----------------------------------------------------------------------------------------------- #
+# Real data
+
+
+@pytest.mark.slow
+def test_real_cifar10_jpeg_archive(real_cifar10):
+    out, _, seconds = real_cifar10  # converted once per session by `python -m data_prep ... --verify`
+    manifest = json.loads((out / "cifar10_manifest.json").read_text())
+    print(f"\nreal CIFAR-10 conversion (read + write + verify, subprocess): {seconds:.1f} s")
+    assert manifest["verified"] is True
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    assert manifest["class_names"] == classes
+    for split, total, per_class in (("train", 50_000, 5_000), ("test", 10_000, 1_000)):
+        labels = read_labels(out / f"cifar10_{split}.beton")  # from the .beton, not the manifest
+        assert labels.shape == (total,)
+        assert np.bincount(labels, minlength=10).tolist() == [per_class] * 10
+        assert manifest["counts"][split]["total"] == total
+        images, _ = read_beton(out / f"cifar10_{split}.beton", np.arange(0, total, 997))
+        assert images.shape[1:] == (32, 32, 3) and 60 < images.mean() < 200
+    # the first training image is the first file of the first class folder, decoded with PIL
+    from PIL import Image
+
+    with tarfile.open(SHARED_JPEG) as tar:
+        member = min(
+            (m for m in tar.getmembers() if m.isfile() and m.name.lstrip("./").startswith("train/airplane/")),
+            key=lambda m: m.name,
+        )
+        first = np.asarray(Image.open(tar.extractfile(member)).convert("RGB"))
+    np.testing.assert_array_equal(read_beton(out / "cifar10_train.beton", np.arange(1))[0][0], first)
