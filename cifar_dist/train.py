@@ -283,12 +283,11 @@ def train(cfg: Config, resume: str = "none") -> int:
     )
 
     flag = SignalFlag()
-    session_start = time.time()
+    session_start, earlier_sessions = time.time(), state.wall_seconds
 
     def save_last():
-        state.wall_seconds += time.time() - session_start
+        state.wall_seconds = earlier_sessions + time.time() - session_start
         ckpt.save(accelerator, ckpt_dir, state)
-        state.wall_seconds -= time.time() - session_start
 
     def on_step(step: int, loss: float) -> None:
         check = accelerator.reduce(torch.tensor([float(flag.signum), float(not math.isfinite(loss))],
@@ -366,8 +365,9 @@ def train(cfg: Config, resume: str = "none") -> int:
         accelerator.end_training()
         return e.status
 
+    state.wall_seconds = earlier_sessions + time.time() - session_start
     result = finish(cfg, accelerator, model, ema, test_loader, normalize, num_classes, classes, ckpt_dir, state,
-                    n_params, status, logger, time.time() - session_start)
+                    n_params, status, logger)
     accelerator.print(f"done: test acc {result['final']['test_acc']:.2f}% (tta {result['final']['test_acc_tta']:.2f}%), "
                       f"best val epoch {result['best']['epoch']}, result in {run_dir / 'result.json'}")
     logger.close()
@@ -376,7 +376,7 @@ def train(cfg: Config, resume: str = "none") -> int:
 
 
 def finish(cfg, accelerator, model, ema, test_loader, normalize, num_classes, classes, ckpt_dir, state, n_params,
-           status, logger, session_seconds) -> dict:
+           status, logger) -> dict:
     """Final evaluations (final and best weights, with TTA), result.json, hparams, confusion matrix."""
     plain = accelerator.unwrap_model(model)
     tta = cfg.run.tta
@@ -395,7 +395,6 @@ def finish(cfg, accelerator, model, ema, test_loader, normalize, num_classes, cl
         b = evaluate(best_model, test_loader, normalize, accelerator, num_classes)
         b_tta = evaluate(best_model, test_loader, normalize, accelerator, num_classes, tta) if tta != "none" else b
         best = {"epoch": state.best_epoch, "val_acc": state.best_val_acc, "test_acc": b["acc"], "test_acc_tta": b_tta["acc"]}
-    rows = []
     from cifar_dist.logs import read_metrics
 
     rows = read_metrics(logger.metrics_path) if accelerator.is_main_process else []
@@ -404,12 +403,11 @@ def finish(cfg, accelerator, model, ema, test_loader, normalize, num_classes, cl
         "name": cfg.run.name, "preset": cfg.preset, "status": status, "epochs": state.epoch,
         "params": n_params, "world_size": accelerator.num_processes, "final": res_final, "best": best,
         "images_per_s": float(np.mean(ips)) if ips else None,
-        "wall_s": state.wall_seconds + session_seconds,
+        "wall_s": state.wall_seconds,
     }
     if accelerator.is_main_process:
         logger.figure("test/confusion_matrix", confusion_figure(final["confusion"], classes), state.epoch)
-        hp = {k: v for k, v in flatten(to_dict(cfg)).items()}
-        logger.hparams(hp, {"test_acc": final["acc"], "test_acc_tta": final_tta["acc"], "best_val_acc": best["val_acc"],
+        logger.hparams(flatten(to_dict(cfg)), {"test_acc": final["acc"], "test_acc_tta": final_tta["acc"], "best_val_acc": best["val_acc"],
                             "best_test_acc": best["test_acc"]})
     logger.finish(result)
     return result

@@ -205,3 +205,38 @@ def test_early_stopping_rules():
     assert not should_stop_early([80, 85, 82], patience=0, window=3, drop=2.0, start=4)
     assert should_stop_early([80, 85, 84, 82.9], patience=0, window=3, drop=2.0, start=4)
     assert not should_stop_early([80, 85, 84, 83.5], patience=0, window=3, drop=2.0, start=4)
+
+
+def test_gradient_accumulation_equals_the_large_batch():
+    """accum_steps=2 with half batches gives the weights of one step over the whole batch."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    from cifar_dist.augment import TrainTransform
+    from cifar_dist.checkpoint import TrainState
+    from cifar_dist.config import AugConfig
+    from cifar_dist.data import Normalize, TensorLoader
+    from cifar_dist.train import train_one_epoch
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (80, 3, 8, 8), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 10, (80,), generator=g)
+    results = []
+    for accum, batch in ((1, 20), (2, 10)):
+        acc = Accelerator(cpu=True, gradient_accumulation_steps=accum)
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 10))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        model, opt = acc.prepare(model, opt)
+        loader = TensorLoader(images, labels, batch_size=batch, train=True, seed=0)
+        sched = Schedule(opt, SchedConfig(name="constant"), 0.1, len(loader) // accum, 1)
+        state = TrainState()
+        train_one_epoch(model, loader, 0, opt, sched, acc, TrainTransform(AugConfig(), Normalize((0.5,) * 3, (0.25,) * 3, resolution=8)),
+                        BatchMixer(LossConfig(), 10), torch.nn.CrossEntropyLoss(), None, 0.0, state, lambda s, loss: None)
+        results.append((acc.unwrap_model(model)[1].weight.detach().clone(), state.global_step))
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+    (w1, steps1), (w2, steps2) = results
+    assert steps1 == steps2 == 4
+    assert torch.allclose(w1, w2, atol=1e-6)
+    assert not torch.allclose(w1, torch.zeros_like(w1))
