@@ -201,6 +201,7 @@ def train(cfg: Config, resume: str = "none") -> int:
 
     from cifar_dist.models import count_params, create_model
 
+    flag = SignalFlag()  # first: a preemption signal during start-up must not kill the process
     r, o = cfg.run, cfg.optim
     mp = None if r.mixed_precision == "auto" else r.mixed_precision
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mp,
@@ -282,7 +283,6 @@ def train(cfg: Config, resume: str = "none") -> int:
         + (f" | resumed at epoch {state.epoch + 1} step {state.step_in_epoch}" if last else "")
     )
 
-    flag = SignalFlag()
     session_start, earlier_sessions = time.time(), state.wall_seconds
 
     def save_last():

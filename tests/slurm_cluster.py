@@ -1,0 +1,255 @@
+"""A real single-node SLURM cluster for the test suite: private config, own daemons, clean stop.
+
+    with local_slurm_cluster(Path("/tmp/x"), gpus=2) as cluster:
+        subprocess.run(["sbatch", "--wrap", "true"], env=cluster.env)
+
+What it does (facts from /work/shared/notes/slurm-local.md):
+- writes slurm.conf (and, with `gpus > 0`, gres.conf whose `File=` entries are symlinks to /dev/null,
+  so the node advertises `gpu:a100:<gpus>` that no program can use) under a private directory, with
+  ports picked free so it never meets another cluster on the machine;
+- starts munged as the `munge` user only if no MUNGE daemon answers already, then slurmctld and slurmd
+  in the foreground as children of this process, and waits until the node is idle;
+- `cluster.env` is os.environ plus SLURM_CONF: pass it to every client command;
+- on exit cancels every job of this cluster, waits for the node to be idle (so no job process is left),
+  then stops exactly the daemons it started and waits on their PIDs.
+
+`SlurmdParameters=config_overrides` lets the node offer the CPUs written in slurm.conf even when the
+machine has fewer (so a job-array limit like %2 is what holds tasks back, not the cores).
+`AuthInfo=cred_expire=5` (the smallest value slurmctld accepts) shortens the time a requeued job waits
+before it may start again (120 s by default); `sched_interval=1` makes the main scheduler notice the end of
+that wait at once (it otherwise runs every 60 s). `MinJobAge=5` and the other `SchedulerParameters` keep
+`sbatch --wait` and array tasks prompt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+BINARIES = ("munged", "munge", "unmunge", "slurmctld", "slurmd", "sbatch", "srun", "squeue", "scontrol", "scancel",
+            "sinfo")
+APT_LINE = "apt-get install -y --no-install-recommends slurmctld slurmd slurm-client munge"
+
+SLURM_CONF = """\
+ClusterName=cifartest
+SlurmctldHost={node}(127.0.0.1)
+SlurmctldPort={ctld_port}
+SlurmdPort={slurmd_port}
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=cred_expire=5
+StateSaveLocation={dir}/state
+SlurmdSpoolDir={dir}/spool
+SlurmctldPidFile={dir}/run/slurmctld.pid
+SlurmdPidFile={dir}/run/slurmd.pid
+SlurmctldLogFile={dir}/log/slurmctld.log
+SlurmdLogFile={dir}/log/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/filetxt
+JobCompLoc={dir}/log/jobcomp.txt
+SchedulerType=sched/backfill
+SchedulerParameters=batch_sched_delay=0,sched_min_interval=0,bf_interval=1,sched_interval=1
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+ReturnToService=2
+EnforcePartLimits=ALL
+MinJobAge=5
+KillWait=5
+SlurmdParameters=config_overrides
+{gres_types}NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=1000 {gres}State=UNKNOWN
+PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP
+"""
+
+
+def skip_reason() -> str | None:
+    """Why a SLURM test cannot run on this machine, or None when it can."""
+    missing = [b for b in BINARIES if shutil.which(b) is None]
+    if missing:
+        return f"SLURM/MUNGE binaries not found: {', '.join(missing)} (install with: {APT_LINE})"
+    if os.geteuid() != 0:
+        return "the local SLURM cluster runs slurmd as root; run the suite as root"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _munge_works() -> bool:
+    try:
+        cred = subprocess.run(["munge", "-n"], capture_output=True, timeout=10)
+        if cred.returncode:
+            return False
+        return subprocess.run(["unmunge"], input=cred.stdout, capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In a daemon's child process before exec: get SIGTERM if the test process dies (PR_SET_PDEATHSIG),
+    so a killed test session leaves no daemon behind."""
+    _LIBC.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+
+
+def _stop(proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    """SIGTERM one child we started, wait for it; SIGKILL if it does not go."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+@dataclass
+class Cluster:
+    dir: Path  # private directory: slurm.conf, gres.conf, state, spool, logs
+    node: str  # the node's name (`hostname -s`)
+    cpus: int  # CPUs the node offers
+    gpus: int  # fake GPUs the node offers (0 = no gres configured)
+    env: dict[str, str] = field(default_factory=dict)  # os.environ + SLURM_CONF; pass to clients
+
+    @property
+    def conf(self) -> Path:
+        return self.dir / "slurm.conf"
+
+    def run(self, *cmd: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        """Run a client command against this cluster; text output captured."""
+        return subprocess.run(list(cmd), env=self.env, capture_output=True, text=True, check=check, timeout=timeout)
+
+    def node_state(self) -> str:
+        out = self.run("sinfo", "-h", "-n", self.node, "-o", "%t", check=False)
+        return out.stdout.strip()
+
+    def jobs(self) -> list[str]:
+        """squeue lines `jobid|state`, array tasks one per line."""
+        out = self.run("squeue", "-h", "-r", "-o", "%i|%T", check=False)
+        return [line for line in out.stdout.splitlines() if line.strip()]
+
+    def wait_idle(self, timeout: float = 60) -> None:
+        """Until no job is left and the node is idle (not allocated, not completing)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if not self.jobs() and self.node_state() == "idle":
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"SLURM node not idle after {timeout:.0f} s: state {self.node_state()!r}, "
+                           f"jobs {self.jobs()}; logs in {self.dir / 'log'}")
+
+    def jobcomp(self) -> list[dict[str, str]]:
+        """Finished jobs and array tasks, from the jobcomp/filetxt log (one dict of KEY=VALUE per line)."""
+        path = self.dir / "log" / "jobcomp.txt"
+        if not path.is_file():
+            return []
+        rows = []
+        for line in path.read_text().splitlines():
+            rows.append(dict(tok.split("=", 1) for tok in line.split() if "=" in tok))
+        return rows
+
+
+def _write_config(d: Path, node: str, cpus: int, gpus: int) -> None:
+    for sub in ("state", "spool", "run", "log", "dev"):
+        (d / sub).mkdir(parents=True, exist_ok=True)
+    gres_types = gres = ""
+    if gpus:
+        # slurmd rejects plain files as GPU devices; symlinks to /dev/null pass its checks and stay unusable.
+        for i in range(gpus):
+            link = d / "dev" / f"nvidia{i}"
+            if not link.is_symlink():
+                link.symlink_to("/dev/null")
+        files = f"{d}/dev/nvidia[0-{gpus - 1}]" if gpus > 1 else f"{d}/dev/nvidia0"
+        (d / "gres.conf").write_text(f"NodeName={node} Name=gpu Type=a100 File={files}\n")
+        gres_types, gres = "GresTypes=gpu\n", f"Gres=gpu:a100:{gpus} "
+    (d / "slurm.conf").write_text(SLURM_CONF.format(
+        node=node, dir=d, cpus=cpus, gres_types=gres_types, gres=gres,
+        ctld_port=_free_port(), slurmd_port=_free_port()))
+
+
+@contextlib.contextmanager
+def local_slurm_cluster(directory: Path, gpus: int = 0, cpus: int | None = None,
+                        start_timeout: float = 60) -> Iterator[Cluster]:
+    """Start a private one-node cluster under `directory`; stop what was started on exit."""
+    reason = skip_reason()
+    if reason:
+        raise RuntimeError(reason)
+    directory = Path(directory).resolve()
+    node = socket.gethostname().split(".")[0]
+    cluster = Cluster(dir=directory, node=node, cpus=cpus or os.cpu_count() or 1, gpus=gpus)
+    _write_config(directory, node, cluster.cpus, gpus)
+    cluster.env = {**os.environ, "SLURM_CONF": str(cluster.conf)}
+    started: list[subprocess.Popen] = []  # stopped in reverse order
+    logs = []
+    try:
+        if not _munge_works():
+            run_dir = Path("/run/munge")
+            run_dir.mkdir(parents=True, exist_ok=True)
+            shutil.chown(run_dir, "munge", "munge")
+            log = open(directory / "log" / "munged.out", "w")  # noqa: SIM115 (closed in finally)
+            logs.append(log)
+            started.append(subprocess.Popen(["munged", "--foreground", "--force"], user="munge", group="munge", stdout=log,
+                                            stderr=subprocess.STDOUT, preexec_fn=_die_with_parent))
+            end = time.monotonic() + 20
+            while not _munge_works():
+                if started[-1].poll() is not None or time.monotonic() > end:
+                    raise RuntimeError(f"munged did not start; see {directory / 'log' / 'munged.out'}")
+                time.sleep(0.1)
+        for daemon in ("slurmctld", "slurmd"):
+            log = open(directory / "log" / f"{daemon}.out", "w")  # noqa: SIM115 (closed in finally)
+            logs.append(log)
+            started.append(subprocess.Popen([daemon, "-D", "-f", str(cluster.conf)], env=cluster.env, stdout=log,
+                                            stderr=subprocess.STDOUT, start_new_session=True,
+                                            preexec_fn=_die_with_parent))
+        end = time.monotonic() + start_timeout
+        while cluster.node_state() != "idle":
+            dead = [p.args[0] for p in started if p.poll() is not None]
+            if dead or time.monotonic() > end:
+                raise RuntimeError(f"SLURM cluster did not come up ({', '.join(dead) or 'timeout'} ); "
+                                   f"node state {cluster.node_state()!r}; logs in {directory / 'log'}")
+            time.sleep(0.2)
+        yield cluster
+    finally:
+        if any(p.args[0] == "slurmctld" and p.poll() is None for p in started):
+            cluster.run("scancel", "--user", pwd.getpwuid(os.geteuid()).pw_name, check=False)
+            with contextlib.suppress(TimeoutError, subprocess.TimeoutExpired):
+                cluster.wait_idle(timeout=30)
+        for proc in reversed(started):
+            _stop(proc)
+        for log in logs:
+            log.close()
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory) -> Iterator[Cluster]:
+    """One cluster for the whole session: a node with 4 CPUs and 4 fake GPUs (gpu:a100:4), so GPU requests
+    are accepted and up to 4 one-CPU tasks fit at once; jobs that ask for no GPU see a plain CPU node.
+    Skips when the SLURM/MUNGE binaries are missing."""
+    reason = skip_reason()
+    if reason:
+        pytest.skip(reason)
+    with local_slurm_cluster(tmp_path_factory.mktemp("slurm"), gpus=4, cpus=4) as cluster:
+        yield cluster
