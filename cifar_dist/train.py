@@ -117,12 +117,15 @@ def build_loaders(cfg: Config, accelerator, per_device_batch: int):
         val = None if val_idx is None else TensorLoader(x_train[val_idx], y_train[val_idx], batch_size=eval_bs, **common)
         test = TensorLoader(x_test, y_test, batch_size=eval_bs, **common)
     else:
-        dist = world > 1
-        common = dict(device=accelerator.device, num_workers=d.num_workers, distributed=dist)
+        common = dict(device=accelerator.device, num_workers=d.num_workers)
         train = FFCVLoader(Split(train_path, train_idx), batch_size=per_device_batch, train=True, seed=cfg.run.seed,
-                           **common, **aug_kw)
-        val = None if val_idx is None else FFCVLoader(Split(train_path, val_idx), batch_size=eval_bs, **common)
-        test = FFCVLoader(Split(test_path, test_idx), batch_size=eval_bs, **common)
+                           distributed=world > 1, **common, **aug_kw)
+        # Evaluation shards are rank-strided rows, not FFCV's distributed order: that pads the split
+        # with repeated images to a multiple of the world size, which would count them twice.
+        test_rows = np.arange(n_test) if test_idx is None else test_idx
+        val = None if val_idx is None else FFCVLoader(Split(train_path, val_idx[rank::world]), batch_size=eval_bs,
+                                                      **common)
+        test = FFCVLoader(Split(test_path, test_rows[rank::world]), batch_size=eval_bs, **common)
     return train, val, test
 
 
@@ -157,14 +160,21 @@ def evaluate(model, loader, normalize, accelerator, num_classes: int, tta: str =
 
 
 def train_one_epoch(model, loader, start_step, optimizer, schedule, accelerator, transform, mixer, criterion,
-                    ema, grad_clip, state, on_step):
-    """Train over `loader` from `start_step`; `state` accumulates the epoch's global sums.
+                    ema, grad_clip, state, sums, on_step):
+    """Train over `loader` from loader step `start_step`.
 
-    `on_step(step_in_epoch, loss)` runs after every optimizer step (logging, checkpoints, signals).
+    sums: this process's running sums of the epoch on the device, float64 (3,): loss x images,
+    correct, images -- added to without a host sync. `on_step(step_in_epoch, loss)` runs after every
+    optimizer step (loss: this process's mean loss of the step, a 0-d tensor). With accumulation a
+    window never straddles epochs: the epoch ends at a multiple of `accum_steps` loader steps.
     """
     model.train()
+    accum = accelerator.gradient_accumulation_steps
+    n_steps = (len(loader) // accum) * accum
+    t_last = time.perf_counter()
     for step, (x, y) in enumerate(loader.iter_from(start_step), start=start_step):
-        t0 = time.perf_counter()
+        if step >= n_steps:
+            break
         with accelerator.accumulate(model):
             x = transform(x)
             x, target = mixer(x, y) if mixer.active else (x, y)
@@ -175,21 +185,19 @@ def train_one_epoch(model, loader, start_step, optimizer, schedule, accelerator,
                 accelerator.clip_grad_norm_(model.parameters(), grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+        label = target.argmax(1) if target.ndim == 2 else target
+        sums += torch.stack([loss.detach().double() * y.numel(), (logits.argmax(1) == label).sum().double(),
+                             torch.full((), y.numel(), dtype=torch.float64, device=sums.device)])
+        now = time.perf_counter()  # loader time included: the next batch is fetched before this point
+        state.train_seconds += now - t_last
+        t_last = now
         if accelerator.sync_gradients:
             state.global_step += 1
+            state.step_in_epoch = step + 1
             schedule.set(state.global_step)
             if ema is not None:
                 ema.update(accelerator.unwrap_model(model), step=state.global_step)
-        label = target.argmax(1) if target.ndim == 2 else target
-        batch = torch.stack([loss.detach().double() * y.numel(), (logits.argmax(1) == label).sum().double(),
-                             torch.tensor(float(y.numel()), dtype=torch.float64, device=y.device)])
-        batch = accelerator.reduce(batch, reduction="sum")
-        state.loss_sum += float(batch[0])
-        state.correct += float(batch[1])
-        state.seen += int(batch[2])
-        state.train_seconds += time.perf_counter() - t0
-        state.step_in_epoch = step + 1
-        on_step(step, float(batch[0] / batch[2]))
+            on_step(step, loss.detach())
 
 
 def train(cfg: Config, resume: str = "none") -> int:
@@ -230,6 +238,9 @@ def train(cfg: Config, resume: str = "none") -> int:
                           f"of {cfg.model.max_params:,}")
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    # Same initial weights on every process (above); from here on each process draws its own
+    # augmentations (AutoAugment, affine, mixing), or N GPUs would repeat one GPU's draws.
+    set_seed(r.seed, device_specific=True)
     train_loader, val_loader, test_loader = build_loaders(cfg, accelerator, per_device)
     torch.set_num_threads(compute_threads())  # importing ffcv set it to 1
     if len(train_loader) == 0:
@@ -261,11 +272,12 @@ def train(cfg: Config, resume: str = "none") -> int:
     last = ckpt.find_last(ckpt_dir) if resume == "auto" else None
     if resume not in ("auto", "none"):
         raise ConfigError(f"--resume: expected auto or none, found {resume!r}")
+    sums = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # see train_one_epoch
     if last is not None:
         state = ckpt.load(accelerator, last)
-        if not accelerator.is_main_process:  # the saved sums are global; count them once
-            state.loss_sum = state.correct = state.train_seconds = 0.0
-            state.seen = 0
+        if accelerator.is_main_process:  # the saved sums are over all processes: count them once
+            sums += torch.tensor([state.loss_sum, state.correct, float(state.seen)], dtype=torch.float64,
+                                 device=accelerator.device)
         schedule.set(state.global_step)
     logger = RunLogger(run_dir, accelerator.is_main_process, purge_step=state.global_step if last else None)
     if last is not None:
@@ -285,28 +297,47 @@ def train(cfg: Config, resume: str = "none") -> int:
 
     session_start, earlier_sessions = time.time(), state.wall_seconds
 
-    def save_last():
+    def save_last(total: torch.Tensor | None = None):
+        """Checkpoint; `total` (from `check`) carries the epoch sums of all processes."""
+        if total is not None:
+            state.loss_sum, state.correct, state.seen = float(total[3]), float(total[4]), int(total[5])
         state.wall_seconds = earlier_sessions + time.time() - session_start
         ckpt.save(accelerator, ckpt_dir, state)
 
-    def on_step(step: int, loss: float) -> None:
-        check = accelerator.reduce(torch.tensor([float(flag.signum), float(not math.isfinite(loss))],
-                                                device=accelerator.device), reduction="sum")
-        if check[1] > 0:
-            raise StopRun(EXIT_NONFINITE, f"error: non-finite loss at epoch {state.epoch + 1} step {step + 1}; "
-                          f"stopping, last good checkpoint kept in {ckpt_dir / 'last'}")
-        if check[0] > 0:
-            save_last()
+    def on_step(step: int, loss: torch.Tensor) -> None:
+        # One collective every log_every_steps steps, before every checkpoint and at the end of the
+        # epoch: every process learns of a stop signal any of them got and of a non-finite loss in
+        # the epoch so far (the sums carry it) at the same step; in between, no host sync at all.
+        if bar is not None:
+            bar.update(accelerator.gradient_accumulation_steps)
+        g = state.global_step
+        due_ckpt = bool(r.checkpoint_every_steps) and g % r.checkpoint_every_steps == 0
+        if g % r.log_every_steps and not due_ckpt and state.step_in_epoch < steps_per_epoch * o.accum_steps:
+            return
+        total = check(loss)
+        step_loss = float(total[1] / total[2])
+        if r.log_every_steps and g % r.log_every_steps == 0:
+            logger.scalar("train/loss", step_loss, g)
+            logger.scalar("train/lr", optimizer.param_groups[0]["lr"], g)
+        if bar is not None:
+            bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+        if total[0] > 0:
+            save_last(total)
             raise StopRun(EXIT_PREEMPTED, f"stopped by signal at epoch {state.epoch + 1} step {step + 1}; "
                           f"checkpoint saved, resume with --resume=auto")
-        if state.global_step % r.log_every_steps == 0:
-            logger.scalar("train/loss", loss, state.global_step)
-            logger.scalar("train/lr", optimizer.param_groups[0]["lr"], state.global_step)
-        if r.checkpoint_every_steps and state.global_step % r.checkpoint_every_steps == 0:
-            save_last()
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+        if due_ckpt:
+            save_last(total)
+
+    def check(loss: torch.Tensor) -> torch.Tensor:
+        """Reduce [signal, step loss x n, n, epoch sums...] over processes; stop on a non-finite loss."""
+        n = torch.full((), float(per_device), dtype=torch.float64, device=accelerator.device)
+        local = torch.stack([torch.full((), float(flag.signum), dtype=torch.float64, device=accelerator.device),
+                             loss.double() * n, n, *sums])
+        total = accelerator.reduce(local, reduction="sum")
+        if not (math.isfinite(float(total[1])) and math.isfinite(float(total[3]))):
+            raise StopRun(EXIT_NONFINITE, f"error: non-finite loss in epoch {state.epoch + 1} (by step "
+                          f"{state.step_in_epoch}); stopping, last good checkpoint kept in {ckpt_dir / 'last'}")
+        return total
 
     from tqdm.auto import tqdm
 
@@ -320,9 +351,11 @@ def train(cfg: Config, resume: str = "none") -> int:
                 bar = tqdm(total=len(train_loader), initial=state.step_in_epoch, desc=f"epoch {epoch + 1}/{r.epochs}",
                            leave=False, dynamic_ncols=True)
             train_one_epoch(model, train_loader, state.step_in_epoch, optimizer, schedule, accelerator, transform,
-                            mixer, criterion, ema, o.grad_clip, state, on_step)
+                            mixer, criterion, ema, o.grad_clip, state, sums, on_step)
             if bar is not None:
                 bar.close()
+            total = check(torch.zeros((), device=accelerator.device))
+            state.loss_sum, state.correct, state.seen = float(total[3]), float(total[4]), int(total[5])
             row = {"epoch": epoch + 1, "step": state.global_step,
                    "train_loss": state.loss_sum / max(state.seen, 1), "train_acc": 100 * state.correct / max(state.seen, 1),
                    "lr": optimizer.param_groups[0]["lr"], "images_per_s": state.seen / max(state.train_seconds, 1e-9),
@@ -346,12 +379,12 @@ def train(cfg: Config, resume: str = "none") -> int:
                             ckpt.save_best(plain, ema, ckpt_dir, epoch + 1, row["val_acc"])
                     stop = should_stop_early(state.val_history, r.early_stop_patience, r.early_stop_window,
                                              r.early_stop_drop, r.early_stop_start)
-            row["epoch_s"] = state.train_seconds
             logger.log_epoch(row)
             accelerator.print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
             state.epoch, state.step_in_epoch = epoch + 1, 0
             state.loss_sum = state.correct = state.train_seconds = 0.0
             state.seen = 0
+            sums.zero_()
             save_last()
             if stop:
                 status = "early_stopped"

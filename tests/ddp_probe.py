@@ -48,8 +48,11 @@ def main() -> None:
     transform = TrainTransform(AugConfig(crop_padding=0, flip=False), norm)
     mixer = BatchMixer(LossConfig(), 10)
     losses: list[float] = []
+    sums = torch.zeros(3, dtype=torch.float64)
     train_one_epoch(model, loader, 0, opt, schedule, acc, transform, mixer, torch.nn.CrossEntropyLoss(), None, 0.0,
-                    TrainState(), lambda step, loss: losses.append(loss))
+                    TrainState(), sums, lambda step, loss: losses.append(float(acc.reduce(loss, reduction="mean"))))
+    total = acc.reduce(sums, reduction="sum")
+    assert int(total[2]) == 20 * global_batch
 
     shards = []
     if world > 1:

@@ -232,7 +232,8 @@ def test_gradient_accumulation_equals_the_large_batch():
         sched = Schedule(opt, SchedConfig(name="constant"), 0.1, len(loader) // accum, 1)
         state = TrainState()
         train_one_epoch(model, loader, 0, opt, sched, acc, TrainTransform(AugConfig(), Normalize((0.5,) * 3, (0.25,) * 3, resolution=8)),
-                        BatchMixer(LossConfig(), 10), torch.nn.CrossEntropyLoss(), None, 0.0, state, lambda s, loss: None)
+                        BatchMixer(LossConfig(), 10), torch.nn.CrossEntropyLoss(), None, 0.0, state,
+                        torch.zeros(3, dtype=torch.float64), lambda s, loss: None)
         results.append((acc.unwrap_model(model)[1].weight.detach().clone(), state.global_step))
         AcceleratorState._reset_state(True)
         GradientState._reset_state()
