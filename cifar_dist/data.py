@@ -110,25 +110,39 @@ def batch_generator(seed: int, epoch: int, step: int, rank: int, device: torch.d
     return g
 
 
+def crop_flip(x: torch.Tensor, padding: int, flip: bool, g: torch.Generator) -> torch.Tensor:
+    """Per image: a random crop of the zero-padded image (shift up to `padding` px) and, if `flip`,
+    a left-right flip with probability 0.5. x: (B, C, H, W), any dtype; returns the same shape.
+
+    Both are one `gather` on the flattened padded images: each output pixel reads the input pixel
+    its (shift, flip) maps it to. One pass over the batch, no per-image Python, no host sync.
+    """
+    b, c, h, w = x.shape
+    p = max(padding, 0)
+    width = w + 2 * p
+    padded = F.pad(x, (p, p, p, p)).reshape(b, c, -1)
+    dev = x.device
+    oy = torch.randint(0, 2 * p + 1, (b,), device=dev, generator=g)
+    ox = torch.randint(0, 2 * p + 1, (b,), device=dev, generator=g)
+    cols = torch.arange(w, device=dev)
+    if flip:
+        flipped = torch.rand(b, device=dev, generator=g) < 0.5
+        cols = torch.where(flipped[:, None], cols.flip(0)[None, :], cols[None, :])  # (B, W)
+    else:
+        cols = cols.expand(b, w)
+    rows = torch.arange(h, device=dev)
+    index = (rows[None, :, None] + oy[:, None, None]) * width + cols[:, None, :] + ox[:, None, None]  # (B, H, W)
+    return torch.gather(padded, 2, index.reshape(b, 1, h * w).expand(b, c, h * w)).view(b, c, h, w)
+
+
 def random_crop(x: torch.Tensor, padding: int, g: torch.Generator) -> torch.Tensor:
     """Zero-pad (B, C, H, W) by `padding` and take one random HxW crop per image."""
-    if padding <= 0:
-        return x
-    b, c, h, w = x.shape
-    padded = F.pad(x, (padding, padding, padding, padding))
-    oy = torch.randint(0, 2 * padding + 1, (b,), device=x.device, generator=g)
-    ox = torch.randint(0, 2 * padding + 1, (b,), device=x.device, generator=g)
-    rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-    cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-    bi = torch.arange(b, device=x.device)[:, None, None, None]
-    ci = torch.arange(c, device=x.device)[None, :, None, None]
-    return padded[bi, ci, rows, cols]
+    return x if padding <= 0 else crop_flip(x, padding, False, g)
 
 
 def random_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """Flip each image left-right with probability 0.5."""
-    mask = torch.rand(x.shape[0], device=x.device, generator=g) < 0.5
-    return torch.where(mask[:, None, None, None], x.flip(3), x)
+    return crop_flip(x, 0, True, g)
 
 
 def cutout(x: torch.Tensor, size: int, prob: float, fill: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -224,10 +238,8 @@ class TensorLoader:
             x, y = self.images[sel], self.labels[sel]
             if self.train:
                 g = batch_generator(self.seed, self.epoch, step, self.rank, self.device)
-                if self.crop_padding:
-                    x = random_crop(x, self.crop_padding, g)
-                if self.flip:
-                    x = random_flip(x, g)
+                if self.crop_padding or self.flip:
+                    x = crop_flip(x, self.crop_padding, self.flip, g)
                 if self.cutout_size:
                     x = cutout(x, self.cutout_size, self.cutout_prob, self.cutout_fill, g)
             yield x, y
