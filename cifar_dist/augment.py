@@ -27,12 +27,10 @@ def random_affine(x: torch.Tensor, prob: float, max_shift: float, max_scale: flo
                   mode: str = "bilinear") -> torch.Tensor:
     """Per-image random shift (fraction of side), scale (1 +- max_scale) and rotation (+- max_deg).
 
-    x: float (B, C, H, W). Images outside `prob` are untouched; the border is filled with zeros.
+    x: float (B, C, H, W). Images outside `prob` keep the identity transform; the border is zeros.
     """
     b = x.shape[0]
     on = torch.rand(b, device=x.device) < prob
-    if not bool(on.any()):
-        return x
     ang = _uniform(b, -max_deg, max_deg, x.device) * math.pi / 180
     scale = 1 + _uniform(b, -max_scale, max_scale, x.device)
     tx, ty = (_uniform(b, -max_shift, max_shift, x.device) * 2 for _ in range(2))
@@ -45,34 +43,44 @@ def random_affine(x: torch.Tensor, prob: float, max_shift: float, max_scale: flo
 
 
 def brightness_contrast(x: torch.Tensor, prob: float, brightness: float, contrast: float) -> torch.Tensor:
-    """x float in [0, 255]: x*(1+b) then contrast around each image's mean grey, clamped to [0, 255]."""
+    """x float in [0, 255]: x * (1 + c) + b * 255 per image, clamped (albumentations' by-max rule)."""
     b = x.shape[0]
     on = (torch.rand(b, device=x.device) < prob).float()[:, None, None, None]
-    fb = 1 + _uniform(b, -brightness, brightness, x.device)[:, None, None, None] * on
     fc = 1 + _uniform(b, -contrast, contrast, x.device)[:, None, None, None] * on
-    x = x * fb
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    return ((x - mean) * fc + mean).clamp(0, 255)
+    shift = _uniform(b, -brightness, brightness, x.device)[:, None, None, None] * on * 255
+    return (x * fc + shift).clamp(0, 255)
+
+
+def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) RGB in [0, 1] -> HSV in [0, 1] (hue as a fraction of the colour wheel)."""
+    r, g, b = x.unbind(1)
+    maxc, _ = x.max(1)
+    minc, _ = x.min(1)
+    delta = maxc - minc
+    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
+    h = torch.where(maxc == r, (g - b) / safe, torch.where(maxc == g, 2 + (b - r) / safe, 4 + (r - g) / safe))
+    h = torch.where(delta > 0, (h / 6) % 1.0, torch.zeros_like(h))
+    s = torch.where(maxc > 0, delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc)), torch.zeros_like(maxc))
+    return torch.stack([h, s, maxc], 1)
+
+
+def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    """Inverse of `rgb_to_hsv`."""
+    h, s, v = x.unbind(1)
+    k = torch.stack([(n + h * 6) % 6 for n in (5.0, 3.0, 1.0)], 1)  # one phase per output channel
+    return v[:, None] - (v * s)[:, None] * (torch.minimum(k, 4 - k).clamp(0, 1))
 
 
 def hsv_jitter(x: torch.Tensor, prob: float, hue: float, saturation: float, value: float) -> torch.Tensor:
-    """x float in [0, 255]: per image hue shift (fraction of the wheel), saturation and value factors."""
-    from torchvision.transforms.v2 import functional as TF
-
+    """x float in [0, 255]: per image, add a hue shift (fraction of the wheel, +-hue) and saturation and
+    value shifts (+-saturation, +-value on a [0, 1] scale), as albumentations' HueSaturationValue adds
+    its shifts. One batched pass, no per-image loop."""
     b = x.shape[0]
-    on = torch.rand(b, device=x.device) < prob
-    fs = 1 + _uniform(b, -saturation, saturation, x.device)
-    fv = 1 + _uniform(b, -value, value, x.device)
-    dh = _uniform(b, -hue, hue, x.device)
-    out = x.clone()
-    for i in torch.nonzero(on).flatten().tolist():
-        img = x[i] / 255
-        img = TF.adjust_saturation(img, float(fs[i]))
-        img = TF.adjust_brightness(img, float(fv[i]))
-        if hue:
-            img = TF.adjust_hue(img, float(dh[i]))
-        out[i] = img.clamp(0, 1) * 255
-    return out
+    on = (torch.rand(b, device=x.device) < prob).float()[:, None, None]
+    hsv = rgb_to_hsv(x / 255)
+    dh, ds, dv = (_uniform(b, -m, m, x.device)[:, None, None] * on for m in (hue, saturation, value))
+    hsv = torch.stack([(hsv[:, 0] + dh) % 1.0, (hsv[:, 1] + ds).clamp(0, 1), (hsv[:, 2] + dv).clamp(0, 1)], 1)
+    return hsv_to_rgb(hsv) * 255
 
 
 def coarse_dropout(x: torch.Tensor, prob: float, holes: tuple[int, ...], size: tuple[int, ...]) -> torch.Tensor:

@@ -72,7 +72,9 @@ def train_val_split(n: int, val_size: int, seed: int) -> tuple[np.ndarray, np.nd
     """Hold `val_size` random rows of `n` out for validation; both index arrays are sorted."""
     if val_size >= n:
         raise DataError(f"--data.val_size: expected fewer than the {n} training images, found {val_size}")
-    perm = np.random.default_rng(seed).permutation(n)
+    # numpy's legacy RandomState: the permutation `np.random.seed(s); np.random.shuffle(idx)` gives,
+    # which is how seed 000 drew its split (seed 81, first 5,000 shuffled rows to validation).
+    perm = np.random.RandomState(seed).permutation(n)
     return np.sort(perm[val_size:]), np.sort(perm[:val_size])
 
 

@@ -73,8 +73,9 @@ def seed000_soheilnet() -> Config:
     - one clean 60-epoch cosine (T_max = 60) instead of the seed's patchwork of resumes, whose
       scheduler state was never restored (the author's own note says this would have been better).
       This preset is therefore not the literal run.
-    - the 45k/5k split is drawn with our seeded generator (the seed used numpy seed 81): same sizes,
-      different images.
+    - the 45k/5k split is the seed's draw (a numpy RandomState(81) permutation, its first 5,000 rows
+      to validation): the same images when the data comes from the official archive, whose order the
+      conversion keeps; an image-folder source is ordered by class, so there the rows differ.
     """
     return Config(
         data=DataConfig(resolution=320, mean=CIFAR_MEAN, std=KUANGLIU_STD, val_size=5000, split_seed=81),
@@ -100,7 +101,7 @@ def seed001_resnet18_5m() -> Config:
     Fixes of the seed's bugs:
     - cosine period = the run's epochs (the seed set T_max = 50000 / batch, meant as iterations but
       stepped per epoch, so the lr never annealed: factor 0.85 at the end for batch 256). The literal
-      schedule is `--sched.period_epochs=195`.
+      schedule is `--sched.period_epochs=195 --sched.per_epoch=true`.
     - the best checkpoint is chosen on a 5k validation split held out of train, not on the test set.
     """
     return Config(
@@ -149,14 +150,15 @@ def seed003_simple_cnn() -> Config:
     (SEED_SYSTEMS.md, seed 003); a real full-test-set figure for this recipe is about 70 %.
 
     Recipe: no augmentation; kuangliu normalisation; Adam lr 0.01 with L2 1e-3 (weight_decay);
-    constant lr; batch 100; 50 epochs; cross-entropy.
+    constant lr; batch 100; 50 epochs; cross-entropy; all 50,000 training images (no validation
+    hold-out: the seed selected nothing, it reported its last epochs).
 
     Fixes of the seed's bugs:
     - accuracy is counted over every image of the test (and validation) set;
     - BatchNorm is switched back to training mode after each evaluation.
     """
     return Config(
-        data=DataConfig(mean=CIFAR_MEAN, std=KUANGLIU_STD, val_size=5000),
+        data=DataConfig(mean=CIFAR_MEAN, std=KUANGLIU_STD, val_size=0),
         aug=AugConfig(crop_padding=0, flip=False),
         model=ModelConfig(name="simple_cnn"),
         optim=OptimConfig(name="adam", lr=0.01, weight_decay=1e-3),
@@ -174,8 +176,9 @@ def seed004_dsresnet_200k() -> Config:
     from-scratch run of this recipe should expect about 84 % (SEED_SYSTEMS.md, seed 004).
 
     Recipe: flip; shift/scale/rotate (0.1 / 0.1 / 15 deg, p 0.5, zero border); brightness/contrast
-    +-0.2 (p 0.5); hue/saturation/value (p 0.5; the seed's 20/30/20 on OpenCV's uint8 scales read as
-    hue 20/180 of the wheel, saturation and value +-30/255 and +-20/255 relative); coarse dropout p 0.3;
+    +-0.2 (p 0.5; x * (1 + c) + b * 255, albumentations' rule); hue/saturation/value (p 0.5; additive
+    shifts like albumentations': the seed's 20/30/20 on OpenCV's uint8 scales are hue +-20/180 of the
+    wheel, saturation +-30/255 and value +-20/255 of full scale); coarse dropout p 0.3;
     per batch RICAP (p 0.2, beta 0.3) / MixUp (p 0.3, alpha 1) / CutMix (p 0.3, alpha 1) / none (0.2);
     label smoothing 0.1; SGD lr 0.05, momentum 0.9, weight decay 1e-4; grad-norm clip 1.0; 5 warm-up
     epochs then cosine over 195; 200 epochs; batch 128; EMA 0.999; early stopping (from epoch 52,
@@ -185,8 +188,9 @@ def seed004_dsresnet_200k() -> Config:
     - RICAP loss is the area-weighted sum of the four losses (the seed divided it by 4 again);
     - the EMA is updated every optimizer step (the seed updated it once per epoch, so it barely
       moved) and is evaluated every epoch;
-    - TTA (flip) runs on correctly normalised tensors (the seed clamped normalised tensors to
-      [0, 1], which gave 47.24 %);
+    - TTA is the deterministic flip (2 views) on correctly normalised tensors. The seed averaged 8
+      random views (flip, +-15 deg rotation, brightness/contrast) made on normalised tensors clamped
+      to [0, 1], which destroyed them (47.24 %); its random-view TTA is not reproduced.
     - coarse dropout is one 8x8 hole, as the seed's arguments intended (albumentations 2.0.8
       ignored them and used 1-2 holes of 3-6 px; that run is `--aug.dropout_holes=[1,2]
       --aug.dropout_size=[3,6]`);
@@ -230,7 +234,7 @@ def fast() -> Config:
     - BatchNorm weights and biases exempt from weight decay;
     - test-time augmentation: flip plus 1 px translations (about +0.5 point in the airbench line);
     - no validation hold-out (`val_size=0`): every image trains; accuracy is reported on test.
-    - bf16 and channels_last come from `launch/1gpu.yaml` on a GPU; fp32 on CPU.
+    - channels_last (`model.channels_last`, on by default); bf16 from `launch/1gpu.yaml` on a GPU, fp32 on CPU.
     """
     return Config(
         data=DataConfig(val_size=0, std=(0.2470, 0.2435, 0.2616)),

@@ -241,3 +241,29 @@ def test_gradient_accumulation_equals_the_large_batch():
     assert steps1 == steps2 == 4
     assert torch.allclose(w1, w2, atol=1e-6)
     assert not torch.allclose(w1, torch.zeros_like(w1))
+
+
+def test_hsv_round_trip_and_shifts():
+    from cifar_dist.augment import brightness_contrast, hsv_jitter, hsv_to_rgb, rgb_to_hsv
+
+    torch.manual_seed(0)
+    x = torch.rand(16, 3, 8, 8)
+    assert torch.allclose(hsv_to_rgb(rgb_to_hsv(x)), x, atol=1e-5)
+    # pure red -> hue 0, saturation 1, value 1; a hue shift of 1/3 of the wheel turns it green
+    red = torch.zeros(1, 3, 2, 2)
+    red[:, 0] = 1
+    assert torch.allclose(rgb_to_hsv(red)[:, :, 0, 0], torch.tensor([[0.0, 1.0, 1.0]]))
+    green = hsv_to_rgb(torch.stack([torch.full((1, 2, 2), 1 / 3), torch.ones(1, 2, 2), torch.ones(1, 2, 2)], 1))
+    assert torch.allclose(green[0, :, 0, 0], torch.tensor([0.0, 1.0, 0.0]), atol=1e-6)
+    img = x * 255
+    assert torch.allclose(hsv_jitter(img, 0.0, 0.5, 0.5, 0.5), img, atol=1e-3)  # prob 0: unchanged
+    assert torch.equal(brightness_contrast(img, 0.0, 0.2, 0.2), img)
+    shifted = brightness_contrast(torch.full((200, 3, 1, 1), 100.0), 1.0, 0.2, 0.0)
+    assert shifted.min() >= 100 - 51 - 1e-4 and shifted.max() <= 100 + 51 + 1e-4 and shifted.std() > 10
+
+
+def test_timm_models_take_the_dropout_option():
+    from cifar_dist.models import create_model
+
+    m = create_model("timm:resnet18", num_classes=10, dropout=0.3, cifar_stem=True)
+    assert m.drop_rate == 0.3

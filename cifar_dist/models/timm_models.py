@@ -60,6 +60,8 @@ def create_timm_model(
 
     if not timm.is_model(name):
         raise ValueError(f"unknown timm model {name!r}; see timm.list_models() for valid names")
+    if "dropout" in options:  # the project-wide option name; timm calls it drop_rate
+        options["drop_rate"] = options.pop("dropout")
     try:
         model = timm.create_model(name, pretrained=False, num_classes=num_classes, **options)
     except TypeError as e:
