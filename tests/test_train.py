@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -109,12 +110,18 @@ def test_sigterm_saves_checkpoint_exits_3_and_resume_finishes(tiny_data, tmp_pat
 
 
 def test_nonfinite_loss_stops_with_status_4_and_keeps_checkpoint(tiny_data, tmp_path):
-    # lr 1e30 makes the second step's loss overflow; the checkpoint of epoch 0 must stay untouched.
+    # lr 1e30: step 1 is finite and checkpointed, its update blows the weights up, step 2's loss is not
+    # finite. The run must stop before saving anything from step 2 on.
     p = run(train_cmd(tiny_data, tmp_path, "nan", "--run.epochs=2", "--optim.name=sgd", "--optim.lr=1e30",
-                      "--run.checkpoint_every_steps=0"))
+                      "--run.checkpoint_every_steps=1"))
     assert p.returncode == 4, p.stderr[-2000:]
-    assert "non-finite loss" in p.stderr
+    assert "non-finite loss" in p.stderr and "last good checkpoint kept" in p.stderr
     assert not (tmp_path / "nan" / "result.json").exists()
+    st = read_json(tmp_path / "nan" / "checkpoints" / "last" / "train_state.json")
+    assert (st["epoch"], st["step_in_epoch"], st["global_step"]) == (0, 1, 1)
+    assert math.isfinite(st["loss_sum"]) and st["seen"] == 100
+    for name, w in weights(tmp_path / "nan").items():
+        assert torch.isfinite(w).all(), name
 
 
 def test_run_directory_explains_itself(tiny_data, tmp_path):
