@@ -31,11 +31,9 @@ import csv
 import io
 import json
 import math
-import os
 import re
 import statistics
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +41,7 @@ from typing import Any
 
 import yaml
 
-from cifar_dist.logs import atomic_write_text
+from cifar_dist.logs import atomic_write_bytes, atomic_write_text
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
 RUN_FILES = ("config.yaml", "metrics.jsonl", "result.json")
@@ -753,25 +751,12 @@ def build_report(path: str | Path, out: str | Path | None = None, metric: str | 
                   results_csv(sweep, metric), plots, summary)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_report(report: Report) -> list[Path]:
     """Write the plots, then results.csv, then report.md (which links the plots); return the paths."""
     written = []
     for name, data in report.plots.items():
         p = report.out_dir / PLOTS_DIR / name
-        _atomic_write_bytes(p, data)
+        atomic_write_bytes(p, data)
         written.append(p)
     for name, text in (("results.csv", report.csv), ("report.md", report.markdown)):
         atomic_write_text(report.out_dir / name, text)
