@@ -402,7 +402,8 @@ def train(cfg: Config, resume: str = "none") -> int:
     result = finish(cfg, accelerator, model, ema, test_loader, normalize, num_classes, classes, ckpt_dir, state,
                     n_params, status, logger)
     accelerator.print(f"done: test acc {result['final']['test_acc']:.2f}% (tta {result['final']['test_acc_tta']:.2f}%), "
-                      f"best val epoch {result['best']['epoch']}, result in {run_dir / 'result.json'}")
+                      + (f"best val epoch {result['best']['epoch']}" if val_loader is not None else "no validation split")
+                      + f", result in {run_dir / 'result.json'}")
     logger.close()
     accelerator.end_training()
     return EXIT_OK
