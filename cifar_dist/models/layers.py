@@ -78,3 +78,16 @@ class BasicBlock(nn.Module):
         out = self.drop(self.relu1(self.bn1(self.conv1(x))))
         out = self.bn2(self.conv2(out))
         return self.relu2(out + self.shortcut(x))
+
+
+def basic_stages(cin: int, widths: list[int], blocks: list[int], **block_options) -> nn.Sequential:
+    """Stages of BasicBlocks: stage i has blocks[i] blocks of width widths[i]; every stage after the
+    first halves the resolution in its first block. Module names are stages.<i>.<j>."""
+    stages = []
+    for i, (cout, n) in enumerate(zip(widths, blocks)):
+        layers = []
+        for j in range(n):
+            layers.append(BasicBlock(cin, cout, 2 if (i > 0 and j == 0) else 1, **block_options))
+            cin = cout
+        stages.append(nn.Sequential(*layers))
+    return nn.Sequential(*stages)

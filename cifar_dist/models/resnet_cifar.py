@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cifar_dist.models.layers import BasicBlock, expect_spatial
+from cifar_dist.models.layers import basic_stages, expect_spatial
 from cifar_dist.models.registry import register_model
 
 
@@ -46,18 +46,10 @@ class ResNetCIFAR(nn.Module):
         self.stem = nn.Sequential(
             nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
         )
-        stages, cin = [], width
-        for i, n in enumerate(blocks):
-            cout = width * 2**i
-            layers = []
-            for j in range(n):
-                stride = 2 if (i > 0 and j == 0) else 1
-                layers.append(BasicBlock(cin, cout, stride, shortcut_kernel=shortcut_kernel))
-                cin = cout
-            stages.append(nn.Sequential(*layers))
-        self.stages = nn.Sequential(*stages)
+        widths = [width * 2**i for i in range(len(blocks))]
+        self.stages = basic_stages(width, widths, list(blocks), shortcut_kernel=shortcut_kernel)
         self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(cin, num_classes)
+        self.fc = nn.Linear(widths[-1], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stages(self.stem(x))

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from cifar_dist.models.layers import BasicBlock
+from cifar_dist.models.layers import basic_stages
 from cifar_dist.models.registry import register_model
 
 
@@ -37,19 +37,11 @@ class TPSNet(nn.Module):
         self.stem = nn.Sequential(
             nn.Conv2d(3, c1, 3, 1, 1, bias=False), nn.BatchNorm2d(c1), nn.ReLU(inplace=True)
         )
-        stages, cin = [], c1
-        for i, n in enumerate(blocks):
-            cout = k * c1 * 2**i
-            layers = []
-            for j in range(n):
-                stride = 2 if (i > 0 and j == 0) else 1
-                layers.append(BasicBlock(cin, cout, stride, dropout=block_dropout))
-                cin = cout
-            stages.append(nn.Sequential(*layers))
-        self.stages = nn.Sequential(*stages)
+        widths = [k * c1 * 2**i for i in range(len(blocks))]
+        self.stages = basic_stages(c1, widths, list(blocks), dropout=block_dropout)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(cin, num_classes)
+        self.fc = nn.Linear(widths[-1], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stages(self.stem(x))
