@@ -1,0 +1,138 @@
+"""The strict flag runner every `cifar-dist` subcommand goes through (Fire underneath).
+
+Fire calls a function before it complains about flags it could not use, so a typo would run the
+whole command first. `run_command` therefore checks every flag and positional argument against the
+function's signature before anything runs: an unknown flag, a missing or extra positional argument
+is one `error:` line and exit status 2. `--help`/`-h` print the help on stdout and exit 0. Input
+errors raised by the command (`InputError`) become one `error:` line and status 2.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from cifar_dist.errors import EXIT_BAD_INPUT, EXIT_OK, InputError
+
+
+class FlagError(InputError):
+    """A flag or argument the command does not take."""
+
+
+def _params(fn: Callable[..., Any]) -> tuple[dict[str, inspect.Parameter], bool, bool]:
+    """Named parameters, whether **kwargs is taken, whether *args is taken."""
+    sig = inspect.signature(fn)
+    named = {n: p for n, p in sig.parameters.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    var_kw = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+    var_pos = any(p.kind is p.VAR_POSITIONAL for p in sig.parameters.values())
+    return named, var_kw, var_pos
+
+
+def _is_bool(p: inspect.Parameter) -> bool:
+    return isinstance(p.default, bool) or p.annotation in (bool, "bool")
+
+
+def check_argv(fn: Callable[..., Any], argv: list[str], prog: str) -> None:
+    """Raise FlagError for anything in argv that `fn` would not take (nothing is called)."""
+    named, var_kw, var_pos = _params(fn)
+    given: set[str] = set()
+    positional: list[str] = []
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        i += 1
+        if not tok.startswith("-") or tok == "-" or _is_number(tok):
+            positional.append(tok)
+            continue
+        if not tok.startswith("--"):
+            raise FlagError(f"{prog}: unknown flag {tok!r}; flags are --name=value (see {prog} --help)")
+        key, has_value, _ = tok[2:].partition("=")
+        name = key.replace("-", "_")
+        param = named.get(name)
+        if param is None and name.startswith("no") and named.get(name[2:]) is not None and _is_bool(named[name[2:]]):
+            param, name = named[name[2:]], name[2:]
+            if has_value:
+                raise FlagError(f"{prog}: --{key} takes no value, found {tok!r}")
+        if param is None and not (var_kw and "." in name):
+            known = ", ".join(f"--{n}" for n in named if named[n].kind is not inspect.Parameter.POSITIONAL_ONLY)
+            raise FlagError(f"{prog}: unknown flag --{key} (expected {known or 'no flags'}; see {prog} --help)")
+        given.add(name)
+        if not has_value and (param is None or not _is_bool(param)):
+            if i >= len(argv) or (argv[i].startswith("--") and not _is_number(argv[i])):
+                raise FlagError(f"{prog}: --{key} expects a value (--{key}=VALUE)")
+            i += 1
+    free = [n for n, p in named.items() if n not in given and p.kind is not inspect.Parameter.KEYWORD_ONLY]
+    if len(positional) > len(free) and not var_pos:
+        extra = positional[len(free):]
+        raise FlagError(f"{prog}: unexpected argument {extra[0]!r} (see {prog} --help)")
+    missing = [n for n in free[len(positional):] if named[n].default is inspect.Parameter.empty]
+    if missing:
+        raise FlagError(f"{prog}: missing argument {missing[0].upper()} (see {prog} --help)")
+
+
+def _is_number(tok: str) -> bool:
+    try:
+        float(tok)
+    except ValueError:
+        return False
+    return True
+
+
+def format_value(v: Any) -> str:
+    """A default as a user types it: (0.4914, 0.4822, 0.4465), 0.1, true, none, text."""
+    if isinstance(v, bool):
+        return str(v).lower()
+    if v is None:
+        return "none"
+    if isinstance(v, (list, tuple)):
+        inner = ", ".join(format_value(x) for x in v)
+        return f"[{inner}]" if isinstance(v, list) else f"({inner}{',' if len(v) == 1 else ''})"
+    return str(v)
+
+
+def signature_help(fn: Callable[..., Any], prog: str) -> str:
+    """Usage line, the docstring, then every argument with its default (values, not Python names)."""
+    named, _, _ = _params(fn)
+    pos = [n.upper() for n, p in named.items() if p.default is inspect.Parameter.empty]
+    usage = " ".join([prog, *pos, "[--flag=value ...]" if len(pos) < len(named) else ""]).rstrip()
+    lines = [f"usage: {usage}", "", inspect.getdoc(fn) or ""]
+    opts = [(n, p) for n, p in named.items() if p.default is not inspect.Parameter.empty]
+    if opts:
+        lines += ["", "flags:"]
+        lines += [f"  --{n}={format_value(p.default)}" for n, p in opts]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def run_command(fn: Callable[..., int | None], argv: list[str], prog: str,
+                help_text: Callable[[], str] | None = None) -> int:
+    """Check argv against fn, then call it through Fire; map input errors to one line and status 2."""
+    if any(a in ("-h", "--help") for a in argv):
+        sys.stdout.write(help_text() if help_text else signature_help(fn, prog))
+        return EXIT_OK
+    try:
+        check_argv(fn, argv, prog)
+        return _fire(fn, argv, prog)
+    except InputError as e:
+        print(f"error: {e.one_line()}", file=sys.stderr, flush=True)
+        return EXIT_BAD_INPUT
+
+
+def _fire(fn: Callable[..., int | None], argv: list[str], prog: str) -> int:
+    """Run Fire without letting it print the return value; return fn's exit status."""
+    import fire
+
+    out: list[int | None] = []
+
+    def call(*args, **kwargs):
+        out.append(fn(*args, **kwargs))
+
+    call.__signature__ = inspect.signature(fn)  # Fire reads the real parameters
+    call.__doc__ = fn.__doc__
+    try:
+        fire.Fire(call, command=argv, name=prog)
+    except fire.core.FireExit as e:  # Fire printed its own message (a value it could not parse)
+        raise FlagError(f"{prog}: could not parse the flags {' '.join(argv)!r}") from e
+    rc = out[0] if out else EXIT_OK
+    return rc if isinstance(rc, int) else EXIT_OK

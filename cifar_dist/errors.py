@@ -1,0 +1,21 @@
+"""Exit statuses and the one exception family a command turns into "error: <one line>", status 2.
+
+Every layer raises a subclass of `InputError` for input a user can fix (a flag, a file, a spec); only
+the command-line face (`cifar_dist.cli`) prints it and picks the exit status.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0  # finished
+EXIT_FAILED = 1  # a crash (a bug, not an input)
+EXIT_BAD_INPUT = 2  # bad flag, file or spec; nothing written
+EXIT_STOPPED = 3  # stopped by SIGTERM/SIGUSR1 after saving a checkpoint (resume with --resume=auto)
+EXIT_NONFINITE = 4  # stopped on a non-finite loss; the last good checkpoint is kept
+
+
+class InputError(ValueError):
+    """Input a user can fix; the message is one line naming the flag or file, expected and found."""
+
+    def one_line(self) -> str:
+        text = str(self) or type(self).__name__
+        return " ".join(text.split("\n")[0].split()) if "\n" in text else text
