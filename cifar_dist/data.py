@@ -68,14 +68,76 @@ def num_rows(path: Path) -> int:
     return int(Reader(str(path)).num_samples)
 
 
-def train_val_split(n: int, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Hold `val_size` random rows of `n` out for validation; both index arrays are sorted."""
+def _class_quotas(counts: np.ndarray, n: int, rng: np.random.Generator, prefer: np.ndarray | None = None,
+                  what: str = "--data.limit_train") -> np.ndarray:
+    """Images to take per class so that the shares differ by at most one image.
+
+    The n % K classes that get one image more are drawn with `rng`; `prefer` (a boolean mask) names
+    classes to give them to first (or all of them and then others), so that a balanced subset split
+    into two balanced parts leaves a balanced remainder.
+    """
+    k = len(counts)
+    if n < k:
+        raise DataError(f"{what}: expected at least {k} images (one per class), found {n}")
+    quota = np.full(k, n // k, dtype=np.int64)
+    order = rng.permutation(k)
+    if prefer is not None:  # preferred classes first, each group in its drawn order
+        order = np.concatenate([order[prefer[order]], order[~prefer[order]]])
+    quota[order[: n % k]] += 1
+    short = np.flatnonzero(quota > counts)
+    if len(short):
+        c = int(short[0])
+        raise DataError(f"{what}: expected at most {int(counts[c])} images of class {c} for a class-balanced "
+                        f"subset of {n}, found a share of {int(quota[c])}")
+    return quota
+
+
+def balanced_rows(labels: np.ndarray, n: int, seed: int, what: str = "--data.limit_train",
+                  prefer: np.ndarray | None = None) -> np.ndarray:
+    """A seeded, class-stratified subset of `n` rows (sorted), whatever the storage order of `labels`."""
+    labels = np.asarray(labels)
+    k = int(labels.max()) + 1 if len(labels) else 0
+    counts = np.bincount(labels, minlength=k)
+    rng = np.random.default_rng(seed)
+    quota = _class_quotas(counts, n, rng, prefer, what)
+    picked = [rng.permutation(np.flatnonzero(labels == c))[: quota[c]] for c in range(k)]
+    return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
+
+
+def train_val_split(labels: np.ndarray, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hold `val_size` rows out for validation, class-stratified and seeded; both index arrays sorted.
+
+    The classes that get an extra validation image are, where possible, the ones with an extra image in
+    `labels`, so that a class-balanced input leaves class-balanced train and validation parts.
+    """
+    labels = np.asarray(labels)
+    n = len(labels)
     if val_size >= n:
         raise DataError(f"--data.val_size: expected fewer than the {n} training images, found {val_size}")
-    # numpy's legacy RandomState: the permutation `np.random.seed(s); np.random.shuffle(idx)` gives,
-    # which is how seed 000 drew its split (seed 81, first 5,000 shuffled rows to validation).
-    perm = np.random.RandomState(seed).permutation(n)
-    return np.sort(perm[val_size:]), np.sort(perm[:val_size])
+    counts = np.bincount(labels)
+    prefer = counts > counts.min()
+    val = balanced_rows(labels, val_size, seed, what="--data.val_size", prefer=prefer)
+    return np.setdiff1d(np.arange(n), val), val
+
+
+def select_rows(train_labels: np.ndarray, test_labels: np.ndarray, limit_train: int, limit_test: int,
+                val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Rows of the train file to train on and to validate on, rows of the test file to test on.
+
+    Every limit and the validation split is a seeded class-stratified draw (never the first rows of a
+    file, which in a class-sorted file would be one class). None = every row.
+    """
+    rows = np.arange(len(train_labels))
+    if limit_train and limit_train < len(rows):
+        rows = balanced_rows(train_labels, limit_train, seed, what="--data.limit_train")
+    train_idx, val_idx = rows, None
+    if val_size:
+        tr, va = train_val_split(np.asarray(train_labels)[rows], val_size, seed)
+        train_idx, val_idx = rows[tr], rows[va]
+    test_idx = None
+    if limit_test and limit_test < len(test_labels):
+        test_idx = balanced_rows(test_labels, limit_test, seed, what="--data.limit_test")
+    return train_idx, val_idx, test_idx
 
 
 def read_images(path: Path, indices: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

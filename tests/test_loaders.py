@@ -126,8 +126,9 @@ class _From:
 
 
 def test_train_val_split_is_seeded_and_disjoint():
-    tr, va = train_val_split(100, 10, seed=81)
-    tr2, va2 = train_val_split(100, 10, seed=81)
+    labels = np.arange(100) % 10
+    tr, va = train_val_split(labels, 10, seed=81)
+    tr2, va2 = train_val_split(labels, 10, seed=81)
     assert np.array_equal(va, va2) and len(va) == 10 and len(tr) == 90
     assert not set(tr) & set(va) and set(tr) | set(va) == set(range(100))
 
