@@ -153,6 +153,17 @@ def read_images(path: Path, indices: np.ndarray | None = None) -> tuple[np.ndarr
         raise DataError(str(e)) from e
 
 
+def read_labels(path: Path) -> np.ndarray:
+    """The labels of a .beton file (N,) int64, without decoding its images."""
+    from data_prep import DataPrepError
+    from data_prep import read_labels as read
+
+    try:
+        return np.asarray(read(path), dtype=np.int64)
+    except DataPrepError as e:
+        raise DataError(str(e)) from e
+
+
 def compute_threads() -> int:
     """Torch threads this process should use: OMP_NUM_THREADS, else the cores split over local processes.
 

@@ -44,8 +44,9 @@ from cifar_dist.data import (
     compute_threads,
     num_rows,
     read_images,
+    read_labels,
     read_manifest,
-    train_val_split,
+    select_rows,
 )
 from cifar_dist.logs import RunLogger, confusion_figure
 from cifar_dist.optim import Schedule, build_optimizer, scaled_lr
@@ -94,14 +95,9 @@ def build_loaders(cfg: Config, accelerator, per_device_batch: int):
     """Train, validation and test loaders for this process."""
     d = cfg.data
     train_path, test_path = beton_paths(d.dir, d.name)
-    n_train = num_rows(train_path)
-    if d.limit_train:
-        n_train = min(n_train, d.limit_train)
-    train_idx, val_idx = np.arange(n_train), None
-    if d.val_size:
-        train_idx, val_idx = train_val_split(n_train, d.val_size, d.split_seed)
+    train_idx, val_idx, test_idx = select_rows(read_labels(train_path), read_labels(test_path), d.limit_train,
+                                               d.limit_test, d.val_size, d.split_seed)
     n_test = num_rows(test_path)
-    test_idx = np.arange(min(n_test, d.limit_test)) if d.limit_test else None
     a = cfg.aug
     mean_fill = tuple(int(round(m * 255)) for m in d.mean)
     aug_kw = dict(crop_padding=a.crop_padding, flip=a.flip, cutout_size=a.cutout, cutout_prob=a.cutout_prob,
@@ -109,7 +105,7 @@ def build_loaders(cfg: Config, accelerator, per_device_batch: int):
     rank, world = accelerator.process_index, accelerator.num_processes
     eval_bs = cfg.run.eval_batch_size
     if d.loader == "tensor":
-        x_train, y_train = read_images(train_path, np.arange(n_train))
+        x_train, y_train = read_images(train_path)
         x_test, y_test = read_images(test_path, test_idx)
         common = dict(device=accelerator.device, rank=rank, world_size=world)
         train = TensorLoader(x_train[train_idx], y_train[train_idx], batch_size=per_device_batch, train=True,
