@@ -185,29 +185,41 @@ def batch_generator(seed: int, epoch: int, step: int, rank: int, device: torch.d
     return g
 
 
-def crop_flip(x: torch.Tensor, padding: int, flip: bool, g: torch.Generator) -> torch.Tensor:
-    """Per image: a random crop of the zero-padded image (shift up to `padding` px) and, if `flip`,
-    a left-right flip with probability 0.5. x: (B, C, H, W), any dtype; returns the same shape.
+def _reflect(i: torch.Tensor, n: int) -> torch.Tensor:
+    """Mirror indices that fall outside [0, n) back inside (edge pixel not repeated)."""
+    i = i.abs()
+    return torch.where(i >= n, 2 * (n - 1) - i, i)
 
-    Both are one `gather` on the flattened padded images: each output pixel reads the input pixel
-    its (shift, flip) maps it to. One pass over the batch, no per-image Python, no host sync.
+
+def crop_flip(x: torch.Tensor, padding: int, flip: bool | torch.Tensor, g: torch.Generator,
+              pad_mode: str = "zeros") -> torch.Tensor:
+    """Per image: a random crop of the padded image (shift up to `padding` px) and a left-right flip.
+    x: (B, C, H, W), any dtype; returns the same shape.
+
+    `flip`: True = each image flipped with probability 0.5, a (B,) bool tensor = exactly those images.
+    `pad_mode`: "zeros" pads with 0, "reflect" mirrors the image at its border.
+    Both are one `gather` on the flattened images: each output pixel reads the input pixel its
+    (shift, flip) maps it to. One pass over the batch, no per-image Python, no host sync.
     """
     b, c, h, w = x.shape
     p = max(padding, 0)
-    width = w + 2 * p
-    padded = F.pad(x, (p, p, p, p)).reshape(b, c, -1)
     dev = x.device
-    oy = torch.randint(0, 2 * p + 1, (b,), device=dev, generator=g)
-    ox = torch.randint(0, 2 * p + 1, (b,), device=dev, generator=g)
-    cols = torch.arange(w, device=dev)
-    if flip:
-        flipped = torch.rand(b, device=dev, generator=g) < 0.5
-        cols = torch.where(flipped[:, None], cols.flip(0)[None, :], cols[None, :])  # (B, W)
-    else:
-        cols = cols.expand(b, w)
-    rows = torch.arange(h, device=dev)
-    index = (rows[None, :, None] + oy[:, None, None]) * width + cols[:, None, :] + ox[:, None, None]  # (B, H, W)
-    return torch.gather(padded, 2, index.reshape(b, 1, h * w).expand(b, c, h * w)).view(b, c, h, w)
+    oy = torch.randint(0, 2 * p + 1, (b,), device=dev, generator=g) - p
+    ox = torch.randint(0, 2 * p + 1, (b,), device=dev, generator=g) - p
+    cols = torch.arange(w, device=dev).expand(b, w)
+    if isinstance(flip, torch.Tensor) or flip:
+        flipped = flip if isinstance(flip, torch.Tensor) else torch.rand(b, device=dev, generator=g) < 0.5
+        cols = torch.where(flipped[:, None], cols.flip(1), cols)  # (B, W)
+    rows = torch.arange(h, device=dev)[None, :, None] + oy[:, None, None]  # (B, H, 1)
+    cols = cols[:, None, :] + ox[:, None, None]  # (B, 1, W)
+    if pad_mode == "reflect":
+        src, width = x.reshape(b, c, -1), w
+        rows, cols = _reflect(rows, h), _reflect(cols, w)
+    else:  # zeros: read from the zero-padded image
+        src, width = F.pad(x, (p, p, p, p)).reshape(b, c, -1), w + 2 * p
+        rows, cols = rows + p, cols + p
+    index = rows * width + cols  # (B, H, W)
+    return torch.gather(src, 2, index.reshape(b, 1, h * w).expand(b, c, h * w)).view(b, c, h, w)
 
 
 def random_crop(x: torch.Tensor, padding: int, g: torch.Generator) -> torch.Tensor:
@@ -259,6 +271,8 @@ class TensorLoader:
         drop_last: bool | None = None,
         crop_padding: int = 0,
         flip: bool = False,
+        flip_mode: str = "random",
+        pad_mode: str = "zeros",
         cutout_size: int = 0,
         cutout_prob: float = 1.0,
         cutout_fill: tuple[int, ...] = (0, 0, 0),
@@ -275,7 +289,13 @@ class TensorLoader:
         self.train = train
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.drop_last = train if drop_last is None else drop_last
-        self.crop_padding, self.flip = crop_padding, flip
+        self.crop_padding, self.flip, self.pad_mode = crop_padding, flip, pad_mode
+        # Alternating flip: every image gets one random flip (drawn once from the seed) on even epochs
+        # and the opposite on odd epochs, so each image is seen both ways in every pair of epochs.
+        self.base_flips = None
+        if flip and flip_mode == "alternating":
+            g = torch.Generator().manual_seed(self.seed * 7919 + 104_729)
+            self.base_flips = (torch.rand(len(self.labels), generator=g) < 0.5).to(self.device)
         self.cutout_size, self.cutout_prob = cutout_size, cutout_prob
         self.cutout_fill = torch.tensor(cutout_fill, dtype=torch.uint8, device=self.device)
         self.epoch = 0
@@ -314,7 +334,8 @@ class TensorLoader:
             if self.train:
                 g = batch_generator(self.seed, self.epoch, step, self.rank, self.device)
                 if self.crop_padding or self.flip:
-                    x = crop_flip(x, self.crop_padding, self.flip, g)
+                    flip = self.flip if self.base_flips is None else self.base_flips[sel] ^ bool(self.epoch % 2)
+                    x = crop_flip(x, self.crop_padding, flip, g, self.pad_mode)
                 if self.cutout_size:
                     x = cutout(x, self.cutout_size, self.cutout_prob, self.cutout_fill, g)
             yield x, y

@@ -91,3 +91,19 @@ def basic_stages(cin: int, widths: list[int], blocks: list[int], **block_options
             cin = cout
         stages.append(nn.Sequential(*layers))
     return nn.Sequential(*stages)
+
+
+def dirac_init_(model: nn.Module) -> int:
+    """Start every square conv whose output is at least as wide as its input as the identity on its first
+    ``in_channels`` filters (``torch.nn.init.dirac_``); the other filters keep their init. Returns how many
+    convs were changed. Frozen convs (``requires_grad=False``) are left alone.
+    """
+    n = 0
+    with torch.no_grad():
+        for m in model.modules():
+            if (isinstance(m, nn.Conv2d) and m.weight.requires_grad and m.groups == 1
+                    and m.kernel_size[0] == m.kernel_size[1] and m.kernel_size[0] % 2 == 1
+                    and m.out_channels >= m.in_channels):
+                nn.init.dirac_(m.weight[: m.in_channels])
+                n += 1
+    return n

@@ -1,0 +1,100 @@
+"""The airbench-recipe parts as units: patch whitening, Dirac init, lookahead-EMA, alternating flip, reflect crop."""
+
+import torch
+
+from cifar_dist.data import TensorLoader, crop_flip
+from cifar_dist.lookahead import LookaheadEMA
+from cifar_dist.models import count_params, create_model
+from cifar_dist.models.airbench import patch_whitening
+from cifar_dist.models.layers import dirac_init_
+
+
+def correlated_images(n=96, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, 16, 16, generator=g) * torch.tensor([1.0, 0.5, 2.0]).view(1, 3, 1, 1)
+    x[:, 1] += 0.8 * x[:, 0]
+    return x + 0.3 * torch.roll(x, 1, dims=3)  # neighbouring pixels correlate too
+
+
+def test_whitening_filters_whiten_the_training_patches():
+    x = correlated_images()
+    w = patch_whitening(x, patch=2, eps=1e-9)
+    assert w.shape == (24, 3, 2, 2) and torch.allclose(w[12:], -w[:12])
+    out = torch.nn.functional.conv2d(x.double(), w[:12].double())
+    f = out.permute(0, 2, 3, 1).reshape(-1, 12)
+    second_moment = f.T @ f / len(f)
+    assert torch.allclose(second_moment, torch.eye(12, dtype=torch.float64), atol=1e-4)
+    before = torch.nn.functional.unfold(x.double(), 2).transpose(1, 2).reshape(-1, 12)
+    assert (before.T @ before / len(before) - torch.eye(12, dtype=torch.float64)).abs().max() > 0.5
+
+
+def test_airbench_whitening_stem_is_frozen_and_set_from_data():
+    m = create_model("airbench", whiten=3)
+    assert not m.stem[0].weight.requires_grad and m.stem[0].bias.requires_grad
+    assert count_params(m) == 1_971_352  # 2x2 stem: 24 trainable biases instead of conv 3x3 + BN
+    x = correlated_images()
+    m.init_from_data(x)
+    assert torch.allclose(m.stem[0].weight, patch_whitening(x))
+    assert m.frozen_after() == {"stem.0.bias": 3}
+    assert create_model("airbench").frozen_after() == {}
+
+
+def test_dirac_init_is_identity_on_the_first_channels():
+    m = create_model("airbench")
+    assert dirac_init_(m) == 7  # stem conv (3 -> 24) and both convs of the three blocks
+    for conv in (m.stem[0], m.blocks[0].conv1, m.blocks[1].conv2):
+        x = torch.randn(2, conv.in_channels, 8, 8)
+        y = conv(x)
+        assert torch.allclose(y[:, : conv.in_channels], x, atol=1e-6)
+        if conv.out_channels > conv.in_channels:  # the other filters keep their random init
+            assert y[:, conv.in_channels:].abs().mean() > 1e-2
+
+
+def test_lookahead_ema_update_rule_and_final_sync():
+    lin = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        lin.weight.fill_(0.0)
+    la = LookaheadEMA(lin, total_steps=10, every=5, base=0.5)
+    assert la.decay(5) == 0.5 * 0.5**3 and la.decay(10) == 0.5
+    with torch.no_grad():
+        lin.weight.fill_(1.0)
+    la.step(4)  # not a multiple of 5: nothing happens
+    assert torch.all(lin.weight == 1.0)
+    la.step(5)  # slow = 0 * d + 1 * (1 - d); fast <- slow
+    d = 0.5 * 0.5**3
+    assert torch.allclose(lin.weight, torch.full((1, 2), 1 - d))
+    with torch.no_grad():
+        lin.weight.fill_(3.0)
+    la.finish()  # decay 1: fast <- slow, slow unchanged
+    assert torch.allclose(lin.weight, torch.full((1, 2), 1 - d))
+    state = la.state_dict()
+    la2 = LookaheadEMA(torch.nn.Linear(2, 1, bias=False), total_steps=10)
+    la2.load_state_dict(state)
+    assert torch.equal(la2.slow["weight"], la.slow["weight"])
+
+
+def test_alternating_flip_flips_each_image_the_other_way_every_other_epoch():
+    n = 64
+    images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 3, 4, 4).clone()
+    images[:, :, :, 0] = 255  # a marker column: left edge, or right edge when flipped
+    labels = torch.arange(n) % 10
+    loader = TensorLoader(images, labels, batch_size=16, train=True, seed=5, flip=True, flip_mode="alternating")
+    seen = []
+    for epoch in range(4):
+        loader.set_epoch(epoch)
+        flips = {}
+        for x, _ in loader:
+            for img in x:
+                flips[int(img[0, 1, 1])] = bool(img[0, 0, 3] == 255)
+        seen.append(flips)
+    assert len(seen[0]) == n and 0.25 < sum(seen[0].values()) / n < 0.75  # a random half flipped
+    assert all(seen[1][i] != seen[0][i] for i in range(n))  # epoch 1: the opposite of epoch 0
+    assert seen[2] == seen[0] and seen[3] == seen[1]
+
+
+def test_reflect_padding_mirrors_the_border():
+    x = torch.arange(36, dtype=torch.uint8).view(1, 1, 6, 6)
+    for seed in range(20):
+        y = crop_flip(x, 2, False, torch.Generator().manual_seed(seed), "reflect")
+        assert set(y.flatten().tolist()) <= set(x.flatten().tolist())  # no zeros from padding
+        assert (y > 0).sum() >= 35
