@@ -164,8 +164,22 @@ def read_labels(path: Path) -> np.ndarray:
         raise DataError(str(e)) from e
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity mask (taskset, a SLURM/cgroup CPU set), capped by
+    SLURM_CPUS_PER_TASK inside a SLURM task that set it."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cpus = os.cpu_count() or 1
+    per_task = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if per_task.isdigit() and int(per_task) > 0:
+        cpus = min(cpus, int(per_task))
+    return max(1, cpus)
+
+
 def compute_threads() -> int:
-    """Torch threads this process should use: OMP_NUM_THREADS, else the cores split over local processes.
+    """Torch threads this process should use: OMP_NUM_THREADS, else its usable CPUs split over the local
+    processes (LOCAL_WORLD_SIZE, set by the launcher).
 
     `import ffcv` sets torch's thread count to 1 and every FFCV Loader/epoch resets it to the loader's
     worker count, silently slowing model compute in the same process; FFCVLoader puts this back.
@@ -174,7 +188,7 @@ def compute_threads() -> int:
     if env.isdigit() and int(env) > 0:
         return int(env)
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
-    return max(1, (os.cpu_count() or 1) // local)
+    return max(1, usable_cpus() // local)
 
 
 def batch_generator(seed: int, epoch: int, step: int, rank: int, device: torch.device) -> torch.Generator:
