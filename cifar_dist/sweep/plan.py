@@ -14,6 +14,9 @@ from cifar_dist.config import ConfigError, model_options
 from cifar_dist.files import atomic_write_text, read_json_or_none
 from cifar_dist.sweep.spec import Spec, SpecError, bad, load_spec
 
+SWEEP_FILE = "sweep.json"  # <out_dir>/<name>/sweep.json: the cells and runs, for `cifar-dist report`
+RUN_NAME = re.compile(r"^(?P<cell>.+)-s(?P<seed>\d+)$")  # a run directory: <cell>-s<seed>
+
 try:
     from cifar_dist.presets import resolve
 except ImportError:  # until `resolve` moves from config to presets (issue 12)
@@ -59,8 +62,8 @@ class Sweep:
     @property
     def runs(self) -> list[Run]:
         seeds = self.spec.seeds
-        return [Run(index=c.index * len(seeds) + j, cell=c, seed=s, name=f"{c.cell}-s{s}", dir=self.dir / f"{c.cell}-s{s}")
-                for c in self.cells for j, s in enumerate(seeds)]
+        return [Run(index=c.index * len(seeds) + j, cell=c, seed=s, name=run_name(c.cell, s),
+                    dir=self.dir / run_name(c.cell, s)) for c in self.cells for j, s in enumerate(seeds)]
 
     def train_flags(self, run: Run) -> list[str]:
         """The flags of `python -m cifar_dist.train` for one run."""
@@ -69,6 +72,11 @@ class Sweep:
         flags += [f"--{k}={flag_value(v)}" for k, v in over.items()]
         flags += [f"--run.out_dir={self.dir}", f"--run.name={run.name}", f"--run.seed={run.seed}", "--resume=auto"]
         return flags
+
+
+def run_name(cell: str, seed: int) -> str:
+    """The directory name of one run: <cell>-s<seed> (parsed back by RUN_NAME)."""
+    return f"{cell}-s{seed}"
 
 
 def flag_value(v: Any) -> str:
@@ -197,13 +205,13 @@ def sweep_record(sweep: Sweep) -> dict[str, Any]:
 
 def read_sweep_json(sweep_dir: Path) -> dict[str, Any] | None:
     """<sweep_dir>/sweep.json as written by `write_sweep_json`; None when missing or unreadable."""
-    record = read_json_or_none(sweep_dir / "sweep.json")
+    record = read_json_or_none(sweep_dir / SWEEP_FILE)
     return record if isinstance(record, dict) else None
 
 
 def write_sweep_json(sweep: Sweep) -> Path:
     """Write sweep.json, first refusing a changed spec that would give a started run another config."""
-    path = sweep.dir / "sweep.json"
+    path = sweep.dir / SWEEP_FILE
     check_unchanged(sweep, read_sweep_json(sweep.dir))
     atomic_write_text(path, json.dumps(sweep_record(sweep), indent=1) + "\n")
     return path
