@@ -12,9 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from cifar_dist.config import flatten
+from cifar_dist.config import ConfigError, flatten, load_yaml
 from cifar_dist.errors import InputError
 from cifar_dist.files import read_json, read_jsonl
 from cifar_dist.report.metrics import METRICS, Stat, hashable, summarize
@@ -61,13 +59,9 @@ def _read_config(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ReportError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ReportError(f"{path}: expected a mapping of config sections, found {type(data).__name__}")
+        data = load_yaml(path)
+    except ConfigError as e:  # named after the --config flag; here the file is a run's own config.yaml
+        raise ReportError(str(e).removeprefix("--config: ")) from e
     return {k: hashable(v) for k, v in flatten(data).items()}
 
 

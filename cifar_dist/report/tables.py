@@ -77,18 +77,16 @@ def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
             *["| " + " | ".join(esc(x) for x in r) + " |" for r in rows]]
 
 
-def report_markdown(sweep: SweepResults, metric: str, plots: list[tuple[str, str]]) -> str:
-    """report.md: summary, the cell table sorted by `metric`, the runs, the plots, TensorBoard."""
+def _summary(sweep: SweepResults, metric: str, reported: dict[str, float]) -> list[str]:
+    """The title, where the runs come from, the sweep's spec and fixed keys, how the table is sorted."""
     runs = sweep.runs
-    partial = [r for r in runs if not r.finished]
-    reported = _reported()
+    n_partial = sum(not r.finished for r in runs)
     presets = sorted({c.preset for c in sweep.cells if c.preset})
-    used_tta = any(r.config.get("run.tta", "none") != "none" for r in runs)
     m = METRICS[metric]
     lines = [f"# Report: {sweep.name}", ""]
     what = "run" if sweep.single_run else "sweep"
     lines.append(f"Source: `{sweep.path}` ({what}; {len(runs)} run{'s' * (len(runs) != 1)} in {len(sweep.cells)} "
-                 f"cell{'s' * (len(sweep.cells) != 1)}, {len(runs) - len(partial)} finished, {len(partial)} unfinished).")
+                 f"cell{'s' * (len(sweep.cells) != 1)}, {len(runs) - n_partial} finished, {n_partial} unfinished).")
     if sweep.info:
         seeds = ", ".join(str(s) for s in sweep.info.get("seeds", []))
         lines.append(f"Sweep spec `{sweep.info.get('spec', '?')}`, preset `{sweep.info.get('preset', '?')}`, "
@@ -107,7 +105,12 @@ def report_markdown(sweep: SweepResults, metric: str, plots: list[tuple[str, str
               "mean ± sample std over the seeds of a cell, n = runs counted (shown per value when it differs). "
               "A cell's statistics use its finished runs; a cell with none is reported from its runs' last "
               "logged epoch (status \"partial\").", ""]
+    return lines
 
+
+def _cell_table(sweep: SweepResults, metric: str, reported: dict[str, float]) -> list[str]:
+    """One row per cell, best first: overrides, params, n, mean ± std of every metric with a value, status."""
+    used_tta = any(r.config.get("run.tta", "none") != "none" for r in sweep.runs)
     cols = [k for k in METRICS if any(c.stat(k).n for c in sweep.cells)]
     if not used_tta:
         cols = [k for k in cols if k not in TTA_METRICS]
@@ -128,9 +131,11 @@ def report_markdown(sweep: SweepResults, metric: str, plots: list[tuple[str, str
             note += "; unfinished: " + ", ".join(_partial_note(r) for r in c.partial_runs)
         row.append(note)
         rows.append(row)
-    lines += _md_table(header, rows)
+    return _md_table(header, rows)
 
-    lines += ["", "## Runs", ""]
+
+def _run_table(sweep: SweepResults) -> list[str]:
+    """One row per run, then the unfinished runs and the runs sweep.json expects without a directory."""
     run_rows = []
     for c in sweep.cells:
         for r in c.runs:
@@ -139,20 +144,26 @@ def report_markdown(sweep: SweepResults, metric: str, plots: list[tuple[str, str
             run_rows.append([r.name, c.name, "—" if r.seed is None else str(r.seed), r.status,
                              f"{r.last_epoch}{planned}", *["—" if v is None else f"{v:.2f}" for v in vals[:2]],
                              "—" if vals[2] is None else str(int(vals[2]))])
-    lines += _md_table(["run", "cell", "seed", "status", "epoch", "test acc (%)", "best val acc (%)", "best epoch"],
-                       run_rows)
+    lines = _md_table(["run", "cell", "seed", "status", "epoch", "test acc (%)", "best val acc (%)", "best epoch"],
+                      run_rows)
+    partial = [r for r in sweep.runs if not r.finished]
     if partial:
         lines += ["", "Unfinished runs (no result.json; values at their last logged epoch): "
                   + ", ".join(f"`{r.name}` at epoch {r.last_epoch}" + (f" of {r.planned_epochs}" if r.planned_epochs
                                                                         else "") for r in partial) + "."]
     if sweep.missing:
         lines += ["", f"Runs listed in sweep.json without a directory yet: {', '.join(sweep.missing)}."]
+    return lines
 
-    lines += ["", "## Plots", ""]
+
+def report_markdown(sweep: SweepResults, metric: str, plots: list[tuple[str, str]]) -> str:
+    """report.md: summary, the cell table sorted by `metric`, the runs, the plots, TensorBoard."""
+    reported = _reported()
+    lines = [*_summary(sweep, metric, reported), *_cell_table(sweep, metric, reported), "", "## Runs", "",
+             *_run_table(sweep), "", "## Plots", ""]
     for name, title in plots:
         lines += [f"![{title}]({PLOTS_DIR}/{name})", ""]
     lines += ["## TensorBoard", "",
               "Scalars per epoch (`epoch/*`) and per step (`train/*`), and every run's full config with its final "
               "metrics in the HParams tab:", "", "```", f"tensorboard --logdir {sweep.path}", "```", ""]
     return "\n".join(lines)
-
