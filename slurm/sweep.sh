@@ -17,7 +17,7 @@
 #       slurm/sweep.sh slurm/grids/seed001_grid.yaml
 #   cifar-dist sweep submit slurm/grids/seed001_grid.yaml   # the same, for the unfinished runs only
 #
-# Index: array index = cell position x len(seeds) + seed position; `python -m cifar_dist.sweep resolve
+# Index: array index = cell position x len(seeds) + seed position; `cifar-dist sweep resolve
 # GRID INDEX` prints the run's train flags. A run with result.json is skipped; any other run starts with
 # --resume=auto and continues from its last checkpoint.
 #
@@ -51,7 +51,7 @@ if [[ -z $INDEX ]]; then
     exit 2
 fi
 ROOT=${CIFAR_DIST_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}
-if [[ ! -f $ROOT/cifar_dist/sweep.py ]]; then
+if [[ ! -f $ROOT/cifar_dist/sweep/__init__.py ]]; then
     echo "sweep.sh: $ROOT is not the cifar_dist repository; set CIFAR_DIST_ROOT" >&2
     exit 2
 fi
@@ -89,7 +89,7 @@ write_task() {  # state exit-status: <run>/sweep_task.json, replaced atomically
 }
 
 echo "sweep.sh: $GRID index $INDEX, job $JOB on $(hostname -s), attempt $(( ${SLURM_RESTART_COUNT:-0} + 1 ))"
-resolved=$("$PY" -m cifar_dist.sweep resolve "$GRID" "$INDEX" --shell) || exit 2
+resolved=$("$PY" -m cifar_dist sweep resolve "$GRID" "$INDEX" --shell) || exit 2
 eval "$resolved"  # run_name, run_dir, cell, seed, finished, train_args=(...)
 if [[ $finished == 1 ]]; then
     echo "sweep.sh: skip $run_name: finished ($run_dir/result.json)"

@@ -23,6 +23,7 @@ import yaml
 from PIL import Image
 
 from cifar_dist import report
+from cifar_dist.cli.report import main as report_main
 from tests.helpers import REPO, read_json
 
 SEEDS = (0, 1)
@@ -50,7 +51,7 @@ def real_sweep_dir(tmp_path_factory, tiny_data) -> Path:
             "grid": {"optim.lr": [ov["optim.lr"] for ov in CELLS.values()]}, "seeds": list(SEEDS)}
     (root / "lr.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "cifar_dist.cli", "sweep", "run", str(root / "lr.yaml"), "--local",
+    proc = subprocess.run([sys.executable, "-m", "cifar_dist", "sweep", "run", str(root / "lr.yaml"), "--local",
                            "--parallel", "2"], cwd=root, env=env, capture_output=True, text=True, timeout=900)
     sweep = root / "runs" / "lr"
     logs = "".join(p.read_text()[-2000:] for p in sorted((sweep / "logs").glob("*.out")))
@@ -118,7 +119,7 @@ def assert_close(text: str, value: float | None):
 @pytest.mark.slow
 def test_report_matches_the_runs_files(real_sweep, tmp_path, capsys):
     out = tmp_path / "out"
-    assert report.main([str(real_sweep), f"--out={out}"]) == 0
+    assert report_main([str(real_sweep), f"--out={out}"]) == 0
     assert "4 runs in 2 cells" in capsys.readouterr().out
     rows = read_csv(out / "results.csv")
     assert [r["cell"] for r in rows] == sorted(CELLS, key=lambda c: (
@@ -155,7 +156,7 @@ def test_report_matches_the_runs_files(real_sweep, tmp_path, capsys):
 @pytest.mark.slow
 def test_metric_flag_sorts_and_default_output_goes_into_the_sweep(real_sweep, tmp_path):
     sweep = copy_sweep(real_sweep, tmp_path / "lr")
-    assert report.main([str(sweep), "--metric=final_test_loss"]) == 0
+    assert report_main([str(sweep), "--metric=final_test_loss"]) == 0
     rows = read_csv(sweep / "results.csv")
     losses = {c: expected_stats([sweep / f"{c}-s{s}" for s in SEEDS])["final_test_loss"][0] for c in CELLS}
     assert [r["cell"] for r in rows] == sorted(CELLS, key=lambda c: (losses[c], c))  # lower loss first
@@ -174,7 +175,7 @@ def test_partial_runs_are_reported_with_their_last_epoch(real_sweep, tmp_path):
     m = sweep / "c001-s1" / "metrics.jsonl"
     m.write_text(m.read_text().splitlines()[0] + "\n")
     out = tmp_path / "out"
-    assert report.main([str(sweep), f"--out={out}", "--metric=final_test_acc"]) == 0
+    assert report_main([str(sweep), f"--out={out}", "--metric=final_test_acc"]) == 0
     rows = {r["cell"]: r for r in read_csv(out / "results.csv")}
 
     c001 = rows["c001"]
@@ -205,7 +206,7 @@ def test_runs_missing_from_a_sweep_are_named(real_sweep, tmp_path):
     shutil.rmtree(sweep / "c000-s1")
     shutil.rmtree(sweep / "c001-s0")
     shutil.rmtree(sweep / "c001-s1")
-    assert report.main([str(sweep)]) == 0
+    assert report_main([str(sweep)]) == 0
     rows = {r["cell"]: r for r in read_csv(sweep / "results.csv")}
     assert list(rows) == ["c000", "c001"]  # the cell without runs sorts last
     assert (rows["c001"]["status"], rows["c001"]["n_runs"], rows["c001"]["best_val_acc_n"]) == ("no runs", "0", "0")
@@ -219,12 +220,12 @@ def test_runs_missing_from_a_sweep_are_named(real_sweep, tmp_path):
 def test_folder_without_sweep_json_groups_by_name_and_config_differences(real_sweep, tmp_path):
     sweep = copy_sweep(real_sweep, tmp_path / "plain")
     (sweep / "sweep.json").unlink()
-    loaded = report.load_sweep(sweep)
+    loaded = report.load_results(sweep)
     assert loaded.info == {} and loaded.override_keys == ["optim.lr"] and loaded.varying_keys == ["optim.lr"]
     assert {c.name: (c.overrides, sorted(r.name for r in c.runs)) for c in loaded.cells} == {
         c: (ov, [f"{c}-s{s}" for s in SEEDS]) for c, ov in CELLS.items()}
     out = tmp_path / "out"
-    assert report.main([str(sweep), f"--out={out}"]) == 0
+    assert report_main([str(sweep), f"--out={out}"]) == 0
     rows = {r["cell"]: r for r in read_csv(out / "results.csv")}
     for cell in CELLS:
         mean, std, n = expected_stats([sweep / f"{cell}-s{s}" for s in SEEDS])["best_val_acc"]
@@ -236,7 +237,7 @@ def test_folder_without_sweep_json_groups_by_name_and_config_differences(real_sw
 def test_single_run_gets_the_same_table_and_curves(real_sweep, tmp_path):
     run = real_sweep / "c001-s1"
     out = tmp_path / "out"
-    assert report.main([str(run), f"--out={out}"]) == 0
+    assert report_main([str(run), f"--out={out}"]) == 0
     (row,) = read_csv(out / "results.csv")
     assert row["cell"] == "c001" and row["n_runs"] == "1"
     for key, (mean, _, n) in expected_stats([run]).items():
@@ -257,7 +258,7 @@ def test_seed_preset_shows_the_reported_figure(real_sweep, tmp_path):
     for cfg in sweep.glob("*/config.yaml"):  # relabel the runs as if trained from seed 001's preset
         cfg.write_text(cfg.read_text().replace("preset: smoke", "preset: seed001_resnet18_5m"))
     out = tmp_path / "out"
-    assert report.main([str(sweep), f"--out={out}"]) == 0
+    assert report_main([str(sweep), f"--out={out}"]) == 0
     assert {r["reported_test_acc"] for r in read_csv(out / "results.csv")} == {repr(REPORTED_ACC["seed001_resnet18_5m"])}
     md = (out / "report.md").read_text()
     assert "seed reported (%)" in md and f"reported {REPORTED_ACC['seed001_resnet18_5m']:.2f} % test accuracy" in md
@@ -268,11 +269,11 @@ def test_cli_end_to_end(real_sweep, tmp_path):
     """The installed entry point, as a user types it (exit 0, files written; exit 2 on bad input)."""
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    ok = subprocess.run([sys.executable, "-m", "cifar_dist.cli", "report", str(real_sweep), "--out", str(out)],
+    ok = subprocess.run([sys.executable, "-m", "cifar_dist", "report", str(real_sweep), "--out", str(out)],
                         capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
     assert ok.returncode == 0, ok.stderr
     assert (out / "report.md").is_file() and (out / "results.csv").is_file()
-    bad = subprocess.run([sys.executable, "-m", "cifar_dist.cli", "report", str(tmp_path / "nope")],
+    bad = subprocess.run([sys.executable, "-m", "cifar_dist", "report", str(tmp_path / "nope")],
                          capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip() == f"error: {tmp_path / 'nope'}: no such directory"
 
@@ -280,8 +281,8 @@ def test_cli_end_to_end(real_sweep, tmp_path):
 # --------------------------------------------------------------------------------------------- plots
 
 
-def _cells(sweep: Path) -> list[report.Cell]:
-    return report.load_sweep(sweep).cells
+def _cells(sweep: Path) -> list[report.CellResult]:
+    return report.load_results(sweep).cells
 
 
 @pytest.mark.slow
@@ -301,8 +302,8 @@ def test_accuracy_figure_groups_lines_by_the_value_of_a_key(real_sweep):
 
     # Three cells, two values of optim.name: three lines, two legend entries, one colour per value.
     runs = [r for c in cells for r in c.runs]
-    grid = [report.Cell("a", {"optim.name": "adam"}, runs[:2]), report.Cell("b", {"optim.name": "sgd"}, runs[2:3]),
-            report.Cell("c", {"optim.name": "adam"}, runs[3:])]
+    grid = [report.CellResult("a", {"optim.name": "adam"}, runs[:2]), report.CellResult("b", {"optim.name": "sgd"}, runs[2:3]),
+            report.CellResult("c", {"optim.name": "adam"}, runs[3:])]
     ax = report.accuracy_figure(grid, key="optim.name").axes[0]
     lines = ax.get_lines()
     assert len(lines) == 3
@@ -346,7 +347,7 @@ def test_loss_figure_has_train_and_test_lines_per_cell(real_sweep):
 
 @pytest.mark.slow
 def test_figures_save_as_decodable_png(real_sweep, tmp_path):
-    for name, _title, fig in report.sweep_figures(report.load_sweep(real_sweep)):
+    for name, _title, fig in report.sweep_figures(report.load_results(real_sweep)):
         data = report.figure_png(fig)
         assert data[:8] == PNG_MAGIC, name
         (tmp_path / name).write_bytes(data)
@@ -406,7 +407,7 @@ def test_bad_input_is_one_line_and_status_2(tmp_path, capsys, case):
         _write_run(sweep / "c000-s0", GOOD_ROW)
         (sweep / "c000-s0" / "config.yaml").write_text("optim: [1, 2\n")
         expect = f"{sweep / 'c000-s0' / 'config.yaml'}: not valid YAML"
-    assert report.main([str(sweep)]) == 2
+    assert report_main([str(sweep)]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
     assert len(captured.err.strip().splitlines()) == 1
@@ -416,16 +417,16 @@ def test_bad_input_is_one_line_and_status_2(tmp_path, capsys, case):
 
 @pytest.mark.parametrize("argv, expect", [
     (["--metric=accuracy"], "error: --metric: expected one of best_val_acc, best_test_acc"),
-    (["--colour=red"], "error: unrecognized arguments: --colour=red"),
+    (["--colour=red"], "error: cifar-dist report: unknown flag --colour"),
     ([], None),
 ])
 def test_bad_flags_are_one_line_and_status_2(tmp_path, capsys, argv, expect):
     run = _write_run(tmp_path / "sweep" / "c000-s0", GOOD_ROW)
     args = [str(run.parent), *argv] if argv else []  # [] = the path is missing
-    assert report.main(args) == 2
+    assert report_main(args) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1
-    assert err.startswith(expect or "error: the following arguments are required: path")
+    assert err.startswith(expect or "error: cifar-dist report: missing argument PATH")
     assert not (run.parent / "report.md").exists()
 
 
@@ -433,7 +434,7 @@ def test_a_run_that_has_not_logged_an_epoch_is_partial_not_an_error(tmp_path):
     sweep = tmp_path / "sweep"
     _write_run(sweep / "c000-s0", GOOD_ROW)
     _write_run(sweep / "c000-s1", "")
-    assert report.main([str(sweep)]) == 0
+    assert report_main([str(sweep)]) == 0
     (row,) = read_csv(sweep / "results.csv")
     assert (row["status"], row["partial_runs"], row["final_test_acc_mean"], row["final_test_acc_n"]) == (
         "partial", "c000-s0@1 c000-s1@0", "40.0", "1")

@@ -24,7 +24,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from cifar_dist import sweep
+from cifar_dist.cli.sweep import main as sweep_main
 from tests.helpers import REPO
 from tests.slurm_cluster import Cluster, slurm_cluster  # noqa: F401  (session fixture)
 
@@ -45,7 +45,7 @@ def _use_cluster(mp: pytest.MonkeyPatch, cluster: Cluster) -> None:
 def _sweep(*argv: str) -> tuple[int, str]:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        rc = sweep.main(list(argv))
+        rc = sweep_main(list(argv))
     return rc, out.getvalue()
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from cifar_dist import sweep
+from cifar_dist.cli.sweep import main as sweep_main
 from tests.helpers import REPO
 
 REFERENCE = Path(__file__).parent / "reference"
@@ -48,7 +49,7 @@ def write_spec(d: Path, text: str, name: str = "spec.yaml") -> Path:
 
 
 def plan(capsys, spec: Path) -> tuple[int, str, str]:
-    rc = sweep.main(["plan", str(spec)])
+    rc = sweep_main(["plan", str(spec)])
     out, err = capsys.readouterr()
     return rc, out, err
 
@@ -119,9 +120,9 @@ grid:
         captured.update(preset=preset, resume=resume, cfg=resolve(preset, config, overrides))
         return 0
 
-    from cifar_dist.cli import fire_call
+    from cifar_dist.cli.flags import run_command
 
-    assert fire_call(fake_run_cli, s.train_flags(s.runs[0]), name="t") == 0
+    assert run_command(fake_run_cli, s.train_flags(s.runs[0]), prog="t") == 0
     cfg = captured["cfg"]
     assert captured["preset"] == "seed002_tpsnet" and captured["resume"] == "auto"
     assert cfg.model.blocks == (3, 3, 3) and cfg.optim.lr == 1e-6 and cfg.run.ema is True
@@ -236,7 +237,7 @@ def test_submit_dry_run_leaves_out_finished_runs(tmp_path, capsys, monkeypatch):
     for run in ("c000-s0", "c000-s1", "c001-s0", "c004-s1"):
         (tmp_path / "runs" / "small" / run).mkdir(parents=True)
         (tmp_path / "runs" / "small" / run / "result.json").write_text("{}")
-    rc = sweep.main(["submit", str(spec), "--dry-run", "--parallel", "3", "--", "--partition=gpu"])
+    rc = sweep_main(["submit", str(spec), "--dry-run", "--parallel", "3", "--", "--partition=gpu"])
     out = capsys.readouterr().out
     assert rc == 0
     assert "16 runs; skipping 4 finished; submitting 12" in out
@@ -257,7 +258,7 @@ def test_submit_leaves_out_runs_already_in_squeue(tmp_path, capsys, monkeypatch)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     assert sweep.squeue_tasks("small") == {"by_index": {0: ("12_0", "RUNNING"), 5: ("12_5", "PENDING")},
                                            "by_job": {"12_0": "RUNNING", "12_5": "PENDING", "13_1": "RUNNING"}}
-    assert sweep.main(["submit", str(spec), "--dry-run"]) == 0
+    assert sweep_main(["submit", str(spec), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "16 runs; skipping 0 finished and 2 already queued; submitting 14" in out
     assert "--array=1-4,6-15%8 " in out.splitlines()[-1]
@@ -294,23 +295,23 @@ def test_flag_values():
 def test_resolve_prints_flags_and_shell_assignments(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     spec = write_spec(tmp_path, SMALL)
-    assert sweep.main(["resolve", str(spec), "9"]) == 0
+    assert sweep_main(["resolve", str(spec), "9"]) == 0
     out = capsys.readouterr().out
     assert out.strip() == ("--preset=smoke --data.dir=data --run.epochs=1 --optim.lr=0.002 --optim.lookahead=true "
                            "--optim.name=adam --optim.weight_decay=0.0 --run.out_dir=runs/small --run.name=c004-s1 "
                            "--run.seed=1 --resume=auto")
     assert (tmp_path / "runs" / "small" / "sweep.json").is_file()  # the first task writes it if plan did not
-    assert sweep.main(["resolve", str(spec), "9", "--shell"]) == 0
+    assert sweep_main(["resolve", str(spec), "9", "--shell"]) == 0
     shell = capsys.readouterr().out
     script = shell + 'printf "%s|" "$run_name" "$run_dir" "$cell" "$seed" "$finished" "${#train_args[@]}" "${train_args[9]}"'
     got = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout
     assert got == "c004-s1|runs/small/c004-s1|c004|1|0|11|--run.seed=1|"
-    assert sweep.main(["resolve", str(spec), "16"]) == 2
+    assert sweep_main(["resolve", str(spec), "16"]) == 2
     assert capsys.readouterr().err.strip() == f"error: {spec}: array index: expected 0..15, found 16"
 
 
 def test_help_explains_the_commands(capsys):
-    assert sweep.main(["--help"]) == 0
+    assert sweep_main(["--help"]) == 0
     out = capsys.readouterr().out
     for word in ("plan", "submit", "status", "run", "resolve", "array index = cell position", "max_params",
                  "loguniform", "sweep.json"):
@@ -383,7 +384,7 @@ def test_missing_spec_file(tmp_path, capsys):
 
 
 def test_run_without_local_is_refused(tmp_path, capsys):
-    assert sweep.main(["run", str(write_spec(tmp_path, SMALL))]) == 2
+    assert sweep_main(["run", str(write_spec(tmp_path, SMALL))]) == 2
     assert "expected --local" in capsys.readouterr().err
 
 
@@ -575,12 +576,12 @@ def test_status_command_output(tmp_path, capsys, monkeypatch):
     s = _status_sweep(tmp_path)
     s.runs[0].dir.mkdir(parents=True)
     (s.runs[0].dir / "result.json").write_text(json.dumps({"epochs": 4, "final": {"test_acc": 88.0}}))
-    assert sweep.main(["status", str(s.spec.path)]) == 0
+    assert sweep_main(["status", str(s.spec.path)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == ("sweep st: 6 runs: 1 done, 0 running, 5 pending, 0 failed "
                       "(squeue not available: running = started without a result)")
     assert out[2].split() == ["c000-s0", "0", "done", "4/4", "test_acc=88.00", "(final)"]
-    assert sweep.main(["status", str(s.spec.path), "--json"]) == 0
+    assert sweep_main(["status", str(s.spec.path), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["squeue"] is False and [row["state"] for row in data["runs"]] == ["done"] + ["pending"] * 5
 

@@ -129,11 +129,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return fire_call(run_cli, rest, name="cifar-dist train", help_text=train_help)
     if cmd == "sweep":
-        from cifar_dist.sweep import main as sweep_main
+        from cifar_dist.cli.sweep import main as sweep_main
 
         return sweep_main(rest)
     if cmd == "report":
-        from cifar_dist.report import main as report_main
+        from cifar_dist.cli.report import main as report_main
 
         return report_main(rest)
     commands = Commands()

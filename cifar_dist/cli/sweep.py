@@ -1,0 +1,149 @@
+"""`cifar-dist sweep plan|submit|status|run|resolve GRID ...`: the flags of the sweep commands.
+
+Each subcommand is a function with typed keyword arguments, run by the strict runner
+(`cifar_dist.cli.flags.run_command`): every flag is checked before anything is read or written.
+`submit GRID -- SBATCH_OPTION ...` passes everything after `--` to sbatch unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import sys
+
+from cifar_dist import sweep as sweeps
+from cifar_dist.cli.flags import FlagError, run_command
+from cifar_dist.errors import EXIT_BAD_INPUT, EXIT_OK, InputError
+
+PROG = "cifar-dist sweep"
+
+
+def _count(flag: str, value: object) -> int | None:
+    """A positive integer flag (None = not given); FlagError otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise FlagError(f"--{flag}: expected a positive integer, found {value!r}")
+    return value
+
+
+def plan(grid: str, *, parallel: int | None = None) -> int:
+    """print the numbered cells, parameter counts and the sbatch command; submit nothing.
+
+    GRID is a sweep spec (YAML), e.g. slurm/grids/seed001_grid.yaml. --parallel: array tasks at once
+    (default: the spec's parallel). Writes <out_dir>/<name>/sweep.json.
+    """
+    parallel = _count("parallel", parallel)
+    sweep = sweeps.load_sweep(grid)
+    sweeps.write_sweep_json(sweep)
+    (sweep.dir / "slurm").mkdir(parents=True, exist_ok=True)
+    sys.stdout.write(sweeps.plan_text(sweep, parallel or sweep.spec.parallel))
+    return EXIT_OK
+
+
+def submit(grid: str, *, parallel: int | None = None, dry_run: bool = False, sbatch: tuple[str, ...] = ()) -> int:
+    """sbatch the unfinished runs as a job array; sbatch options may follow a --.
+
+    cifar-dist sweep submit GRID [--parallel=P] [--dry-run] [-- SBATCH_OPTION ...],
+    e.g. `cifar-dist sweep submit GRID -- --partition=gpu --wait`. Runs that are finished (result.json)
+    or already in squeue are left out. --parallel: array tasks at once (default: the spec's parallel);
+    --dry-run: print the sbatch command, do not submit.
+    """
+    parallel = _count("parallel", parallel)
+    sweep = sweeps.load_sweep(grid)
+    sweeps.write_sweep_json(sweep)
+    (sweep.dir / "slurm").mkdir(parents=True, exist_ok=True)
+    return sweeps.submit(sweep, parallel or sweep.spec.parallel, list(sbatch), dry_run=dry_run)
+
+
+def status(grid: str, *, json: bool = False) -> int:
+    """show every run as pending / running / done / failed with its last metric.
+
+    --json: machine-readable output.
+    """
+    sweep = sweeps.load_sweep(grid, count=False)
+    sys.stdout.write(sweeps.status_text(sweep, sweeps.squeue_tasks(sweep.spec.name), as_json=json))
+    return EXIT_OK
+
+
+def run(grid: str, *, local: bool = False, parallel: int = 1, procs: int | None = None) -> int:
+    """run the sweep on this machine without SLURM (same skip/resume rules).
+
+    --local is required (run here, as subprocesses). --parallel: runs at once (default 1). --procs:
+    training processes per run (2+ = accelerate launch, launch/cpu.yaml); default $CIFAR_DIST_CPU_PROCS or 1.
+    """
+    if not local:
+        raise FlagError("sweep run: expected --local (on a SLURM cluster use `cifar-dist sweep submit`)")
+    parallel = _count("parallel", parallel) or 1
+    if procs is None:
+        procs = _env_procs()
+    procs = _count("procs", procs)
+    sweep = sweeps.load_sweep(grid)
+    sweeps.write_sweep_json(sweep)
+    return sweeps.run_local(sweep, parallel, procs)
+
+
+def _env_procs() -> int:
+    value = os.environ.get("CIFAR_DIST_CPU_PROCS", "1")
+    try:
+        return int(value)
+    except ValueError:
+        raise InputError(f"CIFAR_DIST_CPU_PROCS: expected a positive integer, found {value!r}") from None
+
+
+def resolve(grid: str, index: int, *, shell: bool = False) -> int:
+    """print the train flags of one array index (used by slurm/sweep.sh).
+
+    INDEX: array index = cell position x len(seeds) + seed position. --shell: bash assignments
+    run_name, run_dir, cell, seed, finished, train_args=(...).
+    """
+    if isinstance(index, bool) or not isinstance(index, int):
+        raise FlagError(f"INDEX: expected an integer, found {index!r}")
+    sys.stdout.write(sweeps.resolve_task(grid, index, shell=shell))
+    return EXIT_OK
+
+
+COMMANDS = {"plan": plan, "submit": submit, "status": status, "run": run, "resolve": resolve}
+
+
+def usage() -> str:
+    """`cifar-dist sweep --help`: the commands, then the spec format and rules."""
+    lines = [f"usage: {PROG} {{{','.join(COMMANDS)}}} GRID [...]   ({PROG} COMMAND --help for its flags)", ""]
+    lines += [f"  {name:8s} {inspect.getdoc(fn).splitlines()[0]}" for name, fn in COMMANDS.items()]
+    return "\n".join(lines) + "\n\n" + (sweeps.__doc__ or "")
+
+
+def _with_sbatch(extra: list[str]):
+    """`submit` with the options after `--` bound; its flags are the others (no --sbatch flag)."""
+    fn = functools.partial(submit, sbatch=tuple(extra))
+    sig = inspect.signature(submit)
+    fn.__signature__ = sig.replace(parameters=[p for p in sig.parameters.values() if p.name != "sbatch"])
+    fn.__doc__ = submit.__doc__
+    return fn
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`cifar-dist sweep ...`; returns the exit status (2 = bad spec or arguments, one line on stderr)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help"):
+        sys.stdout.write(usage())
+        return EXIT_OK
+    if not argv or argv[0] not in COMMANDS:
+        found = repr(argv[0]) if argv else "nothing"
+        print(f"error: {PROG}: expected a command ({', '.join(COMMANDS)}), found {found} (see {PROG} --help)",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    cmd, rest = argv[0], argv[1:]
+    extra: list[str] = []
+    if "--" in rest:  # everything after -- goes to sbatch
+        rest, extra = rest[:rest.index("--")], rest[rest.index("--") + 1:]
+        if cmd != "submit":
+            print(f"error: sweep {cmd}: unexpected arguments after --: {' '.join(extra)}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    fn = _with_sbatch(extra) if cmd == "submit" else COMMANDS[cmd]
+    return run_command(fn, rest, f"{PROG} {cmd}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,266 @@
+"""Reading a sweep's results from disk: run directories (config.yaml, metrics.jsonl, result.json, env.json)
+grouped into cells by sweep.json (written by `cifar-dist sweep`) or by their names and config differences.
+
+Types: `RunResult` (one run directory as read), `CellResult` (the runs of one grid point, one per seed),
+`SweepResults` (the cells of a folder); `load_results(path)` builds them. The sweep's own plan types
+(`cifar_dist.sweep.Cell`, `Run`, `Sweep`) describe what is to be trained; these describe what was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cifar_dist.config import ConfigError, flatten, load_yaml
+from cifar_dist.errors import InputError
+from cifar_dist.files import read_json, read_jsonl
+from cifar_dist.report.metrics import METRICS, Stat, hashable, summarize
+from cifar_dist.sweep import RUN_NAME, SWEEP_FILE
+
+RUN_FILES = ("config.yaml", "metrics.jsonl", "result.json")
+# Config keys that differ between runs without being hyperparameters.
+NOT_HYPERPARAMETERS = {"run.name", "run.seed", "run.out_dir", "run.progress"}
+
+
+class ReportError(InputError):
+    """Input the report cannot use; the message is one line naming the file."""
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def read_metrics_rows(path: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl -> rows; every non-blank line must be a JSON object with an integer "epoch"."""
+    rows = read_jsonl(path)
+    bad = next((i for i, row in enumerate(rows) if not _is_int(row.get("epoch"))), None)
+    if bad is not None:
+        n, line = [(n, line) for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip()][bad]
+        raise ReportError(f"{path}:{n}: expected an object with an integer \"epoch\", found {line[:60]!r}")
+    return rows
+
+def _read_result(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    res = read_json(path)
+    if not isinstance(res, dict):
+        raise ReportError(f"{path}: expected a JSON object, found {type(res).__name__}")
+    for key in ("final", "best"):
+        if not isinstance(res.get(key), dict):
+            raise ReportError(f"{path}: expected an object under {key!r}, found {res.get(key)!r}")
+    if not isinstance(res["final"].get("test_acc"), (int, float)):
+        raise ReportError(f"{path}: expected a number at final.test_acc, found {res['final'].get('test_acc')!r}")
+    return res
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """config.yaml -> {"optim.lr": 0.1, ...} (lists as tuples); {} when the file is missing."""
+    if not path.is_file():
+        return {}
+    try:
+        data = load_yaml(path)
+    except ConfigError as e:  # named after the --config flag; here the file is a run's own config.yaml
+        raise ReportError(str(e).removeprefix("--config: ")) from e
+    return {k: hashable(v) for k, v in flatten(data).items()}
+
+
+@dataclass
+class RunResult:
+    """One run directory as read from disk."""
+
+    name: str
+    path: Path
+    config: dict[str, Any]  # flattened config.yaml ({} when missing)
+    rows: list[dict[str, Any]]  # metrics.jsonl, one per finished epoch
+    result: dict[str, Any] | None  # result.json; None while the run is unfinished
+    env: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        return self.result is not None
+
+    @property
+    def status(self) -> str:
+        return str(self.result.get("status", "finished")) if self.result is not None else "partial"
+
+    @property
+    def last_epoch(self) -> int:
+        return self.rows[-1]["epoch"] if self.rows else 0
+
+    @property
+    def planned_epochs(self) -> int | None:
+        return self.config.get("run.epochs")
+
+    @property
+    def seed(self) -> int | None:
+        if "run.seed" in self.config:
+            return self.config["run.seed"]
+        m = RUN_NAME.match(self.name)
+        return int(m["seed"]) if m else None
+
+    @property
+    def params(self) -> int | None:
+        return (self.result or {}).get("params") or self.env.get("params")
+
+    @property
+    def preset(self) -> str:
+        return str(self.config.get("preset") or (self.result or {}).get("preset") or "")
+
+    def value(self, metric: str) -> float | None:
+        """This run's `metric` (see METRICS): from result.json, or from metrics.jsonl while unfinished."""
+        m = METRICS[metric]
+        v = m.finished(self.result, self.rows) if self.result is not None else m.partial(self.rows)
+        return None if v is None else float(v)
+
+
+def load_run(path: Path) -> RunResult:
+    env_path = path / "env.json"
+    env = read_json(env_path) if env_path.is_file() else {}
+    return RunResult(name=path.name, path=path, config=_read_config(path / "config.yaml"),
+               rows=read_metrics_rows(path / "metrics.jsonl"), result=_read_result(path / "result.json"),
+               env=env if isinstance(env, dict) else {})
+
+
+def is_run_dir(path: Path) -> bool:
+    return path.is_dir() and any((path / f).is_file() for f in RUN_FILES)
+
+
+# --------------------------------------------------------------------------------------------- cells
+
+
+@dataclass
+class CellResult:
+    """One grid point: its overrides and the runs (one per seed) that share them."""
+
+    name: str
+    overrides: dict[str, Any]
+    runs: list[RunResult]
+    params: int | None = None  # from sweep.json; else from the runs
+    sweep_preset: str = ""  # the cell's preset in sweep.json; the runs' config.yaml wins
+
+    @property
+    def finished_runs(self) -> list[RunResult]:
+        return [r for r in self.runs if r.finished]
+
+    @property
+    def partial_runs(self) -> list[RunResult]:
+        return [r for r in self.runs if not r.finished]
+
+    @property
+    def counted_runs(self) -> list[RunResult]:
+        """The runs the statistics use: the finished ones, or the unfinished ones when none finished."""
+        return self.finished_runs or self.runs
+
+    @property
+    def status(self) -> str:
+        if not self.runs:
+            return "no runs"
+        if not self.finished_runs:
+            return "partial"
+        if self.partial_runs:
+            return f"{len(self.finished_runs)}/{len(self.runs)} finished"
+        return "finished"
+
+    @property
+    def n_params(self) -> int | None:
+        if self.params is not None:
+            return self.params
+        found = [r.params for r in self.runs if r.params is not None]
+        return found[0] if found else None
+
+    @property
+    def preset(self) -> str:
+        return next((r.preset for r in self.runs if r.preset), self.sweep_preset)
+
+    def stat(self, metric: str) -> Stat:
+        return summarize([r.value(metric) for r in self.counted_runs])
+
+    def key_value(self, key: str) -> Any:
+        """The cell's value of a config key: its override, else its runs' resolved config."""
+        if key in self.overrides:
+            return hashable(self.overrides[key])
+        return next((r.config[key] for r in self.runs if key in r.config), None)
+
+
+@dataclass
+class SweepResults:
+    name: str
+    path: Path
+    cells: list[CellResult]
+    info: dict[str, Any]  # sweep.json, or {} for a folder of plain runs
+    override_keys: list[str]  # the table's override columns
+    varying_keys: list[str]  # override keys with two or more values: one accuracy figure each
+    missing: list[str]  # runs sweep.json expects that have no directory yet
+    single_run: bool = False
+
+    @property
+    def runs(self) -> list[RunResult]:
+        return [r for c in self.cells for r in c.runs]
+
+
+def _split_name(name: str) -> str:
+    m = RUN_NAME.match(name)
+    return m["cell"] if m else name
+
+
+def _differing_keys(configs: list[dict[str, Any]]) -> list[str]:
+    keys = sorted({k for c in configs for k in c} - NOT_HYPERPARAMETERS)
+    missing = object()
+    return [k for k in keys if len({repr(c.get(k, missing)) for c in configs}) > 1]
+
+
+def load_results(path: Path) -> SweepResults:
+    """Read a sweep folder, a folder of plain runs, or one run directory."""
+    path = Path(path)
+    if not path.exists():
+        raise ReportError(f"{path}: no such directory")
+    if not path.is_dir():
+        raise ReportError(f"{path}: expected a sweep or run directory, found a file")
+    if is_run_dir(path):
+        run = load_run(path)
+        cell = CellResult(_split_name(run.name), {}, [run])
+        return SweepResults(run.name, path, [cell], {}, [], [], [], single_run=True)
+
+    info: dict[str, Any] = {}
+    sweep_json = path / SWEEP_FILE
+    if sweep_json.is_file():
+        info = read_json(sweep_json)
+        if not isinstance(info, dict) or not isinstance(info.get("cells", []), list):
+            raise ReportError(f"{sweep_json}: expected an object with a list under \"cells\"")
+        if not isinstance(info.get("seeds", []), list):
+            raise ReportError(f"{sweep_json}: expected a list under \"seeds\", found {info['seeds']!r}")
+    run_dirs = sorted(p for p in path.iterdir() if is_run_dir(p))
+    if not run_dirs:
+        raise ReportError(f"{path}: no run directories (expected <cell>-s<seed>/ folders holding metrics.jsonl, "
+                          f"config.yaml or result.json)")
+    groups: dict[str, list[RunResult]] = {}
+    for d in run_dirs:
+        run = load_run(d)
+        groups.setdefault(_split_name(run.name), []).append(run)
+
+    cells: list[CellResult] = []
+    missing: list[str] = []
+    if info:
+        declared = set()
+        for i, c in enumerate(info.get("cells", [])):
+            if not isinstance(c, dict) or not isinstance(c.get("cell"), str):
+                raise ReportError(f"{sweep_json}: cells[{i}]: expected an object with a \"cell\" name")
+            overrides = c.get("overrides") or {}
+            if not isinstance(overrides, dict):
+                raise ReportError(f"{sweep_json}: cells[{i}].overrides: expected an object, found {overrides!r}")
+            declared.add(c["cell"])
+            runs = groups.get(c["cell"], [])
+            cells.append(CellResult(c["cell"], overrides, runs, c.get("params"), str(c.get("preset") or info.get("preset") or "")))
+            present = {r.seed for r in runs}
+            missing += [f"{c['cell']}-s{s}" for s in info.get("seeds", []) if s not in present]
+        # Runs the sweep file does not know (added by hand) are still reported, as cells of their own.
+        cells += [CellResult(name, {}, runs) for name, runs in sorted(groups.items()) if name not in declared]
+        override_keys = sorted({k for c in cells for k in c.overrides})
+    else:
+        override_keys = _differing_keys([runs[0].config for runs in groups.values() if runs[0].config])
+        cells = [CellResult(name, {k: runs[0].config.get(k) for k in override_keys}, runs)
+                 for name, runs in sorted(groups.items())]
+    varying = [k for k in override_keys if len({repr(c.key_value(k)) for c in cells if c.runs}) > 1]
+    return SweepResults(str(info.get("name") or path.name), path, cells, info, override_keys, varying, missing)
+

@@ -1,0 +1,169 @@
+"""The report's text: the cell table of report.md (mean +- std over seeds, sorted by a metric), its run
+list and plot links, and results.csv (one row per cell, every metric)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+
+from cifar_dist.report.load import CellResult, RunResult, SweepResults
+from cifar_dist.report.metrics import METRICS, TTA_METRICS, Stat, fmt_value, hashable
+
+PLOTS_DIR = "report_plots"
+
+
+def default_metric(sweep: SweepResults) -> str:
+    has_val = any(c.stat("best_val_acc").n for c in sweep.cells)
+    return "best_val_acc" if has_val else "final_test_acc"
+
+
+def sorted_cells(sweep: SweepResults, metric: str) -> list[CellResult]:
+    """Best first by the mean of `metric`; cells without a value last, ties by name."""
+    sign = -1.0 if METRICS[metric].higher_is_better else 1.0
+
+    def key(c: CellResult):
+        m = c.stat(metric).mean
+        return (m is None or math.isnan(m), sign * m if m is not None else 0.0, c.name)
+
+    return sorted(sweep.cells, key=key)
+
+
+def fmt_stat(s: Stat, digits: int, n_row: int | None = None) -> str:
+    """`mean ± std`, with `(n=k)` when k differs from the row's n; an em dash when there is no value."""
+    if s.mean is None:
+        return "—"
+    text = f"{s.mean:,.{digits}f}" + (f" ± {s.std:,.{digits}f}" if s.std is not None else "")
+    return text if s.n == n_row else f"{text} (n={s.n})"
+
+
+def _partial_note(run: RunResult) -> str:
+    planned = f"/{run.planned_epochs}" if run.planned_epochs else ""
+    return f"{run.name}@{run.last_epoch}{planned}"
+
+
+def results_csv(sweep: SweepResults, metric: str) -> str:
+    """One row per cell (sorted by `metric`): overrides, params, status, then mean/std/n per metric."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["cell", *sweep.override_keys, "preset", "params", "status", "n_runs", "n_finished", "partial_runs",
+                *[f"{m}_{part}" for m in METRICS for part in ("mean", "std", "n")], "reported_test_acc"])
+    reported = _reported()
+    for c in sorted_cells(sweep, metric):
+        stats = [c.stat(m) for m in METRICS]
+        w.writerow([c.name, *[fmt_value(c.key_value(k)) for k in sweep.override_keys], c.preset,
+                    c.n_params if c.n_params is not None else "", c.status, len(c.runs), len(c.finished_runs),
+                    " ".join(_partial_note(r) for r in c.partial_runs),
+                    *[x for s in stats for x in (_num(s.mean), _num(s.std), s.n)],
+                    _num(reported.get(c.preset))])
+    return buf.getvalue()
+
+
+def _num(v: float | None) -> str:
+    return "" if v is None else repr(float(v))
+
+
+def _reported() -> dict[str, float]:
+    from cifar_dist.presets import REPORTED_ACC
+
+    return REPORTED_ACC
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    def esc(s: str) -> str:
+        return str(s).replace("|", "\\|")
+
+    return ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "---|" * len(header),
+            *["| " + " | ".join(esc(x) for x in r) + " |" for r in rows]]
+
+
+def _summary(sweep: SweepResults, metric: str, reported: dict[str, float]) -> list[str]:
+    """The title, where the runs come from, the sweep's spec and fixed keys, how the table is sorted."""
+    runs = sweep.runs
+    n_partial = sum(not r.finished for r in runs)
+    presets = sorted({c.preset for c in sweep.cells if c.preset})
+    m = METRICS[metric]
+    lines = [f"# Report: {sweep.name}", ""]
+    what = "run" if sweep.single_run else "sweep"
+    lines.append(f"Source: `{sweep.path}` ({what}; {len(runs)} run{'s' * (len(runs) != 1)} in {len(sweep.cells)} "
+                 f"cell{'s' * (len(sweep.cells) != 1)}, {len(runs) - n_partial} finished, {n_partial} unfinished).")
+    if sweep.info:
+        seeds = ", ".join(str(s) for s in sweep.info.get("seeds", []))
+        lines.append(f"Sweep spec `{sweep.info.get('spec', '?')}`, preset `{sweep.info.get('preset', '?')}`, "
+                     f"seeds {seeds or '?'}.")
+        fixed = sweep.info.get("fixed") or {}
+        if fixed:
+            lines.append("Fixed for every cell: " + ", ".join(f"`{k}={fmt_value(hashable(v))}`" for k, v in fixed.items())
+                         + ".")
+    elif presets:
+        lines.append(f"Preset: {', '.join(f'`{p}`' for p in presets)}.")
+    for p in presets:
+        if p in reported:
+            lines.append(f"The seed behind preset `{p}` reported {reported[p]:.2f} % test accuracy "
+                         f"(column \"seed reported\"; see `cifar-dist presets` for how it was measured).")
+    lines += ["", f"Sorted by {m.label}, {'highest' if m.higher_is_better else 'lowest'} first. Values are "
+              "mean ± sample std over the seeds of a cell, n = runs counted (shown per value when it differs). "
+              "A cell's statistics use its finished runs; a cell with none is reported from its runs' last "
+              "logged epoch (status \"partial\").", ""]
+    return lines
+
+
+def _cell_table(sweep: SweepResults, metric: str, reported: dict[str, float]) -> list[str]:
+    """One row per cell, best first: overrides, params, n, mean ± std of every metric with a value, status."""
+    used_tta = any(r.config.get("run.tta", "none") != "none" for r in sweep.runs)
+    cols = [k for k in METRICS if any(c.stat(k).n for c in sweep.cells)]
+    if not used_tta:
+        cols = [k for k in cols if k not in TTA_METRICS]
+    show_reported = any(c.preset in reported for c in sweep.cells)
+    header = ["cell", *sweep.override_keys, "params", "n", *[METRICS[k].label for k in cols]]
+    header += ["seed reported (%)"] if show_reported else []
+    header.append("status")
+    rows = []
+    for c in sorted_cells(sweep, metric):
+        n_row = len(c.counted_runs)
+        row = [c.name, *[f"`{fmt_value(c.key_value(k))}`" for k in sweep.override_keys],
+               f"{c.n_params:,}" if c.n_params else "—", str(n_row),
+               *[fmt_stat(c.stat(k), METRICS[k].digits, n_row) for k in cols]]
+        if show_reported:
+            row.append(f"{reported[c.preset]:.2f}" if c.preset in reported else "—")
+        note = c.status
+        if c.partial_runs:
+            note += "; unfinished: " + ", ".join(_partial_note(r) for r in c.partial_runs)
+        row.append(note)
+        rows.append(row)
+    return _md_table(header, rows)
+
+
+def _run_table(sweep: SweepResults) -> list[str]:
+    """One row per run, then the unfinished runs and the runs sweep.json expects without a directory."""
+    run_rows = []
+    for c in sweep.cells:
+        for r in c.runs:
+            planned = f"/{r.planned_epochs}" if r.planned_epochs else ""
+            vals = [r.value(k) for k in ("final_test_acc", "best_val_acc", "best_epoch")]
+            run_rows.append([r.name, c.name, "—" if r.seed is None else str(r.seed), r.status,
+                             f"{r.last_epoch}{planned}", *["—" if v is None else f"{v:.2f}" for v in vals[:2]],
+                             "—" if vals[2] is None else str(int(vals[2]))])
+    lines = _md_table(["run", "cell", "seed", "status", "epoch", "test acc (%)", "best val acc (%)", "best epoch"],
+                      run_rows)
+    partial = [r for r in sweep.runs if not r.finished]
+    if partial:
+        lines += ["", "Unfinished runs (no result.json; values at their last logged epoch): "
+                  + ", ".join(f"`{r.name}` at epoch {r.last_epoch}" + (f" of {r.planned_epochs}" if r.planned_epochs
+                                                                        else "") for r in partial) + "."]
+    if sweep.missing:
+        lines += ["", f"Runs listed in sweep.json without a directory yet: {', '.join(sweep.missing)}."]
+    return lines
+
+
+def report_markdown(sweep: SweepResults, metric: str, plots: list[tuple[str, str]]) -> str:
+    """report.md: summary, the cell table sorted by `metric`, the runs, the plots, TensorBoard."""
+    reported = _reported()
+    lines = [*_summary(sweep, metric, reported), *_cell_table(sweep, metric, reported), "", "## Runs", "",
+             *_run_table(sweep), "", "## Plots", ""]
+    for name, title in plots:
+        lines += [f"![{title}]({PLOTS_DIR}/{name})", ""]
+    lines += ["## TensorBoard", "",
+              "Scalars per epoch (`epoch/*`) and per step (`train/*`), and every run's full config with its final "
+              "metrics in the HParams tab:", "", "```", f"tensorboard --logdir {sweep.path}", "```", ""]
+    return "\n".join(lines)

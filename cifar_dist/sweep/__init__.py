@@ -1,0 +1,104 @@
+"""Sweeps: a YAML spec becomes numbered cells, and every cell x seed becomes one run, on SLURM or locally.
+
+    cifar-dist sweep plan   slurm/grids/seed001_grid.yaml   # cells, parameter counts, the sbatch command
+    cifar-dist sweep submit slurm/grids/seed001_grid.yaml   # sbatch the unfinished runs as one job array
+    cifar-dist sweep status slurm/grids/seed001_grid.yaml   # pending / running / done / failed per run
+    cifar-dist sweep run    slurm/grids/seed001_grid.yaml --local --parallel 2   # no SLURM: P subprocesses
+    cifar-dist sweep resolve GRID INDEX [--shell]          # the train flags of array index INDEX
+
+Spec (every key but `name` optional; unknown keys are errors):
+
+    name: seed001_grid              # runs land in <out_dir>/<name>/<cell>-s<seed>/
+    preset: seed001_resnet18_5m     # base preset; a `preset` axis may vary it per cell
+    out_dir: runs                   # parent of the sweep directory, relative to the working directory
+    fixed:                          # overrides of every cell: section.key: value
+      run.epochs: 51
+    grid:                           # Cartesian product; the first axis varies slowest
+      run.global_batch_size: [128, 256, 512]
+      optim.lookahead: [true, false]
+    zip:                            # axes that vary together (equal lengths), as one more grid axis;
+      optim.name: [adam, sgd]       # a list of such mappings gives several zipped groups
+      optim.weight_decay: [0.0, 5.0e-4]
+    random:                         # random search, crossed with the grid as its innermost axis
+      samples: 32                   # number of draws (constraints may drop some)
+      seed: 2                       # search seed: the same seed gives the same draws
+      params:                       # drawn in the order written
+        optim.lr: {loguniform: [1.0e-4, 1.0e-1]}   # floats are rounded to 4 significant digits
+        model.dropout: {uniform: [0.0, 0.5]}
+        model.c1: {randint: [14, 38]}              # integers, both ends included
+        model.blocks: {choice: [[3, 3, 3], [7, 7, 7]]}
+    seeds: [0, 1, 2]                # repeats of every cell (run.seed); an integer n means 0..n-1
+    constraints:                    # parameter budget (trainable parameters at 10 classes)
+      max_params: 5000000           # cells outside [min_params, max_params] are dropped from the plan
+    parallel: 8                     # array tasks running at once (sbatch --array=...%8)
+    sbatch: [--time=02:00:00]       # extra sbatch options (they beat the #SBATCH lines of sweep.sh)
+
+PyYAML reads `1e-2` (no dot) as a string; the config check turns it into the number anyway.
+Every cell is checked with `cifar_dist.config.resolve` and its model is built (on the meta device) to count
+parameters, so a bad key or model option fails at plan time: one line (file, key, expected, found), exit 2.
+
+Numbering: cells are c000, c001, ... in expansion order (grid axes, zip groups, random draws), counted
+after the constraints, so the same spec always gives the same cells. Runs are cell-major:
+array index = cell position * len(seeds) + seed position, run name `<cell>-s<seed>`, flags
+`--run.out_dir=<out_dir>/<name> --run.name=<cell>-s<seed> --run.seed=<seed> --resume=auto`.
+`<out_dir>/<name>/sweep.json` (written by plan, submit, run and the first array task) lists the cells
+for `cifar-dist report`; SLURM logs go to `<out_dir>/<name>/slurm/%A_%a.out`, local ones to `logs/<run>.out`.
+
+Skip and resume: a run with result.json is finished and never trained again; any other run starts with
+`--resume=auto`, which continues from its last checkpoint. `submit` leaves out finished runs and runs
+already in squeue; `slurm/sweep.sh` checks again when a task starts. Editing a spec: more seeds or new
+cells at the end are fine, but a cell whose runs have started must keep its overrides (and the fixed ones
+their values) -- plan, submit, run and resolve refuse otherwise (exit 2), as resuming its checkpoint under
+another config would mix two experiments; use a new sweep name instead.
+
+Status (`sweep status`), from the run directory, `sweep_task.json` (written by sweep.sh and the local
+runner: state, exit status, job id, host, pid) and, when it answers, `squeue` (jobs named after the sweep,
+which `submit` does, or with the job id recorded in sweep_task.json):
+    done     result.json exists
+    running  squeue lists the task as running; without squeue: the run has started (checkpoint, metrics or
+             a sweep_task.json saying running) and has no result; a local run must have a live pid
+    pending  squeue lists the task as pending (also after a requeue), or nothing has started yet
+    failed   the last attempt ended without a result (trainer error, non-finite loss, stopped and not
+             requeued, killed); resubmitting resumes it from its checkpoint
+"""
+
+
+from cifar_dist.sweep.local import local_command, run_local
+from cifar_dist.sweep.plan import (
+    RUN_NAME,
+    SWEEP_FILE,
+    Cell,
+    Run,
+    Sweep,
+    check_unchanged,
+    count_model_params,
+    describe,
+    expand,
+    flag_value,
+    is_finished,
+    load_sweep,
+    read_sweep_json,
+    run_name,
+    sweep_record,
+    write_sweep_json,
+)
+from cifar_dist.sweep.slurm import (
+    REPO,
+    SWEEP_SCRIPT,
+    array_ranges,
+    plan_text,
+    resolve_task,
+    sbatch_command,
+    squeue_tasks,
+    submit,
+)
+from cifar_dist.sweep.spec import Spec, SpecError, draw, load_spec
+from cifar_dist.sweep.status import TASK_FILE, last_metrics, run_state, status_rows, status_text, write_task
+
+__all__ = [
+    "Cell", "REPO", "RUN_NAME", "Run", "SWEEP_FILE", "SWEEP_SCRIPT", "Spec", "SpecError", "Sweep", "TASK_FILE",
+    "array_ranges", "check_unchanged", "count_model_params", "describe", "draw", "expand", "flag_value",
+    "is_finished", "last_metrics", "load_spec", "load_sweep", "local_command", "plan_text", "read_sweep_json",
+    "resolve_task", "run_local", "run_name", "run_state", "sbatch_command", "squeue_tasks", "status_rows",
+    "status_text", "submit", "sweep_record", "write_sweep_json", "write_task",
+]

@@ -1,0 +1,111 @@
+"""The local runner (`cifar-dist sweep run GRID --local`): every unfinished run as a subprocess of this
+machine, `parallel` at a time, with the same skip/resume rules as the SLURM array. SIGINT/SIGTERM are
+forwarded as SIGTERM, so each trainer saves a checkpoint and stops; rerunning resumes."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+from cifar_dist.errors import EXIT_FAILED, EXIT_OK, EXIT_STOPPED
+from cifar_dist.sweep.plan import Run, Sweep, describe, is_finished
+from cifar_dist.sweep.slurm import REPO
+from cifar_dist.sweep.status import write_task
+
+
+def local_command(flags: list[str], procs: int, port: int) -> list[str]:
+    """`python -m cifar_dist.train FLAGS`, or with procs > 1 the same under accelerate launch (launch/cpu.yaml)."""
+    if procs <= 1:
+        return [sys.executable, "-m", "cifar_dist.train", *flags]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "launch" / "cpu.yaml"),
+            "--num_processes", str(procs), "--main_process_port", str(port), "-m", "cifar_dist.train", *flags]
+
+
+class LocalRunner:
+    """The processes of one `sweep run --local`: started from a queue, reaped as they end."""
+
+    def __init__(self, sweep: Sweep, procs: int) -> None:
+        self.sweep = sweep
+        self.procs = procs
+        self.active: dict[subprocess.Popen, Run] = {}
+        self.stop: list[int] = []
+        self.done = self.failed = 0
+        self.env = {**os.environ,
+                    "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+
+    def on_signal(self, signum, frame) -> None:
+        if not self.stop:
+            print(f"got {signal.Signals(signum).name}: stopping the runs (they save a checkpoint)", flush=True)
+        self.stop.append(signum)
+        for proc in self.active:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
+    def start(self, run: Run) -> None:
+        run.dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.sweep.dir / "logs" / f"{run.name}.out"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        port = 29500 + (os.getpid() + run.index) % 20000
+        cmd = local_command(self.sweep.train_flags(run), self.procs, port)
+        with log_path.open("a") as log:
+            log.write(f"$ {shlex.join(cmd)}\n")
+            log.flush()
+            # A session of its own: a terminal's Ctrl-C reaches only this runner, which sends SIGTERM.
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        self.active[proc] = run
+        write_task(run, "running", None, "local", proc.pid)
+        print(f"start {run.name} ({describe(run.cell.overrides)}, seed {run.seed}) pid {proc.pid}", flush=True)
+
+    def reap(self) -> None:
+        for proc in [p for p in self.active if p.poll() is not None]:
+            run = self.active.pop(proc)
+            if is_finished(run):
+                self.done += 1
+                write_task(run, "done", proc.returncode, "local", proc.pid)
+                print(f"done  {run.name}", flush=True)
+            elif self.stop:
+                write_task(run, "preempted", proc.returncode, "local", proc.pid)
+                print(f"stopped {run.name} (exit {proc.returncode}); rerun to resume", flush=True)
+            else:
+                self.failed += 1
+                write_task(run, "failed", proc.returncode, "local", proc.pid)
+                print(f"FAILED {run.name}: exit {proc.returncode}; see {self.sweep.dir / 'logs' / run.name}.out",
+                      flush=True)
+
+    def run(self, queue: list[Run], parallel: int) -> None:
+        while queue or self.active:
+            while queue and not self.stop and len(self.active) < parallel:
+                self.start(queue.pop(0))
+            if self.stop and queue:
+                queue.clear()
+            self.reap()
+            time.sleep(0.2)
+
+
+def run_local(sweep: Sweep, parallel: int, procs: int) -> int:
+    """Run every unfinished run of the sweep here, `parallel` at a time; SIGINT/SIGTERM checkpoint and stop."""
+    runs = sweep.runs
+    todo = []
+    for run in runs:
+        if is_finished(run):
+            print(f"skip {run.name}: finished ({run.dir / 'result.json'})", flush=True)
+        else:
+            todo.append(run)
+    print(f"sweep {sweep.spec.name}: {len(runs)} runs, {len(runs) - len(todo)} finished, running {len(todo)} "
+          f"({parallel} at a time, {procs} process(es) each); logs in {sweep.dir / 'logs'}", flush=True)
+    runner = LocalRunner(sweep, procs)
+    old = {s: signal.signal(s, runner.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        runner.run(list(todo), parallel)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    print(f"sweep {sweep.spec.name}: {runner.done} trained, {len(runs) - len(todo)} skipped, {runner.failed} failed"
+          + (", stopped by a signal" if runner.stop else ""), flush=True)
+    if runner.stop:
+        return EXIT_STOPPED
+    return EXIT_FAILED if runner.failed else EXIT_OK

@@ -1,0 +1,243 @@
+"""Expansion: a `Spec` becomes numbered cells (each checked with the run config's `resolve` and its
+parameters counted), and every cell x seed one `Run`; `sweep.json` records them for `cifar-dist report`."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cifar_dist.config import ConfigError, model_options
+from cifar_dist.files import atomic_write_text, read_json_or_none
+from cifar_dist.sweep.spec import Spec, SpecError, bad, load_spec
+
+SWEEP_FILE = "sweep.json"  # <out_dir>/<name>/sweep.json: the cells and runs, for `cifar-dist report`
+RUN_NAME = re.compile(r"^(?P<cell>.+)-s(?P<seed>\d+)$")  # a run directory: <cell>-s<seed>
+
+try:
+    from cifar_dist.presets import resolve
+except ImportError:  # until `resolve` moves from config to presets (issue 12)
+    from cifar_dist.config import resolve
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One grid point of a spec."""
+
+    cell: str  # c000, c001, ...
+    index: int  # position among the kept cells
+    overrides: dict[str, Any]  # the keys that vary (canonical values from the resolved config)
+    preset: str | None  # the preset this cell starts from
+    epochs: int  # run.epochs after all overrides
+    params: int | None  # trainable parameters at 10 classes (None when not counted)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One cell x seed: one training run, one SLURM array task."""
+
+    index: int  # array index: cell position * len(seeds) + seed position
+    cell: Cell
+    seed: int
+    name: str  # <cell>-s<seed>
+    dir: Path  # <out_dir>/<sweep>/<name>
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """An expanded spec: its cells, and through them its runs."""
+
+    spec: Spec
+    cells: list[Cell]
+    fixed: dict[str, Any]  # the spec's fixed overrides, canonical values from the resolved config
+    dropped: list[str] = field(default_factory=list)  # one line per candidate the constraints removed
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.spec.out_dir) / self.spec.name
+
+    @property
+    def runs(self) -> list[Run]:
+        seeds = self.spec.seeds
+        return [Run(index=c.index * len(seeds) + j, cell=c, seed=s, name=run_name(c.cell, s),
+                    dir=self.dir / run_name(c.cell, s)) for c in self.cells for j, s in enumerate(seeds)]
+
+    def train_flags(self, run: Run) -> list[str]:
+        """The flags of `python -m cifar_dist.train` for one run."""
+        flags = [f"--preset={run.cell.preset}"] if run.cell.preset else []
+        over = {**self.fixed, **{k: v for k, v in run.cell.overrides.items() if k != "preset"}}
+        flags += [f"--{k}={flag_value(v)}" for k, v in over.items()]
+        flags += [f"--run.out_dir={self.dir}", f"--run.name={run.name}", f"--run.seed={run.seed}", "--resume=auto"]
+        return flags
+
+
+def run_name(cell: str, seed: int) -> str:
+    """The directory name of one run: <cell>-s<seed> (parsed back by RUN_NAME)."""
+    return f"{cell}-s{seed}"
+
+
+def flag_value(v: Any) -> str:
+    """A value as the train CLI reads it back (Fire literals; lists without spaces)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if v is None:
+        return "none"
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(flag_value(x) for x in v) + "]"
+    if isinstance(v, float):
+        return repr(v)
+    return str(v)
+
+
+def describe(over: dict[str, Any]) -> str:
+    """Overrides as `key=value ...` (the plan table, log lines and error messages)."""
+    return " ".join(f"{k}={flag_value(v)}" for k, v in over.items()) or "(base config)"
+
+
+def _canonical(cfg, key: str) -> Any:
+    if key == "preset":
+        return cfg.preset
+    section, _, name = key.partition(".")
+    v = getattr(getattr(cfg, section), name)
+    return list(v) if isinstance(v, tuple) else v
+
+
+_PARAM_CACHE: dict[tuple, int] = {}
+
+
+def _freeze(v: Any) -> Any:
+    return tuple(_freeze(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+
+def count_model_params(name: str, options: dict[str, Any]) -> int:
+    """Trainable parameters of a model at 10 classes; built on the meta device (no memory, no init), cached."""
+    key = (name, tuple(sorted((k, _freeze(v)) for k, v in options.items())))
+    if key not in _PARAM_CACHE:
+        import torch
+
+        from cifar_dist.models import count_params, create_model
+
+        try:
+            with torch.device("meta"):
+                n = count_params(create_model(name, num_classes=10, **options))
+        except (RuntimeError, NotImplementedError):  # a model that cannot be built on the meta device
+            n = count_params(create_model(name, num_classes=10, **options))
+        _PARAM_CACHE[key] = n
+    return _PARAM_CACHE[key]
+
+
+def _resolve_cell(spec: Spec, n: int, over: dict[str, Any]):
+    """The run config of candidate `n`; a ConfigError becomes a SpecError naming where the spec set the key."""
+    preset = over.get("preset", spec.preset)
+    if preset is not None and not isinstance(preset, str):
+        raise bad(spec.path, spec.origin["preset"], "a preset name", preset)
+    try:
+        return resolve(preset, None, {**spec.fixed, **{k: v for k, v in over.items() if k != "preset"}})
+    except ConfigError as e:
+        msg = str(e)
+        m = re.match(r"--([\w.]+): (.*)", msg)
+        if m and m.group(1) in spec.origin:
+            raise SpecError(f"{spec.path}: {spec.origin[m.group(1)]}: {m.group(2)}") from e
+        where = spec.origin.get("preset", "preset") if msg.startswith("--preset") else f"candidate {n}"
+        raise SpecError(f"{spec.path}: {where}: {msg.removeprefix('--preset: ')}") from e
+
+
+def _params(spec: Spec, n: int, cfg, over: dict[str, Any]) -> int:
+    try:
+        return count_model_params(cfg.model.name, model_options(cfg.model))
+    except ValueError as e:  # an option the model does not take, an unknown model
+        raise SpecError(f"{spec.path}: candidate {n} ({describe(over)}): {e}") from e
+
+
+def expand(spec: Spec, count: bool = True) -> Sweep:
+    """All cells of a spec, each checked with `resolve`; parameters counted when `count` or constraints."""
+    count = count or bool(spec.constraints)
+    cells: list[Cell] = []
+    dropped: list[str] = []
+    fixed: dict[str, Any] = dict(spec.fixed)
+    lo, hi = spec.constraints.get("min_params", 0), spec.constraints.get("max_params", 0)
+    for n, combo in enumerate(itertools.product(*spec.axes) if spec.axes else [()]):
+        over: dict[str, Any] = {}
+        for part in combo:
+            over.update(part)
+        cfg = _resolve_cell(spec, n, over)
+        over = {k: _canonical(cfg, k) for k in over}
+        fixed = {k: _canonical(cfg, k) for k in spec.fixed}
+        params = _params(spec, n, cfg, over) if count else None
+        if params is not None and ((hi and params > hi) or (lo and params < lo)):
+            limit = f"max_params {hi:,}" if hi and params > hi else f"min_params {lo:,}"
+            dropped.append(f"candidate {n} ({describe(over)}): {params:,} parameters, outside {limit}")
+            continue
+        cells.append(Cell(cell=f"c{len(cells):03d}", index=len(cells), overrides=over, preset=cfg.preset or None,
+                          epochs=cfg.run.epochs, params=params))
+    if not cells:
+        key = "max_params" if "max_params" in spec.constraints else "min_params"
+        raise bad(spec.path, f"constraints.{key}", f"a budget that keeps at least one of the {len(dropped)} cells",
+                  spec.constraints[key])
+    return Sweep(spec=spec, cells=cells, fixed=fixed, dropped=dropped)
+
+
+def load_sweep(path: str | Path, count: bool = True) -> Sweep:
+    """Read, check and expand a spec file."""
+    return expand(load_spec(path), count=count)
+
+
+# ----------------------------------------------------------------------------------------- sweep.json
+
+
+def sweep_record(sweep: Sweep) -> dict[str, Any]:
+    """The content of <out_dir>/<name>/sweep.json (read by `cifar-dist report` to group runs by cell)."""
+    s = sweep.spec
+    return {
+        "name": s.name, "spec": str(s.path), "spec_sha256": s.sha256, "preset": s.preset, "fixed": sweep.fixed,
+        "out_dir": str(sweep.dir),
+        "cells": [{"cell": c.cell, "index": c.index, "overrides": c.overrides, "params": c.params,
+                   "preset": c.preset, "epochs": c.epochs} for c in sweep.cells],
+        "seeds": s.seeds,
+        "array": {"size": len(sweep.runs), "index": "cell position * len(seeds) + seed position"},
+        "runs": [{"index": r.index, "run": r.name, "cell": r.cell.cell, "seed": r.seed} for r in sweep.runs],
+        "dropped": sweep.dropped,
+    }
+
+
+def read_sweep_json(sweep_dir: Path) -> dict[str, Any] | None:
+    """<sweep_dir>/sweep.json as written by `write_sweep_json`; None when missing or unreadable."""
+    record = read_json_or_none(sweep_dir / SWEEP_FILE)
+    return record if isinstance(record, dict) else None
+
+
+def write_sweep_json(sweep: Sweep) -> Path:
+    """Write sweep.json, first refusing a changed spec that would give a started run another config."""
+    path = sweep.dir / SWEEP_FILE
+    check_unchanged(sweep, read_sweep_json(sweep.dir))
+    atomic_write_text(path, json.dumps(sweep_record(sweep), indent=1) + "\n")
+    return path
+
+
+def check_unchanged(sweep: Sweep, old: dict[str, Any] | None) -> None:
+    """A cell id must keep its meaning once one of its runs has started: resuming a checkpoint under other
+    overrides would silently mix two configurations. Appending cells or seeds is fine."""
+    if not old or old.get("spec_sha256") == sweep.spec.sha256:
+        return
+    new = json.loads(json.dumps(sweep_record(sweep)))  # the same JSON types as the file
+    before = {c["cell"]: (c.get("preset"), c.get("overrides")) for c in old.get("cells", [])}
+    for c in new["cells"]:
+        started = [r for r in sweep.runs if r.cell.cell == c["cell"] and r.dir.is_dir()]
+        if not started:
+            continue
+        was = before.get(c["cell"])
+        now = (c["preset"], c["overrides"])
+        if old.get("fixed") != new["fixed"]:
+            raise bad(sweep.spec.path, "fixed", f"the fixed overrides the runs in {sweep.dir} started with "
+                      f"({describe(old.get('fixed') or {})}; or a new sweep name)", describe(sweep.fixed))
+        if was is not None and tuple(was) != now:
+            raise bad(sweep.spec.path, c["cell"], f"the overrides {started[0].name} started with "
+                      f"({describe(was[1] or {})}; or a new sweep name)", describe(c["overrides"]))
+
+
+def is_finished(run: Run) -> bool:
+    """A run with result.json is finished and never trained again."""
+    return (run.dir / "result.json").is_file()

@@ -1,0 +1,172 @@
+"""SLURM glue: the sbatch command of a job array, squeue's view of it, submitting, and the shell lines
+`slurm/sweep.sh` evaluates to learn one array task's run (`cifar-dist sweep resolve GRID INDEX --shell`)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from cifar_dist.errors import EXIT_BAD_INPUT, EXIT_OK
+from cifar_dist.sweep.plan import Sweep, describe, expand, is_finished, read_sweep_json, write_sweep_json
+from cifar_dist.sweep.spec import SpecError, load_spec
+
+REPO = Path(__file__).resolve().parents[2]
+SWEEP_SCRIPT = REPO / "slurm" / "sweep.sh"
+RUNNING_STATES = ("RUNNING", "COMPLETING", "CONFIGURING", "STAGE_OUT", "SIGNALING", "RESIZING")
+
+
+def array_ranges(indices: list[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] -> "0-2,5,7-8" (sbatch --array syntax)."""
+    parts = []
+    for _, group in itertools.groupby(enumerate(sorted(indices)), key=lambda t: t[1] - t[0]):
+        g = [v for _, v in group]
+        parts.append(f"{g[0]}-{g[-1]}" if len(g) > 1 else str(g[0]))
+    return ",".join(parts)
+
+
+def _display_path(p: Path) -> str:
+    rel = os.path.relpath(p)
+    return str(p) if rel.startswith("..") else rel
+
+
+def sbatch_command(sweep: Sweep, indices: list[int], parallel: int, extra: list[str] | None = None) -> list[str]:
+    """The sbatch command line of a job array over `indices` (array index = run index)."""
+    cmd = ["sbatch", f"--job-name={sweep.spec.name}", f"--array={array_ranges(indices)}%{parallel}",
+           f"--output={sweep.dir / 'slurm' / '%A_%a.out'}"]
+    if Path.cwd().resolve() != REPO:  # sweep.sh finds the code through the submit directory otherwise
+        cmd.append(f"--export=ALL,CIFAR_DIST_ROOT={REPO}")
+    cmd += [*sweep.spec.sbatch, *(extra or []), _display_path(SWEEP_SCRIPT), str(sweep.spec.path)]
+    return cmd
+
+
+def squeue_tasks(job_name: str) -> dict[str, Any] | None:
+    """Array tasks in squeue for this user: {"by_index": {index: (job id, state)} for jobs named job_name,
+    "by_job": {"<job>_<index>": state}}; None when squeue is missing or does not answer."""
+    if shutil.which("squeue") is None:
+        return None
+    try:
+        out = subprocess.run(["squeue", "--me", "-h", "-r", "-o", "%i|%T|%j"], capture_output=True, text=True,
+                             timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode:
+        return None
+    by_index: dict[int, tuple[str, str]] = {}
+    by_job: dict[str, str] = {}
+    for line in out.stdout.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) != 3:
+            continue
+        jobid, state, name = parts
+        by_job[jobid] = state
+        m = re.fullmatch(r"(\d+)_(\d+)", jobid)
+        if m and name == job_name:
+            by_index[int(m.group(2))] = (jobid, state)
+    return {"by_index": by_index, "by_job": by_job}
+
+
+def max_array_size() -> int | None:
+    """The cluster's MaxArraySize (None without scontrol)."""
+    try:
+        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    m = re.search(r"^MaxArraySize\s*=\s*(\d+)", out.stdout, re.M)
+    return int(m.group(1)) if m else None
+
+
+def plan_text(sweep: Sweep, parallel: int) -> str:
+    """What `cifar-dist sweep plan` prints: cells, parameter counts, the array numbering and sbatch line."""
+    s = sweep.spec
+    runs = sweep.runs
+    fixed = describe(sweep.fixed) if sweep.fixed else "none"
+    lines = [f"sweep {s.name} ({s.path}): preset {s.preset or 'defaults'}; fixed: {fixed}",
+             f"{len(sweep.cells)} cells x {len(s.seeds)} seeds {s.seeds} = {len(runs)} runs in {sweep.dir}/<cell>-s<seed>"]
+    if sweep.dropped:
+        lines.append(f"dropped {len(sweep.dropped)} of {len(sweep.dropped) + len(sweep.cells)} candidates "
+                     f"(constraints {', '.join(f'{k}={v:,}' for k, v in s.constraints.items())}):")
+        lines += [f"  {line}" for line in sweep.dropped]
+    lines.append(f"{'cell':5s} {'params':>11s}  overrides")
+    for c in sweep.cells:
+        params = f"{c.params:,}" if c.params is not None else "?"
+        lines.append(f"{c.cell:5s} {params:>11s}  {describe(c.overrides)}")
+    lines += [f"array index = cell position x {len(s.seeds)} + seed position ({runs[0].name} -> 0, "
+              f"{runs[-1].name} -> {runs[-1].index})",
+              "submit with:",
+              f"  {shlex.join(sbatch_command(sweep, [r.index for r in runs], parallel))}",
+              f"  (or: cifar-dist sweep submit {s.path}, which leaves out finished runs)",
+              "run here without SLURM:",
+              f"  cifar-dist sweep run {s.path} --local --parallel 2"]
+    return "\n".join(lines) + "\n"
+
+
+def _unsubmitted(sweep: Sweep, queue: dict[str, Any] | None) -> tuple[list[int], int, int]:
+    """(indices to submit, finished runs, runs already in squeue)."""
+    todo, finished, queued = [], 0, 0
+    for run in sweep.runs:
+        if is_finished(run):
+            finished += 1
+        elif queue is not None and run.index in queue["by_index"]:
+            queued += 1
+        else:
+            todo.append(run.index)
+    return todo, finished, queued
+
+
+def submit(sweep: Sweep, parallel: int, extra: list[str], dry_run: bool = False) -> int:
+    """sbatch the runs that are neither finished nor queued as one job array; returns the exit status."""
+    todo, finished, queued = _unsubmitted(sweep, squeue_tasks(sweep.spec.name))
+    print(f"sweep {sweep.spec.name}: {len(sweep.runs)} runs; skipping {finished} finished"
+          + (f" and {queued} already queued" if queued else "") + f"; submitting {len(todo)}")
+    if not todo:
+        print("nothing to submit")
+        return EXIT_OK
+    cmd = sbatch_command(sweep, todo, parallel, extra)
+    if dry_run:
+        print(shlex.join(cmd))
+        return EXIT_OK
+    limit = max_array_size()
+    if limit is not None and max(todo) >= limit:
+        raise SpecError(f"{sweep.spec.path}: array index {max(todo)}: expected below MaxArraySize={limit} of "
+                        f"this cluster, found {len(sweep.runs)} runs; split the spec")
+    print(shlex.join(cmd), flush=True)
+    try:
+        out = subprocess.run(cmd[:1] + ["--parsable"] + cmd[1:], stdout=subprocess.PIPE, text=True)
+    except FileNotFoundError:
+        print("error: sbatch: command not found (is this a SLURM login node?)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if out.returncode:
+        print(f"error: sbatch exited with status {out.returncode}", file=sys.stderr)
+        return out.returncode
+    job = out.stdout.strip().split(";")[0]
+    print(f"submitted job array {job}; logs in {sweep.dir / 'slurm'}; progress: cifar-dist sweep status "
+          f"{sweep.spec.path}")
+    return EXIT_OK
+
+
+def resolve_task(grid: str | Path, index: int, shell: bool = False) -> str:
+    """The train flags of array index `index` (one line), or with `shell` the bash assignments sweep.sh
+    evaluates: run_name, run_dir, cell, seed, finished, train_args=(...). Writes sweep.json if missing."""
+    spec = load_spec(grid)
+    record = read_sweep_json(Path(spec.out_dir) / spec.name)
+    sweep_file_ok = bool(record) and record.get("spec_sha256") == spec.sha256
+    sweep = expand(spec, count=not sweep_file_ok)  # counts parameters only for constraints or a new sweep.json
+    runs = sweep.runs
+    if not 0 <= index < len(runs):
+        raise SpecError(f"{spec.path}: array index: expected 0..{len(runs) - 1}, found {index}")
+    if not sweep_file_ok:
+        write_sweep_json(sweep)
+    run = runs[index]
+    flags = sweep.train_flags(run)
+    if not shell:
+        return shlex.join(flags) + "\n"
+    return "".join(f"{line}\n" for line in (
+        f"run_name={shlex.quote(run.name)}", f"run_dir={shlex.quote(str(run.dir))}", f"cell={run.cell.cell}",
+        f"seed={run.seed}", f"finished={int(is_finished(run))}", f"train_args=({shlex.join(flags)})"))

@@ -1,0 +1,247 @@
+"""The sweep spec: a YAML file read into a frozen `Spec`, every value checked before anything expands.
+
+Scalar values go through the run config's own coercion (`cifar_dist.config`), so a spec accepts a value
+exactly when `--section.key=value` would (PyYAML's `1e-3` string is the number it means); what the
+spec adds on top (a positive count, a name that can be a directory) is checked after it. Every error is
+a `SpecError` whose one line names the file, the key, what was expected and what was found.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cifar_dist.config import ConfigError, flatten
+from cifar_dist.config import _coerce as coerce
+from cifar_dist.errors import InputError
+
+SPEC_KEYS = ("name", "preset", "out_dir", "fixed", "grid", "zip", "random", "seeds", "constraints", "parallel",
+             "sbatch")
+RANDOM_KEYS = ("samples", "seed", "params")
+DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
+CONSTRAINTS = ("max_params", "min_params")
+SET_BY_SWEEP = ("run.out_dir", "run.name", "run.seed")  # one value per run, chosen by the sweep
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+class SpecError(InputError):
+    """A bad sweep spec; the message is one line: file, key, what was expected, what was found."""
+
+
+def bad(path: Path | str, key: str, expected: str, found: Any) -> SpecError:
+    return SpecError(f"{path}: {key}: expected {expected}, found {found!r}")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A checked sweep spec (still unexpanded). Axes hold override dicts, one per value."""
+
+    path: Path
+    name: str
+    preset: str | None
+    out_dir: str
+    fixed: dict[str, Any]
+    axes: list[list[dict[str, Any]]]  # grid axes, then zip groups, then the random draws
+    origin: dict[str, str]  # override key -> where the spec sets it (for error messages)
+    seeds: list[int]
+    constraints: dict[str, int]
+    parallel: int
+    sbatch: list[str]
+    sha256: str
+
+
+def checked(path: Path, key: str, tp: Any, value: Any, expected: str,
+            ok: Callable[[Any], Any] = lambda v: True) -> Any:
+    """`value` coerced to `tp` by the run config's rules, then `ok(value)`; else SpecError naming `key`."""
+    try:
+        v = coerce(key, tp, value)
+    except ConfigError:
+        raise bad(path, key, expected, value) from None
+    if not ok(v):
+        raise bad(path, key, expected, value)
+    return v
+
+
+def _check_key(path: Path, where: str, key: Any, origin: dict[str, str], allow_preset: bool = True) -> str:
+    if not isinstance(key, str) or not key:
+        raise bad(path, where, "an override key like optim.lr", key)
+    if key == "preset" and not allow_preset:
+        raise bad(path, f"{where}.preset", "the top-level preset key (fixed holds section.key overrides)", key)
+    if key in SET_BY_SWEEP:
+        raise bad(path, f"{where}.{key}", "no value (the sweep sets run.out_dir, run.name and run.seed)", key)
+    if key in origin:
+        raise bad(path, f"{where}.{key}", f"a key set once (it is already in {origin[key]})", key)
+    origin[key] = f"{where}.{key}"
+    return key
+
+
+def _values(path: Path, key: str, values: Any) -> list[Any]:
+    if not isinstance(values, list) or not values:
+        raise bad(path, key, "a non-empty list of values", values)
+    return values
+
+
+def _distribution(path: Path, key: str, d: Any) -> tuple[str, Any]:
+    expected = f"one of {{{', '.join(f'{n}: [...]' for n in DISTRIBUTIONS)}}}"
+    if not isinstance(d, dict) or len(d) != 1 or next(iter(d)) not in DISTRIBUTIONS:
+        raise bad(path, key, expected, d)
+    kind, args = next(iter(d.items()))
+    where = f"{key}.{kind}"
+    if kind == "choice":
+        return kind, _values(path, where, args)
+    if not isinstance(args, list) or len(args) != 2:
+        raise bad(path, where, "[low, high]", args)
+    tp, expected = (int, "integers with low <= high") if kind == "randint" else (float, "numbers with low < high")
+    try:
+        lo, hi = (coerce(where, tp, a) for a in args)
+        ok = lo <= hi if kind == "randint" else lo < hi
+    except ConfigError:
+        ok = False
+    if ok and kind == "loguniform" and lo <= 0:
+        raise bad(path, where, "[low, high] with 0 < low < high", args)
+    if not ok:
+        raise bad(path, where, f"[low, high] {expected}", args)
+    return kind, (lo, hi)
+
+
+def _round(x: float) -> float:
+    return float(f"{x:.4g}")
+
+
+def draw(rng: random.Random, kind: str, args: Any) -> Any:
+    """One value of a distribution. Uses only random() and randrange(), whose streams Python keeps stable."""
+    if kind == "choice":
+        return args[rng.randrange(len(args))]
+    lo, hi = args
+    if kind == "randint":
+        return lo + rng.randrange(hi - lo + 1)
+    if kind == "uniform":
+        return _round(lo + (hi - lo) * rng.random())
+    return _round(math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * rng.random()))
+
+
+def _read(path: Path) -> tuple[dict[str, Any], bytes]:
+    if not path.is_file():
+        raise SpecError(f"{path}: file not found")
+    raw = path.read_bytes()
+    try:
+        data = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise SpecError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
+    if not isinstance(data, dict):
+        raise bad(path, "(top level)", "a mapping of spec keys", type(data).__name__)
+    for key in data:
+        if key not in SPEC_KEYS:
+            raise bad(path, str(key), f"a known key ({', '.join(SPEC_KEYS)})", key)
+    return data, raw
+
+
+def _fixed(path: Path, data: dict[str, Any], origin: dict[str, str]) -> dict[str, Any]:
+    fixed_raw = data.get("fixed") or {}
+    if not isinstance(fixed_raw, dict):
+        raise bad(path, "fixed", "a mapping of section.key: value", fixed_raw)
+    return {_check_key(path, "fixed", k, origin, allow_preset=False): v for k, v in flatten(fixed_raw).items()}
+
+
+def _grid_axes(path: Path, data: dict[str, Any], origin: dict[str, str]) -> list[list[dict[str, Any]]]:
+    grid = data.get("grid") or {}
+    if not isinstance(grid, dict):
+        raise bad(path, "grid", "a mapping of section.key: [values]", grid)
+    axes = []
+    for key, values in grid.items():
+        _check_key(path, "grid", key, origin)
+        axes.append([{key: v} for v in _values(path, f"grid.{key}", values)])
+    return axes
+
+
+def _zip_axes(path: Path, data: dict[str, Any], origin: dict[str, str]) -> list[list[dict[str, Any]]]:
+    zips = data.get("zip") or []
+    zips = [zips] if isinstance(zips, dict) else zips
+    if not isinstance(zips, list):
+        raise bad(path, "zip", "a mapping of section.key: [values] (or a list of them)", zips)
+    axes = []
+    for i, group in enumerate(zips):
+        where = "zip" if len(zips) == 1 else f"zip[{i}]"
+        if not isinstance(group, dict) or not group:
+            raise bad(path, where, "a non-empty mapping of section.key: [values]", group)
+        for key, values in group.items():
+            _check_key(path, where, key, origin)
+            _values(path, f"{where}.{key}", values)
+        if len({len(v) for v in group.values()}) != 1:
+            sizes = {k: len(v) for k, v in group.items()}
+            raise bad(path, where, "lists of equal length (they vary together)", sizes)
+        keys = list(group)
+        axes.append([dict(zip(keys, vals)) for vals in zip(*(group[k] for k in keys))])
+    return axes
+
+
+def _random_axis(path: Path, data: dict[str, Any], origin: dict[str, str]) -> list[list[dict[str, Any]]]:
+    rnd = data.get("random")
+    if rnd is None:
+        return []
+    if not isinstance(rnd, dict):
+        raise bad(path, "random", "a mapping with samples, seed, params", rnd)
+    for key in rnd:
+        if key not in RANDOM_KEYS:
+            raise bad(path, f"random.{key}", f"a known key ({', '.join(RANDOM_KEYS)})", key)
+    samples = checked(path, "random.samples", int, rnd.get("samples"), "a positive integer", lambda v: v >= 1)
+    seed = checked(path, "random.seed", int, rnd.get("seed", 0), "an integer")
+    params = rnd.get("params")
+    if not isinstance(params, dict) or not params:
+        raise bad(path, "random.params", "a non-empty mapping of section.key: {distribution: args}", params)
+    dists = [(_check_key(path, "random.params", k, origin), _distribution(path, f"random.params.{k}", d))
+             for k, d in params.items()]
+    rng = random.Random(seed)
+    return [[{k: draw(rng, kind, args) for k, (kind, args) in dists} for _ in range(samples)]]
+
+
+def _seeds(path: Path, data: dict[str, Any]) -> list[int]:
+    seeds = data.get("seeds", [0])
+    expected = "a non-empty list of distinct integers >= 0 (or a count)"
+    if isinstance(seeds, list):
+        got = checked(path, "seeds", tuple[int, ...], seeds, expected,
+                      lambda v: v and min(v) >= 0 and len(set(v)) == len(v))
+        return list(got)
+    return list(range(checked(path, "seeds", int, seeds, expected, lambda v: v > 0)))
+
+
+def _constraints(path: Path, data: dict[str, Any]) -> dict[str, int]:
+    constraints = data.get("constraints") or {}
+    if not isinstance(constraints, dict):
+        raise bad(path, "constraints", "a mapping (max_params, min_params)", constraints)
+    out = {}
+    for key, v in constraints.items():
+        if key not in CONSTRAINTS:
+            raise bad(path, f"constraints.{key}", f"a known constraint ({', '.join(CONSTRAINTS)})", key)
+        out[key] = int(checked(path, f"constraints.{key}", float, v, "a positive number of parameters",
+                               lambda x: x > 0 and x.is_integer()))
+    return out
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read and check a spec file; raises SpecError (one line) on anything wrong."""
+    path = Path(path)
+    data, raw = _read(path)
+    name = checked(path, "name", str, data.get("name"),
+                   "a sweep name of letters, digits, _ . - (it names a directory)", NAME.fullmatch)
+    preset = checked(path, "preset", str | None, data.get("preset"), "a preset name")
+    out_dir = checked(path, "out_dir", str, data.get("out_dir", "runs"), "a directory path", bool)
+    origin: dict[str, str] = {}
+    fixed = _fixed(path, data, origin)
+    axes = [*_grid_axes(path, data, origin), *_zip_axes(path, data, origin), *_random_axis(path, data, origin)]
+    seeds, constraints = _seeds(path, data), _constraints(path, data)
+    parallel = checked(path, "parallel", int, data.get("parallel", 8), "a positive integer", lambda v: v >= 1)
+    sbatch = data.get("sbatch") or []
+    if not isinstance(sbatch, list) or not all(isinstance(a, str) and a.startswith("-") for a in sbatch):
+        raise bad(path, "sbatch", "a list of sbatch options like --time=02:00:00", sbatch)
+    return Spec(path=path, name=name, preset=preset, out_dir=out_dir, fixed=fixed, axes=axes, origin=origin,
+                seeds=seeds, constraints=constraints, parallel=parallel, sbatch=sbatch,
+                sha256=hashlib.sha256(raw).hexdigest())

@@ -1,0 +1,124 @@
+"""Status of every run of a sweep (`cifar-dist sweep status`): pending / running / done / failed.
+
+Read from the run directory, `sweep_task.json` (written by slurm/sweep.sh and the local runner: state,
+exit status, job id, host, pid) and, when it answers, `squeue`; the rules are in the package docstring.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from typing import Any
+
+from cifar_dist.files import atomic_write_text, last_jsonl_row, pid_alive, read_json_or_none
+from cifar_dist.sweep.plan import Run, Sweep, is_finished
+from cifar_dist.sweep.slurm import RUNNING_STATES
+
+TASK_FILE = "sweep_task.json"  # written by slurm/sweep.sh and the local runner into the run directory
+STATES = ("done", "running", "pending", "failed")
+
+
+def _host() -> str:
+    return socket.gethostname().split(".")[0]
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _read_dict(path) -> dict[str, Any]:
+    value = read_json_or_none(path)
+    return value if isinstance(value, dict) else {}
+
+
+def write_task(run: Run, state: str, exit_status: int | None, job: str, pid: int) -> None:
+    """Record the outcome of an attempt in <run>/sweep_task.json (same fields as slurm/sweep.sh writes)."""
+    record = {"state": state, "exit": exit_status, "job": job, "host": _host(), "pid": pid, "time": int(time.time())}
+    atomic_write_text(run.dir / TASK_FILE, json.dumps(record) + "\n")
+
+
+def last_metrics(run: Run) -> dict[str, Any] | None:
+    """The last row of metrics.jsonl (None when there is none)."""
+    return last_jsonl_row(run.dir / "metrics.jsonl")
+
+
+def _queued_state(run: Run, task: dict[str, Any], queue: dict[str, Any]) -> tuple[str, str] | None:
+    job = str(task.get("job"))
+    if job in queue["by_job"]:
+        qjob, qstate = job, queue["by_job"][job]
+    else:
+        qjob, qstate = queue["by_index"].get(run.index, (None, None))
+    if qstate in RUNNING_STATES:
+        return "running", f"job {qjob}"
+    if qstate:
+        return "pending", f"job {qjob} {qstate.lower()}"
+    return None
+
+
+def run_state(run: Run, queue: dict[str, Any] | None) -> tuple[str, str]:
+    """(pending | running | done | failed, detail) of one run; the rules are in the package docstring."""
+    if is_finished(run):
+        return "done", ""
+    task = _read_dict(run.dir / TASK_FILE)
+    started = bool(task) or (run.dir / "metrics.jsonl").is_file() or (run.dir / "checkpoints").is_dir()
+    if task.get("job") == "local" and task.get("host") == _host() and task.get("state") == "running":
+        if pid_alive(task.get("pid")):
+            return "running", "local"
+        return "failed", "local runner gone before the run finished"
+    queued = _queued_state(run, task, queue) if queue is not None else None
+    if queued:
+        return queued
+    state = task.get("state")
+    if state == "failed":
+        return "failed", f"exit {task.get('exit')} (job {task.get('job')})"
+    if state == "preempted":
+        return "failed", "stopped by a signal with a checkpoint and not requeued; resubmit to resume"
+    if state == "running":
+        if queue is None:
+            return "running", f"job {task.get('job')} on {task.get('host')} (no squeue to confirm)"
+        return "failed", f"job {task.get('job')} ended without a result (killed or timed out)"
+    if started:
+        return ("running", "started (no squeue)") if queue is None else ("failed", "started, not queued, no result")
+    return "pending", "not started"
+
+
+def _metric_text(run: Run, state: str) -> tuple[str, str]:
+    """(epoch k/E, last metric) for the status table."""
+    epochs = run.cell.epochs
+    if state == "done":
+        res = _read_dict(run.dir / "result.json")
+        acc = (res.get("final") or {}).get("test_acc")
+        return f"{res.get('epochs', epochs)}/{epochs}", f"test_acc={acc:.2f} (final)" if _is_num(acc) else ""
+    row = last_metrics(run)
+    if not row:
+        return f"0/{epochs}", ""
+    for key in ("test_acc", "val_acc", "train_loss"):
+        if _is_num(row.get(key)):
+            return f"{row.get('epoch', 0)}/{epochs}", f"{key}={row[key]:.4g} (epoch {row.get('epoch')})"
+    return f"{row.get('epoch', 0)}/{epochs}", ""
+
+
+def status_rows(sweep: Sweep, queue: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """One dict per run: index, run, cell, seed, state, epoch, metric, detail."""
+    rows = []
+    for run in sweep.runs:
+        state, detail = run_state(run, queue)
+        epoch, metric = _metric_text(run, state)
+        rows.append({"index": run.index, "run": run.name, "cell": run.cell.cell, "seed": run.seed, "state": state,
+                     "epoch": epoch, "metric": metric, "detail": detail})
+    return rows
+
+
+def status_text(sweep: Sweep, queue: dict[str, Any] | None, as_json: bool = False) -> str:
+    """The status table (or its JSON) that `cifar-dist sweep status` prints."""
+    rows = status_rows(sweep, queue)
+    if as_json:
+        return json.dumps({"name": sweep.spec.name, "squeue": queue is not None, "runs": rows}, indent=1) + "\n"
+    counts = {s: sum(r["state"] == s for r in rows) for s in STATES}
+    lines = [f"sweep {sweep.spec.name}: {len(rows)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+             + ("" if queue is not None else " (squeue not available: running = started without a result)"),
+             f"{'run':10s} {'index':>5s}  {'state':8s} {'epoch':>7s}  {'last metric':30s} detail"]
+    lines += [f"{r['run']:10s} {r['index']:5d}  {r['state']:8s} {r['epoch']:>7s}  {r['metric']:30s} {r['detail']}"
+              for r in rows]
+    return "\n".join(lines) + "\n"
