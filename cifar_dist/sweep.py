@@ -34,7 +34,7 @@ Spec (every key but `name` optional; unknown keys are errors):
     sbatch: [--time=02:00:00]       # extra sbatch options (they beat the #SBATCH lines of sweep.sh)
 
 PyYAML reads `1e-2` (no dot) as a string; the config check turns it into the number anyway.
-Every cell is checked with `cifar_dist.config.resolve` and its model is built (on the meta device) to count
+Every cell is checked with `cifar_dist.presets.resolve` and its model is built (on the meta device) to count
 parameters, so a bad key or model option fails at plan time: one line (file, key, expected, found), exit 2.
 
 Numbering: cells are c000, c001, ... in expansion order (grid axes, zip groups, random draws), counted
@@ -85,7 +85,8 @@ from typing import Any
 
 import yaml
 
-from cifar_dist.config import ConfigError, flatten, model_options, resolve
+from cifar_dist.config import ConfigError, flatten, model_options, to_dict
+from cifar_dist.presets import resolve
 
 REPO = Path(__file__).resolve().parent.parent
 SWEEP_SCRIPT = REPO / "slurm" / "sweep.sh"
@@ -370,9 +371,7 @@ def flag_value(v: Any) -> str:
 def _canonical(cfg, key: str) -> Any:
     if key == "preset":
         return cfg.preset
-    section, _, name = key.partition(".")
-    v = getattr(getattr(cfg, section), name)
-    return list(v) if isinstance(v, tuple) else v
+    return flatten(to_dict(cfg))[key]  # model options sit flat in the model section, tuples as lists
 
 
 _PARAM_CACHE: dict[tuple, int] = {}

@@ -15,9 +15,10 @@ from cifar_dist.config import (
     OptimConfig,
     SchedConfig,
     apply_overrides,
-    resolve,
 )
+from cifar_dist.models import check_options
 from cifar_dist.optim import Schedule, build_optimizer, param_groups, scaled_lr
+from cifar_dist.presets import resolve
 from cifar_dist.train import should_stop_early
 
 
@@ -28,7 +29,7 @@ def test_precedence_defaults_preset_file_flags(tmp_path):
     f = tmp_path / "run.yaml"
     f.write_text("optim:\n  lr: 0.02\n  momentum: 0.8\nrun:\n  epochs: 7\n")
     cfg = resolve("seed002_tpsnet", str(f))
-    assert (cfg.optim.lr, cfg.optim.momentum, cfg.run.epochs, cfg.model.blocks) == (0.02, 0.8, 7, (13, 13, 13))
+    assert (cfg.optim.lr, cfg.optim.momentum, cfg.run.epochs, cfg.model.options["blocks"]) == (0.02, 0.8, 7, (13, 13, 13))
     cfg = resolve("seed002_tpsnet", str(f), {"optim.lr": 0.3})
     assert (cfg.optim.lr, cfg.optim.momentum) == (0.3, 0.8)
     f.write_text("preset: seed003_simple_cnn\nrun:\n  epochs: 2\n")
@@ -37,10 +38,11 @@ def test_precedence_defaults_preset_file_flags(tmp_path):
 
 
 def test_types_are_checked_and_coerced():
-    cfg = apply_overrides(Config(), {"model.blocks": "1,2,3", "run.ema": "true", "run.epochs": 3.0,
-                                     "optim.lr": "1e-3", "model.dropout": "none"})
-    assert cfg.model.blocks == (1, 2, 3) and cfg.run.ema is True and cfg.run.epochs == 3
-    assert cfg.optim.lr == 1e-3 and cfg.model.dropout is None
+    cfg = apply_overrides(Config(), {"model.name": "resnet18_cifar", "model.blocks": "1,2,3", "run.ema": "true",
+                                     "run.epochs": 3.0, "optim.lr": "1e-3", "model.pool_size": "none"})
+    model = check_options(cfg.model)  # model options are checked against the model's builder
+    assert model.options["blocks"] == (1, 2, 3) and cfg.run.ema is True and cfg.run.epochs == 3
+    assert cfg.optim.lr == 1e-3 and model.options["pool_size"] is None
     with pytest.raises(dataclasses_frozen_error()):
         cfg.optim.lr = 3  # type: ignore[misc]
 
