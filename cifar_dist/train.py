@@ -250,6 +250,7 @@ def train(cfg: Config, resume: str = "none") -> int:
     if ema is not None:
         ema.module.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
+    accelerator.register_for_checkpointing(schedule)  # onecycle's scheduler state (the others save {})
 
     normalize = Normalize(cfg.data.mean, cfg.data.std, cfg.data.resolution, cfg.model.channels_last).to(accelerator.device)
     transform = TrainTransform(cfg.aug, normalize)

@@ -113,6 +113,46 @@ def test_step_onecycle_constant():
     assert Schedule(_opt(), SchedConfig(name="constant"), 0.3, 10, 2).lr_at(17) == 0.3
 
 
+def test_onecycle_is_stateful_and_resumes_bit_exact_through_accelerate(tmp_path):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    cfg = SchedConfig(name="onecycle", onecycle_pct=0.3)
+
+    def fresh():
+        acc = Accelerator(cpu=True)
+        opt = acc.prepare(_opt(0.1))
+        sched = Schedule(opt, cfg, 0.4, 5, 4)
+        acc.register_for_checkpointing(sched)
+        return acc, opt, sched
+
+    def run(opt, sched, steps):
+        lrs = []
+        for step in steps:
+            opt.step()
+            lrs.append(sched.set(step + 1))
+        return lrs
+
+    try:
+        acc, opt, sched = fresh()
+        reference = run(opt, sched, range(19))
+        AcceleratorState._reset_state(True)
+        acc, opt, sched = fresh()
+        first = run(opt, sched, range(7))
+        acc.save_state(str(tmp_path / "ckpt"))
+        AcceleratorState._reset_state(True)
+        acc, opt, sched = fresh()
+        acc.load_state(str(tmp_path / "ckpt"))
+        assert sched.torch_sched.last_epoch == 7 and opt.param_groups[0]["lr"] == first[-1]
+        assert first + run(opt, sched, range(7, 19)) == reference  # exactly, not approximately
+    finally:
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+    assert sched.lr_at(3) == reference[2] and sched.torch_sched.last_epoch == 19  # lr_at leaves it alone
+    with pytest.raises(ValueError, match="cannot go back"):
+        sched.set(3)
+
+
 def test_lr_scaling_rules():
     assert scaled_lr(OptimConfig(lr=0.1, lr_scaling="linear", ref_batch_size=128), 512) == pytest.approx(0.4)
     assert scaled_lr(OptimConfig(lr=0.1, lr_scaling="sqrt", ref_batch_size=128), 512) == pytest.approx(0.2)
