@@ -87,8 +87,9 @@ import yaml
 
 from cifar_dist.config import ConfigError, flatten, model_options, to_dict
 from cifar_dist.presets import resolve
+from cifar_dist.resources import locate, root
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = root()  # the checkout, or share/cifar_dist of an install: launch/ and slurm/ (see resources)
 SWEEP_SCRIPT = REPO / "slurm" / "sweep.sh"
 SPEC_KEYS = ("name", "preset", "out_dir", "fixed", "grid", "zip", "random", "seeds", "constraints", "parallel",
              "sbatch")
@@ -200,7 +201,7 @@ def draw(rng: random.Random, kind: str, args: Any) -> Any:
 
 def load_spec(path: str | Path) -> Spec:
     """Read and check a spec file; raises SpecError (one line) on anything wrong."""
-    path = Path(path)
+    path = locate(path)  # slurm/grids/... also from another directory: the shipped grid
     if not path.is_file():
         raise SpecError(f"{path}: file not found")
     raw = path.read_bytes()
