@@ -52,17 +52,11 @@ class Airbench(nn.Module):
 
     Shapes: (B, 3, H, W) -> (B, widths[-1], H/2^n, W/2^n) -> logits (B, num_classes). Any H, W >= 2^n.
     ``scale`` keeps initial logits small so the softmax starts near uniform without a special init.
+    The defaults are the registered builder's (``airbench``).
     """
 
-    def __init__(
-        self,
-        num_classes: int = 10,
-        widths: Sequence[int] = (64, 256, 256),
-        stem_width: int = 24,
-        scale: float = 1 / 9,
-        bn_momentum: float = 0.4,
-        learn_bn_scale: bool = False,
-    ):
+    def __init__(self, num_classes: int, widths: Sequence[int], stem_width: int, scale: float, bn_momentum: float,
+                 learn_bn_scale: bool):
         super().__init__()
         self.stem = nn.Sequential(
             nn.Conv2d(3, stem_width, 3, 1, 1, bias=False),
@@ -98,11 +92,4 @@ def airbench(
     because the weights move a lot in a run of a few hundred steps and eval-mode statistics must keep up.
     ``learn_bn_scale=False`` freezes every BatchNorm weight at 1 (not counted as trainable).
     """
-    return Airbench(
-        num_classes=num_classes,
-        widths=widths,
-        stem_width=stem_width,
-        scale=scale,
-        bn_momentum=bn_momentum,
-        learn_bn_scale=learn_bn_scale,
-    )
+    return Airbench(num_classes, widths, stem_width, scale, bn_momentum, learn_bn_scale)
