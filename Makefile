@@ -17,7 +17,7 @@ PRESET   ?= $(if $(filter cpu,$(LAUNCH)),seed003_simple_cnn,fast)
 RUN_ARGS ?= $(if $(filter cpu,$(LAUNCH)),--run.epochs=2,)
 PYTEST_ARGS ?=
 
-APT_FFCV  := pkg-config g++ libturbojpeg0-dev libopencv-dev
+APT_FFCV  := pkg-config g++ libturbojpeg0-dev libopencv-dev libgl1
 APT_SLURM := slurmctld slurmd slurm-client munge
 
 .PHONY: setup sysdeps test-sysdeps data run test test-fast lint bench clean
@@ -46,8 +46,10 @@ run: data
 	$(BIN)/accelerate launch --config_file launch/$(LAUNCH).yaml -m cifar_dist.train \
 		--preset=$(PRESET) --data.dir=$(DATA_DIR) --data.name=$(DATA_NAME) $(RUN_ARGS)
 
+# ruff, then the layer rules of pyproject.toml's [tool.importlinter] contracts.
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 test: setup test-sysdeps lint
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -64,10 +64,10 @@ def main() -> None:
 
     from accelerate.state import AcceleratorState, GradientState
 
-    from cifar_dist.config import resolve
     from cifar_dist.data import beton_paths, compute_threads, read_images
+    from cifar_dist.presets import resolve
+    from cifar_dist.testing import write_tiny_betons
     from cifar_dist.train import train
-    from tests.helpers import write_tiny_betons
 
     with tempfile.TemporaryDirectory(prefix="cifar_dist_bench_") as tmp:
         data = write_tiny_betons(Path(tmp) / "data", "bench", n_train=args.images, n_test=512)

@@ -1,6 +1,7 @@
 """One typed, frozen, nested configuration for a training run.
 
-Precedence, lowest first: dataclass defaults < preset < YAML file < command-line flags.
+Precedence, lowest first: dataclass defaults < preset < YAML file < command-line flags
+(`cifar_dist.presets.resolve`).
 Every override is checked against the field it targets: an unknown key, a wrong type or a value
 outside the allowed choices raises `ConfigError`, whose message is one line naming the key, what
 was expected and what was found. The CLI turns that into exit status 2.
@@ -10,18 +11,21 @@ from __future__ import annotations
 
 import types
 import typing
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from cifar_dist.errors import InputError
+
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # per-channel mean of CIFAR-10 train, in [0, 1]
 KUANGLIU_STD = (0.2023, 0.1994, 0.2010)  # the std most CIFAR repos copy (not the true std)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)  # the true per-channel std of CIFAR-10 train
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A bad configuration value; the message is one line a user can act on."""
 
 
@@ -64,20 +68,53 @@ class AugConfig:
     dropout_size: tuple[int, ...] = (8, 8)  # min and max hole side, pixels
 
 
+def _freeze(value: Any) -> Any:
+    """Lists (from YAML or flags) become tuples, recursively, so options stay hashable."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+class ModelOptions(Mapping[str, Any]):
+    """The registered model's own options (``--model.<option>=value``): an immutable, hashable mapping.
+
+    Only the options that were set are held; the builder's defaults fill in the rest. The config layer
+    does not know the models, so values are kept as given (lists as tuples); ``cifar_dist.models``
+    checks and converts them against the builder's signature (``check_options``).
+    """
+
+    def __init__(self, items: Mapping[str, Any] | None = None):
+        self._items = {str(k): _freeze(v) for k, v in (items or {}).items()}
+
+    def __getitem__(self, key: str) -> Any:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._items.items()))
+
+    def __repr__(self) -> str:
+        return f"ModelOptions({self._items!r})"
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "simple_cnn"  # registered model name (`cifar-dist models`) or timm:<name>
-    dropout: float | None = None  # model's dropout; None keeps the model's own default
-    blocks: tuple[int, ...] | None = None  # blocks per stage (resnet18_cifar, tpsnet)
-    width: int | None = None  # stem width (resnet18_cifar)
-    shortcut_kernel: int | None = None  # projection-shortcut kernel (resnet18_cifar)
-    c1: int | None = None  # stem width (tpsnet)
-    k: int | None = None  # widening factor (tpsnet)
-    adaptive_pool: bool | None = None  # global adaptive pooling (soheilnet)
-    cifar_stem: bool | None = None  # 3x3 stride-1 stem for timm ImageNet models
     max_params: int = 0  # refuse to train a model with more parameters (0 = no limit)
     channels_last: bool = True  # NHWC memory format (faster convolutions on GPUs)
     compile: bool = False  # torch.compile the model
+    # The model's own options, set as --model.<option>=value (`cifar-dist models` lists them). Written
+    # flat into the model section of config.yaml; a new model.name starts from that model's defaults.
+    options: ModelOptions = field(default_factory=ModelOptions)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.options, ModelOptions):
+            object.__setattr__(self, "options", ModelOptions(self.options))
 
 
 @dataclass(frozen=True)
@@ -187,7 +224,9 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
         if isinstance(value, str) and value.lower() in ("none", "null") and type(None) in args:
             return None
         return _coerce(key, inner[0], value)
-    if origin is tuple:
+    if tp is Any:  # an option with neither annotation nor typed default: kept as given
+        return value
+    if origin in (tuple, list, Sequence):
         if isinstance(value, str):
             try:
                 value = yaml.safe_load(value if value.strip().startswith("[") else f"[{value}]")
@@ -252,7 +291,9 @@ def _check(key: str, value: Any) -> None:
 def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
     """Return `cfg` with dotted-key overrides applied, e.g. {"optim.lr": 0.2, "run.epochs": 3}.
 
-    Keys may also be nested dicts ({"optim": {"lr": 0.2}}), as a YAML file gives them.
+    Keys may also be nested dicts ({"optim": {"lr": 0.2}}), as a YAML file gives them. A `model.*` key
+    that is not a ModelConfig field is a model option: kept as given here and checked against the model
+    by `cifar_dist.models.check_options`. When `model.name` changes, the old model's options are dropped.
     """
     flat: dict[str, Any] = {}
     for k, v in overrides.items():
@@ -264,6 +305,7 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
     sections = {name: getattr(cfg, name) for name in _field_types(Config) if is_dataclass(getattr(cfg, name))}
     top: dict[str, Any] = {}
     changes: dict[str, dict[str, Any]] = {}
+    options: dict[str, Any] = {}
     for key, value in flat.items():
         key = key.replace("-", "_")
         if "." not in key:
@@ -278,13 +320,37 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
         if section not in sections:
             raise ConfigError(f"--{key}: unknown section {section!r}; expected one of {', '.join(sections)}")
         types_ = _field_types(type(sections[section]))
+        if section == "model" and (name not in types_ or name == "options"):
+            options.update(_option_items(key, name, value))
+            continue
         if name not in types_:
             raise ConfigError(f"--{key}: unknown key; {section} has {', '.join(types_)}")
         coerced = _coerce(f"--{key}", types_[name], value)
         _check(f"--{key}", coerced)
         changes.setdefault(section, {})[name] = coerced
+    model_changes = changes.get("model", {})
+    if options or "name" in model_changes:
+        renamed = model_changes.get("name", cfg.model.name) != cfg.model.name
+        kept = {} if renamed else dict(cfg.model.options)
+        changes.setdefault("model", {})["options"] = ModelOptions({**kept, **options})
     new_sections = {s: replace(sections[s], **c) for s, c in changes.items()}
     return replace(cfg, **new_sections, **top)
+
+
+def _option_items(key: str, name: str, value: Any) -> dict[str, Any]:
+    """`model.<option>` -> {option: value}; `model.options` (a mapping, as nested YAML gives it) -> itself."""
+    if name != "options":
+        return {name: value}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"--{key}: expected a mapping of model options, found {value!r}")
+    return dict(value)
+
+
+def coerce_value(key: str, tp: Any, value: Any) -> Any:
+    """`value` converted to the type `tp` and range-checked as a config field is; ConfigError naming `key`."""
+    coerced = _coerce(key, tp, value)
+    _check(key, coerced)
+    return coerced
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -303,16 +369,21 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """Plain nested dict (tuples as lists) for YAML/JSON dumps."""
-    out = {}
+    """Plain nested dict (tuples as lists) for YAML/JSON dumps; model options sit flat in the model section."""
+    out: dict[str, Any] = {}
     for f in fields(cfg):
         v = getattr(cfg, f.name)
         if is_dataclass(v):
-            v = to_dict(v)
-        elif isinstance(v, tuple):
-            v = list(v)
-        out[f.name] = v
+            out[f.name] = to_dict(v)
+        elif isinstance(v, ModelOptions):
+            out.update({k: _plain(o) for k, o in v.items()})
+        else:
+            out[f.name] = _plain(v)
     return out
+
+
+def _plain(value: Any) -> Any:
+    return [_plain(v) for v in value] if isinstance(value, tuple) else value
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -331,28 +402,10 @@ def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
-def resolve(
-    preset: str | None = None, config_file: str | None = None, overrides: dict[str, Any] | None = None
-) -> Config:
-    """Build the run config: defaults < preset < YAML file < overrides."""
-    from cifar_dist.presets import get_preset
-
-    cfg = get_preset(preset) if preset else Config()
-    if config_file:
-        file_over = load_yaml(config_file)
-        if "preset" in file_over and not preset:
-            cfg = get_preset(str(file_over["preset"]))
-        file_over = {k: v for k, v in file_over.items() if k != "preset"}
-        cfg = apply_overrides(cfg, file_over)
-    if overrides:
-        cfg = apply_overrides(cfg, overrides)
-    return cfg
-
-
 def model_options(m: ModelConfig) -> dict[str, Any]:
-    """The model options that are set (not None), as keyword arguments for `create_model`."""
-    skip = {"name", "max_params", "channels_last", "compile"}
-    return {f.name: getattr(m, f.name) for f in fields(m) if f.name not in skip and getattr(m, f.name) is not None}
+    """The model options that are set, as keyword arguments for `create_model` (checked values come from
+    `cifar_dist.models.check_options`)."""
+    return dict(m.options)
 
 
 __all__ = [
@@ -361,12 +414,13 @@ __all__ = [
     "DataConfig",
     "AugConfig",
     "ModelConfig",
+    "ModelOptions",
     "OptimConfig",
     "SchedConfig",
     "LossConfig",
     "RunConfig",
     "apply_overrides",
-    "resolve",
+    "coerce_value",
     "to_dict",
     "flatten",
     "dump_yaml",

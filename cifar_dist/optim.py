@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from cifar_dist.config import ConfigError, OptimConfig, SchedConfig
@@ -44,20 +46,23 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, lr: float) -> torc
 
 
 class Schedule:
-    """Sets the optimizer's lr for a given global step; holds no state besides the step it is given.
+    """Sets the optimizer's lr for each global optimizer step, through the schedulers' public APIs.
 
-    cosine and step come from timm (`CosineLRScheduler`, `StepLRScheduler`, in updates or, with
-    `per_epoch`, in epochs), onecycle from torch (`OneCycleLR`, closed form in the step), constant is
-    the peak lr. Being a function of the step, resuming needs only the step count.
+    cosine and step are timm's (`CosineLRScheduler`, `StepLRScheduler`, in updates via `step_update` or,
+    with `per_epoch`, in epochs via `step`): a function of the step, so they hold no state of their own.
+    onecycle is torch's stateful `OneCycleLR`, advanced one `step()` per optimizer step; its state is in
+    `state_dict()`, so register the schedule for checkpointing
+    (`accelerator.register_for_checkpointing(schedule)`) and a resume continues it exactly. constant is
+    the peak lr.
     """
 
     def __init__(self, optimizer, cfg: SchedConfig, peak_lr: float, steps_per_epoch: int, epochs: int):
         from timm.scheduler import CosineLRScheduler, StepLRScheduler
 
         self.cfg, self.optimizer, self.peak_lr = cfg, optimizer, peak_lr
+        self.steps_per_epoch, self.epochs = steps_per_epoch, epochs
         for g in optimizer.param_groups:  # the schedulers read their peak from the groups
             g["lr"] = g["initial_lr"] = peak_lr
-        self.steps_per_epoch = steps_per_epoch
         unit = 1 if cfg.per_epoch else steps_per_epoch  # schedule units per epoch
         total = epochs * unit
         warmup = int(round(cfg.warmup_epochs * unit))
@@ -81,32 +86,40 @@ class Schedule:
             )
         self.set(0)
 
-    def lr_at(self, step: int) -> float:
-        """The lr the schedule gives at optimizer step `step` (0-based)."""
-        t = step // self.steps_per_epoch if self.cfg.per_epoch else step
-        if self.timm_sched is not None:
-            return float(self.timm_sched._get_lr(t)[0])
-        if self.torch_sched is not None:
-            return float(_onecycle_lr(self.torch_sched, t))
-        return self.peak_lr
-
     def set(self, step: int) -> float:
-        lr = self.lr_at(step)
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
-        return lr
+        """Give the optimizer the lr of optimizer step `step` (0-based) and return it.
 
+        onecycle only moves forward: it is stepped up to `step` (clamped to its last step), so a resume
+        without its saved state replays the steps, which gives the same lr (OneCycleLR is closed form).
+        """
+        if self.timm_sched is not None and self.cfg.per_epoch:
+            self.timm_sched.step(step // self.steps_per_epoch)
+        elif self.timm_sched is not None:
+            self.timm_sched.step_update(step)
+        elif self.torch_sched is not None:
+            target = min(step, self.torch_sched.total_steps - 1)
+            if target < self.torch_sched.last_epoch:
+                raise ValueError(f"onecycle schedule is at step {self.torch_sched.last_epoch}, cannot go back "
+                                 f"to {step}")
+            with warnings.catch_warnings():  # replaying after a resume precedes this process's first step
+                warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler.step\(\)` before")
+                while self.torch_sched.last_epoch < target:
+                    self.torch_sched.step()
+        else:
+            for g in self.optimizer.param_groups:
+                g["lr"] = self.peak_lr
+        return float(self.optimizer.param_groups[0]["lr"])
 
-def _onecycle_lr(sched: torch.optim.lr_scheduler.OneCycleLR, step: int) -> float:
-    """OneCycleLR's lr at `step` through its own phase table (clamped to the last step)."""
-    step = min(step, sched.total_steps - 1)
-    group = sched.optimizer.param_groups[0]
-    start = 0.0
-    for i, phase in enumerate(sched._schedule_phases):
-        end = phase["end_step"]
-        if step <= end or i == len(sched._schedule_phases) - 1:
-            pct = (step - start) / (end - start) if end > start else 0.0
-            lo, hi = group[phase["start_lr"]], group[phase["end_lr"]]
-            return sched._anneal_func(lo, hi, pct)
-        start = end
-    return group["lr"]
+    def lr_at(self, step: int) -> float:
+        """The lr at optimizer step `step`, read from a fresh copy of this schedule on a dummy optimizer
+        (this schedule and its optimizer are left alone)."""
+        dummy = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=self.peak_lr)
+        return Schedule(dummy, self.cfg, self.peak_lr, self.steps_per_epoch, self.epochs).set(step)
+
+    def state_dict(self) -> dict:
+        """The onecycle scheduler's state (the timm schedules are functions of the step: nothing to save)."""
+        return {"onecycle": self.torch_sched.state_dict()} if self.torch_sched is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.torch_sched is not None:
+            self.torch_sched.load_state_dict(state["onecycle"])

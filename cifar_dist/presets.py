@@ -11,6 +11,7 @@ the seed bugs the preset fixes (facts from ../shared/SEED_SYSTEMS.md).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from cifar_dist.config import (
     CIFAR_MEAN,
@@ -24,6 +25,8 @@ from cifar_dist.config import (
     OptimConfig,
     RunConfig,
     SchedConfig,
+    apply_overrides,
+    load_yaml,
 )
 
 PRESETS: dict[str, Callable[[], Config]] = {}
@@ -55,6 +58,22 @@ def list_presets() -> list[str]:
     return sorted(PRESETS)
 
 
+def resolve(
+    preset: str | None = None, config_file: str | None = None, overrides: dict[str, Any] | None = None
+) -> Config:
+    """Build the run config: defaults < preset < YAML file < overrides."""
+    cfg = get_preset(preset) if preset else Config()
+    if config_file:
+        file_over = load_yaml(config_file)
+        if "preset" in file_over and not preset:
+            cfg = get_preset(str(file_over["preset"]))
+        file_over = {k: v for k, v in file_over.items() if k != "preset"}
+        cfg = apply_overrides(cfg, file_over)
+    if overrides:
+        cfg = apply_overrides(cfg, overrides)
+    return cfg
+
+
 @register_preset(reported_acc=89.28)
 def seed000_soheilnet() -> Config:
     """Seed 000, SoheilNet: depthwise-separable ResNet-18-like net on CIFAR upsampled to 320x320.
@@ -80,7 +99,7 @@ def seed000_soheilnet() -> Config:
     return Config(
         data=DataConfig(resolution=320, mean=CIFAR_MEAN, std=KUANGLIU_STD, val_size=5000, split_seed=81),
         aug=AugConfig(crop_padding=0, flip=False, autoaugment=True),
-        model=ModelConfig(name="soheilnet", dropout=0.2),
+        model=ModelConfig(name="soheilnet", options={"dropout": 0.2}),
         optim=OptimConfig(name="sgd", lr=0.01, momentum=0.9, weight_decay=5e-3),
         sched=SchedConfig(name="cosine", min_lr_ratio=1e-6),
         run=RunConfig(name="seed000_soheilnet", epochs=60, global_batch_size=64, eval_batch_size=256),
@@ -107,7 +126,7 @@ def seed001_resnet18_5m() -> Config:
     return Config(
         data=DataConfig(mean=CIFAR_MEAN, std=KUANGLIU_STD, val_size=5000),
         aug=AugConfig(crop_padding=4, flip=True, cutout=8, cutout_prob=1.0),
-        model=ModelConfig(name="resnet18_cifar", blocks=(1, 1, 1, 1), shortcut_kernel=1),
+        model=ModelConfig(name="resnet18_cifar", options={"blocks": (1, 1, 1, 1), "shortcut_kernel": 1}),
         optim=OptimConfig(name="adam", lr=1e-2, weight_decay=0.0, lookahead=True, lookahead_k=5, lookahead_alpha=0.5),
         sched=SchedConfig(name="cosine"),
         run=RunConfig(name="seed001_resnet18_5m", epochs=51, global_batch_size=256, eval_batch_size=512),
@@ -134,7 +153,7 @@ def seed002_tpsnet() -> Config:
     return Config(
         data=DataConfig(mean=CIFAR_MEAN, std=KUANGLIU_STD, val_size=5000),
         aug=AugConfig(crop_padding=4, flip=True, rotation=5.0),
-        model=ModelConfig(name="tpsnet", blocks=(13, 13, 13), c1=16, k=2),
+        model=ModelConfig(name="tpsnet", options={"blocks": (13, 13, 13), "c1": 16, "k": 2}),
         optim=OptimConfig(name="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4),
         sched=SchedConfig(name="cosine"),
         run=RunConfig(name="seed002_tpsnet", epochs=300, global_batch_size=128, eval_batch_size=512),
@@ -206,7 +225,7 @@ def seed004_dsresnet_200k() -> Config:
             hsv_prob=0.5, hue=20 / 180, saturation=30 / 255, value=20 / 255,
             dropout_prob=0.3, dropout_holes=(1, 1), dropout_size=(8, 8),
         ),
-        model=ModelConfig(name="ds_resnet_200k", dropout=0.2),
+        model=ModelConfig(name="ds_resnet_200k", options={"dropout": 0.2}),
         optim=OptimConfig(name="sgd", lr=0.05, momentum=0.9, weight_decay=1e-4, grad_clip=1.0),
         sched=SchedConfig(name="cosine", warmup_epochs=5, period_epochs=195),
         loss=LossConfig(

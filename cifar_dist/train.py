@@ -25,6 +25,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 
 from cifar_dist import checkpoint as ckpt
 from cifar_dist.augment import BatchMixer, TrainTransform, tta_views
-from cifar_dist.config import Config, ConfigError, dump_yaml, flatten, model_options, to_dict
+from cifar_dist.config import Config, ConfigError, dump_yaml, flatten, to_dict
 from cifar_dist.data import (
     DataError,
     FFCVLoader,
@@ -203,7 +204,7 @@ def train(cfg: Config, resume: str = "none") -> int:
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
     from timm.utils import ModelEmaV3
 
-    from cifar_dist.models import count_params, create_model
+    from cifar_dist.models import build_model, count_params
 
     flag = SignalFlag()  # first: a preemption signal during start-up must not kill the process
     r, o = cfg.run, cfg.optim
@@ -224,16 +225,8 @@ def train(cfg: Config, resume: str = "none") -> int:
     beton_paths(cfg.data.dir, cfg.data.name)  # a missing file is reported before any work
     classes = read_manifest(cfg.data.dir, cfg.data.name).get("class_names") or [str(i) for i in range(10)]
     num_classes = len(classes)
-    try:
-        model = create_model(cfg.model.name, num_classes=num_classes, **model_options(cfg.model))
-    except ValueError as e:  # unknown model or option: the registry's message names it
-        raise ConfigError(f"--model.name={cfg.model.name}: {e}") from e
+    model = build_model(cfg.model, num_classes)  # options checked, budget kept, channels-last if asked
     n_params = count_params(model)
-    if cfg.model.max_params and n_params > cfg.model.max_params:
-        raise ConfigError(f"--model.max_params: {cfg.model.name} has {n_params:,} parameters, over the budget "
-                          f"of {cfg.model.max_params:,}")
-    if cfg.model.channels_last:
-        model = model.to(memory_format=torch.channels_last)
     # Same initial weights on every process (above); from here on each process draws its own
     # augmentations (AutoAugment, affine, mixing), or N GPUs would repeat one GPU's draws.
     set_seed(r.seed, device_specific=True)
@@ -253,6 +246,7 @@ def train(cfg: Config, resume: str = "none") -> int:
     if ema is not None:
         ema.module.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
+    accelerator.register_for_checkpointing(schedule)  # onecycle's scheduler state (the others save {})
 
     normalize = Normalize(cfg.data.mean, cfg.data.std, cfg.data.resolution, cfg.model.channels_last).to(accelerator.device)
     transform = TrainTransform(cfg.aug, normalize)
@@ -446,10 +440,12 @@ def finish(cfg, accelerator, model, ema, test_loader, normalize, num_classes, cl
 def run_cli(preset: str | None = None, config: str | None = None, resume: str = "none", print_config: bool = False,
             **overrides) -> int:
     """Resolve the config from flags and train; errors in the input become one line and status 2."""
-    from cifar_dist.config import resolve
+    from cifar_dist.models import check_options
+    from cifar_dist.presets import resolve
 
     try:
         cfg = resolve(preset, config, overrides)
+        cfg = replace(cfg, model=check_options(cfg.model))
         if print_config:
             print(dump_yaml(cfg), end="")
             return EXIT_OK

@@ -38,7 +38,8 @@
 #
 # Environment (all optional):
 #   CIFAR_DIST_PYTHON     python with cifar_dist's dependencies (default: python on PATH)
-#   CIFAR_DIST_ROOT       the repository (default: the submit directory; `sweep submit` sets it when needed)
+#   CIFAR_DIST_ROOT       the repository, or <prefix>/share/cifar_dist of an installed wheel: the directory
+#                         with launch/ and slurm/ (default: the submit directory; `sweep submit` sets it when needed)
 #   CIFAR_DIST_CPU_PROCS  training processes when training on the CPU (default 1)
 #   CIFAR_DIST_GPUS       number of usable GPUs, skipping the torch check
 #   CIFAR_DIST_DRY_RUN=1  print the training command and stop
@@ -51,11 +52,13 @@ if [[ -z $INDEX ]]; then
     exit 2
 fi
 ROOT=${CIFAR_DIST_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}
-if [[ ! -f $ROOT/cifar_dist/sweep/__init__.py ]]; then
-    echo "sweep.sh: $ROOT is not the cifar_dist repository; set CIFAR_DIST_ROOT" >&2
+if [[ ! -f $ROOT/launch/cpu.yaml ]]; then
+    echo "sweep.sh: $ROOT has no launch/cpu.yaml (not the cifar_dist repository or share/cifar_dist); set CIFAR_DIST_ROOT" >&2
     exit 2
 fi
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+if [[ -d $ROOT/cifar_dist ]]; then  # a source checkout: its code first (an installed wheel needs no path)
+    export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+fi
 export PYTHONUNBUFFERED=1  # log lines reach the output file as they happen (and survive a kill)
 PY=${CIFAR_DIST_PYTHON:-python}
 if [[ -n ${SLURM_ARRAY_JOB_ID:-} ]]; then

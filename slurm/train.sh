@@ -37,11 +37,13 @@ if (( $# == 0 )); then
     exit 2
 fi
 ROOT=${CIFAR_DIST_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}
-if [[ ! -f $ROOT/cifar_dist/train.py ]]; then
-    echo "train.sh: $ROOT is not the cifar_dist repository; set CIFAR_DIST_ROOT" >&2
+if [[ ! -f $ROOT/launch/cpu.yaml ]]; then
+    echo "train.sh: $ROOT has no launch/cpu.yaml (not the cifar_dist repository or share/cifar_dist); set CIFAR_DIST_ROOT" >&2
     exit 2
 fi
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+if [[ -d $ROOT/cifar_dist ]]; then  # a source checkout: its code first (an installed wheel needs no path)
+    export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+fi
 export PYTHONUNBUFFERED=1
 PY=${CIFAR_DIST_PYTHON:-python}
 

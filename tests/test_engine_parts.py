@@ -15,9 +15,10 @@ from cifar_dist.config import (
     OptimConfig,
     SchedConfig,
     apply_overrides,
-    resolve,
 )
+from cifar_dist.models import check_options
 from cifar_dist.optim import Schedule, build_optimizer, param_groups, scaled_lr
+from cifar_dist.presets import resolve
 from cifar_dist.train import should_stop_early
 
 
@@ -28,7 +29,7 @@ def test_precedence_defaults_preset_file_flags(tmp_path):
     f = tmp_path / "run.yaml"
     f.write_text("optim:\n  lr: 0.02\n  momentum: 0.8\nrun:\n  epochs: 7\n")
     cfg = resolve("seed002_tpsnet", str(f))
-    assert (cfg.optim.lr, cfg.optim.momentum, cfg.run.epochs, cfg.model.blocks) == (0.02, 0.8, 7, (13, 13, 13))
+    assert (cfg.optim.lr, cfg.optim.momentum, cfg.run.epochs, cfg.model.options["blocks"]) == (0.02, 0.8, 7, (13, 13, 13))
     cfg = resolve("seed002_tpsnet", str(f), {"optim.lr": 0.3})
     assert (cfg.optim.lr, cfg.optim.momentum) == (0.3, 0.8)
     f.write_text("preset: seed003_simple_cnn\nrun:\n  epochs: 2\n")
@@ -37,10 +38,11 @@ def test_precedence_defaults_preset_file_flags(tmp_path):
 
 
 def test_types_are_checked_and_coerced():
-    cfg = apply_overrides(Config(), {"model.blocks": "1,2,3", "run.ema": "true", "run.epochs": 3.0,
-                                     "optim.lr": "1e-3", "model.dropout": "none"})
-    assert cfg.model.blocks == (1, 2, 3) and cfg.run.ema is True and cfg.run.epochs == 3
-    assert cfg.optim.lr == 1e-3 and cfg.model.dropout is None
+    cfg = apply_overrides(Config(), {"model.name": "resnet18_cifar", "model.blocks": "1,2,3", "run.ema": "true",
+                                     "run.epochs": 3.0, "optim.lr": "1e-3", "model.pool_size": "none"})
+    model = check_options(cfg.model)  # model options are checked against the model's builder
+    assert model.options["blocks"] == (1, 2, 3) and cfg.run.ema is True and cfg.run.epochs == 3
+    assert cfg.optim.lr == 1e-3 and model.options["pool_size"] is None
     with pytest.raises(dataclasses_frozen_error()):
         cfg.optim.lr = 3  # type: ignore[misc]
 
@@ -109,6 +111,46 @@ def test_step_onecycle_constant():
     assert oc.lr_at(9) == pytest.approx(1.0, abs=1e-6)  # peak at 25 % of 40 steps (step 9, 0-based)
     assert oc.lr_at(39) == pytest.approx(0.1 / 100, rel=1e-3)
     assert Schedule(_opt(), SchedConfig(name="constant"), 0.3, 10, 2).lr_at(17) == 0.3
+
+
+def test_onecycle_is_stateful_and_resumes_bit_exact_through_accelerate(tmp_path):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    cfg = SchedConfig(name="onecycle", onecycle_pct=0.3)
+
+    def fresh():
+        acc = Accelerator(cpu=True)
+        opt = acc.prepare(_opt(0.1))
+        sched = Schedule(opt, cfg, 0.4, 5, 4)
+        acc.register_for_checkpointing(sched)
+        return acc, opt, sched
+
+    def run(opt, sched, steps):
+        lrs = []
+        for step in steps:
+            opt.step()
+            lrs.append(sched.set(step + 1))
+        return lrs
+
+    try:
+        acc, opt, sched = fresh()
+        reference = run(opt, sched, range(19))
+        AcceleratorState._reset_state(True)
+        acc, opt, sched = fresh()
+        first = run(opt, sched, range(7))
+        acc.save_state(str(tmp_path / "ckpt"))
+        AcceleratorState._reset_state(True)
+        acc, opt, sched = fresh()
+        acc.load_state(str(tmp_path / "ckpt"))
+        assert sched.torch_sched.last_epoch == 7 and opt.param_groups[0]["lr"] == first[-1]
+        assert first + run(opt, sched, range(7, 19)) == reference  # exactly, not approximately
+    finally:
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+    assert sched.lr_at(3) == reference[2] and sched.torch_sched.last_epoch == 19  # lr_at leaves it alone
+    with pytest.raises(ValueError, match="cannot go back"):
+        sched.set(3)
 
 
 def test_lr_scaling_rules():

@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
+from cifar_dist.config import Config, ConfigError, ModelConfig, apply_overrides, dump_yaml
 from cifar_dist.models import (
     MODEL_REGISTRY,
+    build_model,
+    check_options,
     count_params,
     create_model,
     list_models,
+    options_help,
     register_model,
 )
 from cifar_dist.models.info import format_table, model_table, print_models, receptive_field
@@ -196,6 +201,96 @@ def test_default_options_round_trip(name):
     """Passing every option explicitly at its default builds the same-size model."""
     options = dict(MODEL_REGISTRY[name].options)
     assert count_params(create_model(name, **options)) == PINNED_PARAMS[name]
+
+
+# ----------------------------------------------------------------------------- options from the command line
+
+
+def _cli_text(value) -> str:
+    """How a user types ``value`` after ``--model.<option>=`` (a string, as a YAML file or shell gives it)."""
+    if isinstance(value, tuple):
+        return "[" + ",".join(str(v) for v in value) + "]"
+    return "none" if value is None else str(value).lower() if isinstance(value, bool) else repr(value)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_registered_option_is_settable_from_the_cli(name):
+    """Walks the registry: each option, typed as text on the command line, reaches the builder converted."""
+    entry = MODEL_REGISTRY[name]
+    flags = {f"model.{opt}": _cli_text(default) for opt, default in entry.options.items()}
+    cfg = apply_overrides(Config(), {"model.name": name, **flags})
+    assert all(isinstance(v, str) for v in cfg.model.options.values())  # kept as given by the config layer
+    checked = check_options(cfg.model)
+    assert dict(checked.options) == dict(entry.options)
+    assert count_params(build_model(checked, num_classes=10)) == PINNED_PARAMS[name]
+    assert all(f"--model.{opt}=" in options_help() for opt in entry.options)
+
+
+@pytest.mark.parametrize("flags, check", [
+    ({"model.name": "airbench", "model.widths": "[64,128,128]", "model.stem_width": "16"},
+     lambda m: [b.conv2.out_channels for b in m.blocks] == [64, 128, 128] and m.stem[0].out_channels == 16),
+    ({"model.name": "airbench", "model.scale": "0.5", "model.bn_momentum": "0.1", "model.learn_bn_scale": "true"},
+     lambda m: m.scale == 0.5 and m.stem[1].momentum == 0.1 and m.stem[1].weight.requires_grad),
+    ({"model.name": "resnet18_cifar", "model.pool_size": "none"}, lambda m: m.pool_size is None),
+    ({"model.name": "tpsnet", "model.blocks": "1,1,1", "model.block_dropout": "0.3"},
+     lambda m: any(isinstance(x, nn.Dropout) and x.p == 0.3 for x in m.stages.modules())),
+    ({"model.name": "timm:resnet18", "model.cifar_stem": "true", "model.dropout": "0.2", "model.drop_path_rate": 0.1},
+     lambda m: m.conv1.stride == (1, 1) and m.drop_rate == 0.2
+     and any(type(x).__name__ == "DropPath" for x in m.modules())),
+])
+def test_options_the_old_model_config_could_not_set(flags, check):
+    model = build_model(apply_overrides(Config(), flags).model, num_classes=10)
+    assert check(model)
+
+
+@pytest.mark.parametrize("flags, msg", [
+    ({"model.name": "tpsnet", "model.blcks": "[3,3,3]"},
+     "--model.blcks: not an option of tpsnet; its options: blocks, c1, k, dropout, block_dropout"),
+    ({"model.name": "airbench", "model.widths": "wide"}, "--model.widths: expected an integer, found 'wide'"),
+    ({"model.name": "soheilnet", "model.adaptive_pool": "maybe"},
+     "--model.adaptive_pool: expected true or false, found 'maybe'"),
+    ({"model.name": "tpsnet", "model.dropout": "-0.5"}, "--model.dropout: expected a value >= 0, found -0.5"),
+    ({"model.name": "resnet9000"}, "--model.name: unknown model 'resnet9000'"),
+    ({"model.name": "simple_cnn", "model.options.dropout": 0.1}, "--model.options.dropout: not an option"),
+])
+def test_bad_options_name_the_flag_on_one_line(flags, msg):
+    with pytest.raises(ConfigError) as err:
+        check_options(apply_overrides(Config(), flags).model)
+    assert str(err.value).startswith(msg) and "\n" not in str(err.value)
+
+
+def test_builder_refusals_and_budget_are_config_errors():
+    with pytest.raises(ConfigError, match=r"^--model.name=tpsnet: tpsnet: blocks must be a non-empty list"):
+        build_model(ModelConfig(name="tpsnet", options={"blocks": []}), num_classes=10)
+    with pytest.raises(ConfigError, match=r"^--model.max_params: simple_cnn has 600,746 parameters"):
+        build_model(ModelConfig(name="simple_cnn", max_params=1000), num_classes=10)
+
+
+def test_config_yaml_keeps_options_flat_and_round_trips():
+    cfg = apply_overrides(Config(), {"model.name": "tpsnet", "model.blocks": [3, 3, 3], "model.c1": 34})
+    dumped = yaml.safe_load(dump_yaml(cfg))
+    assert dumped["model"] == {"name": "tpsnet", "max_params": 0, "channels_last": True, "compile": False,
+                               "blocks": [3, 3, 3], "c1": 34}
+    assert apply_overrides(Config(), dumped) == cfg
+    assert apply_overrides(Config(), {"model": {"name": "tpsnet", "options": {"c1": 34}}}).model.options == {"c1": 34}
+    assert hash(cfg) == hash(apply_overrides(Config(), dumped))
+
+
+def test_a_new_model_name_starts_from_its_own_defaults():
+    cfg = apply_overrides(Config(), {"model.name": "tpsnet", "model.c1": 20, "model.k": 1})
+    assert dict(apply_overrides(cfg, {"model.k": 3}).model.options) == {"c1": 20, "k": 3}
+    assert dict(apply_overrides(cfg, {"model.name": "tpsnet"}).model.options) == {"c1": 20, "k": 1}
+    assert dict(apply_overrides(cfg, {"model.name": "simple_cnn"}).model.options) == {}
+    assert dict(apply_overrides(cfg, {"model.name": "airbench", "model.scale": 1}).model.options) == {"scale": 1}
+
+
+def test_option_names_may_not_shadow_model_config_fields():
+    def clashing_net(num_classes: int = 10, compile: bool = False) -> nn.Module:
+        return nn.Linear(3, num_classes)
+
+    with pytest.raises(TypeError, match="clashes with --model.compile"):
+        register_model(clashing_net)
+    assert "clashing_net" not in MODEL_REGISTRY
 
 
 # ----------------------------------------------------------------------------- timm

@@ -102,7 +102,7 @@ def test_train_flags_of_a_run(tmp_path):
 
 def test_flags_read_back_to_the_same_config(tmp_path):
     """The train CLI (Fire) turns the generated flags into exactly the config the sweep checked."""
-    from cifar_dist.config import resolve
+    from cifar_dist.presets import resolve
 
     spec = write_spec(tmp_path, """\
 name: rt
@@ -125,8 +125,8 @@ grid:
     assert run_command(fake_run_cli, s.train_flags(s.runs[0]), prog="t") == 0
     cfg = captured["cfg"]
     assert captured["preset"] == "seed002_tpsnet" and captured["resume"] == "auto"
-    assert cfg.model.blocks == (3, 3, 3) and cfg.optim.lr == 1e-6 and cfg.run.ema is True
-    assert cfg.model.dropout == 0.25 and cfg.run.name == "c000-s0" and cfg.run.out_dir == "runs/rt"
+    assert cfg.model.options["blocks"] == (3, 3, 3) and cfg.optim.lr == 1e-6 and cfg.run.ema is True
+    assert cfg.model.options["dropout"] == 0.25 and cfg.run.name == "c000-s0" and cfg.run.out_dir == "runs/rt"
 
 
 def test_random_search_is_reproducible_and_in_range(tmp_path):

@@ -46,9 +46,10 @@ def untimed(rows: list[dict]) -> list[dict]:
 
 
 # Exercises every piece of state a resume must restore: weights, Adam moments, EMA, the numpy RNG
-# behind timm's Mixup, the torch RNG, the position in the epoch and the epoch's running sums.
+# behind timm's Mixup, the torch RNG, the onecycle scheduler, the position in the epoch and the epoch's
+# running sums.
 RESUME_ARGS = ["--run.epochs=3", "--run.global_batch_size=20", "--run.checkpoint_every_steps=1", "--run.ema=true",
-               "--loss.mixup_prob=0.5", "--loss.mixup_alpha=0.4", "--model.dropout=0.1"]
+               "--loss.mixup_prob=0.5", "--loss.mixup_alpha=0.4", "--model.dropout=0.1", "--sched.name=onecycle"]
 
 
 def test_sigkill_mid_epoch_then_resume_is_bit_exact(tiny_data, tmp_path):

@@ -76,6 +76,7 @@ class Airbench(nn.Module):
 
     Shapes: (B, 3, H, W) -> (B, widths[-1], H/2^n, W/2^n) -> logits (B, num_classes). Any H, W >= 2^n.
     ``scale`` keeps initial logits small so the softmax starts near uniform without a special init.
+    The defaults are the registered builder's (``airbench``).
     """
 
     def __init__(self, num_classes: int = 10, widths: Sequence[int] = (64, 256, 256), stem_width: int = 24,

@@ -1,8 +1,9 @@
 """Model registry: ``@register_model`` fills ``MODEL_REGISTRY``; ``create_model`` builds by name.
 
 The registered function's name is the CLI name (``--model.name=tpsnet``). Its keyword parameters other
-than ``num_classes`` are the model's options (``--model.options.blocks=[3,3,3]``); they are read from the
-signature once, at registration, so an unknown option is rejected before anything is built.
+than ``num_classes`` are the model's options (``--model.blocks=[3,3,3]``); they are read from the
+signature once, at registration, with their defaults and types, so an unknown option or a value of the
+wrong type is rejected before anything is built (``cifar_dist.models.options.check_options``).
 
 Names of the form ``timm:<name>`` are not in the registry; they are handed to timm (see ``timm_models``).
 """
@@ -10,12 +11,15 @@ Names of the form ``timm:<name>`` are not in the registry; they are handed to ti
 from __future__ import annotations
 
 import inspect
+import typing
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
 
 from torch import nn
+
+from cifar_dist.config import ModelConfig
 
 TIMM_PREFIX = "timm:"
 
@@ -31,6 +35,8 @@ class ModelEntry:
             receptive field reported) at ``(B, 3, input_size, input_size)``.
         description: one line for ``cifar-dist models``.
         options: accepted option name -> default value, in signature order (``num_classes`` excluded).
+        option_types: option name -> the type a CLI value is converted to: the annotation, else the
+            default's type.
     """
 
     name: str
@@ -38,9 +44,11 @@ class ModelEntry:
     input_size: int
     description: str
     options: Mapping[str, Any] = field(default_factory=dict)
+    option_types: Mapping[str, Any] = field(default_factory=dict)
 
 
 MODEL_REGISTRY: dict[str, ModelEntry] = {}
+_RESERVED = {f.name for f in fields(ModelConfig)}  # --model.name, --model.max_params, ... are not options
 
 
 def _options_from_signature(fn: Callable[..., nn.Module]) -> dict[str, Any]:
@@ -57,8 +65,28 @@ def _options_from_signature(fn: Callable[..., nn.Module]) -> dict[str, Any]:
             continue
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.default is p.empty:
             raise TypeError(f"model builder {fn.__name__}: option {pname!r} must be a keyword with a default")
+        if pname in _RESERVED:
+            raise TypeError(f"model builder {fn.__name__}: option {pname!r} clashes with --model.{pname}")
         options[pname] = p.default
     return options
+
+
+def _option_type(annotation: Any, default: Any) -> Any:
+    """The annotation, else the default's type (a tuple default reads as ``tuple[<first item's type>, ...]``)."""
+    if annotation is not inspect.Parameter.empty:
+        return annotation
+    if isinstance(default, tuple):
+        return tuple[type(default[0]) if default else Any, ...]
+    return Any if default is None else type(default)
+
+
+def _types_from_signature(fn: Callable[..., nn.Module], options: Mapping[str, Any]) -> dict[str, Any]:
+    try:
+        hints = typing.get_type_hints(fn)
+    except NameError:  # an annotation naming something out of the builder's module scope
+        hints = {}
+    empty = inspect.Parameter.empty
+    return {name: _option_type(hints.get(name, empty), default) for name, default in options.items()}
 
 
 def register_model(
@@ -76,12 +104,14 @@ def register_model(
         if name in MODEL_REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
         doc_line = (inspect.getdoc(f) or "").strip().splitlines()
+        options = _options_from_signature(f)
         MODEL_REGISTRY[name] = ModelEntry(
             name=name,
             fn=f,
             input_size=int(input_size),
             description=description or (doc_line[0] if doc_line else ""),
-            options=MappingProxyType(_options_from_signature(f)),
+            options=MappingProxyType(options),
+            option_types=MappingProxyType(_types_from_signature(f, options)),
         )
         return f
 

@@ -23,17 +23,11 @@ class ResNetCIFAR(nn.Module):
     ``F.avg_pool2d(x, pool_size)``, whose output must be 1×1 because the Linear width does not depend on
     it (that is why the seed's budget notebook reports the same count for pool 2/4/8/16; only pool 4 runs
     at 32×32 with four stages). Any other combination raises ``ValueError`` in forward.
+    The defaults are the registered builder's (``resnet18_cifar``).
     """
 
-    def __init__(
-        self,
-        num_classes: int = 10,
-        blocks: Sequence[int] = (2, 2, 2, 2),
-        width: int = 64,
-        shortcut_kernel: int = 1,
-        pool_size: int | None = 4,
-        dropout: float = 0.0,
-    ):
+    def __init__(self, num_classes: int, blocks: Sequence[int], width: int, shortcut_kernel: int,
+                 pool_size: int | None, dropout: float):
         super().__init__()
         blocks = tuple(int(b) for b in blocks)
         if not blocks or min(blocks) < 1:
@@ -79,11 +73,4 @@ def resnet18_cifar(
     """Seed 001 ResNet; 11,173,962 parameters as standard ResNet-18, 4,903,242 with ``blocks=(1,1,1,1)``
     (the seed's final choice). ``width`` is the stem/stage-1 width, doubled at each later stage.
     """
-    return ResNetCIFAR(
-        num_classes=num_classes,
-        blocks=blocks,
-        width=width,
-        shortcut_kernel=shortcut_kernel,
-        pool_size=pool_size,
-        dropout=dropout,
-    )
+    return ResNetCIFAR(num_classes, blocks, width, shortcut_kernel, pool_size, dropout)

@@ -11,6 +11,9 @@ from typing import Any
 
 from torch import nn
 
+# The options every timm:<name> model takes besides timm's own keywords (checked by models.check_options).
+TIMM_OPTION_TYPES = {"cifar_stem": bool, "dropout": float}
+
 
 def _cifar_conv(old: nn.Conv2d) -> nn.Conv2d:
     """3×3 stride-1 'same' conv with ``old``'s channels, groups and bias; freshly initialised."""

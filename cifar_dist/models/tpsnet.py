@@ -18,18 +18,11 @@ class TPSNet(nn.Module):
 
     Shapes: (B, 3, H, W) -> (B, k·c1·2^(n-1), H/2^(n-1), W/2^(n-1)) -> logits (B, num_classes).
     The seed used a fixed avg-pool 8 at 32×32; the global average pool is identical there and also
-    works at other input sizes.
+    works at other input sizes. The defaults are the registered builder's (``tpsnet``).
     """
 
-    def __init__(
-        self,
-        num_classes: int = 10,
-        blocks: Sequence[int] = (13, 13, 13),
-        c1: int = 16,
-        k: int = 2,
-        dropout: float = 0.0,
-        block_dropout: float = 0.0,
-    ):
+    def __init__(self, num_classes: int, blocks: Sequence[int], c1: int, k: int, dropout: float,
+                 block_dropout: float):
         super().__init__()
         blocks = tuple(int(b) for b in blocks)
         if not blocks or min(blocks) < 1:
@@ -62,6 +55,4 @@ def tpsnet(
     ``dropout`` is before the Linear head (the tuning script's net_p); ``block_dropout`` is between the two
     convs of every block (its block_p; commented out in the released model, hence off by default).
     """
-    return TPSNet(
-        num_classes=num_classes, blocks=blocks, c1=c1, k=k, dropout=dropout, block_dropout=block_dropout
-    )
+    return TPSNet(num_classes, blocks, c1, k, dropout, block_dropout)

@@ -10,17 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cifar_dist.config import ConfigError, model_options
+from cifar_dist.config import ConfigError, flatten, model_options, to_dict
 from cifar_dist.files import atomic_write_text, read_json_or_none
 from cifar_dist.sweep.spec import Spec, SpecError, bad, load_spec
 
 SWEEP_FILE = "sweep.json"  # <out_dir>/<name>/sweep.json: the cells and runs, for `cifar-dist report`
 RUN_NAME = re.compile(r"^(?P<cell>.+)-s(?P<seed>\d+)$")  # a run directory: <cell>-s<seed>
 
-try:
-    from cifar_dist.presets import resolve
-except ImportError:  # until `resolve` moves from config to presets (issue 12)
-    from cifar_dist.config import resolve
+from cifar_dist.presets import resolve
 
 
 @dataclass(frozen=True)
@@ -100,9 +97,7 @@ def describe(over: dict[str, Any]) -> str:
 def _canonical(cfg, key: str) -> Any:
     if key == "preset":
         return cfg.preset
-    section, _, name = key.partition(".")
-    v = getattr(getattr(cfg, section), name)
-    return list(v) if isinstance(v, tuple) else v
+    return flatten(to_dict(cfg))[key]  # model options sit flat in the model section, tuples as lists
 
 
 _PARAM_CACHE: dict[tuple, int] = {}

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from cifar_dist.errors import EXIT_BAD_INPUT, EXIT_OK
+from cifar_dist.resources import root
 from cifar_dist.sweep.plan import Sweep, describe, expand, is_finished, read_sweep_json, write_sweep_json
 from cifar_dist.sweep.spec import SpecError, load_spec
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = root()  # the checkout, or share/cifar_dist of an install: launch/ and slurm/ (see resources)
 SWEEP_SCRIPT = REPO / "slurm" / "sweep.sh"
 RUNNING_STATES = ("RUNNING", "COMPLETING", "CONFIGURING", "STAGE_OUT", "SIGNALING", "RESIZING")
 

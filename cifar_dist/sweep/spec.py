@@ -20,8 +20,9 @@ from typing import Any
 import yaml
 
 from cifar_dist.config import ConfigError, flatten
-from cifar_dist.config import _coerce as coerce
+from cifar_dist.config import coerce_value as coerce
 from cifar_dist.errors import InputError
+from cifar_dist.resources import locate
 
 SPEC_KEYS = ("name", "preset", "out_dir", "fixed", "grid", "zip", "random", "seeds", "constraints", "parallel",
              "sbatch")
@@ -228,7 +229,7 @@ def _constraints(path: Path, data: dict[str, Any]) -> dict[str, int]:
 
 def load_spec(path: str | Path) -> Spec:
     """Read and check a spec file; raises SpecError (one line) on anything wrong."""
-    path = Path(path)
+    path = locate(path)  # slurm/grids/... also from another directory: the shipped grid
     data, raw = _read(path)
     name = checked(path, "name", str, data.get("name"),
                    "a sweep name of letters, digits, _ . - (it names a directory)", NAME.fullmatch)

@@ -1,0 +1,67 @@
+"""Where the launch files, SLURM scripts and sweep grids are: one rule for a checkout and an install.
+
+The files (``launch/*.yaml``, ``slurm/*.sh``, ``slurm/grids/*.yaml``) live in one *resource root*:
+
+1. a source checkout: the repository, i.e. the directory holding the ``cifar_dist`` package (an editable
+   install or ``PYTHONPATH`` pointing at it counts as a checkout);
+2. an installed wheel: ``<prefix>/share/cifar_dist``, where pip puts the same files (pyproject.toml's
+   ``[tool.setuptools.data-files]``), found through the files the distribution recorded.
+
+The first that holds ``launch/`` and ``slurm/`` wins. ``slurm/sweep.sh`` uses the same root
+(``CIFAR_DIST_ROOT``, which ``sweep submit`` exports).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from pathlib import Path
+
+SOURCE_ROOT = Path(__file__).resolve().parent.parent
+_MARKER = "launch/cpu.yaml"  # a file every resource root has
+
+
+def _is_root(path: Path) -> bool:
+    return (path / "launch").is_dir() and (path / "slurm").is_dir()
+
+
+def _installed_root() -> Path | None:
+    try:
+        files = importlib.metadata.files("cifar_dist") or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for f in files:
+        if f.as_posix().endswith(f"share/cifar_dist/{_MARKER}"):
+            return Path(f.locate()).resolve().parent.parent
+    return None
+
+
+def root() -> Path:
+    """The resource root (see the module doc); the checkout's path when neither rule finds one, so that
+    ``find`` can say where it looked."""
+    if _is_root(SOURCE_ROOT):
+        return SOURCE_ROOT
+    installed = _installed_root()
+    return installed if installed is not None and _is_root(installed) else SOURCE_ROOT
+
+
+def find(relpath: str | Path) -> Path:
+    """The shipped file ``relpath`` (e.g. ``"launch/cpu.yaml"``) under the resource root.
+
+    Raises FileNotFoundError naming the path when it is not there.
+    """
+    path = root() / relpath
+    if not path.exists():
+        raise FileNotFoundError(f"{relpath}: not found in {root()} (neither a source checkout nor an install "
+                                f"with its share/cifar_dist files)")
+    return path
+
+
+def locate(user_path: str | Path) -> Path:
+    """A path a user typed: itself when it exists (relative to the working directory), else the shipped
+    file of that relative path (``slurm/grids/seed001_grid.yaml`` works from any directory); else itself,
+    unchanged, for the caller's own "file not found"."""
+    path = Path(user_path)
+    if path.exists() or path.is_absolute():
+        return path
+    shipped = root() / path
+    return shipped if shipped.exists() else path
