@@ -12,12 +12,11 @@ from typing import Any
 
 from cifar_dist.config import ConfigError, flatten, model_options, to_dict
 from cifar_dist.files import atomic_write_text, read_json_or_none
+from cifar_dist.presets import resolve
 from cifar_dist.sweep.spec import Spec, SpecError, bad, load_spec
 
 SWEEP_FILE = "sweep.json"  # <out_dir>/<name>/sweep.json: the cells and runs, for `cifar-dist report`
 RUN_NAME = re.compile(r"^(?P<cell>.+)-s(?P<seed>\d+)$")  # a run directory: <cell>-s<seed>
-
-from cifar_dist.presets import resolve
 
 
 @dataclass(frozen=True)
