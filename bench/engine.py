@@ -64,8 +64,8 @@ def main() -> None:
 
     from accelerate.state import AcceleratorState, GradientState
 
-    from cifar_dist.config import resolve
     from cifar_dist.data import beton_paths, compute_threads, read_images
+    from cifar_dist.presets import resolve
     from cifar_dist.train import train
     from tests.helpers import write_tiny_betons
 

@@ -16,12 +16,14 @@ from typing import Any
 
 import yaml
 
+from cifar_dist.errors import InputError
+
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # per-channel mean of CIFAR-10 train, in [0, 1]
 KUANGLIU_STD = (0.2023, 0.1994, 0.2010)  # the std most CIFAR repos copy (not the true std)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)  # the true per-channel std of CIFAR-10 train
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A bad configuration value; the message is one line a user can act on."""
 
 
@@ -331,24 +333,6 @@ def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
-def resolve(
-    preset: str | None = None, config_file: str | None = None, overrides: dict[str, Any] | None = None
-) -> Config:
-    """Build the run config: defaults < preset < YAML file < overrides."""
-    from cifar_dist.presets import get_preset
-
-    cfg = get_preset(preset) if preset else Config()
-    if config_file:
-        file_over = load_yaml(config_file)
-        if "preset" in file_over and not preset:
-            cfg = get_preset(str(file_over["preset"]))
-        file_over = {k: v for k, v in file_over.items() if k != "preset"}
-        cfg = apply_overrides(cfg, file_over)
-    if overrides:
-        cfg = apply_overrides(cfg, overrides)
-    return cfg
-
-
 def model_options(m: ModelConfig) -> dict[str, Any]:
     """The model options that are set (not None), as keyword arguments for `create_model`."""
     skip = {"name", "max_params", "channels_last", "compile"}
@@ -366,7 +350,6 @@ __all__ = [
     "LossConfig",
     "RunConfig",
     "apply_overrides",
-    "resolve",
     "to_dict",
     "flatten",
     "dump_yaml",

@@ -11,6 +11,7 @@ the seed bugs the preset fixes (facts from ../shared/SEED_SYSTEMS.md).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from cifar_dist.config import (
     CIFAR_MEAN,
@@ -24,6 +25,8 @@ from cifar_dist.config import (
     OptimConfig,
     RunConfig,
     SchedConfig,
+    apply_overrides,
+    load_yaml,
 )
 
 PRESETS: dict[str, Callable[[], Config]] = {}
@@ -53,6 +56,21 @@ def get_preset(name: str) -> Config:
 
 def list_presets() -> list[str]:
     return sorted(PRESETS)
+
+
+def resolve(preset: str | None = None, config_file: str | None = None,
+            overrides: dict[str, Any] | None = None) -> Config:
+    """Build the run config: defaults < preset < YAML file < overrides."""
+    cfg = get_preset(preset) if preset else Config()
+    if config_file:
+        file_over = load_yaml(config_file)
+        if "preset" in file_over and not preset:
+            cfg = get_preset(str(file_over["preset"]))
+        file_over = {k: v for k, v in file_over.items() if k != "preset"}
+        cfg = apply_overrides(cfg, file_over)
+    if overrides:
+        cfg = apply_overrides(cfg, overrides)
+    return cfg
 
 
 @register_preset(reported_acc=89.28)

@@ -85,7 +85,8 @@ from typing import Any
 
 import yaml
 
-from cifar_dist.config import ConfigError, flatten, model_options, resolve
+from cifar_dist.config import ConfigError, flatten, model_options
+from cifar_dist.presets import resolve
 
 REPO = Path(__file__).resolve().parent.parent
 SWEEP_SCRIPT = REPO / "slurm" / "sweep.sh"

@@ -450,7 +450,7 @@ def finish(cfg, accelerator, model, ema, test_loader, normalize, num_classes, cl
 def run_cli(preset: str | None = None, config: str | None = None, resume: str = "none", print_config: bool = False,
             **overrides) -> int:
     """Resolve the config from flags and train; errors in the input become one line and status 2."""
-    from cifar_dist.config import resolve
+    from cifar_dist.presets import resolve
 
     try:
         cfg = resolve(preset, config, overrides)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cifar_dist.config import resolve
-from cifar_dist.presets import PRESETS, REPORTED_ACC, list_presets
+from cifar_dist.presets import PRESETS, REPORTED_ACC, list_presets, resolve
 from tests.helpers import read_json
 
 KUANGLIU_MEAN, KUANGLIU_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)

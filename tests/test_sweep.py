@@ -101,7 +101,7 @@ def test_train_flags_of_a_run(tmp_path):
 
 def test_flags_read_back_to_the_same_config(tmp_path):
     """The train CLI (Fire) turns the generated flags into exactly the config the sweep checked."""
-    from cifar_dist.config import resolve
+    from cifar_dist.presets import resolve
 
     spec = write_spec(tmp_path, """\
 name: rt
