@@ -3,6 +3,7 @@
     from cifar_dist.models import create_model, list_models, count_params
     model = create_model("tpsnet", num_classes=10, blocks=(3, 3, 3), c1=34)
     model = create_model("timm:resnet18", cifar_stem=True)
+    model, n_params = build_model(cfg.model, num_classes=10)  # a run config's model, budget checked
 
 Every model maps a float tensor (B, 3, H, W) to logits (B, num_classes); H = W = the entry's
 ``input_size`` (32, or 320 for soheilnet) is always valid. ``cifar_dist.models.info`` prints the table
@@ -11,6 +12,7 @@ of parameters, MACs and receptive fields (``cifar-dist models``).
 
 # The family modules register themselves on import; importing them here fills MODEL_REGISTRY.
 from cifar_dist.models import airbench, ds_resnet, resnet_cifar, simple_cnn, soheilnet, tpsnet  # noqa: F401
+from cifar_dist.models.build import build_model
 from cifar_dist.models.registry import (
     MODEL_REGISTRY,
     TIMM_PREFIX,
@@ -26,6 +28,7 @@ __all__ = [
     "MODEL_REGISTRY",
     "TIMM_PREFIX",
     "ModelEntry",
+    "build_model",
     "count_params",
     "create_model",
     "get_entry",
