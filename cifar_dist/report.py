@@ -41,7 +41,7 @@ from typing import Any
 
 import yaml
 
-from cifar_dist.logs import atomic_write_bytes, atomic_write_text
+from cifar_dist.files import atomic_write_bytes, atomic_write_text
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
 RUN_FILES = ("config.yaml", "metrics.jsonl", "result.json")

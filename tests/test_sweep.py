@@ -119,9 +119,9 @@ grid:
         captured.update(preset=preset, resume=resume, cfg=resolve(preset, config, overrides))
         return 0
 
-    from cifar_dist.cli import fire_call
+    from cifar_dist.cli.flags import run_command
 
-    assert fire_call(fake_run_cli, s.train_flags(s.runs[0]), name="t") == 0
+    assert run_command(fake_run_cli, s.train_flags(s.runs[0]), "t") == 0
     cfg = captured["cfg"]
     assert captured["preset"] == "seed002_tpsnet" and captured["resume"] == "auto"
     assert cfg.model.blocks == (3, 3, 3) and cfg.optim.lr == 1e-6 and cfg.run.ema is True
