@@ -3,7 +3,7 @@
     python bench/engine.py [--model simple_cnn] [--batch 256] [--images 8192] [--epochs 3]
 
 Data: `--images` random CIFAR-shaped images written to a real .beton file in a temporary folder.
-cifar_dist side: the real `cifar_dist.train.train` (Accelerator, device-resident loader, TrainTransform,
+cifar_dist side: the real `cifar_dist.engine.train` (Accelerator, device-resident loader, TrainTransform,
 BatchMixer, Schedule, periodic global checks, TensorBoard, checkpoint per epoch) with crop/flip off;
 its images/s is metrics.jsonl's (training time of an epoch, loader time included), best epoch after
 the first. Bare side: a plain loop over the same uint8 batches (normalise, forward, cross-entropy,
@@ -65,9 +65,9 @@ def main() -> None:
     from accelerate.state import AcceleratorState, GradientState
 
     from cifar_dist.data import beton_paths, compute_threads, read_images
+    from cifar_dist.engine import train
     from cifar_dist.presets import resolve
     from cifar_dist.testing import write_tiny_betons
-    from cifar_dist.train import train
 
     with tempfile.TemporaryDirectory(prefix="cifar_dist_bench_") as tmp:
         data = write_tiny_betons(Path(tmp) / "data", "bench", n_train=args.images, n_test=512)

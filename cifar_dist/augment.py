@@ -207,6 +207,20 @@ class BatchMixer:
     def active(self) -> bool:
         return self.cfg.ricap_prob > 0 or self.mixup is not None
 
+    def criterion(self) -> torch.nn.Module:
+        """The training loss for this mixer's targets.
+
+        Mixing on: soft targets, timm's SoftTargetCrossEntropy. Off: hard labels, with timm's
+        LabelSmoothingCrossEntropy when label smoothing is set, else plain cross-entropy.
+        """
+        from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+        if self.active:
+            return SoftTargetCrossEntropy()
+        if self.cfg.label_smoothing:
+            return LabelSmoothingCrossEntropy(self.cfg.label_smoothing)
+        return torch.nn.CrossEntropyLoss()
+
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.cfg
         r = float(torch.rand(()))

@@ -30,8 +30,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cifar_dist.errors import InputError
 
-class DataError(ValueError):
+
+class DataError(InputError):
     """A missing or malformed dataset file; the message is one line naming the file."""
 
 

@@ -16,11 +16,10 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from cifar_dist.augment import BatchMixer, TrainTransform
-from cifar_dist.checkpoint import TrainState
 from cifar_dist.config import AugConfig, LossConfig, SchedConfig
 from cifar_dist.data import FFCVLoader, Normalize, Split, TensorLoader, beton_paths, read_images
+from cifar_dist.engine import StepParts, TrainState, train_one_epoch
 from cifar_dist.optim import Schedule
-from cifar_dist.train import train_one_epoch
 
 
 def main() -> None:
@@ -49,8 +48,9 @@ def main() -> None:
     mixer = BatchMixer(LossConfig(), 10)
     losses: list[float] = []
     sums = torch.zeros(3, dtype=torch.float64)
-    train_one_epoch(model, loader, 0, opt, schedule, acc, transform, mixer, torch.nn.CrossEntropyLoss(), None, 0.0,
-                    TrainState(), sums, lambda step, loss: losses.append(float(acc.reduce(loss, reduction="mean"))))
+    parts = StepParts(acc, model, opt, schedule, transform, mixer, torch.nn.CrossEntropyLoss(), ema=None, grad_clip=0.0)
+    train_one_epoch(parts, loader, TrainState(), sums,
+                    lambda step, loss: losses.append(float(acc.reduce(loss, reduction="mean"))))
     total = acc.reduce(sums, reduction="sum")
     assert int(total[2]) == 20 * global_batch
 

@@ -16,10 +16,10 @@ from cifar_dist.config import (
     SchedConfig,
     apply_overrides,
 )
+from cifar_dist.engine import should_stop_early
 from cifar_dist.models import check_options
 from cifar_dist.optim import Schedule, build_optimizer, param_groups, scaled_lr
 from cifar_dist.presets import resolve
-from cifar_dist.train import should_stop_early
 
 
 # ---------------------------------------------------------------- config
@@ -255,10 +255,9 @@ def test_gradient_accumulation_equals_the_large_batch():
     from accelerate.state import AcceleratorState, GradientState
 
     from cifar_dist.augment import TrainTransform
-    from cifar_dist.checkpoint import TrainState
     from cifar_dist.config import AugConfig
     from cifar_dist.data import Normalize, TensorLoader
-    from cifar_dist.train import train_one_epoch
+    from cifar_dist.engine import StepParts, TrainState, train_one_epoch
 
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (80, 3, 8, 8), dtype=torch.uint8, generator=g)
@@ -273,9 +272,10 @@ def test_gradient_accumulation_equals_the_large_batch():
         loader = TensorLoader(images, labels, batch_size=batch, train=True, seed=0)
         sched = Schedule(opt, SchedConfig(name="constant"), 0.1, len(loader) // accum, 1)
         state = TrainState()
-        train_one_epoch(model, loader, 0, opt, sched, acc, TrainTransform(AugConfig(), Normalize((0.5,) * 3, (0.25,) * 3, resolution=8)),
-                        BatchMixer(LossConfig(), 10), torch.nn.CrossEntropyLoss(), None, 0.0, state,
-                        torch.zeros(3, dtype=torch.float64), lambda s, loss: None)
+        transform = TrainTransform(AugConfig(), Normalize((0.5,) * 3, (0.25,) * 3, resolution=8))
+        parts = StepParts(acc, model, opt, sched, transform, BatchMixer(LossConfig(), 10), torch.nn.CrossEntropyLoss(),
+                          ema=None, grad_clip=0.0)
+        train_one_epoch(parts, loader, state, torch.zeros(3, dtype=torch.float64), lambda s, loss: None)
         results.append((acc.unwrap_model(model)[1].weight.detach().clone(), state.global_step))
         AcceleratorState._reset_state(True)
         GradientState._reset_state()

@@ -88,7 +88,7 @@ def test_seed_preset_carries_the_seed_recipe(preset):
 def test_every_preset_trains_two_steps(preset, tiny_data, tmp_path):
     from accelerate.state import AcceleratorState, GradientState
 
-    from cifar_dist.train import train
+    from cifar_dist.engine import train
 
     data_dir, name = tiny_data
     cfg = resolve(preset, overrides={

@@ -614,7 +614,7 @@ grid:
   run.epochs: [3, 1]
 """)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "cifar_dist.sweep", "run", str(spec), "--local", "--parallel", "2"]
+    cmd = [sys.executable, "-m", "cifar_dist", "sweep", "run", str(spec), "--local", "--parallel", "2"]
     runs = [out_dir / "loc" / "c000-s0", out_dir / "loc" / "c001-s0"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -651,6 +651,6 @@ grid:
     assert "start " not in third.stdout
     assert [(r / "result.json").stat().st_mtime_ns for r in runs] == mtimes
 
-    status = subprocess.run([sys.executable, "-m", "cifar_dist.sweep", "status", str(spec), "--json"], env=env,
+    status = subprocess.run([sys.executable, "-m", "cifar_dist", "sweep", "status", str(spec), "--json"], env=env,
                             capture_output=True, text=True, timeout=120)
     assert [row["state"] for row in json.loads(status.stdout)["runs"]] == ["done", "done"]

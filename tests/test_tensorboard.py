@@ -1,6 +1,6 @@
 """TensorBoard sees every run of a sweep: scalars per epoch and per step, and the HParams tab.
 
-Two readers of the event files that `cifar_dist.train` writes: tensorboard's EventAccumulator, and a
+Two readers of the event files that `cifar_dist.engine` writes: tensorboard's EventAccumulator, and a
 real `tensorboard --logdir` server on a free loopback port queried over HTTP (the routes the web
 page uses), stopped in a `finally`. Values are compared with each run's metrics.jsonl/result.json.
 """

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from cifar_dist.config import ConfigError
+
 LAST, BEST = "last", "best"
 
 
@@ -32,6 +34,12 @@ class TrainState:
     best_val_acc: float = -1.0  # best validation accuracy, %
     val_history: list = field(default_factory=list)  # validation accuracy per evaluated epoch, %
     wall_seconds: float = 0.0  # wall time of all sessions of this run before this one
+
+    def start_next_epoch(self) -> None:
+        """`epoch` is done: move to the start of the next one with empty running sums."""
+        self.epoch, self.step_in_epoch = self.epoch + 1, 0
+        self.loss_sum = self.correct = self.train_seconds = 0.0
+        self.seen = 0
 
 
 def save(accelerator, ckpt_dir: Path, state: TrainState) -> None:
@@ -65,6 +73,14 @@ def find_last(ckpt_dir: Path) -> Path | None:
 def load(accelerator, path: Path) -> TrainState:
     accelerator.load_state(str(path))
     return TrainState(**json.loads((path / "train_state.json").read_text()))
+
+
+def resume(accelerator, ckpt_dir: Path, mode: str) -> TrainState | None:
+    """`--resume`: with "auto", load the newest complete checkpoint if there is one; "none": start fresh."""
+    last = find_last(ckpt_dir) if mode == "auto" else None
+    if mode not in ("auto", "none"):
+        raise ConfigError(f"--resume: expected auto or none, found {mode!r}")
+    return None if last is None else load(accelerator, last)
 
 
 def save_best(model: torch.nn.Module, ema, ckpt_dir: Path, epoch: int, val_acc: float) -> None:

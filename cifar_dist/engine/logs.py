@@ -18,36 +18,15 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; run files are meant to be read by others
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+from cifar_dist.files import atomic_write_json, atomic_write_text, read_jsonl
 
 
 def git_sha() -> str:
     try:
-        root = Path(__file__).resolve().parent.parent
+        root = Path(__file__).resolve().parents[2]
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
         return out.stdout.strip() if out.returncode == 0 else "unknown"
     except (OSError, subprocess.SubprocessError):
@@ -64,21 +43,6 @@ def environment() -> dict[str, Any]:
         except md.PackageNotFoundError:
             versions[pkg] = None
     return {"python": sys.version.split()[0], "platform": platform.platform(), "packages": versions, "git_sha": git_sha()}
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """metrics.jsonl -> list of dicts; raises ValueError naming the line that is not JSON."""
-    rows = []
-    if not path.is_file():
-        return rows
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{i}: expected one JSON object per line, found {line[:60]!r}") from e
-    return rows
 
 
 class RunLogger:
@@ -105,7 +69,7 @@ class RunLogger:
         """Keep only the rows of epochs 1..completed_epochs (a resume replays the rest)."""
         if not self.is_main or not self.metrics_path.is_file():
             return
-        rows = [r for r in read_metrics(self.metrics_path) if r.get("epoch", 0) <= completed_epochs]
+        rows = [r for r in read_jsonl(self.metrics_path) if r.get("epoch", 0) <= completed_epochs]
         atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
 
     def log_epoch(self, row: dict[str, Any]) -> None:
@@ -147,6 +111,16 @@ class RunLogger:
         if self.tb is not None:
             self.tb.flush()
             self.tb.close()
+
+
+def start_logger(run_dir: Path, is_main: bool, config_yaml: str, env: dict[str, Any], resumed=None) -> RunLogger:
+    """The logger of one session of a run: config, command and env written; after a resume
+    (`resumed`: the TrainState loaded), events past its step are purged and metrics rows past its epoch dropped."""
+    logger = RunLogger(run_dir, is_main, purge_step=None if resumed is None else resumed.global_step)
+    if resumed is not None:
+        logger.truncate_metrics(resumed.epoch)
+    logger.write_start(config_yaml, env)
+    return logger
 
 
 def confusion_figure(confusion, class_names: list[str]):

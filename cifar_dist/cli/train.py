@@ -1,0 +1,79 @@
+"""Train one configuration with DDP and mixed precision through HuggingFace Accelerate.
+
+One code path for every machine; the hardware lives in launch/*.yaml:
+
+    # CPU, one process (tests, laptops)
+    python -m cifar_dist.train --preset=smoke --data.dir=data
+    # CPU, two processes (real gloo DDP)
+    accelerate launch --config_file launch/cpu.yaml -m cifar_dist.train --preset=smoke
+    # one GPU, bf16
+    accelerate launch --config_file launch/1gpu.yaml -m cifar_dist.train --preset=seed002_tpsnet
+    # 8 GPUs on one node
+    accelerate launch --config_file launch/multi_gpu.yaml -m cifar_dist.train --preset=fast
+    # several nodes (SLURM supplies rank and main address): sbatch slurm/train.sh --preset=...
+
+Flags: --preset=NAME, --config=run.yaml, --section.key=value (e.g. --optim.lr=0.2), in that
+precedence; --print_config prints the resolved config and exits; --resume=auto continues from
+runs/<name>/checkpoints/last. Exit status: 0 done, 2 bad input, 3 stopped by SIGTERM/SIGUSR1 after
+saving a checkpoint, 4 stopped on a non-finite loss (the last good checkpoint is kept).
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import sys
+from dataclasses import replace
+
+from cifar_dist.cli.flags import run_command
+from cifar_dist.config import dump_yaml
+from cifar_dist.errors import EXIT_OK
+
+
+def run_cli(*, preset: str | None = None, config: str | None = None, resume: str = "none", print_config: bool = False,
+            **overrides) -> int:
+    """Resolve the config from flags and train (or print the config); input errors raise InputError."""
+    from cifar_dist.engine import train
+    from cifar_dist.models import check_options
+    from cifar_dist.presets import resolve
+
+    cfg = resolve(preset, config, overrides)
+    cfg = replace(cfg, model=check_options(cfg.model))  # model options against the builder, before any work
+    if print_config:
+        print(dump_yaml(cfg), end="")
+        return EXIT_OK
+    return train(cfg, resume=str(resume))
+
+
+def config_help() -> str:
+    """Every config key with its type, default and the comment from config.py (its unit)."""
+    from cifar_dist import config as c
+
+    lines = []
+    for section, cls in (("data", c.DataConfig), ("aug", c.AugConfig), ("model", c.ModelConfig),
+                         ("optim", c.OptimConfig), ("sched", c.SchedConfig), ("loss", c.LossConfig),
+                         ("run", c.RunConfig)):
+        lines.append(f"  {section}:")
+        for line in inspect.getsource(cls).splitlines():
+            m = re.match(r"\s+(\w+): ([^=]+?) = (.+?)\s+#\s*(.*)$", line)
+            if m:
+                name, tp, default, comment = m.groups()
+                choices = c.CHOICES.get(f"{section}.{name}")
+                extra = f" [{'|'.join(choices)}]" if choices else ""
+                lines.append(f"    --{section}.{name}={default}  ({tp}){extra}  {comment}")
+    return "\n".join(lines)
+
+
+def train_help() -> str:
+    from cifar_dist.models import options_help
+    from cifar_dist.presets import list_presets
+
+    return (f"{__doc__}\nPresets: {', '.join(list_presets())}\n\nOptions (defaults before any preset):\n"
+            f"{config_help()}\n\nModel options (--model.<option>=value, for the model named by --model.name):\n"
+            f"{options_help()}\n")
+
+
+def main(argv: list[str] | None = None, prog: str = "cifar_dist.train") -> int:
+    """`python -m cifar_dist.train` and `cifar-dist train`: check every flag, then train."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return run_command(run_cli, argv, prog, help_text=train_help)

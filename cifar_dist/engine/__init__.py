@@ -1,0 +1,30 @@
+"""The training engine: one run of a config, from start (or a resume) to result.json.
+
+    from cifar_dist.engine import train
+    status = train(cfg, resume="auto")   # 0 done, 3 stopped by a signal, 4 non-finite loss
+
+Modules: `session` (accelerator, model, loaders, resume, run directory, banner), `loop` (`train`,
+`train_one_epoch`), `monitor` (between-step checks, checkpoints, stop signals), `evaluate` (split,
+epoch-end and final evaluations), `checkpoint` (atomic checkpoints, TrainState), `logs` (RunLogger).
+The engine never imports the command line (`cifar_dist.cli`); it raises `InputError` subclasses.
+"""
+
+from cifar_dist.engine.checkpoint import TrainState
+from cifar_dist.engine.evaluate import evaluate, should_stop_early
+from cifar_dist.engine.logs import RunLogger
+from cifar_dist.engine.loop import train, train_one_epoch
+from cifar_dist.engine.monitor import StopRun
+from cifar_dist.engine.session import Session, StepParts, open_session
+
+__all__ = [
+    "RunLogger",
+    "Session",
+    "StepParts",
+    "StopRun",
+    "TrainState",
+    "evaluate",
+    "open_session",
+    "should_stop_early",
+    "train",
+    "train_one_epoch",
+]

@@ -1,0 +1,231 @@
+"""Start a run: the accelerator, the model and what trains it, the loaders, a resume, the run directory, the banner.
+
+`open_session(cfg, resume)` does it in the order that keeps runs reproducible (seed, weights, per-process
+seed, loaders, optimizer, resume) and returns a `Session`: everything `train` works with, by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cifar_dist.augment import BatchMixer, TrainTransform
+from cifar_dist.config import Config, ConfigError, DataConfig, dump_yaml
+from cifar_dist.data import (
+    FFCVLoader,
+    Normalize,
+    Split,
+    TensorLoader,
+    beton_paths,
+    compute_threads,
+    num_rows,
+    read_images,
+    read_labels,
+    read_manifest,
+    select_rows,
+)
+from cifar_dist.engine import checkpoint as ckpt
+from cifar_dist.engine.logs import RunLogger, start_logger
+from cifar_dist.models import build_model, count_params
+from cifar_dist.optim import Schedule, build_optimizer, scaled_lr
+
+
+@dataclass
+class StepParts:
+    """What one optimizer step touches (see `cifar_dist.engine.loop.train_one_epoch`)."""
+
+    accelerator: Any
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    transform: torch.nn.Module  # uint8 batch -> augmented, normalised float batch
+    mixer: BatchMixer
+    criterion: torch.nn.Module
+    ema: Any = None  # timm ModelEmaV3, updated after every optimizer step
+    grad_clip: float = 0.0  # max global gradient norm (0 = off)
+
+
+@dataclass
+class Loaders:
+    train: Any
+    val: Any | None  # None without a validation split
+    test: Any
+
+
+@dataclass
+class Session:
+    """Everything one session of a run works with (built by `open_session`)."""
+
+    cfg: Config
+    parts: StepParts
+    loaders: Loaders
+    normalize: Normalize
+    classes: list[str]
+    n_params: int
+    state: ckpt.TrainState
+    sums: torch.Tensor  # this process's running sums of the epoch (see train_one_epoch)
+    logger: RunLogger
+    per_device: int  # images per process per micro-batch
+    peak_lr: float
+    resumed: bool
+
+    @property
+    def accelerator(self):
+        return self.parts.accelerator
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.cfg.run.out_dir) / self.cfg.run.name
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch."""
+        return len(self.loaders.train) // self.cfg.optim.accum_steps
+
+
+def open_session(cfg: Config, resume: str = "none") -> Session:
+    """Build everything for `cfg`, resume if asked, open the run directory and print the banner."""
+    from accelerate.utils import set_seed
+
+    accelerator, per_device = make_accelerator(cfg)
+    classes = class_names(cfg.data)
+    model = build_model(cfg.model, len(classes))  # options checked, budget kept, channels-last if asked
+    n_params = count_params(model)
+    # Same initial weights on every process (above); from here on each process draws its own
+    # augmentations (AutoAugment, affine, mixing), or N GPUs would repeat one GPU's draws.
+    set_seed(cfg.run.seed, device_specific=True)
+    loaders = build_loaders(cfg, accelerator, per_device)
+    torch.set_num_threads(compute_threads())  # importing ffcv set it to 1
+    if len(loaders.train) == 0:
+        raise ConfigError(f"--run.global_batch_size: {cfg.run.global_batch_size} is larger than the training split")
+    peak_lr = scaled_lr(cfg.optim, cfg.run.global_batch_size)
+    parts, normalize = build_parts(cfg, accelerator, model, len(loaders.train) // cfg.optim.accum_steps, peak_lr,
+                                   len(classes))
+    run_dir = Path(cfg.run.out_dir) / cfg.run.name
+    sums = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # see train_one_epoch
+    resumed = ckpt.resume(accelerator, run_dir / "checkpoints", resume)
+    state = ckpt.TrainState() if resumed is None else resumed
+    if resumed is not None:
+        if accelerator.is_main_process:  # the saved sums are over all processes: count them once
+            sums += torch.tensor([state.loss_sum, state.correct, float(state.seen)], dtype=torch.float64,
+                                 device=accelerator.device)
+        parts.schedule.set(state.global_step)
+    env = {"world_size": accelerator.num_processes, "device": str(accelerator.device),
+           "mixed_precision": accelerator.mixed_precision, "params": n_params}
+    logger = start_logger(run_dir, accelerator.is_main_process, dump_yaml(cfg), env, resumed)
+    logger.text("model/params", f"{cfg.model.name}: {n_params:,} parameters")
+    logger.scalar("model/params", n_params, 0)
+    s = Session(cfg, parts, loaders, normalize, classes, n_params, state, sums, logger, per_device, peak_lr,
+                resumed is not None)
+    accelerator.print(banner(s))
+    return s
+
+
+def make_accelerator(cfg: Config):
+    """The Accelerator (precision, accumulation) and the per-process batch; seeds everything with run.seed."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    r, o = cfg.run, cfg.optim
+    mp = None if r.mixed_precision == "auto" else r.mixed_precision
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mp,
+                              gradient_accumulation_steps=o.accum_steps)
+    world = accelerator.num_processes
+    if r.global_batch_size % (world * o.accum_steps):
+        raise ConfigError(f"--run.global_batch_size: expected a multiple of processes x accum_steps = "
+                          f"{world * o.accum_steps}, found {r.global_batch_size}")
+    set_seed(r.seed)
+    if r.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    return accelerator, r.global_batch_size // (world * o.accum_steps)
+
+
+def class_names(d: DataConfig) -> list[str]:
+    """The dataset's class names from its manifest (a missing .beton is reported before any work)."""
+    beton_paths(d.dir, d.name)
+    return read_manifest(d.dir, d.name).get("class_names") or [str(i) for i in range(10)]
+
+
+def build_parts(cfg: Config, accelerator, model: torch.nn.Module, steps_per_epoch: int, peak_lr: float,
+                num_classes: int) -> tuple[StepParts, Normalize]:
+    """Optimizer, schedule, EMA, the prepared (and maybe compiled) model, augmentation, mixer and loss."""
+    from timm.utils import ModelEmaV3
+
+    r, o = cfg.run, cfg.optim
+    optimizer = build_optimizer(model, o, peak_lr)
+    schedule = Schedule(optimizer, cfg.sched, peak_lr, steps_per_epoch, r.epochs)
+    ema = ModelEmaV3(model, decay=r.ema_decay, use_warmup=r.ema_warmup) if r.ema else None
+    if cfg.model.compile:
+        model = torch.compile(model)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    schedule.optimizer = optimizer
+    if ema is not None:
+        ema.module.to(accelerator.device)
+        accelerator.register_for_checkpointing(ema)
+    accelerator.register_for_checkpointing(schedule)  # onecycle's scheduler state (the others save {})
+    d = cfg.data
+    normalize = Normalize(d.mean, d.std, d.resolution, cfg.model.channels_last).to(accelerator.device)
+    transform = TrainTransform(cfg.aug, normalize)
+    mixer = BatchMixer(cfg.loss, num_classes)
+    parts = StepParts(accelerator, model, optimizer, schedule, transform, mixer, mixer.criterion(), ema, o.grad_clip)
+    return parts, normalize
+
+
+def build_loaders(cfg: Config, accelerator, per_device_batch: int) -> Loaders:
+    """Train, validation and test loaders for this process."""
+    d = cfg.data
+    train_path, test_path = beton_paths(d.dir, d.name)
+    train_idx, val_idx, test_idx = select_rows(read_labels(train_path), read_labels(test_path), d.limit_train,
+                                               d.limit_test, d.val_size, d.split_seed)
+    n_test = num_rows(test_path)
+    a = cfg.aug
+    mean_fill = tuple(int(round(m * 255)) for m in d.mean)
+    aug_kw = dict(crop_padding=a.crop_padding, flip=a.flip, cutout_size=a.cutout, cutout_prob=a.cutout_prob,
+                  cutout_fill=mean_fill)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    eval_bs = cfg.run.eval_batch_size
+    if d.loader == "tensor":
+        x_train, y_train = read_images(train_path)
+        x_test, y_test = read_images(test_path, test_idx)
+        common = dict(device=accelerator.device, rank=rank, world_size=world)
+        train = TensorLoader(x_train[train_idx], y_train[train_idx], batch_size=per_device_batch, train=True,
+                             seed=cfg.run.seed, **common, **aug_kw)
+        val = None if val_idx is None else TensorLoader(x_train[val_idx], y_train[val_idx], batch_size=eval_bs, **common)
+        test = TensorLoader(x_test, y_test, batch_size=eval_bs, **common)
+    else:
+        common = dict(device=accelerator.device, num_workers=d.num_workers)
+        train = FFCVLoader(Split(train_path, train_idx), batch_size=per_device_batch, train=True, seed=cfg.run.seed,
+                           distributed=world > 1, **common, **aug_kw)
+        # Evaluation shards are rank-strided rows, not FFCV's distributed order: that pads the split
+        # with repeated images to a multiple of the world size, which would count them twice.
+        test_rows = np.arange(n_test) if test_idx is None else test_idx
+        val = None if val_idx is None else FFCVLoader(Split(train_path, val_idx[rank::world]), batch_size=eval_bs,
+                                                      **common)
+        test = FFCVLoader(Split(test_path, test_rows[rank::world]), batch_size=eval_bs, **common)
+    return Loaders(train, val, test)
+
+
+def banner(s: Session) -> str:
+    """The one line a run starts with: model, processes, batch arithmetic, lr scaling, length, run dir."""
+    cfg, acc, state = s.cfg, s.accelerator, s.state
+    r, o, world = cfg.run, cfg.optim, acc.num_processes
+    return (
+        f"cifar_dist: {cfg.preset or 'custom'} | model {cfg.model.name} ({s.n_params:,} params) | processes {world} "
+        f"({acc.distributed_type}, {acc.device}, precision {acc.mixed_precision}) | "
+        f"batch {s.per_device}/device x {world} x accum {o.accum_steps} = {r.global_batch_size} global | "
+        f"lr {s.peak_lr:g} = {o.lr:g} x ({r.global_batch_size}/{o.ref_batch_size})^{o.lr_scaling} | "
+        f"{s.steps_per_epoch} steps/epoch x {r.epochs} epochs | run dir {s.run_dir}"
+        + (f" | resumed at epoch {state.epoch + 1} step {state.step_in_epoch}" if s.resumed else "")
+    )
