@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from .errors import DataPrepError
 from .writer import output_paths, write_beton
@@ -94,8 +95,10 @@ def prepare(
         progress: progress bars on stderr (default: only when stderr is a terminal).
 
     Returns:
-        The exit status: 0 success or up to date, 2 bad input, 130 interrupted.
+        The exit status: 0 success or up to date, 2 bad input, 130 interrupted. On 2 and 130 the output
+        folders this call created (still empty) are removed again: a failed run leaves nothing behind.
     """
+    created = _missing_dirs(out)
     try:
         manifest = write_beton(
             str(source),
@@ -113,15 +116,35 @@ def prepare(
             log=lambda msg: print(msg, flush=True),
         )
     except DataPrepError as exc:
+        _remove_empty(created)
         sys.stdout.flush()
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:
+        _remove_empty(created)
         sys.stdout.flush()
         print("error: interrupted; no output files were changed", file=sys.stderr, flush=True)
         return 130
     print(format_summary(manifest, out), flush=True)
     return 0
+
+
+def _missing_dirs(out: str | os.PathLike[str]) -> list[Path]:
+    """`out` and those of its parents that do not exist yet, deepest first."""
+    missing, p = [], Path(out).absolute()
+    while not p.exists() and not p.is_symlink() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    return missing
+
+
+def _remove_empty(dirs: list[Path]) -> None:
+    """Remove the folders of `dirs` (deepest first) while they exist and are empty."""
+    for d in dirs:
+        try:
+            d.rmdir()
+        except OSError:
+            return
 
 
 def build_parser() -> argparse.ArgumentParser:
