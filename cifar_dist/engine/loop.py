@@ -60,6 +60,8 @@ def train_one_epoch(parts: StepParts, loader, state: TrainState, sums: torch.Ten
             p.schedule.set(state.global_step)
             if p.ema is not None:
                 p.ema.update(acc.unwrap_model(p.model), step=state.global_step)
+            if p.lookahead is not None:
+                p.lookahead.step(state.global_step)
             on_step(step, loss.detach())
 
 
@@ -97,6 +99,8 @@ def train(cfg: Config, resume: str = "none") -> int:
         return e.status
 
     state.wall_seconds = monitor.wall_seconds()
+    if s.parts.lookahead is not None:  # the closing full sync: the weights become their slow average
+        s.parts.lookahead.finish()
     result = finish(s, status)
     acc.print(summary_line(s, result))
     s.logger.close()
