@@ -93,15 +93,6 @@ def _fire(fn: Callable[..., int], argv: list[str], name: str) -> int:
 class Commands:
     """cifar_dist commands (see `cifar-dist --help`)."""
 
-    def prepare(self, source: str = "cifar10", out: str = "data", name: str | None = None, mode: str = "raw",
-                jpeg_quality: int = 90, labels: str = "fine", force: bool = False, verify: bool = False,
-                num_workers: int = 2, md5: str | None = None) -> int:
-        """Convert SOURCE (cifar10 | cifar100 | official archive | batches dir | image folder or its tar) to .beton."""
-        from data_prep.cli import prepare
-
-        return prepare(source, out=out, name=name, mode=mode, jpeg_quality=jpeg_quality, labels=labels,
-                       force=force, verify=verify, num_workers=num_workers, md5=md5)
-
     def models(self) -> int:
         """Print the model zoo: name, parameters, MACs, receptive field, default input size."""
         from cifar_dist.models.info import print_models
@@ -124,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     cmd, rest = argv[0], argv[1:]
+    if cmd == "prepare":
+        from data_prep.cli import main as prepare_main
+
+        return prepare_main(rest, prog="cifar-dist prepare")
     if cmd == "train":
         from cifar_dist.train import run_cli
 
