@@ -31,7 +31,7 @@ def _params(fn: Callable[..., Any]) -> tuple[dict[str, inspect.Parameter], bool,
 
 
 def _is_bool(p: inspect.Parameter) -> bool:
-    return isinstance(p.default, bool) or p.annotation in (bool, "bool")
+    return isinstance(p.default, bool) or p.annotation in (bool, "bool", "bool | None")
 
 
 def check_argv(fn: Callable[..., Any], argv: list[str], prog: str) -> None:
