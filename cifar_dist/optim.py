@@ -149,6 +149,7 @@ class Schedule:
                 warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler.step\(\)` before")
                 while self.torch_sched.last_epoch < target:
                     self.torch_sched.step()
+            return float(self.torch_sched.get_last_lr()[0])  # restored with its state after a resume
         elif self.linear is not None:
             return self.peak_lr * float(np.interp(t, *self.linear))
         else:
@@ -161,7 +162,7 @@ class Schedule:
         onecycle only moves forward: it is stepped up to `step` (clamped to its last step), so a resume
         without its saved state replays the steps, which gives the same lr (OneCycleLR is closed form).
         """
-        lr = self._base_lr(step)
+        lr = self.lr = self._base_lr(step)  # `lr`: the schedule's latest value (what the logs show)
         epoch = step // max(self.steps_per_epoch, 1)
         for g in self.optimizer.param_groups:
             stopped = "stop_epoch" in g and epoch >= g["stop_epoch"]

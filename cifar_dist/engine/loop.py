@@ -79,7 +79,7 @@ def train(cfg: Config, resume: str = "none") -> int:
             train_one_epoch(s.parts, s.loaders.train, state, s.sums, monitor.on_step)
             monitor.close_bar()
             monitor.check(torch.zeros((), device=acc.device)).store(state)
-            row = epoch_row(state, s.parts.optimizer.param_groups[0]["lr"])
+            row = epoch_row(state, s.parts.schedule.lr)
             stop = evaluate_epoch(s, row)
             s.logger.log_epoch(row)
             acc.print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
