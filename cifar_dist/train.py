@@ -447,17 +447,28 @@ def run_cli(preset: str | None = None, config: str | None = None, resume: str = 
             **overrides) -> int:
     """Resolve the config from flags and train; errors in the input become one line and status 2."""
     from cifar_dist.config import resolve
+    from cifar_dist.run_status import write_status
 
+    run_dir = None
+    status = 1  # a crash (an exception other than bad input) is recorded as 1, "failed"
     try:
         cfg = resolve(preset, config, overrides)
         if print_config:
             print(dump_yaml(cfg), end="")
             return EXIT_OK
-        return train(cfg, resume=str(resume))
+        run_dir = Path(cfg.run.out_dir) / cfg.run.name
+        status = train(cfg, resume=str(resume))
+        return status
     except (ConfigError, DataError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"error: {msg}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        status = EXIT_BAD_INPUT
+        return status
+    finally:
+        # The true status for the scripts (a launcher exits 1 for any failure); bad input before the
+        # run directory exists leaves no trace.
+        if run_dir is not None and run_dir.is_dir():
+            write_status(run_dir, status)
 
 
 def main(argv: list[str] | None = None) -> int:
