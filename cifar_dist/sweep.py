@@ -86,6 +86,7 @@ from typing import Any
 import yaml
 
 from cifar_dist.config import ConfigError, flatten, model_options, resolve
+from cifar_dist.slurm_resources import sbatch_resources
 
 REPO = Path(__file__).resolve().parent.parent
 SWEEP_SCRIPT = REPO / "slurm" / "sweep.sh"
@@ -663,7 +664,9 @@ def sbatch_command(sweep: Sweep, indices: list[int], parallel: int, extra: list[
            f"--output={sweep.dir / 'slurm' / '%A_%a.out'}"]
     if Path.cwd().resolve() != REPO:  # sweep.sh finds the code through the submit directory otherwise
         cmd.append(f"--export=ALL,CIFAR_DIST_ROOT={REPO}")
-    cmd += [*sweep.spec.sbatch, *(extra or []), _display_path(SWEEP_SCRIPT), str(sweep.spec.path)]
+    given = [*sweep.spec.sbatch, *(extra or [])]
+    # GPUs only where the partition has them, never more CPUs than a node has (sweep.sh asks for neither)
+    cmd += [*sbatch_resources(given), *given, _display_path(SWEEP_SCRIPT), str(sweep.spec.path)]
     return cmd
 
 
@@ -735,7 +738,9 @@ def cmd_submit(args) -> int:
                         f"this cluster, found {len(sweep.runs)} runs; split the spec")
     print(shlex.join(cmd), flush=True)
     try:
-        out = subprocess.run(cmd[:1] + ["--parsable"] + cmd[1:], stdout=subprocess.PIPE, text=True)
+        # Tasks run the interpreter that submits them (sbatch's default --export=ALL passes it on).
+        env = {**os.environ, "CIFAR_DIST_PYTHON": os.environ.get("CIFAR_DIST_PYTHON") or sys.executable}
+        out = subprocess.run(cmd[:1] + ["--parsable"] + cmd[1:], stdout=subprocess.PIPE, text=True, env=env)
     except FileNotFoundError:
         print("error: sbatch: command not found (is this a SLURM login node?)", file=sys.stderr)
         return EXIT_BAD_INPUT
