@@ -9,10 +9,11 @@
 #   next check and exits 3. TORCHELASTIC_SIGNALS_TO_HANDLE leaves TERM out, so torchrun keeps it ignored
 #   too instead of killing its workers (no SignalException traceback on a cancel).
 # - The batch shell's trap sends USR1 to the trainers themselves (sweep.sh: every process below the
-#   launcher that runs cifar_dist.train; train.sh: `scancel --signal=USR1 JOB`, which slurmstepd delivers
-#   to every process of the job steps on every node, not to the batch shell) and repeats it every
-#   RESIGNAL seconds until the command ends: a trainer still importing torch ignores USR1 until its
-#   handler is installed.
+#   launcher that runs cifar_dist.train and has a USR1 handler; train.sh: `scancel --signal=USR1 JOB`,
+#   which slurmstepd delivers to every process of the job steps on every node, not to the batch shell)
+#   and repeats that every RESIGNAL seconds until the command ends: a trainer still importing torch
+#   ignores USR1 until its handler is installed. The trainer ignores USR1/TERM again once it is only
+#   exiting (Python would reset its handler to SIG_DFL at exit, and a late USR1 would kill it).
 # - The scripts wait until the command is gone (a loop on the pid, never on `wait`'s status: bash 5.2's
 #   `wait PID` on an already reaped child returns the old status again, not 127), then read the true
 #   status from <run_dir>/status.json (the launcher exits 1 for a trainer that exited 3).
@@ -21,12 +22,12 @@ export TORCHELASTIC_SIGNALS_TO_HANDLE=${TORCHELASTIC_SIGNALS_TO_HANDLE:-SIGINT,S
 # torchrun's grace between TERM and SIGKILL for its workers (default 30 s) must cover a checkpoint plus an
 # evaluation; SLURM's own KillWait still bounds it on a cancel.
 export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-900}
-RESIGNAL=${CIFAR_DIST_RESIGNAL:-10}
+RESIGNAL=10  # seconds between two rounds of stop_trainers while the command runs (a script may lower it)
 
 STOP=""      # USR1 or TERM once one arrived
 CHILD=""     # pid of the training command (launcher or trainer)
 RC=0         # its exit status, set by wait_child
-SIGNALLED=() # trainer pids that were sent USR1 (sweep.sh), waited for if their launcher went first
+SIGNALLED=() # trainer pids sent USR1 (sweep.sh), waited for if their launcher went first
 
 quote() {  # the arguments as one shell line, quoting only where needed
     local out=() a q="'"

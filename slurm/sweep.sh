@@ -75,17 +75,22 @@ else
     JOB=${SLURM_JOB_ID:-none}
 fi
 
-stop_trainers() {  # USR1 to every process of the training command that runs cifar_dist.train
-    local todo=("$CHILD") p kids
+stop_trainers() {  # USR1, once, to each process of the training command that runs cifar_dist.train and
+                   # catches USR1 now (one still starting up ignores it: it is asked again a second later)
+    local todo=("$CHILD") p kids caught
     while (( ${#todo[@]} )); do
         p=${todo[0]}
         todo=("${todo[@]:1}")
-        if grep -qa 'cifar_dist\.train' "/proc/$p/cmdline" 2>/dev/null && kill -USR1 "$p" 2>/dev/null; then
-            SIGNALLED+=("$p")
+        if [[ " ${SIGNALLED[*]} " != *" $p "* ]] && grep -qa 'cifar_dist\.train' "/proc/$p/cmdline" 2>/dev/null; then
+            caught=$(sed -n 's/^SigCgt:[[:space:]]*//p' "/proc/$p/status" 2>/dev/null)
+            if [[ -n $caught ]] && (( 0x$caught & (1 << 9) )) && kill -USR1 "$p" 2>/dev/null; then
+                SIGNALLED+=("$p")  # bit 9 of SigCgt = signal 10 = USR1 has a handler
+            fi
         fi
         if kids=$(pgrep -P "$p"); then todo+=($kids); fi
     done
 }
+RESIGNAL=1
 trap 'on_stop USR1' USR1
 trap 'on_stop TERM' TERM
 
