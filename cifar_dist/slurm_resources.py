@@ -9,8 +9,9 @@ slurm/sweep.sh asks for nothing beyond SLURM's defaults (one CPU, no GPU), so it
   the smallest node that could run the task has (a larger request is refused or pends forever).
 
 Options the spec's `sbatch:` list (or the command line) already gives win: a GPU option (--gpus*, -G,
---gres) or a CPU option (--cpus-per-task, -c) there turns the matching default off. Without `sinfo`,
-or when it does not answer, nothing is added.
+--gres) or a CPU option (--cpus-per-task, -c) there turns the matching default off (a GPU option asking
+for 0 makes it a CPU task for the CPU count). Without `sinfo`, or when it does not answer, nothing is
+added.
 """
 
 from __future__ import annotations
@@ -71,21 +72,26 @@ def query_sinfo(timeout: float = 30) -> str | None:
 
 
 def _option_values(args: list[str], long: str, short: str) -> list[str]:
-    """Values of `--long=V`, `--long V`, `-sV`, `-s V` in an sbatch argument list."""
+    """Values of `--long=V`, `--long V` and (short != "") `-sV`, `-s V` in an sbatch argument list."""
     values = []
     for i, a in enumerate(args):
         nxt = args[i + 1] if i + 1 < len(args) else ""
         if a.startswith(f"--{long}="):
             values.append(a.split("=", 1)[1])
-        elif a in (f"--{long}", f"-{short}"):
+        elif a == f"--{long}" or (short and a == f"-{short}"):
             values.append(nxt)
-        elif a.startswith(f"-{short}") and not a.startswith("--"):
+        elif short and a.startswith(f"-{short}") and not a.startswith("--"):
             values.append(a[2:])
     return values
 
 
-def _gives(args: list[str], prefixes: tuple[str, ...], shorts: tuple[str, ...]) -> bool:
-    return any(a.startswith(prefixes) or (a[:2] in shorts and not a.startswith("--")) for a in args)
+def _gpu_request(args: list[str]) -> int | None:
+    """None when `args` ask nothing about GPUs; else 0 (all GPU options say 0) or 1 (some GPU asked for)."""
+    values = [v for long in ("gpus", "gpus-per-node", "gpus-per-task", "gres") for v in _option_values(args, long, "")]
+    values += _option_values(args, "gpus", "G")
+    if not values:
+        return None
+    return int(any(v.split(":")[-1].split("(")[0] not in ("0", "") for v in values))
 
 
 def task_resources(given: list[str], sinfo_text: str | None) -> list[str]:
@@ -96,17 +102,15 @@ def task_resources(given: list[str], sinfo_text: str | None) -> list[str]:
     nodes = [n for n in nodes if n.partition in wanted] if wanted else [n for n in nodes if n.default]
     if not nodes:
         return []
-    gpu_given = _gives(given, ("--gpus", "--gres", "--gpus-per-node", "--gpus-per-task"), ("-G",))
-    cpu_given = _gives(given, ("--cpus-per-task",), ("-c",))
     gpu_nodes = [n for n in nodes if n.gpus > 0]
-    use_gpu = bool(gpu_nodes) and not gpu_given
+    asked = _gpu_request(given)
     out = []
-    if use_gpu:
+    if asked is None and gpu_nodes:
         out.append("--gpus-per-node=1")
-    if not cpu_given:
-        # with a GPU given by hand we do not know where the task lands: stay within every node
-        pool = gpu_nodes if use_gpu else nodes
-        out.append(f"--cpus-per-task={min(GPU_TASK_CPUS if use_gpu else CPU_TASK_CPUS, min(n.cpus for n in pool))}")
+    on_gpu = bool(gpu_nodes) and asked != 0
+    if not (_option_values(given, "cpus-per-task", "c")):
+        pool = gpu_nodes if on_gpu else nodes
+        out.append(f"--cpus-per-task={min(GPU_TASK_CPUS if on_gpu else CPU_TASK_CPUS, min(n.cpus for n in pool))}")
     return out
 
 
