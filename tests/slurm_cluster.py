@@ -24,7 +24,8 @@ machine has fewer (so a job-array limit like %2 is what holds tasks back, not th
 `AuthInfo=cred_expire=5` (the smallest value slurmctld accepts) shortens the time a requeued job waits
 before it may start again (120 s by default); `sched_interval=1` makes the main scheduler notice the end of
 that wait at once (it otherwise runs every 60 s). `MinJobAge=5` and the other `SchedulerParameters` keep
-`sbatch --wait` and array tasks prompt.
+`sbatch --wait` and array tasks prompt. `KillWait=30` (SLURM's default) is the time between the TERM of a
+cancel and the SIGKILL: the trainers checkpoint within it, as on a real cluster.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ SelectTypeParameters=CR_Core
 ReturnToService=2
 EnforcePartLimits=ALL
 MinJobAge=5
-KillWait=5
+KillWait=30
 SlurmdParameters=config_overrides
 {gres_types}{node_lines}
 PartitionName=debug Nodes={node_list} Default=YES MaxTime=INFINITE State=UP
@@ -264,7 +265,7 @@ def local_slurm_cluster(directory: Path, gpus: int = 0, cpus: int | None = None,
         if any(p.args[0] == "slurmctld" and p.poll() is None for p in started):
             cluster.run("scancel", "--user", pwd.getpwuid(os.geteuid()).pw_name, check=False)
             with contextlib.suppress(TimeoutError, subprocess.TimeoutExpired):
-                cluster.wait_idle(timeout=30)
+                cluster.wait_idle(timeout=60)
         for proc in reversed(started):
             _stop(proc)
         for log in logs:

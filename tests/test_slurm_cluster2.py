@@ -325,3 +325,50 @@ def test_a_python_without_the_project_fails_with_one_line(slurm_cluster, tmp_pat
     assert re.fullmatch(r"sweep\.sh: /usr/bin/python3 cannot import .*torch.*; set CIFAR_DIST_PYTHON to the "
                         r"python of cifar_dist's environment", errors[0]), errors
     assert [(r["JobState"], r["ExitCode"]) for r in _jobcomp(slurm_cluster, job)] == [("FAILED", "2:0")]
+
+
+@pytest.mark.slurm
+def test_one_process_accelerate_path_checkpoints_on_scancel_and_resubmit_finishes(  # noqa: F811
+        slurm_cluster, tiny_data, tmp_path):  # noqa: F811
+    """The 1-GPU launcher path (accelerate launch, distributed_type NO: Popen, no signal forwarding), taken
+    with CIFAR_DIST_GPUS=1 on a CPU: `scancel` sends TERM to every process of the task; the launcher ignores
+    it, the trainer checkpoints mid-epoch and exits 3, sweep.sh records status 3 (not the launcher's 1)
+    and does not requeue; a resubmit resumes and finishes with every epoch once."""
+    spec = _spec(tmp_path / "one.yaml", "one", tiny_data, """\
+  run.epochs: 3
+  run.global_batch_size: 10
+  run.log_every_steps: 2
+  run.mixed_precision: "no"
+sbatch: [--gpus-per-node=0, --cpus-per-task=1, --time=10]
+""")
+    run = tmp_path / "runs" / "one" / "c000-s0"
+    logs = tmp_path / "runs" / "one" / "slurm"
+    with pytest.MonkeyPatch.context() as mp:
+        _use_cluster(mp, slurm_cluster)
+        mp.setenv("CIFAR_DIST_GPUS", "1")  # take the 1-GPU launch path on this CPU
+        rc, out = _sweep("submit", str(spec))
+        assert rc == 0, out
+        job = re.search(r"submitted job array (\d+)", out).group(1)
+        try:
+            _wait_for(lambda: (run / "metrics.jsonl").is_file(), "the first epoch", timeout=TIMEOUT, poll=0.05)
+            slurm_cluster.run("scancel", f"{job}_0")
+            _wait_job(slurm_cluster, job, logs, timeout=120)
+        finally:
+            slurm_cluster.run("scancel", job, check=False)
+        first = (logs / f"{job}_0.out").read_text()
+        task = json.loads((run / "sweep_task.json").read_text())
+        state = json.loads((run / "checkpoints" / "last" / "train_state.json").read_text())
+        mp.delenv("CIFAR_DIST_GPUS")
+        rc, out = _sweep("submit", str(spec))
+        assert rc == 0, out
+        again = re.search(r"submitted job array (\d+)", out).group(1)
+        _wait_job(slurm_cluster, again, logs)
+    assert "--config_file " + str(REPO / "launch" / "1gpu.yaml") in first
+    assert "processes 1 (DistributedType.NO" in first
+    assert re.search(r"stopped by signal at epoch [23] step \d+; checkpoint saved", first), first
+    assert "sweep.sh: c000-s0 stopped by SIGTERM (exit 3)" in first and "requeueing" not in first
+    assert (task["state"], task["exit"]) == ("preempted", 3)
+    assert state["step_in_epoch"] > 0  # mid-epoch
+    assert "Traceback" not in first  # --quiet: no CalledProcessError from the launcher
+    assert [r["epoch"] for r in _metrics(run)] == [1, 2, 3]
+    assert json.loads((run / "sweep_task.json").read_text())["state"] == "done"
