@@ -28,7 +28,7 @@
 # Processes per node = the GPUs torch can use on the first node (device_count() over the GPUs SLURM made
 # visible); with none, CIFAR_DIST_CPU_PROCS processes per node (default 1) in fp32 (--mixed_precision no
 # overrides the launch file's bf16) over gloo. The run directory (--run.out_dir) must be on a file system
-# every node sees.
+# every node sees: the script checks that with one srun step before training and stops (exit 2) if not.
 #
 # Signals, who gets what:
 # - `--signal=B:USR1@120` sends USR1 to this batch shell 120 s before the time limit (by hand:
@@ -112,6 +112,17 @@ run = yaml.safe_load(sys.stdin)["run"]
 print(os.path.join(str(run["out_dir"]), str(run["name"])))' <<< "$config") || exit 2
 mkdir -p "$run_dir"
 rm -f "$run_dir/status.json"  # a status left by an earlier start must not be read as this one's
+if (( nodes > 1 )); then  # every rank reads and writes the run directory: it must be the same one everywhere
+    marker="$run_dir/.shared-check-${SLURM_JOB_ID:-0}"
+    touch "$marker"
+    if ! srun --nodes="$nodes" --ntasks-per-node=1 --cpus-per-task=1 test -f "$marker"; then
+        rm -f "$marker"
+        echo "train.sh: $run_dir is not visible on every node (a node-local file system?); put --run.out_dir" \
+             "on a file system all nodes share" >&2
+        exit 2
+    fi
+    rm -f "$marker"
+fi
 
 if [[ -z $STOP ]]; then
     start_child "${srun_cmd[@]}"
