@@ -78,21 +78,22 @@ on_stop() {  # trap: remember the signal, ask the trainers to stop (stop_trainer
 }
 
 wait_child() {  # until CHILD is gone; RC = its exit status (never loops on wait's status)
-    local r n=0
-    wait "$CHILD"
-    RC=$?
-    while kill -0 "$CHILD" 2>/dev/null; do  # a trap interrupted the wait and the command still runs
-        sleep 1 &
-        wait $!
-        n=$(( n + 1 ))
-        if [[ -n $STOP ]] && (( n % RESIGNAL == 0 )) && kill -0 "$CHILD" 2>/dev/null; then
-            stop_trainers
+    local r n=0 pid end
+    while kill -0 "$CHILD" 2>/dev/null; do
+        if [[ -z $STOP ]]; then
+            wait "$CHILD"  # returns when the command ends, or early when a trap has run
+            RC=$?
+            if (( RC == 127 )); then break; fi  # not our child (any more): its pid was reused
+        else  # stopping: ask again every RESIGNAL seconds (the first time at once) until the command ends
+            if (( n++ % RESIGNAL == 0 )); then stop_trainers; fi
+            sleep 1 &
+            wait $!
         fi
     done
     wait "$CHILD"  # bash keeps the status of a child it reaped; 127 if this bash forgot it
     r=$?
     (( r == 127 )) || RC=$r
-    local pid end=$(( SECONDS + 300 ))  # trainers outliving their launcher (it should never happen)
+    end=$(( SECONDS + 300 ))  # trainers outliving their launcher (it should never happen)
     for pid in "${SIGNALLED[@]}"; do
         while kill -0 "$pid" 2>/dev/null && (( SECONDS < end )); do sleep 1; done
     done
