@@ -372,3 +372,17 @@ sbatch: [--gpus-per-node=0, --cpus-per-task=1, --time=10]
     assert "Traceback" not in first  # --quiet: no CalledProcessError from the launcher
     assert [r["epoch"] for r in _metrics(run)] == [1, 2, 3]
     assert json.loads((run / "sweep_task.json").read_text())["state"] == "done"
+
+
+@pytest.mark.slurm
+def test_train_sh_refuses_a_bad_flag_with_one_line_before_starting_any_node(  # noqa: F811
+        slurm_two_nodes, tiny_data, tmp_path):  # noqa: F811
+    with pytest.MonkeyPatch.context() as mp:
+        _use_cluster(mp, slurm_two_nodes)
+        job = _train_sh(slurm_two_nodes, tiny_data, tmp_path, "bad", "--optim.lrr=0.1")
+        _wait_job(slurm_two_nodes, job, tmp_path, timeout=180)
+    lines = (tmp_path / f"bad-{job}.out").read_text().splitlines()
+    errors = [ln for ln in lines if not ln.startswith("train.sh: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: --optim.lrr: unknown key"), lines
+    assert [(r["JobState"], r["ExitCode"]) for r in _jobcomp(slurm_two_nodes, job)] == [("FAILED", "2:0")]
+    assert not (tmp_path / "bad" / "status.json").exists()
