@@ -54,3 +54,55 @@ def test_ffcv_batches_are_on_the_requested_device(tiny_data, train):
         assert y.dtype == torch.int64 and y.shape == (x.shape[0],)
         n += 1
     assert n == len(loader) > 0
+
+
+# Ops that make the host wait for the device (or copy host data to it): .item()/float() of a device tensor,
+# torch.tensor(host data, device=...), and ops whose output size depends on the data.
+HOST_SYNC_OPS = {"_local_scalar_dense", "lift_fresh", "lift_fresh_copy", "bincount", "nonzero", "masked_select",
+                 "_unique2", "unique_consecutive"}
+
+
+def host_syncs(fn) -> list[str]:
+    """The host-syncing aten ops `fn()` dispatches (recorded on the CPU; the same ops sync on a GPU)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen: list[str] = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.overloadpacket.__name__
+            if name in HOST_SYNC_OPS:
+                seen.append(name)
+            return func(*args, **(kwargs or {}))
+
+    with Record():
+        fn()
+    return seen
+
+
+def test_affine_augmentation_has_no_host_sync():
+    from cifar_dist.augment import random_affine
+
+    x = torch.rand(8, 3, 32, 32) * 255
+    assert host_syncs(lambda: random_affine(x, 0.5, 0.1, 0.1, 15.0)) == []
+
+
+@pytest.mark.parametrize("tta", ["none", "flip_translate"])
+def test_evaluation_syncs_once_per_split_not_per_batch(tta):
+    """The host syncs of `evaluate` do not grow with the number of batches (they happen after the loop)."""
+    from accelerate import Accelerator
+
+    from cifar_dist.data import Normalize
+    from cifar_dist.engine.evaluate import evaluate
+
+    acc = Accelerator(cpu=True)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(4, 10))
+    norm = Normalize((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    batches = [(torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8), torch.randint(0, 10, (6,)))
+               for _ in range(4)]
+    counts = {n: host_syncs(lambda n=n: evaluate(model, batches[:n], norm, acc, 10, tta)) for n in (1, 4)}
+    assert counts[1] == counts[4] and "bincount" not in counts[4] and "lift_fresh" not in counts[4], counts
+    result = evaluate(model, batches, norm, acc, 10, tta)
+    assert sum(map(sum, result["confusion"])) == 24

@@ -24,6 +24,8 @@ def evaluate(model, loader, normalize, accelerator, num_classes: int, tta: str =
     """Accuracy (%), mean loss and confusion matrix over the whole split, summed over processes.
 
     With TTA the softmax probabilities of the views are averaged; the loss is the NLL of that mean.
+    Per batch everything stays on the device (no `.item()`, no host tensor, no `bincount`, whose output size
+    needs the max label on the host): the host reads the sums once, after the last batch.
     """
     was_training = model.training
     model.eval()
@@ -39,8 +41,8 @@ def evaluate(model, loader, normalize, accelerator, num_classes: int, tta: str =
                 logp = probs.clamp_min(1e-12).log()
         pred = logp.argmax(1)
         stats += torch.stack([(pred == y).sum().double(), F.nll_loss(logp, y, reduction="sum").double(),
-                              torch.tensor(float(y.numel()), device=y.device, dtype=torch.float64)])
-        confusion += torch.bincount(y * num_classes + pred, minlength=num_classes * num_classes).double()
+                              torch.full((), y.numel(), device=y.device, dtype=torch.float64)])
+        confusion.index_add_(0, y * num_classes + pred, torch.ones_like(pred, dtype=torch.float64))
     stats = accelerator.reduce(stats, reduction="sum")
     confusion = accelerator.reduce(confusion, reduction="sum")
     model.train(was_training)
