@@ -106,3 +106,88 @@ def test_evaluation_syncs_once_per_split_not_per_batch(tta):
     assert counts[1] == counts[4] and "bincount" not in counts[4] and "lift_fresh" not in counts[4], counts
     result = evaluate(model, batches, norm, acc, 10, tta)
     assert sum(map(sum, result["confusion"])) == 24
+
+
+GPU_ENV = ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "SLURM_GPUS_ON_NODE", "SLURM_GPUS",
+           "SLURM_GPUS_PER_NODE", "ACCELERATE_MIXED_PRECISION", "RANK")
+
+
+@pytest.fixture
+def no_gpu_env(monkeypatch):
+    """This machine as it is (no CUDA), with every GPU hint of the environment removed."""
+    from cifar_dist.engine import devices
+
+    for key in GPU_ENV:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(devices.glob, "glob", lambda pattern: [])
+    assert not torch.cuda.is_available()
+    return devices
+
+
+@pytest.mark.parametrize("requested, env, expected", [
+    ("auto", "bf16", "no"), ("bf16", None, "no"), ("fp16", "no", "no"), ("auto", "no", None), ("auto", None, None),
+    ("no", "bf16", "no"),
+])
+def test_gpu_precision_without_a_gpu_falls_back_to_fp32_with_one_warning(no_gpu_env, monkeypatch, capsys, requested,
+                                                                         env, expected):
+    if env is not None:
+        monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", env)
+    assert no_gpu_env.choose_precision(requested, allow_cpu=False) == expected
+    err = capsys.readouterr().err
+    asked = requested if requested != "auto" else env
+    if asked in ("bf16", "fp16"):
+        assert err.count("\n") == 1 and err.startswith(f"warning: no usable GPU: mixed precision {asked}"), err
+    else:
+        assert err == ""
+
+
+def test_warning_is_printed_by_rank_0_only(no_gpu_env, monkeypatch, capsys):
+    monkeypatch.setenv("RANK", "1")
+    assert no_gpu_env.choose_precision("bf16", allow_cpu=False) == "no"
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("key, value", [("CUDA_VISIBLE_DEVICES", "0"), ("SLURM_JOB_GPUS", "2"),
+                                        ("SLURM_GPUS_ON_NODE", "1"), ("/dev/nvidia0", "")])
+def test_gpus_expected_but_cuda_unusable_stops_unless_allowed(no_gpu_env, monkeypatch, capsys, key, value):
+    from cifar_dist.errors import InputError
+
+    if key.startswith("/dev"):
+        monkeypatch.setattr(no_gpu_env.glob, "glob", lambda pattern: [key])
+    else:
+        monkeypatch.setenv(key, value)
+    with pytest.raises(InputError) as e:
+        no_gpu_env.choose_precision("auto", allow_cpu=False)
+    msg = str(e.value)
+    assert "\n" not in msg and "torch.cuda.is_available() is False" in msg and "--run.allow_cpu=true" in msg
+    assert (key in msg) and msg.startswith("no usable GPU")
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    assert no_gpu_env.choose_precision("auto", allow_cpu=True) == "no"  # allowed: the CPU, in fp32
+
+
+@pytest.mark.parametrize("value", ["", "-1", "NoDevFiles"])
+def test_hidden_gpus_are_no_sign_of_a_gpu(no_gpu_env, monkeypatch, value):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", value)
+    monkeypatch.setenv("SLURM_GPUS_ON_NODE", "0")
+    assert no_gpu_env.gpu_signs() == []
+
+
+def test_sync_bn_default_follows_world_and_per_device_batch():
+    from cifar_dist.engine.devices import SYNC_BN_BELOW, use_sync_bn
+
+    assert SYNC_BN_BELOW == 32
+    assert use_sync_bn(None, 8, 16) and use_sync_bn(None, 2, 31)
+    assert not use_sync_bn(None, 8, 32) and not use_sync_bn(None, 1, 4)
+    assert use_sync_bn(True, 2, 512) and not use_sync_bn(False, 8, 4) and not use_sync_bn(True, 1, 4)
+
+
+def test_cudnn_benchmark_on_cuda_unless_deterministic(monkeypatch):
+    from cifar_dist.engine.devices import configure_backends
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    configure_backends(torch.device("cpu"), deterministic=False)
+    assert torch.backends.cudnn.benchmark is False
+    configure_backends(torch.device("cuda", 0), deterministic=False)
+    assert torch.backends.cudnn.benchmark is True
+    configure_backends(torch.device("cuda", 0), deterministic=True)
+    assert torch.backends.cudnn.benchmark is False

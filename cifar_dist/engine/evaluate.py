@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from cifar_dist.augment import tta_views
 from cifar_dist.config import flatten, to_dict
 from cifar_dist.engine import checkpoint as ckpt
+from cifar_dist.engine.devices import eval_model
 from cifar_dist.engine.logs import confusion_figure
 from cifar_dist.files import read_jsonl
 
@@ -80,7 +81,7 @@ def evaluate_epoch(s: Session, row: dict[str, Any]) -> bool:
     epoch, r, ema, state = row["epoch"], s.cfg.run, s.parts.ema, s.state
     if epoch % r.eval_every and epoch != r.epochs:
         return False
-    plain = s.accelerator.unwrap_model(s.parts.model)
+    plain = eval_model(s.accelerator, s.parts.model)
     if s.loaders.val is not None:
         row["val_acc"] = _eval(s, plain, s.loaders.val)["acc"]
         if ema is not None:
@@ -109,7 +110,7 @@ def _test_with_tta(s: Session, model) -> tuple[dict, dict]:
 def finish(s: Session, status: str) -> dict[str, Any]:
     """Final evaluations (final and best weights, with TTA), result.json, hparams, confusion matrix."""
     state, acc, ema = s.state, s.accelerator, s.parts.ema
-    plain = acc.unwrap_model(s.parts.model)
+    plain = eval_model(acc, s.parts.model)
     final, final_tta = _test_with_tta(s, plain)
     res_final = {"test_acc": final["acc"], "test_loss": final["loss"], "test_acc_tta": final_tta["acc"]}
     if ema is not None:
