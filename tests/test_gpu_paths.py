@@ -191,3 +191,46 @@ def test_cudnn_benchmark_on_cuda_unless_deterministic(monkeypatch):
     assert torch.backends.cudnn.benchmark is True
     configure_backends(torch.device("cuda", 0), deterministic=True)
     assert torch.backends.cudnn.benchmark is False
+
+
+def test_compile_wraps_the_prepared_model_and_evaluation_never_recompiles():
+    """Inductor for real on a tiny net through the session's own build_parts: training compiles once; evaluation
+    at other batch sizes with 10 TTA views, and training again afterwards, add no graph."""
+    import shutil
+
+    if not (shutil.which("g++") or shutil.which("c++") or shutil.which("gcc")):
+        pytest.skip("no C++ compiler: torch.compile's inductor backend cannot build kernels here")
+    from accelerate import Accelerator
+    from torch._dynamo.eval_frame import OptimizedModule
+    from torch._dynamo.utils import counters
+
+    from cifar_dist.config import AugConfig, Config, ModelConfig, OptimConfig, RunConfig, SchedConfig
+    from cifar_dist.data import TensorLoader
+    from cifar_dist.engine import TrainState, evaluate, train_one_epoch
+    from cifar_dist.engine.devices import eval_model
+    from cifar_dist.engine.session import build_parts
+
+    torch._dynamo.reset()
+    cfg = Config(aug=AugConfig(crop_padding=0, flip=False), model=ModelConfig(name="simple_cnn", compile=True),
+                 optim=OptimConfig(lr=0.01), sched=SchedConfig(name="constant"), run=RunConfig(epochs=1))
+    acc = Accelerator(cpu=True)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=2), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 10))
+    parts, norm = build_parts(cfg, acc, model, 3, 0.01, 10)
+    assert isinstance(parts.model, OptimizedModule) and parts.model._orig_mod is acc._models[-1]  # compile outside
+    plain = eval_model(acc, parts.model)
+    assert not isinstance(plain, OptimizedModule) and parts.model._orig_mod is acc._models[-1]  # nothing rewired
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 10, (64,), generator=g)
+    train = TensorLoader(x[:48], y[:48], batch_size=16, train=True)
+    graphs = lambda: counters["stats"]["unique_graphs"]  # noqa: E731
+    train_one_epoch(parts, train, TrainState(), torch.zeros(3, dtype=torch.float64), lambda step, loss: None)
+    compiled = graphs()
+    assert compiled >= 1
+    for bs in (10, 7):  # ragged last batches too
+        evaluate(plain, TensorLoader(x, y, batch_size=bs), norm, acc, 10, "flip_translate")
+    train.set_epoch(1)
+    train_one_epoch(parts, train, TrainState(), torch.zeros(3, dtype=torch.float64), lambda step, loss: None)
+    assert graphs() == compiled, f"recompiled: {compiled} graphs after training, {graphs()} after evaluation"
