@@ -234,3 +234,57 @@ def test_compile_wraps_the_prepared_model_and_evaluation_never_recompiles():
     train.set_epoch(1)
     train_one_epoch(parts, train, TrainState(), torch.zeros(3, dtype=torch.float64), lambda step, loss: None)
     assert graphs() == compiled, f"recompiled: {compiled} graphs after training, {graphs()} after evaluation"
+
+
+def launch_two(args: list[str], timeout: int = 400):
+    """`accelerate launch --config_file launch/cpu.yaml tests/gpu_probe.py ARGS`: two gloo processes."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "launch" / "cpu.yaml"),
+           str(REPO / "tests" / "gpu_probe.py"), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
+
+
+@pytest.mark.slow
+def test_sync_bn_gives_both_ranks_the_statistics_of_the_global_batch(tmp_path):
+    """Two gloo processes, 8 differently distributed images each, one step: with --model.sync_bn the BatchNorm
+    running statistics agree on both ranks and equal one process's on all 16 images (weights too); without it
+    they differ (so the comparison says something)."""
+    from tests.helpers import read_json
+
+    out = {}
+    for setting in ("on", "off"):
+        dst = tmp_path / f"{setting}.json"
+        p = launch_two(["syncbn", setting, str(dst)])
+        assert p.returncode == 0, p.stdout[-1500:] + p.stderr[-3000:]
+        out[setting] = read_json(dst)
+    on, off = out["on"], out["off"]
+    assert on["world"] == 2 and on["stats_equal"] and on["stat_diff"] < 1e-5 and on["weight_diff"] < 1e-5, on
+    assert not off["stats_equal"] and off["stat_diff"] > 1e-2, off
+
+
+@pytest.mark.slow
+def test_node_local_run_directory_stops_every_rank_with_one_line_and_a_shared_one_trains(tiny_data, tmp_path):
+    """Each rank in its own working directory with a relative --run.out_dir (what a node-local runs/ looks like):
+    both ranks exit 2 with one error line before training. In one shared directory the same run (SyncBatchNorm
+    on) finishes, the check leaves no token behind, and `done:` is printed once."""
+    data_dir, name = tiny_data
+    flags = ["--preset=smoke", f"--data.dir={data_dir}", f"--data.name={name}", "--run.out_dir=runs",
+             "--run.name=shared", "--run.progress=false", "--model.sync_bn=true", "--data.limit_train=400"]
+    local = launch_two(["train", "local", str(tmp_path / "local"), str(tmp_path / "local_rc"), "--", *flags])
+    assert [(tmp_path / f"local_rc{r}").read_text() for r in (0, 1)] == ["2", "2"], local.stderr[-3000:]
+    errors = [line for line in local.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2 and all("--run.out_dir: 1 of 2 processes cannot read" in e for e in errors), errors
+    assert not (tmp_path / "local" / "rank0" / "runs" / "shared" / "metrics.jsonl").exists()
+
+    shared = launch_two(["train", "shared", str(tmp_path / "shared"), str(tmp_path / "shared_rc"), "--", *flags])
+    assert [(tmp_path / f"shared_rc{r}").read_text() for r in (0, 1)] == ["0", "0"], shared.stderr[-3000:]
+    run_dir = tmp_path / "shared" / "runs" / "shared"
+    assert (run_dir / "result.json").is_file() and not (run_dir / ".shared-dir-check").exists()
+    assert shared.stdout.count("done: ") == 1, shared.stdout[-2000:]

@@ -96,17 +96,20 @@ def use_sync_bn(setting: bool | None, world: int, per_device: int) -> bool:
     return per_device < SYNC_BN_BELOW if setting is None else bool(setting)
 
 
-class GlooSyncBatchNorm(torch.nn.SyncBatchNorm):
-    """torch's SyncBatchNorm, plus the CPU: torch's refuses CPU tensors (its kernels are CUDA-only), so in training
-    on the CPU the batch statistics come from sums all-reduced over the process group (differentiable
-    `torch.distributed.nn` all-reduce), with the same running-stat update (unbiased variance, momentum or
-    cumulative average). timm's SyncBatchNormAct keeps its `drop` and `act` (applied after, as timm does)."""
+class GlooSyncBatchNorm:
+    """Mixed into a BatchNorm's own class on the CPU, where torch's SyncBatchNorm cannot run (its kernels are
+    CUDA-only and DDP refuses any SyncBatchNorm on a CPU module): in training, the batch statistics come from sums
+    all-reduced over the process group (differentiable `torch.distributed.nn` all-reduce, so the backward
+    all-reduces too), with torch's running-stat update (unbiased variance; momentum or cumulative average).
+    timm's BatchNormAct2d keeps its `drop` and `act`, applied after, as it does. Eval mode: the layer's own forward.
+    """
+
+    process_group = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and x.device.type == "cpu" and dist.is_available() and dist.is_initialized():
-            x = self._gloo_forward(x)
-        else:
-            x = torch.nn.SyncBatchNorm.forward(self, x)
+        if not (self.training and dist.is_available() and dist.is_initialized()):
+            return super().forward(x)
+        x = self._gloo_forward(x)
         for name in ("drop", "act"):
             if hasattr(self, name):
                 x = getattr(self, name)(x)
@@ -133,17 +136,29 @@ class GlooSyncBatchNorm(torch.nn.SyncBatchNorm):
         return y * self.weight.view(shape) + self.bias.view(shape) if self.affine else y
 
 
+_GLOO_CLASSES: dict[type, type] = {}
+
+
+def _gloo_class(cls: type) -> type:
+    if cls not in _GLOO_CLASSES:
+        _GLOO_CLASSES[cls] = type(f"GlooSync{cls.__name__}", (GlooSyncBatchNorm, cls), {})
+    return _GLOO_CLASSES[cls]
+
+
 def convert_sync_bn(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """Every BatchNorm of `model` as a SyncBatchNorm (timm's converter: its BatchNormAct2d keeps act and drop,
-    which torch's converter would drop). The same parameter and buffer objects: call before building the
-    optimizer or after, but before `accelerator.prepare`. On the CPU the layers become `GlooSyncBatchNorm`."""
+    """Every BatchNorm of `model` synchronised across processes; call before `accelerator.prepare`.
+
+    On GPUs: timm's converter (torch's SyncBatchNorm; timm's BatchNormAct2d becomes SyncBatchNormAct and keeps
+    act and drop, which torch's own converter would lose), with the same parameter and buffer objects. On the
+    CPU: each BatchNorm gets `GlooSyncBatchNorm` mixed into its class (state and state_dict keys unchanged).
+    """
     from timm.layers import convert_sync_batchnorm
 
-    model = convert_sync_batchnorm(model)
-    if device.type == "cpu":
-        for m in model.modules():
-            if isinstance(m, torch.nn.SyncBatchNorm):
-                m.__class__ = GlooSyncBatchNorm
+    if device.type != "cpu":
+        return convert_sync_batchnorm(model)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(m, GlooSyncBatchNorm):
+            m.__class__ = _gloo_class(type(m))
     return model
 
 
