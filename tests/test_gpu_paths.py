@@ -288,3 +288,31 @@ def test_node_local_run_directory_stops_every_rank_with_one_line_and_a_shared_on
     run_dir = tmp_path / "shared" / "runs" / "shared"
     assert (run_dir / "result.json").is_file() and not (run_dir / ".shared-dir-check").exists()
     assert shared.stdout.count("done: ") == 1, shared.stdout[-2000:]
+
+
+def test_cli_stops_where_gpus_show_but_cuda_is_unusable_and_falls_back_where_none_show(tiny_data, tmp_path):
+    """The trainer's command line: CUDA_VISIBLE_DEVICES=0 without a usable GPU stops with one line, exit 2, before
+    any file is written; on this machine as it is, bf16 from the launcher's environment trains in fp32 after one
+    warning line."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    data_dir, name = tiny_data
+    cmd = [sys.executable, "-m", "cifar_dist.train", "--preset=smoke", f"--data.dir={data_dir}", f"--data.name={name}",
+           f"--run.out_dir={tmp_path}", "--run.progress=false", "--data.limit_train=400", "--data.limit_test=200"]
+    base = {k: v for k, v in os.environ.items() if k not in GPU_ENV}
+    base["OMP_NUM_THREADS"] = "1"
+    p = subprocess.run(cmd + ["--run.name=gpu_expected"], capture_output=True, text=True, timeout=300, cwd=REPO,
+                       env={**base, "CUDA_VISIBLE_DEVICES": "0"})
+    assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr[-2000:]
+    assert p.stderr.startswith("error: no usable GPU") and "--run.allow_cpu=true" in p.stderr
+    assert not (tmp_path / "gpu_expected").exists()
+    p = subprocess.run(cmd + ["--run.name=fallback"], capture_output=True, text=True, timeout=300, cwd=REPO,
+                       env={**base, "ACCELERATE_MIXED_PRECISION": "bf16"})
+    assert p.returncode == 0, p.stderr[-2000:]
+    warnings = [line for line in p.stderr.splitlines() if line.startswith("warning: no usable GPU")]
+    assert len(warnings) == 1 and "bf16" in warnings[0], p.stderr[-2000:]
+    assert "precision no" in p.stdout and p.stdout.count("done: ") == 1, p.stdout[-2000:]
