@@ -316,3 +316,21 @@ def test_cli_stops_where_gpus_show_but_cuda_is_unusable_and_falls_back_where_non
     warnings = [line for line in p.stderr.splitlines() if line.startswith("warning: no usable GPU")]
     assert len(warnings) == 1 and "bf16" in warnings[0], p.stderr[-2000:]
     assert "precision no" in p.stdout and p.stdout.count("done: ") == 1, p.stdout[-2000:]
+
+
+def test_gpu_check_says_no_gpu_and_exits_2(tmp_path):
+    """bench/gpu_check.sh (and the Python it runs) on a machine without a usable GPU: one clear line, status 2."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    env = {**os.environ, "CIFAR_DIST_PYTHON": sys.executable}
+    for cmd in (["bash", str(REPO / "bench" / "gpu_check.sh"), "--out", str(tmp_path)],
+                [sys.executable, str(REPO / "bench" / "gpu_check.py"), "--out", str(tmp_path)]):
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+        assert p.returncode == 2 and p.stdout == "", (p.returncode, p.stdout, p.stderr)
+        assert p.stderr.startswith("gpu_check: no usable GPU") and p.stderr.count("\n") == 1, p.stderr
+        assert "nothing was run" in p.stderr
+    assert list(tmp_path.iterdir()) == []
