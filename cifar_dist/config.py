@@ -186,6 +186,7 @@ class RunConfig:
     progress: bool = True  # tqdm progress bar on the main process
     deterministic: bool = False  # torch deterministic algorithms (slower on GPUs)
     allow_cpu: bool = False  # train on the CPU where the machine shows GPUs that CUDA cannot use
+    dist_timeout_s: int = 0  # timeout of one collective, s (0 = torch's: 10 min with NCCL, 30 min with gloo)
 
 
 @dataclass(frozen=True)

@@ -276,7 +276,8 @@ def test_node_local_run_directory_stops_every_rank_with_one_line_and_a_shared_on
     on) finishes, the check leaves no token behind, and `done:` is printed once."""
     data_dir, name = tiny_data
     flags = ["--preset=smoke", f"--data.dir={data_dir}", f"--data.name={name}", "--run.out_dir=runs",
-             "--run.name=shared", "--run.progress=false", "--model.sync_bn=true", "--data.limit_train=400"]
+             "--run.name=shared", "--run.progress=false", "--model.sync_bn=true", "--data.limit_train=400",
+             "--run.dist_timeout_s=300"]
     local = launch_two(["train", "local", str(tmp_path / "local"), str(tmp_path / "local_rc"), "--", *flags])
     assert [(tmp_path / f"local_rc{r}").read_text() for r in (0, 1)] == ["2", "2"], local.stderr[-3000:]
     errors = [line for line in local.stderr.splitlines() if line.startswith("error: ")]
@@ -334,3 +335,14 @@ def test_gpu_check_says_no_gpu_and_exits_2(tmp_path):
         assert p.stderr.startswith("gpu_check: no usable GPU") and p.stderr.count("\n") == 1, p.stderr
         assert "nothing was run" in p.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_dist_timeout_reaches_the_process_group_settings():
+    from datetime import timedelta
+
+    from cifar_dist.config import RunConfig
+    from cifar_dist.engine.devices import init_kwargs
+
+    assert init_kwargs(RunConfig()) == []
+    (handler,) = init_kwargs(RunConfig(dist_timeout_s=90))
+    assert handler.timeout == timedelta(seconds=90)

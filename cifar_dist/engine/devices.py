@@ -81,6 +81,18 @@ def choose_precision(requested: str, allow_cpu: bool) -> str | None:
     return explicit
 
 
+def init_kwargs(run) -> list:
+    """accelerate handlers for the process group: `--run.dist_timeout_s` as its timeout (a rank that stops
+    answering then fails the job after that long instead of torch's 10 (NCCL) or 30 (gloo) minutes)."""
+    if not run.dist_timeout_s:
+        return []
+    from datetime import timedelta
+
+    from accelerate.utils import InitProcessGroupKwargs
+
+    return [InitProcessGroupKwargs(timeout=timedelta(seconds=run.dist_timeout_s))]
+
+
 def configure_backends(device: torch.device, deterministic: bool) -> None:
     """cuDNN autotuning on CUDA (fixed CIFAR shapes: each conv's fastest kernel is picked once), unless the run
     asked for deterministic algorithms (autotuning may pick a different kernel per run)."""

@@ -143,7 +143,7 @@ def make_accelerator(cfg: Config):
     r, o = cfg.run, cfg.optim
     mp = devices.choose_precision(r.mixed_precision, r.allow_cpu)  # fp32 (or exit 2) where CUDA is unusable
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mp,
-                              gradient_accumulation_steps=o.accum_steps)
+                              gradient_accumulation_steps=o.accum_steps, kwargs_handlers=devices.init_kwargs(r))
     devices.configure_backends(accelerator.device, r.deterministic)
     world = accelerator.num_processes
     if r.global_batch_size % (world * o.accum_steps):
