@@ -109,7 +109,8 @@ class ModelConfig:
     name: str = "simple_cnn"  # registered model name (`cifar-dist models`) or timm:<name>
     max_params: int = 0  # refuse to train a model with more parameters (0 = no limit)
     channels_last: bool = True  # NHWC memory format (faster convolutions on GPUs)
-    compile: bool = False  # torch.compile the model
+    compile: bool = False  # torch.compile the model (after DDP wrapping; evaluation runs it uncompiled)
+    sync_bn: bool | None = None  # SyncBatchNorm across processes (none = on when > 1 process and < 32 images per device)
     dirac_init: bool = False  # start square convs as the identity on their first input channels
     # The model's own options, set as --model.<option>=value (`cifar-dist models` lists them). Written
     # flat into the model section of config.yaml; a new model.name starts from that model's defaults.
@@ -192,6 +193,8 @@ class RunConfig:
     log_every_steps: int = 10  # TensorBoard scalars every N optimizer steps
     progress: bool = True  # tqdm progress bar on the main process
     deterministic: bool = False  # torch deterministic algorithms (slower on GPUs)
+    allow_cpu: bool = False  # train on the CPU where the machine shows GPUs that CUDA cannot use
+    dist_timeout_s: int = 0  # timeout of one collective, s (0 = torch's: 10 min with NCCL, 30 min with gloo)
 
 
 @dataclass(frozen=True)

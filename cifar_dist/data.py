@@ -367,6 +367,35 @@ class TensorLoader:
             yield x, y
 
 
+def ffcv_pipelines(device: torch.device, train: bool, aug: Augment) -> tuple[list, list]:
+    """FFCV's image and label pipelines; both end with `ToDevice(device)`, so batches land on the device.
+
+    `ToTorchImage` comes BEFORE `ToDevice`: placed after it, `ToTorchImage(channels_last=False)` asks FFCV for
+    a buffer without a device (a pinned host buffer) and copies the device batch back into it, so on a GPU the
+    images came back on the CPU while the labels stayed on the GPU. Here the HWC -> CHW permute is a host copy
+    into a pinned buffer and `ToDevice` moves the contiguous NCHW uint8 batch to the device (non-blocking, on
+    FFCV's own CUDA stream, which the consumer's stream waits for).
+    """
+    from ffcv.fields.basics import IntDecoder
+    from ffcv.fields.rgb_image import SimpleRGBImageDecoder
+    from ffcv.transforms import (
+        Cutout,
+        RandomHorizontalFlip,
+        RandomTranslate,
+        Squeeze,
+        ToDevice,
+        ToTensor,
+        ToTorchImage,
+    )
+
+    image_ops: list = [SimpleRGBImageDecoder()]
+    if train:
+        image_ops += _ffcv_augment(aug, RandomHorizontalFlip, RandomTranslate, Cutout)
+    image_ops += [ToTensor(), ToTorchImage(channels_last=False), ToDevice(device, non_blocking=True)]
+    label_ops = [IntDecoder(), ToTensor(), Squeeze(), ToDevice(device, non_blocking=True)]
+    return image_ops, label_ops
+
+
 class FFCVLoader:
     """FFCV's compiled loader over a .beton file, with the same interface as `TensorLoader`.
 
@@ -378,25 +407,10 @@ class FFCVLoader:
     def __init__(self, split: Split, *, batch_size: int, device: torch.device | str = "cpu", order: Order = Order(),
                  aug: Augment = Augment(), num_workers: int = 2):
         """`order.world_size > 1` shards with FFCV's `distributed=True` (rank from torch.distributed)."""
-        from ffcv.fields.basics import IntDecoder
-        from ffcv.fields.rgb_image import SimpleRGBImageDecoder
         from ffcv.loader import Loader, OrderOption
-        from ffcv.transforms import (
-            Cutout,
-            RandomHorizontalFlip,
-            RandomTranslate,
-            Squeeze,
-            ToDevice,
-            ToTensor,
-            ToTorchImage,
-        )
 
         self.device = torch.device(device)
-        image_ops: list = [SimpleRGBImageDecoder()]
-        if order.train:
-            image_ops += _ffcv_augment(aug, RandomHorizontalFlip, RandomTranslate, Cutout)
-        image_ops += [ToTensor(), ToDevice(self.device, non_blocking=True), ToTorchImage(channels_last=False)]
-        label_ops = [IntDecoder(), ToTensor(), Squeeze(), ToDevice(self.device, non_blocking=True)]
+        image_ops, label_ops = ffcv_pipelines(self.device, order.train, aug)
         self.loader = Loader(
             str(split.path),
             batch_size=batch_size,

@@ -31,6 +31,7 @@ from cifar_dist.data import (
     select_rows,
 )
 from cifar_dist.engine import checkpoint as ckpt
+from cifar_dist.engine import devices
 from cifar_dist.engine.logs import RunLogger, start_logger
 from cifar_dist.lookahead import LookaheadEMA
 from cifar_dist.models import build_model, count_params
@@ -133,6 +134,7 @@ def open_session(cfg: Config, resume: str = "none") -> Session:
     parts, normalize = build_parts(cfg, accelerator, model, len(loaders.train) // cfg.optim.accum_steps, peak_lr,
                                    len(classes))
     run_dir = Path(cfg.run.out_dir) / cfg.run.name
+    devices.check_shared_run_dir(accelerator, run_dir)  # every rank sees run_dir, or all stop here (exit 2)
     sums = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # see train_one_epoch
     resumed = ckpt.resume(accelerator, run_dir / "checkpoints", resume)
     state = ckpt.TrainState() if resumed is None else resumed
@@ -158,9 +160,10 @@ def make_accelerator(cfg: Config):
     from accelerate.utils import set_seed
 
     r, o = cfg.run, cfg.optim
-    mp = None if r.mixed_precision == "auto" else r.mixed_precision
+    mp = devices.choose_precision(r.mixed_precision, r.allow_cpu)  # fp32 (or exit 2) where CUDA is unusable
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mp,
-                              gradient_accumulation_steps=o.accum_steps)
+                              gradient_accumulation_steps=o.accum_steps, kwargs_handlers=devices.init_kwargs(r))
+    devices.configure_backends(accelerator.device, r.deterministic)
     world = accelerator.num_processes
     if r.global_batch_size % (world * o.accum_steps):
         raise ConfigError(f"--run.global_batch_size: expected a multiple of processes x accum_steps = "
@@ -183,6 +186,9 @@ def build_parts(cfg: Config, accelerator, model: torch.nn.Module, steps_per_epoc
     from timm.utils import ModelEmaV3
 
     r, o = cfg.run, cfg.optim
+    world = accelerator.num_processes
+    if devices.use_sync_bn(cfg.model.sync_bn, world, r.global_batch_size // (world * o.accum_steps)):
+        model = devices.convert_sync_bn(model, accelerator.device)  # before prepare (DDP)
     optimizer = build_optimizer(model, o, peak_lr)
     schedule = Schedule(optimizer, cfg.sched, peak_lr, steps_per_epoch, r.epochs)
     ema = ModelEmaV3(model, decay=r.ema_decay, use_warmup=r.ema_warmup) if r.ema else None
@@ -190,9 +196,9 @@ def build_parts(cfg: Config, accelerator, model: torch.nn.Module, steps_per_epoc
     if o.ema_lookahead:
         lookahead = LookaheadEMA(model, total_steps=steps_per_epoch * r.epochs, every=o.ema_lookahead,
                                  base=o.ema_lookahead_decay)
-    if cfg.model.compile:
-        model = torch.compile(model)
     model, optimizer = accelerator.prepare(model, optimizer)
+    if cfg.model.compile:
+        model = devices.compile_model(model)  # after DDP; evaluation runs devices.eval_model (uncompiled)
     schedule.optimizer = optimizer
     if ema is not None:
         ema.module.to(accelerator.device)
