@@ -29,14 +29,14 @@ MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
 
 
 def bare(model_name: str, images, labels, batch: int, epochs: int, device) -> float:
-    from cifar_dist.data import Normalize, TensorLoader
+    from cifar_dist.data import Normalize, Order, TensorLoader
     from cifar_dist.models import create_model
 
     torch.manual_seed(0)
     model = create_model(model_name).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     norm = Normalize(MEAN, STD).to(device)
-    loader = TensorLoader(images, labels, batch_size=batch, train=True, device=device)
+    loader = TensorLoader(images, labels, batch_size=batch, device=device, order=Order(train=True))
     model.train()
     best = 0.0
     for epoch in range(epochs):

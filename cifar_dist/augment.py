@@ -36,7 +36,7 @@ def random_affine(x: torch.Tensor, prob: float, max_shift: float, max_scale: flo
     tx, ty = (_uniform(b, -max_shift, max_shift, x.device) * 2 for _ in range(2))
     cos, sin = torch.cos(ang) / scale, torch.sin(ang) / scale
     theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
-    ident = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]], device=x.device).expand(b, 2, 3)
+    ident = torch.eye(2, 3, device=x.device, dtype=theta.dtype).expand(b, 2, 3)  # a fill kernel, no host copy
     theta = torch.where(on[:, None, None], theta, ident)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)

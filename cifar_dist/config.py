@@ -46,8 +46,10 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class AugConfig:
-    crop_padding: int = 4  # pixels of zero padding for the random crop (0 = no crop)
+    crop_padding: int = 4  # pixels of padding for the random crop (0 = no crop)
+    crop_pad: str = "zeros"  # zeros | reflect: how the crop pads (reflect: tensor loader only)
     flip: bool = True  # random horizontal flip, p = 0.5
+    flip_mode: str = "random"  # random | alternating: one random flip, mirrored every other epoch (tensor loader)
     cutout: int = 0  # side in pixels of one zeroed square (0 = off)
     cutout_prob: float = 1.0  # probability that an image gets the cutout square
     autoaugment: bool = False  # torchvision AutoAugment, CIFAR10 policy, per image on uint8
@@ -107,7 +109,9 @@ class ModelConfig:
     name: str = "simple_cnn"  # registered model name (`cifar-dist models`) or timm:<name>
     max_params: int = 0  # refuse to train a model with more parameters (0 = no limit)
     channels_last: bool = True  # NHWC memory format (faster convolutions on GPUs)
-    compile: bool = False  # torch.compile the model
+    compile: bool = False  # torch.compile the model (after DDP wrapping; evaluation runs it uncompiled)
+    sync_bn: bool | None = None  # SyncBatchNorm across processes (none = on when > 1 process and < 32 images per device)
+    dirac_init: bool = False  # start square convs as the identity on their first input channels
     # The model's own options, set as --model.<option>=value (`cifar-dist models` lists them). Written
     # flat into the model section of config.yaml; a new model.name starts from that model's defaults.
     options: ModelOptions = field(default_factory=ModelOptions)
@@ -129,6 +133,10 @@ class OptimConfig:
     eps: float = 1e-8  # Adam-family epsilon
     weight_decay: float = 5e-4  # coupled L2 (decoupled for adamw)
     wd_exempt_norm_bias: bool = False  # no weight decay on norm weights and biases
+    decoupled: bool = False  # lr and weight_decay per 1,024 examples, independent of momentum (SGD)
+    bias_lr_scale: float = 1.0  # lr multiplier of norm-layer biases; their weight decay is divided by it
+    ema_lookahead: int = 0  # every N steps, lookahead towards an EMA of the weights (0 = off)
+    ema_lookahead_decay: float = 0.7738  # EMA decay at the end of the run (ramps up as (t/T)^3); 0.95^5
     lookahead: bool = False  # wrap in Lookahead (timm)
     lookahead_k: int = 5  # inner steps between slow-weight updates
     lookahead_alpha: float = 0.5  # slow-weight step size
@@ -138,10 +146,11 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class SchedConfig:
-    name: str = "cosine"  # cosine | onecycle | step | constant
+    name: str = "cosine"  # cosine | onecycle | step | constant | linear (warm-up, then linear decay)
     warmup_epochs: float = 0.0  # linear warm-up length, epochs (fractions allowed)
+    warmup_frac: float = 0.0  # warm-up length as a fraction of the run; overrides warmup_epochs when > 0
     warmup_start: float = 0.0  # lr factor at the first warm-up step
-    min_lr_ratio: float = 0.0  # floor of the cosine as a fraction of the peak lr
+    min_lr_ratio: float = 0.0  # floor of the cosine (end of linear) as a fraction of the peak lr
     period_epochs: float = 0.0  # cosine period, epochs (0 = the run's epochs minus warm-up)
     per_epoch: bool = False  # hold the lr constant within an epoch (as epoch-stepped schedulers do)
     step_epochs: int = 30  # step schedule: epochs between decays
@@ -184,6 +193,8 @@ class RunConfig:
     log_every_steps: int = 10  # TensorBoard scalars every N optimizer steps
     progress: bool = True  # tqdm progress bar on the main process
     deterministic: bool = False  # torch deterministic algorithms (slower on GPUs)
+    allow_cpu: bool = False  # train on the CPU where the machine shows GPUs that CUDA cannot use
+    dist_timeout_s: int = 0  # timeout of one collective, s (0 = torch's: 10 min with NCCL, 30 min with gloo)
 
 
 @dataclass(frozen=True)
@@ -203,7 +214,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.loader": ("tensor", "ffcv"),
     "optim.name": ("sgd", "adam", "adamw", "adamax"),
     "optim.lr_scaling": ("none", "linear", "sqrt"),
-    "sched.name": ("cosine", "onecycle", "step", "constant"),
+    "sched.name": ("cosine", "onecycle", "step", "constant", "linear"),
+    "aug.flip_mode": ("random", "alternating"),
+    "aug.crop_pad": ("zeros", "reflect"),
     "run.mixed_precision": ("auto", "no", "bf16", "fp16"),
     "run.tta": ("none", "flip", "flip_translate"),
 }

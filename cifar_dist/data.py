@@ -45,6 +45,35 @@ class Split:
     indices: np.ndarray | None = None  # rows of the file, in order; None = all rows
 
 
+@dataclass(frozen=True)
+class Order:
+    """Which rows a loader yields, in which order: shuffled per epoch from `seed` when `train`, sharded
+    over `world_size` processes (this one is `rank`); `drop_last` defaults to `train`."""
+
+    train: bool = False
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    drop_last: bool | None = None
+
+    @property
+    def drops_last(self) -> bool:
+        return self.train if self.drop_last is None else self.drop_last
+
+
+@dataclass(frozen=True)
+class Augment:
+    """What a training loader does to each uint8 batch: random crop, flip, cutout."""
+
+    crop_padding: int = 0  # shift up to this many pixels (0 = no crop)
+    crop_pad: str = "zeros"  # zeros | reflect (reflect: tensor loader only)
+    flip: bool = False  # left-right flip
+    flip_mode: str = "random"  # random (p = 0.5 per image and epoch) | alternating (tensor loader only)
+    cutout_size: int = 0  # side of one square filled with cutout_fill (0 = off)
+    cutout_prob: float = 1.0
+    cutout_fill: tuple[int, ...] = (0, 0, 0)
+
+
 def beton_paths(data_dir: str | Path, name: str) -> tuple[Path, Path]:
     """Return the train and test .beton paths, or raise DataError naming the missing one."""
     d = Path(data_dir)
@@ -273,26 +302,8 @@ class TensorLoader:
     mid-epoch, which is how an interrupted epoch resumes.
     """
 
-    def __init__(
-        self,
-        images: np.ndarray | torch.Tensor,
-        labels: np.ndarray | torch.Tensor,
-        *,
-        batch_size: int,
-        device: torch.device | str = "cpu",
-        train: bool = False,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        drop_last: bool | None = None,
-        crop_padding: int = 0,
-        flip: bool = False,
-        flip_mode: str = "random",
-        pad_mode: str = "zeros",
-        cutout_size: int = 0,
-        cutout_prob: float = 1.0,
-        cutout_fill: tuple[int, ...] = (0, 0, 0),
-    ):
+    def __init__(self, images: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, *, batch_size: int,
+                 device: torch.device | str = "cpu", order: Order = Order(), aug: Augment = Augment()):
         self.device = torch.device(device)
         imgs = torch.as_tensor(images)
         if imgs.ndim != 4:
@@ -301,19 +312,17 @@ class TensorLoader:
             imgs = imgs.permute(0, 3, 1, 2)
         self.images = imgs.contiguous().to(self.device)
         self.labels = torch.as_tensor(labels, dtype=torch.int64).to(self.device)
-        self.batch_size = batch_size
-        self.train = train
-        self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.drop_last = train if drop_last is None else drop_last
-        self.crop_padding, self.flip, self.pad_mode = crop_padding, flip, pad_mode
+        self.batch_size, self.order, self.aug = batch_size, order, aug
+        self.train = order.train
+        self.seed, self.rank, self.world_size = order.seed, order.rank, order.world_size
+        self.drop_last = order.drops_last
         # Alternating flip: every image gets one random flip (drawn once from the seed) on even epochs
         # and the opposite on odd epochs, so each image is seen both ways in every pair of epochs.
         self.base_flips = None
-        if flip and flip_mode == "alternating":
+        if aug.flip and aug.flip_mode == "alternating":
             g = torch.Generator().manual_seed(self.seed * 7919 + 104_729)
             self.base_flips = (torch.rand(len(self.labels), generator=g) < 0.5).to(self.device)
-        self.cutout_size, self.cutout_prob = cutout_size, cutout_prob
-        self.cutout_fill = torch.tensor(cutout_fill, dtype=torch.uint8, device=self.device)
+        self.cutout_fill = torch.tensor(aug.cutout_fill, dtype=torch.uint8, device=self.device)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -349,12 +358,42 @@ class TensorLoader:
             x, y = self.images[sel], self.labels[sel]
             if self.train:
                 g = batch_generator(self.seed, self.epoch, step, self.rank, self.device)
-                if self.crop_padding or self.flip:
-                    flip = self.flip if self.base_flips is None else self.base_flips[sel] ^ bool(self.epoch % 2)
-                    x = crop_flip(x, self.crop_padding, flip, g, self.pad_mode)
-                if self.cutout_size:
-                    x = cutout(x, self.cutout_size, self.cutout_prob, self.cutout_fill, g)
+                a = self.aug
+                if a.crop_padding or a.flip:
+                    flip = a.flip if self.base_flips is None else self.base_flips[sel] ^ bool(self.epoch % 2)
+                    x = crop_flip(x, a.crop_padding, flip, g, a.crop_pad)
+                if a.cutout_size:
+                    x = cutout(x, a.cutout_size, a.cutout_prob, self.cutout_fill, g)
             yield x, y
+
+
+def ffcv_pipelines(device: torch.device, train: bool, aug: Augment) -> tuple[list, list]:
+    """FFCV's image and label pipelines; both end with `ToDevice(device)`, so batches land on the device.
+
+    `ToTorchImage` comes BEFORE `ToDevice`: placed after it, `ToTorchImage(channels_last=False)` asks FFCV for
+    a buffer without a device (a pinned host buffer) and copies the device batch back into it, so on a GPU the
+    images came back on the CPU while the labels stayed on the GPU. Here the HWC -> CHW permute is a host copy
+    into a pinned buffer and `ToDevice` moves the contiguous NCHW uint8 batch to the device (non-blocking, on
+    FFCV's own CUDA stream, which the consumer's stream waits for).
+    """
+    from ffcv.fields.basics import IntDecoder
+    from ffcv.fields.rgb_image import SimpleRGBImageDecoder
+    from ffcv.transforms import (
+        Cutout,
+        RandomHorizontalFlip,
+        RandomTranslate,
+        Squeeze,
+        ToDevice,
+        ToTensor,
+        ToTorchImage,
+    )
+
+    image_ops: list = [SimpleRGBImageDecoder()]
+    if train:
+        image_ops += _ffcv_augment(aug, RandomHorizontalFlip, RandomTranslate, Cutout)
+    image_ops += [ToTensor(), ToTorchImage(channels_last=False), ToDevice(device, non_blocking=True)]
+    label_ops = [IntDecoder(), ToTensor(), Squeeze(), ToDevice(device, non_blocking=True)]
+    return image_ops, label_ops
 
 
 class FFCVLoader:
@@ -365,59 +404,23 @@ class FFCVLoader:
     FFCV's `distributed=True` (reads torch.distributed's rank and world size).
     """
 
-    def __init__(
-        self,
-        split: Split,
-        *,
-        batch_size: int,
-        device: torch.device | str = "cpu",
-        train: bool = False,
-        seed: int = 0,
-        distributed: bool = False,
-        num_workers: int = 2,
-        drop_last: bool | None = None,
-        crop_padding: int = 0,
-        flip: bool = False,
-        cutout_size: int = 0,
-        cutout_prob: float = 1.0,
-        cutout_fill: tuple[int, ...] = (0, 0, 0),
-    ):
-        from ffcv.fields.basics import IntDecoder
-        from ffcv.fields.rgb_image import SimpleRGBImageDecoder
+    def __init__(self, split: Split, *, batch_size: int, device: torch.device | str = "cpu", order: Order = Order(),
+                 aug: Augment = Augment(), num_workers: int = 2):
+        """`order.world_size > 1` shards with FFCV's `distributed=True` (rank from torch.distributed)."""
         from ffcv.loader import Loader, OrderOption
-        from ffcv.transforms import (
-            Cutout,
-            RandomHorizontalFlip,
-            RandomTranslate,
-            Squeeze,
-            ToDevice,
-            ToTensor,
-            ToTorchImage,
-        )
 
         self.device = torch.device(device)
-        image_ops: list = [SimpleRGBImageDecoder()]
-        if train:
-            if flip:
-                image_ops.append(RandomHorizontalFlip())
-            if crop_padding:
-                image_ops.append(RandomTranslate(padding=crop_padding, fill=(0, 0, 0)))
-            if cutout_size:
-                if cutout_prob < 1.0:
-                    raise DataError("--aug.cutout_prob: the ffcv loader cuts out every image; use 1.0 or data.loader=tensor")
-                image_ops.append(Cutout(cutout_size, tuple(int(v) for v in cutout_fill)))
-        image_ops += [ToTensor(), ToDevice(self.device, non_blocking=True), ToTorchImage(channels_last=False)]
-        label_ops = [IntDecoder(), ToTensor(), Squeeze(), ToDevice(self.device, non_blocking=True)]
+        image_ops, label_ops = ffcv_pipelines(self.device, order.train, aug)
         self.loader = Loader(
             str(split.path),
             batch_size=batch_size,
             num_workers=num_workers,
-            order=OrderOption.RANDOM if train else OrderOption.SEQUENTIAL,
-            drop_last=train if drop_last is None else drop_last,
+            order=OrderOption.RANDOM if order.train else OrderOption.SEQUENTIAL,
+            drop_last=order.drops_last,
             indices=None if split.indices is None else np.asarray(split.indices),
             pipelines={"image": image_ops, "label": label_ops},
-            distributed=distributed,
-            seed=seed,
+            distributed=order.world_size > 1,
+            seed=order.seed,
         )
         torch.set_num_threads(compute_threads())  # FFCV resets torch's thread count; put it back
         self.epoch = 0
@@ -439,6 +442,24 @@ class FFCVLoader:
         for step, (x, y) in enumerate(it):
             if step >= start_step:
                 yield x, y.long()
+
+
+def _ffcv_augment(aug: Augment, flip_op, translate_op, cutout_op) -> list:
+    """FFCV's compiled ops for `aug`; options only the tensor loader has are input errors."""
+    for key, value, plain in (("crop_pad", aug.crop_pad, "zeros"), ("flip_mode", aug.flip_mode, "random")):
+        if value != plain:
+            raise DataError(f"--aug.{key}: expected {plain} with --data.loader=ffcv (or --data.loader=tensor), "
+                            f"found {value}")
+    ops: list = []
+    if aug.flip:
+        ops.append(flip_op())
+    if aug.crop_padding:
+        ops.append(translate_op(padding=aug.crop_padding, fill=(0, 0, 0)))
+    if aug.cutout_size:
+        if aug.cutout_prob < 1.0:
+            raise DataError("--aug.cutout_prob: the ffcv loader cuts out every image; use 1.0 or data.loader=tensor")
+        ops.append(cutout_op(aug.cutout_size, tuple(int(v) for v in aug.cutout_fill)))
+    return ops
 
 
 class Normalize(torch.nn.Module):

@@ -4,29 +4,69 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import torch
 
 from cifar_dist.config import ConfigError, OptimConfig, SchedConfig
 
 
+def kilostep(momentum: float) -> float:
+    """Examples per unit of a decoupled lr: 1,024 x (1 + 1 / (1 - momentum)) (momentum-independent form)."""
+    return 1024.0 * (1.0 + 1.0 / (1.0 - momentum))
+
+
 def scaled_lr(cfg: OptimConfig, global_batch_size: int) -> float:
-    """Peak lr after the scaling rule: lr * (global_batch / ref_batch) ** {none: 0, sqrt: 0.5, linear: 1}."""
+    """Peak lr after the scaling rule: lr * (global_batch / ref_batch) ** {none: 0, sqrt: 0.5, linear: 1}.
+
+    With `decoupled`, `lr` is per 1,024 examples and independent of the momentum: the optimizer's lr on
+    the mean loss of a batch of B is lr * B / kilostep(momentum), so it already grows with the batch.
+    """
+    if cfg.decoupled:
+        if cfg.lr_scaling != "none":
+            raise ConfigError(f"--optim.lr_scaling: expected none with --optim.decoupled=true (a decoupled lr "
+                              f"is per 1,024 examples), found {cfg.lr_scaling}")
+        return cfg.lr * global_batch_size / kilostep(cfg.momentum)
     power = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}[cfg.lr_scaling]
     return cfg.lr * (global_batch_size / cfg.ref_batch_size) ** power
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float, exempt_norm_bias: bool) -> list[dict]:
-    """One group, or two when norm weights and biases (all 1-D parameters) are exempt from decay."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not exempt_norm_bias or weight_decay == 0:
-        return [{"params": params, "weight_decay": weight_decay}]
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def _is_norm(module: torch.nn.Module) -> bool:
+    return isinstance(module, (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm))
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float, exempt_norm_bias: bool, bias_lr_scale: float = 1.0,
+                 frozen_after: dict[str, int] | None = None) -> list[dict]:
+    """Parameter groups: decayed weights; with `exempt_norm_bias` all 1-D parameters without decay; with
+    `bias_lr_scale` != 1 the norm layers' biases at lr x scale and weight decay / scale; parameters named
+    in `frozen_after` ({name: epoch}) in groups of their own that stop training at that epoch.
+
+    Every group carries "lr_scale" (its lr relative to the schedule's) and maybe "stop_epoch"; the
+    schedule applies both.
+    """
+    frozen_after = frozen_after or {}
+    norm_bias = {id(m.bias) for m in model.modules() if _is_norm(m) and getattr(m, "bias", None) is not None}
+    groups: dict[tuple, dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        wd, scale = weight_decay, 1.0
+        if exempt_norm_bias and p.ndim <= 1:
+            wd = 0.0
+        if id(p) in norm_bias and bias_lr_scale != 1.0:
+            wd, scale = wd / bias_lr_scale, bias_lr_scale
+        key = (wd, scale, frozen_after.get(name))
+        g = groups.setdefault(key, {"params": [], "weight_decay": wd, "lr_scale": scale})
+        if key[2] is not None:
+            g["stop_epoch"] = key[2]
+        g["params"].append(p)
+    return list(groups.values())
 
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay, cfg.wd_exempt_norm_bias)
+    """The optimizer of `cfg` at peak lr `lr`; a model's `frozen_after()` ({name: epoch}) is honoured."""
+    wd = cfg.weight_decay / kilostep(cfg.momentum) if cfg.decoupled else cfg.weight_decay
+    frozen = model.frozen_after() if callable(getattr(model, "frozen_after", None)) else {}
+    groups = param_groups(model, wd, cfg.wd_exempt_norm_bias, cfg.bias_lr_scale, frozen)
     betas = tuple(cfg.betas)
     if len(betas) != 2:
         raise ConfigError(f"--optim.betas: expected two numbers, found {list(betas)}")
@@ -48,12 +88,15 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, lr: float) -> torc
 class Schedule:
     """Sets the optimizer's lr for each global optimizer step, through the schedulers' public APIs.
 
-    cosine and step are timm's (`CosineLRScheduler`, `StepLRScheduler`, in updates via `step_update` or,
-    with `per_epoch`, in epochs via `step`): a function of the step, so they hold no state of their own.
-    onecycle is torch's stateful `OneCycleLR`, advanced one `step()` per optimizer step; its state is in
-    `state_dict()`, so register the schedule for checkpointing
-    (`accelerator.register_for_checkpointing(schedule)`) and a resume continues it exactly. constant is
-    the peak lr.
+    The schedulers drive one internal single-group optimizer at the peak lr; `set(step)` reads its lr
+    and gives every real group that lr times the group's "lr_scale" (0 from its "stop_epoch" on, see
+    `param_groups`). cosine and step are timm's (`CosineLRScheduler`, `StepLRScheduler`, in updates via
+    `step_update` or, with `per_epoch`, in epochs via `step`): functions of the step. onecycle is torch's
+    stateful `OneCycleLR`, advanced one `step()` per optimizer step; its state is in `state_dict()`, so
+    register the schedule for checkpointing (`accelerator.register_for_checkpointing(schedule)`) and a
+    resume continues it exactly. linear warms up from `warmup_start` x peak to the peak over
+    `warmup_frac` of the run (or `warmup_epochs`), then falls linearly to `min_lr_ratio` x peak at the
+    last step (the airbench schedule: 0.23, 0.2, 0.07). constant is the peak lr.
     """
 
     def __init__(self, optimizer, cfg: SchedConfig, peak_lr: float, steps_per_epoch: int, epochs: int):
@@ -61,43 +104,44 @@ class Schedule:
 
         self.cfg, self.optimizer, self.peak_lr = cfg, optimizer, peak_lr
         self.steps_per_epoch, self.epochs = steps_per_epoch, epochs
-        for g in optimizer.param_groups:  # the schedulers read their peak from the groups
-            g["lr"] = g["initial_lr"] = peak_lr
+        self.driver = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=peak_lr)
+        self.driver.param_groups[0]["initial_lr"] = peak_lr  # the schedulers read their peak from it
         unit = 1 if cfg.per_epoch else steps_per_epoch  # schedule units per epoch
         total = epochs * unit
-        warmup = int(round(cfg.warmup_epochs * unit))
+        warmup = int(round(cfg.warmup_frac * total if cfg.warmup_frac else cfg.warmup_epochs * unit))
         self.torch_sched = None
         self.timm_sched = None
+        self.linear = None
         if cfg.name == "cosine":
             period = int(round(cfg.period_epochs * unit)) if cfg.period_epochs else max(total - warmup, 1)
             self.timm_sched = CosineLRScheduler(
-                optimizer, t_initial=period, lr_min=peak_lr * cfg.min_lr_ratio, warmup_t=warmup,
+                self.driver, t_initial=period, lr_min=peak_lr * cfg.min_lr_ratio, warmup_t=warmup,
                 warmup_lr_init=peak_lr * cfg.warmup_start, warmup_prefix=True, t_in_epochs=cfg.per_epoch,
             )
         elif cfg.name == "step":
             self.timm_sched = StepLRScheduler(
-                optimizer, decay_t=cfg.step_epochs * unit, decay_rate=cfg.step_gamma, warmup_t=warmup,
+                self.driver, decay_t=cfg.step_epochs * unit, decay_rate=cfg.step_gamma, warmup_t=warmup,
                 warmup_lr_init=peak_lr * cfg.warmup_start, warmup_prefix=True, t_in_epochs=cfg.per_epoch,
             )
         elif cfg.name == "onecycle":
             self.torch_sched = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer, max_lr=peak_lr, total_steps=max(total, 2), pct_start=cfg.onecycle_pct,
+                self.driver, max_lr=peak_lr, total_steps=max(total, 2), pct_start=cfg.onecycle_pct,
                 div_factor=cfg.onecycle_div, final_div_factor=cfg.onecycle_final_div, cycle_momentum=False,
             )
+        elif cfg.name == "linear":
+            self.linear = ([0.0, float(warmup), float(max(total, warmup + 1))],
+                           [cfg.warmup_start, 1.0, cfg.min_lr_ratio])
         self.set(0)
 
-    def set(self, step: int) -> float:
-        """Give the optimizer the lr of optimizer step `step` (0-based) and return it.
-
-        onecycle only moves forward: it is stepped up to `step` (clamped to its last step), so a resume
-        without its saved state replays the steps, which gives the same lr (OneCycleLR is closed form).
-        """
+    def _base_lr(self, step: int) -> float:
+        """The schedule's lr at optimizer step `step` before any group's scale; moves the scheduler."""
+        t = step // self.steps_per_epoch if self.cfg.per_epoch else step
         if self.timm_sched is not None and self.cfg.per_epoch:
-            self.timm_sched.step(step // self.steps_per_epoch)
+            self.timm_sched.step(t)
         elif self.timm_sched is not None:
-            self.timm_sched.step_update(step)
+            self.timm_sched.step_update(t)
         elif self.torch_sched is not None:
-            target = min(step, self.torch_sched.total_steps - 1)
+            target = min(t, self.torch_sched.total_steps - 1)
             if target < self.torch_sched.last_epoch:
                 raise ValueError(f"onecycle schedule is at step {self.torch_sched.last_epoch}, cannot go back "
                                  f"to {step}")
@@ -105,19 +149,33 @@ class Schedule:
                 warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler.step\(\)` before")
                 while self.torch_sched.last_epoch < target:
                     self.torch_sched.step()
+            return float(self.torch_sched.get_last_lr()[0])  # restored with its state after a resume
+        elif self.linear is not None:
+            return self.peak_lr * float(np.interp(t, *self.linear))
         else:
-            for g in self.optimizer.param_groups:
-                g["lr"] = self.peak_lr
-        return float(self.optimizer.param_groups[0]["lr"])
+            return self.peak_lr
+        return float(self.driver.param_groups[0]["lr"])
+
+    def set(self, step: int) -> float:
+        """Give the optimizer's groups the lr of optimizer step `step` (0-based); return the schedule's lr.
+
+        onecycle only moves forward: it is stepped up to `step` (clamped to its last step), so a resume
+        without its saved state replays the steps, which gives the same lr (OneCycleLR is closed form).
+        """
+        lr = self.lr = self._base_lr(step)  # `lr`: the schedule's latest value (what the logs show)
+        epoch = step // max(self.steps_per_epoch, 1)
+        for g in self.optimizer.param_groups:
+            stopped = "stop_epoch" in g and epoch >= g["stop_epoch"]
+            g["lr"] = 0.0 if stopped else lr * g.get("lr_scale", 1.0)
+        return lr
 
     def lr_at(self, step: int) -> float:
-        """The lr at optimizer step `step`, read from a fresh copy of this schedule on a dummy optimizer
-        (this schedule and its optimizer are left alone)."""
+        """The lr at optimizer step `step`, read from a fresh copy of this schedule (this one is left alone)."""
         dummy = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=self.peak_lr)
         return Schedule(dummy, self.cfg, self.peak_lr, self.steps_per_epoch, self.epochs).set(step)
 
     def state_dict(self) -> dict:
-        """The onecycle scheduler's state (the timm schedules are functions of the step: nothing to save)."""
+        """The onecycle scheduler's state (the other schedules are functions of the step: nothing to save)."""
         return {"onecycle": self.torch_sched.state_dict()} if self.torch_sched is not None else {}
 
     def load_state_dict(self, state: dict) -> None:

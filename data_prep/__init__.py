@@ -2,23 +2,27 @@
 
 Public API:
 
-* `write_beton(source, out_dir, ...) -> dict` — the library entry point (returns the manifest);
-* `data_prep.cli.prepare(source, out="data", ...) -> int` — CLI entry (prints a summary, returns
-  the exit status); ``python -m data_prep`` wraps it;
+* `write_beton(source, out_dir, log=print, **options) -> dict` — the library entry point (returns the
+  manifest; the options are the fields of `PrepOptions`);
+* `data_prep.cli.prepare(source, out="data", ...) -> int` — the command (prints a summary, returns
+  the exit status); ``python -m data_prep`` and ``cifar-dist prepare`` both run it via `data_prep.cli.main`;
 * `read_beton(path, indices=None)` / `read_labels(path)` — read a written beton back without a Loader;
+* `SourceData` / `SplitArrays` — a source in memory;
 * `DataPrepError` — the one exception for bad inputs (one-line message: path, expected, found).
 
-Importing this package does not import FFCV (that happens on first write or read).
+Importing this package does not import FFCV (that happens on first read; writes run in a child process).
 """
 
+from .arrays import SourceData, SplitArrays
+from .beton import read_beton, read_labels, verify_split
 from .errors import DataPrepError
-from .sources import SourceData, Split
-from .writer import output_paths, read_beton, read_labels, verify_split, write_beton
+from .writer import PrepOptions, output_paths, write_beton
 
 __all__ = [
     "DataPrepError",
+    "PrepOptions",
     "SourceData",
-    "Split",
+    "SplitArrays",
     "output_paths",
     "read_beton",
     "read_labels",

@@ -1,17 +1,19 @@
 """The one exception type of `data_prep`.
 
 Every problem a user can fix (a missing path, a corrupt archive, a wrong image size, an output
-directory that cannot be created, ...) is raised as `DataPrepError`. Its message is one line of the
-form ``<path>: expected <what>, found <what>``; the CLI prints it as ``error: <message>`` on stderr and
-exits with status 2.
+directory that cannot be created, a full disk, ...) is raised as `DataPrepError`, an `InputError` of
+the project. Its message is one line of the form ``<path>: expected <what>, found <what>``; the
+command line prints it as ``error: <message>`` on stderr and exits with status 2.
 """
 
 from __future__ import annotations
 
 from os import PathLike
 
+from cifar_dist.errors import InputError
 
-class DataPrepError(Exception):
+
+class DataPrepError(InputError):
     """A bad input or environment problem, described in one line that names the file.
 
     Attributes:

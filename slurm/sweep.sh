@@ -2,8 +2,6 @@
 #SBATCH --job-name=cifar-sweep
 #SBATCH --nodes=1
 #SBATCH --ntasks=1
-#SBATCH --gpus-per-node=1
-#SBATCH --cpus-per-task=8
 #SBATCH --time=04:00:00
 #SBATCH --requeue
 #SBATCH --signal=B:USR1@120
@@ -14,30 +12,41 @@
 #
 #   cifar-dist sweep plan slurm/grids/seed001_grid.yaml     # the cells and the exact command, e.g.
 #   sbatch --job-name=seed001_grid --array=0-215%8 --output=runs/seed001_grid/slurm/%A_%a.out \
-#       slurm/sweep.sh slurm/grids/seed001_grid.yaml
+#       --gpus-per-node=1 --cpus-per-task=8 slurm/sweep.sh slurm/grids/seed001_grid.yaml
 #   cifar-dist sweep submit slurm/grids/seed001_grid.yaml   # the same, for the unfinished runs only
 #
 # Index: array index = cell position x len(seeds) + seed position; `cifar-dist sweep resolve
 # GRID INDEX` prints the run's train flags. A run with result.json is skipped; any other run starts with
 # --resume=auto and continues from its last checkpoint.
 #
-# Hardware: one training process per usable GPU (accelerate launch with launch/1gpu.yaml or
-# launch/multi_gpu.yaml). With no GPU allocated, or GPUs that torch cannot use (device_count() == 0),
-# it trains on the CPU with CIFAR_DIST_CPU_PROCS processes (default 1 = plain python; 2+ = launch/cpu.yaml).
-# The defaults above are for a GPU cluster; command-line options beat them, e.g.
-# `--gpus-per-node=0 --cpus-per-task=2` for CPU nodes (or put them in the spec's `sbatch:` list).
+# Resources: the #SBATCH lines above ask for no GPU and SLURM's default CPUs, so the script is accepted
+# by any cluster. `cifar-dist sweep submit` adds --gpus-per-node=1 where the partition has GPUs and
+# --cpus-per-task=N within what a node has (cifar_dist/sweep/cluster.py); by hand, add them yourself.
+# Hardware: one training process per usable GPU (accelerate launch with launch/1gpu.yaml, or
+# launch/multi_gpu.yaml with --num_processes = the GPUs visible to the job). With no GPU allocated, or GPUs
+# that torch cannot use (device_count() == 0), it trains on the CPU in fp32 with CIFAR_DIST_CPU_PROCS
+# processes (default 1 = plain python; 2+ = launch/cpu.yaml).
 #
-# Preemption and time limits: SLURM sends USR1 to this script 120 s before the time limit
-# (--signal=B:USR1@120; by hand: scancel --signal=USR1 --batch JOB_TASK). The script sends SIGTERM to the
-# trainer (the trainer treats TERM and USR1 alike; accelerate/torchrun forwards TERM to its workers but
-# would die on USR1), which saves a checkpoint and exits; the task then requeues itself
-# (scontrol requeue <array job>_<task>) and the next attempt resumes from the checkpoint. On TERM
-# (scancel, or SLURM preempting or requeueing the job on its own) the trainer checkpoints the same way,
-# but the task does not requeue itself: a cancel stays a cancel, and SLURM requeues what it preempts.
-# Each attempt writes <run>/sweep_task.json (state running/done/preempted/failed) for `sweep status`.
+# Signals, who gets what:
+# - `--signal=B:USR1@120` sends USR1 to this batch shell 120 s before the time limit (by hand:
+#   `scancel --signal=USR1 --batch JOB_TASK`). Without `B:` SLURM would signal only job steps, and this
+#   script starts none (the trainer runs inside the batch step), so nothing would arrive.
+# - The shell sends USR1 to the trainer processes themselves, every process below the training command
+#   that runs cifar_dist.train (torchrun starts its workers in sessions of their own, so a process-group
+#   signal would miss them); the launchers ignore USR1 and TERM (slurm/lib.sh). The trainers save a
+#   checkpoint at their next check and exit 3; after the command has ended the task requeues itself
+#   (scontrol requeue <array job>_<task>) and the next attempt resumes from the checkpoint.
+# - TERM (scancel, or SLURM preempting or requeueing the job on its own) goes from slurmstepd to every
+#   process of the job; the trainers checkpoint the same way (within KillWait), the launchers wait for
+#   them, and the task does not requeue itself: a cancel stays a cancel, and SLURM requeues what it preempts.
+# Status: the trainer's true exit status comes from <run>/status.json (`accelerate launch` itself exits 1
+# for any trainer failure); each attempt writes <run>/sweep_task.json (state running/done/preempted/failed,
+# exit = the trainer's status, or the launcher's when the trainer recorded none, e.g. 137 after SIGKILL)
+# for `sweep status`. The task's own exit status: 0 done (or requeued), 3 stopped, else the trainer's.
 #
 # Environment (all optional):
-#   CIFAR_DIST_PYTHON     python with cifar_dist's dependencies (default: python on PATH)
+#   CIFAR_DIST_PYTHON     python with cifar_dist's dependencies (default: python on PATH; `sweep submit`
+#                         passes the interpreter it runs under)
 #   CIFAR_DIST_ROOT       the repository, or <prefix>/share/cifar_dist of an installed wheel: the directory
 #                         with launch/ and slurm/ (default: the submit directory; `sweep submit` sets it when needed)
 #   CIFAR_DIST_CPU_PROCS  training processes when training on the CPU (default 1)
@@ -61,29 +70,32 @@ if [[ -d $ROOT/cifar_dist ]]; then  # a source checkout: its code first (an inst
 fi
 export PYTHONUNBUFFERED=1  # log lines reach the output file as they happen (and survive a kill)
 PY=${CIFAR_DIST_PYTHON:-python}
+SCRIPT=sweep.sh
+source "$ROOT/slurm/lib.sh"
 if [[ -n ${SLURM_ARRAY_JOB_ID:-} ]]; then
     JOB=${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}
 else
     JOB=${SLURM_JOB_ID:-none}
 fi
 
-got=""    # the signal that asked this task to stop (USR1 or TERM)
-child=""  # pid of the trainer (or of its launcher)
-forward() {
-    got=$1
-    echo "sweep.sh: got SIG$1; asking the trainer to save a checkpoint and stop"
-    if [[ -n $child ]]; then kill -TERM "$child" 2>/dev/null; fi
-}
-trap 'forward USR1' USR1
-trap 'forward TERM' TERM
-
-quote() {  # the arguments as one shell line, quoting only where needed
-    local out=() a q="'"
-    for a in "$@"; do
-        if [[ $a =~ ^[A-Za-z0-9_./=:,%@+-]+$ ]]; then out+=("$a"); else out+=("$q${a//$q/$q\\$q$q}$q"); fi
+stop_trainers() {  # USR1, once, to each process of the training command that runs cifar_dist.train and
+                   # catches USR1 now (one still starting up ignores it: it is asked again a second later)
+    local todo=("$CHILD") p kids caught
+    while (( ${#todo[@]} )); do
+        p=${todo[0]}
+        todo=("${todo[@]:1}")
+        if [[ " ${SIGNALLED[*]} " != *" $p "* ]] && grep -qa 'cifar_dist\.train' "/proc/$p/cmdline" 2>/dev/null; then
+            caught=$(sed -n 's/^SigCgt:[[:space:]]*//p' "/proc/$p/status" 2>/dev/null)
+            if [[ -n $caught ]] && (( 0x$caught & (1 << 9) )) && kill -USR1 "$p" 2>/dev/null; then
+                SIGNALLED+=("$p")  # bit 9 of SigCgt = signal 10 = USR1 has a handler
+            fi
+        fi
+        if kids=$(pgrep -P "$p"); then todo+=($kids); fi
     done
-    echo "${out[*]}"
 }
+RESIGNAL=1
+trap 'on_stop USR1' USR1
+trap 'on_stop TERM' TERM
 
 write_task() {  # state exit-status: <run>/sweep_task.json, replaced atomically
     local tmp="$run_dir/.sweep_task.json.$$"
@@ -92,6 +104,7 @@ write_task() {  # state exit-status: <run>/sweep_task.json, replaced atomically
 }
 
 echo "sweep.sh: $GRID index $INDEX, job $JOB on $(hostname -s), attempt $(( ${SLURM_RESTART_COUNT:-0} + 1 ))"
+check_python
 resolved=$("$PY" -m cifar_dist sweep resolve "$GRID" "$INDEX" --shell) || exit 2
 eval "$resolved"  # run_name, run_dir, cell, seed, finished, train_args=(...)
 if [[ $finished == 1 ]]; then
@@ -99,16 +112,9 @@ if [[ $finished == 1 ]]; then
     exit 0
 fi
 
-gpus=${CIFAR_DIST_GPUS:-}
-if [[ -z $gpus ]]; then
-    gpus=0
-    if [[ ${SLURM_GPUS_ON_NODE:-0} != 0 || -n ${CUDA_VISIBLE_DEVICES:-} ]]; then
-        gpus=$("$PY" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null) || gpus=0
-        [[ $gpus =~ ^[0-9]+$ ]] || gpus=0
-    fi
-fi
+gpus=$(usable_gpus)
 port=$(( 20000 + ${SLURM_JOB_ID:-$$} % 20000 ))  # two tasks on one node must not share a rendezvous port
-launch=("$PY" -m accelerate.commands.launch --main_process_port "$port")
+launch=("$PY" -m accelerate.commands.launch --quiet --main_process_port "$port")
 if (( gpus > 1 )); then
     cmd=("${launch[@]}" --config_file "$ROOT/launch/multi_gpu.yaml" --num_processes "$gpus" -m cifar_dist.train)
 elif (( gpus == 1 )); then
@@ -116,7 +122,8 @@ elif (( gpus == 1 )); then
 else
     procs=${CIFAR_DIST_CPU_PROCS:-1}
     if (( procs > 1 )); then
-        cmd=("${launch[@]}" --config_file "$ROOT/launch/cpu.yaml" --num_processes "$procs" -m cifar_dist.train)
+        cmd=("${launch[@]}" --config_file "$ROOT/launch/cpu.yaml" --num_processes "$procs" --mixed_precision no
+             -m cifar_dist.train)
     else
         cmd=("$PY" -m cifar_dist.train)
     fi
@@ -129,44 +136,39 @@ if [[ ${CIFAR_DIST_DRY_RUN:-0} == 1 ]]; then
 fi
 
 mkdir -p "$run_dir"
+rm -f "$run_dir/status.json"  # a status left by an earlier attempt must not be read as this one's
 write_task running null
-rc=0
-if [[ -z $got ]]; then
-    # In the background, so that the traps run while we wait (bash runs them only between commands).
-    "${cmd[@]}" &
-    child=$!
-    wait "$child"
-    rc=$?
-    while [[ -n $got ]] && (( rc > 128 )); do  # wait was interrupted by a trap: wait for the checkpoint
-        wait "$child"
-        r=$?
-        (( r == 127 )) && break  # already collected
-        rc=$r
-    done
-    child=""
+if [[ -z $STOP ]]; then
+    start_child "${cmd[@]}"  # in the background, so that the traps run while we wait
+    wait_child
+else
+    RC=3  # stopped before the trainer started; nothing to save
 fi
+status=$(recorded_status "$run_dir")
+status=${status:-$RC}  # no record: killed (e.g. 137 = SIGKILL) or failed before it knew its run directory
 
 if [[ -f $run_dir/result.json ]]; then
-    write_task done "$rc"
+    write_task done "$status"
     echo "sweep.sh: $run_name finished"
     exit 0
 fi
-if [[ $got == USR1 ]]; then
-    write_task preempted "$rc"
+if [[ $STOP == USR1 ]]; then
+    write_task preempted "$status"
     if [[ $JOB == none ]]; then
-        echo "sweep.sh: $run_name stopped (exit $rc); not a SLURM job, nothing to requeue"
+        echo "sweep.sh: $run_name stopped (exit $status); not a SLURM job, nothing to requeue"
         exit 3
     fi
-    echo "sweep.sh: $run_name stopped (exit $rc); requeueing $JOB to resume from the checkpoint"
+    echo "sweep.sh: $run_name stopped (exit $status); requeueing $JOB to resume from the checkpoint"
     scontrol requeue "$JOB" && exit 0
     echo "sweep.sh: scontrol requeue $JOB failed; resubmit the sweep to resume" >&2
     exit 3
 fi
-if [[ $got == TERM ]]; then
-    write_task preempted "$rc"
-    echo "sweep.sh: $run_name stopped by SIGTERM (exit $rc); resubmit (or SLURM's requeue) resumes it"
+if [[ $STOP == TERM || $status == 3 ]]; then  # TERM, or a signal sent to the trainer itself
+    write_task preempted "$status"
+    echo "sweep.sh: $run_name stopped by ${STOP:+SIG}${STOP:-a signal to the trainer} (exit $status);" \
+         "resubmit (or SLURM's requeue) resumes it"
     exit 3
 fi
-write_task failed "$rc"
-echo "sweep.sh: $run_name failed: trainer exit status $rc, no result.json" >&2
-exit $(( rc == 0 ? 1 : rc ))
+write_task failed "$status"
+echo "sweep.sh: $run_name failed: trainer exit status $status, no result.json" >&2
+exit $(( status == 0 ? 1 : status ))

@@ -16,16 +16,35 @@
 #
 #   sbatch slurm/train.sh --preset=fast --run.name=fast-16gpu
 #   sbatch --nodes=4 --gpus-per-node=4 slurm/train.sh --preset=seed002_tpsnet --run.name=tpsnet-16gpu
+#   sbatch --nodes=2 --gpus-per-node=0 --cpus-per-task=1 slurm/train.sh --preset=smoke   # CPU nodes
 #
-# Rendezvous: the first host of $SLURM_JOB_NODELIST (scontrol show hostnames) is the main process, port
+# The #SBATCH lines above are for a GPU cluster (8 GPUs, 32 CPUs per node); on other nodes override them
+# on the command line as in the last example (a GPU request is refused where the partition has no GPUs).
+# Flags are checked before any node is started: a bad flag prints the trainer's one-line error, exit 2.
+#
+# Rendezvous: the main process is on the first node of the allocation, at that node's address as SLURM
+# knows it (`scontrol show node NAME` -> NodeAddr; the name itself only if SLURM has no address), port
 # 20000 + job id mod 20000 (or $CIFAR_DIST_PORT); each node's launcher gets --machine_rank $SLURM_NODEID.
-# GPUs that torch cannot use (device_count() == 0 on the first node) fall back to the CPU:
-# CIFAR_DIST_CPU_PROCS processes per node (default 1), fp32, gloo.
+# Processes per node = the GPUs torch can use on the first node (device_count() over the GPUs SLURM made
+# visible); with none, CIFAR_DIST_CPU_PROCS processes per node (default 1) in fp32 (--mixed_precision no
+# overrides the launch file's bf16) over gloo. The run directory (--run.out_dir) must be on a file system
+# every node sees: the script checks that with one srun step before training and stops (exit 2) if not.
 #
-# Preemption: USR1 (120 s before the time limit, or scancel --signal=USR1 --batch JOB) is passed to srun
-# as SIGTERM, srun forwards it to every node's launcher, which forwards it to its workers; they save a
-# checkpoint and exit, then the job requeues itself. TERM (scancel) checkpoints the same way without
-# a requeue.
+# Signals, who gets what:
+# - `--signal=B:USR1@120` sends USR1 to this batch shell 120 s before the time limit (by hand:
+#   `scancel --signal=USR1 --batch JOB`). The shell passes it on with `scancel --signal=USR1 JOB`, which
+#   slurmstepd delivers to every process of the job's steps on every node (not to the batch shell): the
+#   trainers catch it, the launchers ignore it (slurm/lib.sh). Every trainer saves its part of the
+#   checkpoint at the next check and exits 3; when the step has ended the job requeues itself and the
+#   next start resumes. The shell repeats the USR1 every 10 s until the step ends (a trainer still
+#   starting up ignores it). The shell never signals srun: srun turns a TERM into a step kill (SIGKILL
+#   after KillWait), which would lose the checkpoint.
+# - `--signal=USR1@120` (no `B:`) also works: SLURM then signals the step processes directly, the
+#   trainers stop with status 3, and the script requeues on that recorded status.
+# - TERM (scancel, preemption) reaches every process of the job from slurmstepd: the trainers checkpoint
+#   the same way within KillWait, and the job does not requeue itself.
+# Exit status: the trainer's own, read from <run_dir>/status.json (rank 0 writes it; `accelerate launch`
+# and srun report 1 for any trainer failure); 0 after a requeue; 3 when stopped and not requeued.
 #
 # Environment (all optional): CIFAR_DIST_PYTHON, CIFAR_DIST_ROOT, CIFAR_DIST_CPU_PROCS, CIFAR_DIST_GPUS
 # (usable GPUs per node, skipping the torch check), CIFAR_DIST_PORT, CIFAR_DIST_DRY_RUN=1 (print the
@@ -46,18 +65,27 @@ if [[ -d $ROOT/cifar_dist ]]; then  # a source checkout: its code first (an inst
 fi
 export PYTHONUNBUFFERED=1
 PY=${CIFAR_DIST_PYTHON:-python}
+SCRIPT=train.sh
+source "$ROOT/slurm/lib.sh"
 
+stop_trainers() {  # USR1 to every process of the job's steps on every node (the batch shell excluded)
+    scancel --signal=USR1 "$SLURM_JOB_ID" || echo "train.sh: scancel --signal=USR1 $SLURM_JOB_ID failed" >&2
+}
+trap 'on_stop USR1' USR1
+trap 'on_stop TERM' TERM
+
+node_addr() {  # the address SLURM has for node $1 (NodeAddr); the name when it has none
+    local addr
+    addr=$(scontrol show node "$1" 2>/dev/null | sed -n 's/.*NodeAddr=\([^ ]*\).*/\1/p' | head -n 1)
+    echo "${addr:-$1}"
+}
+
+check_python
 nodes=${SLURM_NNODES:-1}
-main_addr=$(scontrol show hostnames "${SLURM_JOB_NODELIST:-localhost}" | head -n 1)
+first=$(scontrol show hostnames "${SLURM_JOB_NODELIST:-localhost}" | head -n 1)
+main_addr=$(node_addr "$first")
 port=${CIFAR_DIST_PORT:-$(( 20000 + ${SLURM_JOB_ID:-0} % 20000 ))}
-gpus=${CIFAR_DIST_GPUS:-}
-if [[ -z $gpus ]]; then
-    gpus=0
-    if [[ ${SLURM_GPUS_ON_NODE:-0} != 0 ]]; then
-        gpus=$("$PY" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null) || gpus=0
-        [[ $gpus =~ ^[0-9]+$ ]] || gpus=0
-    fi
-fi
+gpus=$(usable_gpus)
 precision=()
 per_node=$gpus
 if (( gpus == 0 )); then
@@ -65,49 +93,60 @@ if (( gpus == 0 )); then
     precision=(--mixed_precision no)  # this is a CPU: fp32 (bf16 autocast is ~10x slower there)
 fi
 
-# One launcher per node: the same command everywhere, with the node's own $SLURM_NODEID as machine rank.
-rank_and_exec='exec "$0" -m accelerate.commands.launch --machine_rank "$SLURM_NODEID" "$@"'
+# One launcher per node: the same command everywhere, with the node's own $SLURM_NODEID as machine rank;
+# it ignores USR1 and TERM (slurmstepd starts tasks with default dispositions), its trainers catch them.
+node_cmd='trap "" USR1 TERM; exec "$0" -m accelerate.commands.launch --quiet --machine_rank "$SLURM_NODEID" "$@"'
 srun_cmd=(srun --nodes="$nodes" --ntasks-per-node=1 --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}"
-          --kill-on-bad-exit=1 bash -c "$rank_and_exec" "$PY"
+          --kill-on-bad-exit=1 bash -c "$node_cmd" "$PY"
           --config_file "$ROOT/launch/multi_node.yaml" --num_machines "$nodes"
           --num_processes "$(( nodes * per_node ))" --main_process_ip "$main_addr" --main_process_port "$port"
           "${precision[@]}" -m cifar_dist.train "$@" --resume=auto)
-quote() {  # the arguments as one shell line, quoting only where needed
-    local out=() a q="'"
-    for a in "$@"; do
-        if [[ $a =~ ^[A-Za-z0-9_./=:,%@+-]+$ ]]; then out+=("$a"); else out+=("$q${a//$q/$q\\$q$q}$q"); fi
-    done
-    echo "${out[*]}"
-}
-echo "train.sh: $nodes node(s) x $per_node process(es) ($gpus usable GPUs per node), main $main_addr:$port"
+echo "train.sh: $nodes node(s) x $per_node process(es) ($gpus usable GPUs per node), main $main_addr:$port (node $first)"
 echo "train.sh: $(quote "${srun_cmd[@]}")"
 if [[ ${CIFAR_DIST_DRY_RUN:-0} == 1 ]]; then
     exit 0
 fi
 
-got=""
-child=""
-forward() {
-    got=$1
-    echo "train.sh: got SIG$1; asking the trainers to save a checkpoint and stop"
-    if [[ -n $child ]]; then kill -TERM "$child" 2>/dev/null; fi
-}
-trap 'forward USR1' USR1
-trap 'forward TERM' TERM
+# The run directory, from the resolved config; a bad flag stops here with the trainer's one-line error.
+config=$("$PY" -m cifar_dist.train "$@" --print_config) || exit 2
+run_dir=$("$PY" -c 'import os, sys, yaml
+run = yaml.safe_load(sys.stdin)["run"]
+print(os.path.join(str(run["out_dir"]), str(run["name"])))' <<< "$config") || exit 2
+mkdir -p "$run_dir"
+rm -f "$run_dir/status.json"  # a status left by an earlier start must not be read as this one's
+if (( nodes > 1 )); then  # every rank reads and writes the run directory: it must be the same one everywhere
+    marker="$run_dir/.shared-check-${SLURM_JOB_ID:-0}"
+    touch "$marker"
+    if ! srun --nodes="$nodes" --ntasks-per-node=1 --cpus-per-task=1 test -f "$marker"; then
+        rm -f "$marker"
+        echo "train.sh: $run_dir is not visible on every node (a node-local file system?); put --run.out_dir" \
+             "on a file system all nodes share" >&2
+        exit 2
+    fi
+    rm -f "$marker"
+fi
 
-"${srun_cmd[@]}" &
-child=$!
-wait "$child"
-rc=$?
-while [[ -n $got ]] && (( rc > 128 )); do
-    wait "$child"
-    r=$?
-    (( r == 127 )) && break
-    rc=$r
-done
-if [[ $got == USR1 && -n ${SLURM_JOB_ID:-} ]]; then
-    echo "train.sh: stopped (exit $rc); requeueing job $SLURM_JOB_ID to resume from the checkpoint"
+if [[ -z $STOP ]]; then
+    start_child "${srun_cmd[@]}"
+    wait_child
+else
+    RC=3
+fi
+status=$(recorded_status "$run_dir")
+status=${status:-$RC}
+if [[ $status == 0 ]]; then
+    echo "train.sh: finished ($run_dir)"
+    exit 0
+fi
+if [[ -n ${SLURM_JOB_ID:-} ]] && [[ $STOP == USR1 || ( -z $STOP && $status == 3 ) ]]; then
+    echo "train.sh: stopped (exit $status); requeueing job $SLURM_JOB_ID to resume from the checkpoint"
     scontrol requeue "$SLURM_JOB_ID" && exit 0
+    echo "train.sh: scontrol requeue $SLURM_JOB_ID failed; submit again to resume" >&2
     exit 3
 fi
-exit "$rc"
+if [[ $STOP == TERM ]]; then
+    echo "train.sh: stopped by SIGTERM (exit $status); submit again to resume"
+    exit 3
+fi
+echo "train.sh: trainer exit status $status ($run_dir)"
+exit "$status"

@@ -205,6 +205,21 @@ def make_image_folder(
     )
 
 
+def in_written_order(expected: Expected, seed: int = 0) -> Expected:
+    """An image folder's content (class-major, as `make_image_folder` returns it) in the order data_prep
+    writes it: each split permuted by ``numpy.random.default_rng(seed).permutation(n)``, the seed being
+    the manifest's ``order["seed"]``."""
+    train = np.random.default_rng(seed).permutation(len(expected.train_labels))
+    test = np.random.default_rng(seed).permutation(len(expected.test_labels))
+    return Expected(
+        expected.class_names,
+        expected.train_images[train],
+        expected.train_labels[train],
+        expected.test_images[test],
+        expected.test_labels[test],
+    )
+
+
 def png_bytes(img: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="PNG")
@@ -218,17 +233,20 @@ def output_files(out: Path) -> list[str]:
     return sorted(p.name for p in out.iterdir() if p.name.endswith((".beton", ".json")) or ".tmp-" in p.name)
 
 
-def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m data_prep ARGS`` from the repository root in a fresh process."""
+def run_cli(
+    *args: str, timeout: float = 600, module: str = "data_prep", **popen: object
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m data_prep ARGS`` (or another module) from the repository root in a fresh process."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
     return subprocess.run(
-        [sys.executable, "-m", "data_prep", *args],
+        [sys.executable, "-m", module, *args],
         cwd=REPO,
         env=env,
         capture_output=True,
         text=True,
         timeout=timeout,
+        **popen,
     )

@@ -17,7 +17,7 @@ from accelerate.utils import set_seed
 
 from cifar_dist.augment import BatchMixer, TrainTransform
 from cifar_dist.config import AugConfig, LossConfig, SchedConfig
-from cifar_dist.data import FFCVLoader, Normalize, Split, TensorLoader, beton_paths, read_images
+from cifar_dist.data import FFCVLoader, Normalize, Order, Split, TensorLoader, beton_paths, read_images
 from cifar_dist.engine import StepParts, TrainState, train_one_epoch
 from cifar_dist.optim import Schedule
 
@@ -34,8 +34,7 @@ def main() -> None:
     train_path, test_path = beton_paths(data_dir, name)
     x, y = read_images(train_path)
     global_batch = 20
-    loader = TensorLoader(x, y, batch_size=global_batch // world, train=True, seed=0, rank=rank, world_size=world,
-                          device=acc.device)
+    loader = TensorLoader(x, y, batch_size=global_batch // world, device=acc.device, order=Order(train=True, seed=0, rank=rank, world_size=world))
     model = torch.nn.Sequential(
         torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(),
         torch.nn.Linear(128, 10),
@@ -58,8 +57,7 @@ def main() -> None:
     if world > 1:
         xt, _ = read_images(test_path)
         index = {hashlib.sha1(img.tobytes()).hexdigest(): i for i, img in enumerate(xt)}
-        ffcv = FFCVLoader(Split(test_path), batch_size=16, train=True, seed=3, distributed=True, num_workers=1,
-                          drop_last=False)
+        ffcv = FFCVLoader(Split(test_path), batch_size=16, num_workers=1, order=Order(train=True, seed=3, rank=rank, world_size=world, drop_last=False))
         mine = []
         for imgs, _ in ffcv:
             for img in imgs.permute(0, 2, 3, 1).contiguous().numpy():

@@ -13,12 +13,19 @@ What it does (facts from /work/shared/notes/slurm-local.md):
 - on exit cancels every job of this cluster, waits for the node to be idle (so no job process is left),
   then stops exactly the daemons it started and waits on their PIDs.
 
+Several nodes on one host (`nodes=2`; facts from the notes' two-node section): Debian's Slurm is built
+with multiple-slurmd support, so each node gets a `NodeName` line of its own with `NodeHostname` = this
+host, `NodeAddr=127.0.0.1` and a `Port` of its own, per-node spool, PID and log files through `%n`, and
+one `slurmd -N NODE` each. Node names are `<host>-n1`, `<host>-n2`, ...; scripts must take a node's
+address from SLURM (`scontrol show node NAME` -> NodeAddr), as these names do not resolve.
+
 `SlurmdParameters=config_overrides` lets the node offer the CPUs written in slurm.conf even when the
 machine has fewer (so a job-array limit like %2 is what holds tasks back, not the cores).
 `AuthInfo=cred_expire=5` (the smallest value slurmctld accepts) shortens the time a requeued job waits
 before it may start again (120 s by default); `sched_interval=1` makes the main scheduler notice the end of
 that wait at once (it otherwise runs every 60 s). `MinJobAge=5` and the other `SchedulerParameters` keep
-`sbatch --wait` and array tasks prompt.
+`sbatch --wait` and array tasks prompt. `KillWait=30` (SLURM's default) is the time between the TERM of a
+cancel and the SIGKILL: the trainers checkpoint within it, as on a real cluster.
 """
 
 from __future__ import annotations
@@ -53,11 +60,11 @@ AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=cred_expire=5
 StateSaveLocation={dir}/state
-SlurmdSpoolDir={dir}/spool
+SlurmdSpoolDir={dir}/spool/%n
 SlurmctldPidFile={dir}/run/slurmctld.pid
-SlurmdPidFile={dir}/run/slurmd.pid
+SlurmdPidFile={dir}/run/slurmd-%n.pid
 SlurmctldLogFile={dir}/log/slurmctld.log
-SlurmdLogFile={dir}/log/slurmd.log
+SlurmdLogFile={dir}/log/slurmd-%n.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
@@ -71,10 +78,10 @@ SelectTypeParameters=CR_Core
 ReturnToService=2
 EnforcePartLimits=ALL
 MinJobAge=5
-KillWait=5
+KillWait=30
 SlurmdParameters=config_overrides
-{gres_types}NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=1000 {gres}State=UNKNOWN
-PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP
+{gres_types}{node_lines}
+PartitionName=debug Nodes={node_list} Default=YES MaxTime=INFINITE State=UP
 """
 
 
@@ -129,10 +136,11 @@ def _stop(proc: subprocess.Popen, timeout: float = 20.0) -> None:
 @dataclass
 class Cluster:
     dir: Path  # private directory: slurm.conf, gres.conf, state, spool, logs
-    node: str  # the node's name (`hostname -s`)
-    cpus: int  # CPUs the node offers
-    gpus: int  # fake GPUs the node offers (0 = no gres configured)
+    node: str  # the first node's name (`hostname -s` for a one-node cluster)
+    cpus: int  # CPUs each node offers
+    gpus: int  # fake GPUs each node offers (0 = no gres configured)
     env: dict[str, str] = field(default_factory=dict)  # os.environ + SLURM_CONF; pass to clients
+    nodes: list[str] = field(default_factory=list)  # every node's name, first = `node`
 
     @property
     def conf(self) -> Path:
@@ -143,8 +151,11 @@ class Cluster:
         return subprocess.run(list(cmd), env=self.env, capture_output=True, text=True, check=check, timeout=timeout)
 
     def node_state(self) -> str:
-        out = self.run("sinfo", "-h", "-n", self.node, "-o", "%t", check=False)
-        return out.stdout.strip()
+        """"idle" when every node is idle, else the nodes' states (sinfo %t), comma-separated."""
+        out = self.run("sinfo", "-h", "-N", "-o", "%N %t", check=False)
+        states = dict(line.split() for line in out.stdout.splitlines() if len(line.split()) == 2)
+        found = [states.get(n, "?") for n in self.nodes]
+        return "idle" if found and all(st == "idle" for st in found) else ",".join(found)
 
     def jobs(self) -> list[str]:
         """squeue lines `jobid|state`, array tasks one per line."""
@@ -152,14 +163,21 @@ class Cluster:
         return [line for line in out.stdout.splitlines() if line.strip()]
 
     def wait_idle(self, timeout: float = 60) -> None:
-        """Until no job is left and the node is idle (not allocated, not completing)."""
+        """Until no job is left and every node is idle (not allocated, not completing)."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if not self.jobs() and self.node_state() == "idle":
                 return
             time.sleep(0.5)
-        raise TimeoutError(f"SLURM node not idle after {timeout:.0f} s: state {self.node_state()!r}, "
+        raise TimeoutError(f"SLURM nodes not idle after {timeout:.0f} s: state {self.node_state()!r}, "
                            f"jobs {self.jobs()}; logs in {self.dir / 'log'}")
+
+    def start_now(self, job: str) -> bool:
+        """A job waiting in PD (BeginTime), as a requeued one does, may start at once; True if it was."""
+        out = self.run("squeue", "-h", "-j", job, "-o", "%T|%r", check=False)
+        if "PENDING|BeginTime" not in out.stdout:
+            return False
+        return self.run("scontrol", "update", f"JobId={job}", "StartTime=now", check=False).returncode == 0
 
     def jobcomp(self) -> list[dict[str, str]]:
         """Finished jobs and array tasks, from the jobcomp/filetxt log (one dict of KEY=VALUE per line)."""
@@ -172,9 +190,11 @@ class Cluster:
         return rows
 
 
-def _write_config(d: Path, node: str, cpus: int, gpus: int) -> None:
+def _write_config(d: Path, host: str, nodes: list[str], cpus: int, gpus: int) -> None:
     for sub in ("state", "spool", "run", "log", "dev"):
         (d / sub).mkdir(parents=True, exist_ok=True)
+    for node in nodes:
+        (d / "spool" / node).mkdir(parents=True, exist_ok=True)
     gres_types = gres = ""
     if gpus:
         # slurmd rejects plain files as GPU devices; symlinks to /dev/null pass its checks and stay unusable.
@@ -183,24 +203,31 @@ def _write_config(d: Path, node: str, cpus: int, gpus: int) -> None:
             if not link.is_symlink():
                 link.symlink_to("/dev/null")
         files = f"{d}/dev/nvidia[0-{gpus - 1}]" if gpus > 1 else f"{d}/dev/nvidia0"
-        (d / "gres.conf").write_text(f"NodeName={node} Name=gpu Type=a100 File={files}\n")
+        (d / "gres.conf").write_text("".join(f"NodeName={n} Name=gpu Type=a100 File={files}\n" for n in nodes))
         gres_types, gres = "GresTypes=gpu\n", f"Gres=gpu:a100:{gpus} "
+    if nodes == [host]:
+        node_lines = f"NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=1000 {gres}State=UNKNOWN"
+    else:  # several slurmd on this host: a port of its own each
+        node_lines = "\n".join(f"NodeName={n} NodeHostname={host} NodeAddr=127.0.0.1 Port={_free_port()} CPUs={cpus} "
+                               f"RealMemory=1000 {gres}State=UNKNOWN" for n in nodes)
     (d / "slurm.conf").write_text(SLURM_CONF.format(
-        node=node, dir=d, cpus=cpus, gres_types=gres_types, gres=gres,
+        dir=d, node=host, node_lines=node_lines, node_list=",".join(nodes), gres_types=gres_types,
         ctld_port=_free_port(), slurmd_port=_free_port()))
 
 
 @contextlib.contextmanager
-def local_slurm_cluster(directory: Path, gpus: int = 0, cpus: int | None = None,
+def local_slurm_cluster(directory: Path, gpus: int = 0, cpus: int | None = None, nodes: int = 1,
                         start_timeout: float = 60) -> Iterator[Cluster]:
-    """Start a private one-node cluster under `directory`; stop what was started on exit."""
+    """Start a private cluster of `nodes` nodes on this host under `directory` (`gpus` fake GPUs and `cpus`
+    CPUs per node); stop what was started on exit."""
     reason = skip_reason()
     if reason:
         raise RuntimeError(reason)
     directory = Path(directory).resolve()
-    node = socket.gethostname().split(".")[0]
-    cluster = Cluster(dir=directory, node=node, cpus=cpus or os.cpu_count() or 1, gpus=gpus)
-    _write_config(directory, node, cluster.cpus, gpus)
+    host = socket.gethostname().split(".")[0]
+    names = [host] if nodes == 1 else [f"{host}-n{i + 1}" for i in range(nodes)]
+    cluster = Cluster(dir=directory, node=names[0], cpus=cpus or os.cpu_count() or 1, gpus=gpus, nodes=names)
+    _write_config(directory, host, names, cluster.cpus, gpus)
     cluster.env = {**os.environ, "SLURM_CONF": str(cluster.conf)}
     started: list[subprocess.Popen] = []  # stopped in reverse order
     logs = []
@@ -218,10 +245,12 @@ def local_slurm_cluster(directory: Path, gpus: int = 0, cpus: int | None = None,
                 if started[-1].poll() is not None or time.monotonic() > end:
                     raise RuntimeError(f"munged did not start; see {directory / 'log' / 'munged.out'}")
                 time.sleep(0.1)
-        for daemon in ("slurmctld", "slurmd"):
-            log = open(directory / "log" / f"{daemon}.out", "w")  # noqa: SIM115 (closed in finally)
+        daemons = [("slurmctld", ["slurmctld"])]
+        daemons += [(f"slurmd-{n}", ["slurmd", "-N", n]) for n in names] if nodes > 1 else [("slurmd", ["slurmd"])]
+        for label, argv in daemons:
+            log = open(directory / "log" / f"{label}.out", "w")  # noqa: SIM115 (closed in finally)
             logs.append(log)
-            started.append(subprocess.Popen([daemon, "-D", "-f", str(cluster.conf)], env=cluster.env, stdout=log,
+            started.append(subprocess.Popen([*argv, "-D", "-f", str(cluster.conf)], env=cluster.env, stdout=log,
                                             stderr=subprocess.STDOUT, start_new_session=True,
                                             preexec_fn=_die_with_parent))
         end = time.monotonic() + start_timeout
@@ -236,7 +265,7 @@ def local_slurm_cluster(directory: Path, gpus: int = 0, cpus: int | None = None,
         if any(p.args[0] == "slurmctld" and p.poll() is None for p in started):
             cluster.run("scancel", "--user", pwd.getpwuid(os.geteuid()).pw_name, check=False)
             with contextlib.suppress(TimeoutError, subprocess.TimeoutExpired):
-                cluster.wait_idle(timeout=30)
+                cluster.wait_idle(timeout=60)
         for proc in reversed(started):
             _stop(proc)
         for log in logs:
@@ -254,4 +283,17 @@ def slurm_cluster(tmp_path_factory) -> Iterator[Cluster]:
     if reason:
         pytest.skip(reason)
     with local_slurm_cluster(tmp_path_factory.mktemp("slurm"), gpus=4, cpus=4) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def slurm_two_nodes(tmp_path_factory) -> Iterator[Cluster]:
+    """A second cluster for the whole session: two nodes on this host (two slurmd), 1 CPU each, no GPU
+    gres at all (a GPU request is refused, as on a CPU-only cluster). Skips or fails as slurm_cluster."""
+    reason = skip_reason()
+    if reason and os.environ.get("CI"):
+        pytest.fail(f"CI must run the SLURM tests: {reason}")
+    if reason:
+        pytest.skip(reason)
+    with local_slurm_cluster(tmp_path_factory.mktemp("slurm2"), gpus=0, cpus=1, nodes=2) as cluster:
         yield cluster

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
+import inspect
 import json
 import os
 import pickle
@@ -27,11 +28,14 @@ import numpy as np
 import pytest
 import torch
 
+from cifar_dist.errors import InputError
 from data_prep import DataPrepError, read_beton, read_labels, write_beton
-from data_prep.cli import build_parser, prepare
+from data_prep.cli import main as prep_main
+from data_prep.cli import prepare
 from data_prep.download import OFFICIAL
 from tests.data_prep_helpers import (
     REPO,
+    in_written_order,
     make_cifar10_archive,
     make_cifar10_dir,
     make_cifar100_dir,
@@ -102,6 +106,7 @@ def test_cifar10_archive_raw_is_pixel_exact_with_full_manifest(tmp_path):
     assert manifest["source_sha256"] == hashlib.sha256(archive.read_bytes()).hexdigest()
     assert manifest["ffcv_version"] == "1.0.2"
     assert manifest["labels"] is None and manifest["source_kind"] == "cifar_archive"
+    assert manifest["order"] == {"shuffled": False}  # the official batches are already mixed
     for split in SPLITS:
         f = out / f"cifar10_{split}.beton"
         assert manifest["files"][split]["bytes"] == f.stat().st_size
@@ -137,8 +142,9 @@ def test_image_folder_converts_modes_to_rgb_and_orders_classes(tmp_path):
     manifest = write_beton(tmp_path / "pets", out, num_workers=2, log=None)
     assert manifest["name"] == "pets" and manifest["dataset"] == "image_folder"
     assert manifest["class_names"] == ["cat", "dog", "frog"]
+    assert manifest["order"] == {"shuffled": True, "seed": 0}
     assert_manifest_counts(manifest, expected)
-    assert_betons_match(out, "pets", expected)
+    assert_betons_match(out, "pets", in_written_order(expected))
 
 
 @pytest.mark.parametrize("arcname", ["", "cifar-tiny"], ids=["tree-at-top", "under-one-folder"])
@@ -149,12 +155,13 @@ def test_image_folder_tar(tmp_path, arcname):
     out = tmp_path / "out"
     manifest = write_beton(archive, out, num_workers=2, log=None)
     assert manifest["name"] == "tiny-folder" and manifest["source_kind"] == "folder_tar"
-    assert_betons_match(out, "tiny-folder", expected)
+    assert manifest["order"] == {"shuffled": True, "seed": 0}
+    assert_betons_match(out, "tiny-folder", in_written_order(expected))
 
 
 def test_jpg_mode_with_verify(tmp_path):
-    expected = make_image_folder(
-        tmp_path / "tree", fmt="png", n_train=6, n_test=3
+    expected = in_written_order(
+        make_image_folder(tmp_path / "tree", fmt="png", n_train=6, n_test=3)
     )  # noise: JPEG's worst case
     out = tmp_path / "out"
     manifest = write_beton(
@@ -191,6 +198,7 @@ def test_jpg_mode_on_smooth_images_is_close(tmp_path):
     write_beton(
         tmp_path / "tree", tmp_path / "out", mode="jpg", jpeg_quality=95, verify=True, num_workers=1, log=None
     )
+    expected = in_written_order(expected)
     for split in SPLITS:
         images, labels = read_beton(tmp_path / "out" / f"tree_{split}.beton")
         diff = np.abs(images.astype(int) - expected.split(split)[0].astype(int)).mean()
@@ -282,26 +290,54 @@ def test_cli_subprocess_end_to_end_and_noop(tmp_path):
     assert {f: (out / f).stat().st_mtime_ns for f in output_files(out)} == mtimes
 
 
-def test_help_explains_every_option_with_an_example():
-    r = run_cli("--help")
-    assert r.returncode == 0
-    parser = build_parser()
-    for action in parser._actions:
-        if action.help and action.help != "show this help message and exit":
-            assert "Example" in action.help, action.dest
-    for opt in (
-        "--out",
-        "--name",
-        "--mode",
-        "--jpeg_quality",
-        "--labels",
-        "--force",
-        "--verify",
-        "--num_workers",
-        "--md5",
-    ):
-        assert opt in r.stdout
-    assert "examples:" in r.stdout and "python -m data_prep" in r.stdout
+@pytest.mark.parametrize(
+    "module,flag,prog",
+    [("data_prep", "--help", "python -m data_prep"), ("cifar_dist", "-h", "cifar-dist prepare")],
+    ids=["python-m-data_prep", "cifar-dist-prepare"],
+)
+def test_help_explains_every_option_with_an_example(module, flag, prog):
+    args = (flag,) if module == "data_prep" else ("prepare", flag)
+    r = run_cli(*args, module=module)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert r.stdout.startswith(f"usage: {prog} SOURCE")
+    lines = [line.strip() for line in r.stdout.splitlines()]
+    names = [n for n in inspect.signature(prepare).parameters if n != "source"]
+    assert {"cache_dir", "progress", "md5", "num_workers"} <= set(names)  # every flag of the old parser
+    for flag_name in names:
+        doc = [line for line in lines if line.startswith(f"--{flag_name} ")]
+        assert len(doc) == 1 and "Example" in doc[0], flag_name
+        default = inspect.signature(prepare).parameters[flag_name].default
+        shown = "none" if default is None else str(default).lower()
+        assert f"--{flag_name}={shown}" in lines, flag_name  # defaults as values
+    assert any(line.startswith("SOURCE") and "Example" in line for line in lines)
+    assert "Optional" not in r.stdout and "str | None" not in r.stdout
+    assert "examples:" in r.stdout and "python -m data_prep" in r.stdout and "cifar-dist prepare" in r.stdout
+
+
+def test_both_entry_points_print_the_same_help():
+    ours = run_cli("--help").stdout
+    theirs = run_cli("prepare", "--help", module="cifar_dist").stdout
+    assert ours.replace("usage: python -m data_prep", "usage: cifar-dist prepare", 1) == theirs
+
+
+@pytest.mark.parametrize(
+    "module,extra",
+    [("data_prep", ["--bogus", "1"]), ("data_prep", ["--no-verify"]), ("cifar_dist", ["--bogus=1"]),
+     ("data_prep", ["surplus-argument"])],
+    ids=["unknown-flag", "unknown-negation", "cifar-dist-unknown-flag", "extra-positional"],
+)
+def test_unknown_flag_converts_nothing(tmp_path, module, extra):
+    archive, _ = make_cifar10_archive(tmp_path)
+    out = tmp_path / "out"
+    args = [str(archive), "--out", str(out), *extra]
+    started = time.monotonic()
+    r = run_cli(*(args if module == "data_prep" else ["prepare", *args]), module=module)
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: "), r.stderr
+    assert extra[0].split("=")[0] in r.stderr
+    assert r.stdout == ""  # nothing read, nothing converted
+    assert not out.exists() and leftovers(tmp_path) == []
+    assert time.monotonic() - started < 60  # refused before FFCV or the source was touched
 
 
 def test_progress_bars_when_requested(tmp_path, capsys):
@@ -552,19 +588,12 @@ BAD_CASES = {
 }
 
 
-def _parse(argv: list[str], default_out: Path) -> dict:
-    args = build_parser().parse_args(argv)
-    kwargs = vars(args)
-    if "--out" not in argv:
-        kwargs["out"] = str(default_out)
-    return kwargs
-
-
 @pytest.mark.parametrize("case", list(BAD_CASES), ids=list(BAD_CASES))
 def test_bad_input_one_line_exit_2_nothing_left(tmp_path, capsys, case):
     argv, needle, extra = BAD_CASES[case](tmp_path)
-    kwargs = _parse(argv, tmp_path / "out")
-    rc = prepare(**kwargs)
+    if "--out" not in argv:
+        argv = [*argv, "--out", str(tmp_path / "out")]
+    rc = prep_main(argv)  # the same strict parser as the command line, in this process
     captured = capsys.readouterr()
     assert rc == 2
     assert captured.err.endswith("\n") and captured.err.count("\n") == 1, captured.err
@@ -590,7 +619,8 @@ def test_bad_input_through_the_real_cli(tmp_path, case):
 
 def test_data_prep_error_is_one_line_and_picklable():
     err = DataPrepError("a\nb.png", "x", "y\nz")
-    assert str(err) == "a b.png: expected x, found y z"
+    assert isinstance(err, InputError)  # the project's family of user-fixable errors
+    assert str(err) == "a b.png: expected x, found y z" == err.one_line()
     again = pickle.loads(pickle.dumps(err))
     assert (again.path, again.expected, again.found) == (err.path, err.expected, err.found)
 
@@ -599,53 +629,120 @@ def test_data_prep_error_is_one_line_and_picklable():
 # Failures while writing
 
 
-def test_writer_worker_failure_is_an_error_not_a_hang(tmp_path, monkeypatch, capsys):
-    import data_prep.writer as writer_mod
+def processes_mentioning(text: str) -> list[str]:
+    """Command lines of live processes that mention `text` (e.g. a test's tmp_path)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+            state = (cmdline.parent / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != "Z" and any(text.encode() in a for a in args) and cmdline.parent.name != str(os.getpid()):
+            found.append(b" ".join(args).decode(errors="replace"))
+    return found
 
-    archive, expected = make_cifar10_archive(tmp_path)
+
+def test_writer_worker_failure_is_an_error_not_a_hang(tmp_path):
+    import resource
+
+    archive, expected = make_cifar10_archive(tmp_path, per_batch=40, n_test=40)
     out = tmp_path / "out"
     write_beton(archive, out, num_workers=1, log=None)
     before = {f: (out / f).stat().st_mtime_ns for f in output_files(out)}
 
-    original = writer_mod._ArrayDataset.__getitem__
+    def small_files() -> None:  # every file the conversion writes may hold 1 MiB: the writer's workers fail
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
 
-    def failing(self, index):
-        if index == 3:
-            raise OSError(28, "No space left on device")
-        return original(self, index)
-
-    monkeypatch.setattr(writer_mod._ArrayDataset, "__getitem__", failing)
     started = time.monotonic()
-    rc = prepare(str(archive), out=str(out), force=True, num_workers=2)
-    err = capsys.readouterr().err
-    assert time.monotonic() - started < 60
-    assert rc == 2
-    assert err.count("\n") == 1
-    assert "cifar10_train.beton: expected the FFCV writer to encode every sample" in err
-    assert "No space left on device" in err
-    # the earlier outputs are untouched and no temporaries remain
+    r = run_cli(str(archive), "--out", str(out), "--force", "--num_workers", "2", preexec_fn=small_files)
+    assert time.monotonic() - started < 300
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "cifar10_train.beton: expected the FFCV writer to encode every sample" in r.stderr
+    assert "File too large" in r.stderr  # the worker's own error, quoted
+    # the earlier outputs are untouched; no temporaries or processes remain
     assert {f: (out / f).stat().st_mtime_ns for f in output_files(out)} == before
     assert_betons_match(out, "cifar10", expected)
+    assert processes_mentioning(str(tmp_path)) == []
 
 
-def test_writer_stall_is_an_error_not_a_hang(tmp_path, monkeypatch):
-    import data_prep.writer as writer_mod
+def test_disk_full_is_one_line_and_leaves_nothing(tmp_path):
+    """A 30 MB tmpfs (the test mounts and unmounts it) fills up while the .beton files are written."""
+    archive, _ = make_cifar10_archive(tmp_path, per_batch=40, n_test=40)
+    small = tmp_path / "small"
+    small.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=30m", "tmpfs", str(small)],
+                           capture_output=True, text=True)
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({mount.stderr.strip()}); "
+                    "test_writer_worker_failure_is_an_error_not_a_hang covers the same path with RLIMIT_FSIZE")
+    try:
+        started = time.monotonic()
+        r = run_cli(str(archive), "--out", str(small / "out"), "--num_workers", "2")
+        assert time.monotonic() - started < 300
+        assert r.returncode == 2
+        assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: "), r.stderr
+        assert "expected the FFCV writer to encode every sample" in r.stderr
+        assert "No space left on device" in r.stderr
+        assert leftovers(small) == [] and list((small / "out").iterdir()) == []
+        assert processes_mentioning(str(tmp_path)) == []
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
 
+
+def test_writer_past_its_deadline_is_an_error_not_a_hang(tmp_path):
     archive, _ = make_cifar10_archive(tmp_path)
-    original = writer_mod._ArrayDataset.__getitem__
-
-    def stuck(self, index):
-        if index == 2:
-            time.sleep(120)
-        return original(self, index)
-
-    monkeypatch.setattr(writer_mod._ArrayDataset, "__getitem__", stuck)
-    monkeypatch.setattr(writer_mod, "STALL_SECONDS", 1.5)
     started = time.monotonic()
-    with pytest.raises(DataPrepError, match="no progress for 1.5 s"):
-        write_beton(archive, tmp_path / "out", num_workers=1, log=None)
+    with pytest.raises(DataPrepError, match=r"cifar10_train.beton: expected the FFCV writer to finish within 0.5 s"):
+        write_beton(archive, tmp_path / "out", num_workers=1, write_timeout=0.5, log=None)
     assert time.monotonic() - started < 60
     assert leftovers(tmp_path) == []
+    assert processes_mentioning(str(tmp_path)) == []  # the writer's whole session was stopped
+
+
+def test_same_size_corruption_is_detected_and_rewritten(tmp_path):
+    archive, expected = make_cifar10_archive(tmp_path)
+    out = tmp_path / "out"
+    write_beton(archive, out, num_workers=1, log=None)
+    path = out / "cifar10_train.beton"
+    images, _ = read_beton(path)
+    blob = bytearray(path.read_bytes())
+    size = len(blob)
+    pos = blob.find(images[3].tobytes())
+    blob[pos + 7] ^= 0xFF  # one pixel byte changed in place: same size
+    path.write_bytes(bytes(blob))
+    assert path.stat().st_size == size
+
+    messages: list[str] = []
+    manifest = write_beton(archive, out, num_workers=1, verify=True, log=messages.append)
+    assert not any("up to date" in m for m in messages)  # the sha256 no longer matches: rewritten
+    assert manifest["files"]["train"]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert_betons_match(out, "cifar10", expected)
+    messages.clear()
+    write_beton(archive, out, num_workers=1, log=messages.append)
+    assert any("up to date" in m for m in messages)
+
+
+def test_image_folder_is_written_shuffled_and_rerun_stays_idempotent(tmp_path):
+    classes = tuple(f"class{i}" for i in range(10))
+    expected = make_image_folder(tmp_path / "tree", classes=classes, n_train=10, n_test=4)
+    out = tmp_path / "out"
+    manifest = write_beton(tmp_path / "tree", out, num_workers=2, log=None)
+    assert manifest["order"] == {"shuffled": True, "seed": 0}
+    labels = read_labels(out / "tree_train.beton")
+    assert set(labels[:35].tolist()) == set(range(10))  # the first 35 of 100 rows cover every class
+    assert np.count_nonzero(np.diff(labels)) > 50  # not class-sorted
+    assert sorted(labels.tolist()) == sorted(expected.train_labels.tolist())
+    test_labels = read_labels(out / "tree_test.beton")
+    assert np.count_nonzero(np.diff(test_labels)) > 25  # class-sorted would change label 9 times
+    assert sorted(test_labels.tolist()) == sorted(expected.test_labels.tolist())
+    files = [out / f for f in output_files(out)]
+    before = {f: f.stat().st_mtime_ns for f in files}
+    messages: list[str] = []
+    again = write_beton(tmp_path / "tree", out, num_workers=2, log=messages.append)
+    assert any("up to date" in m for m in messages) and again == manifest
+    assert {f: f.stat().st_mtime_ns for f in files} == before
 
 
 def test_verify_detects_a_corrupted_beton(tmp_path):
@@ -702,6 +799,7 @@ def test_ffcv_loader_reads_what_was_written_and_writer_survives_loader(tmp_path)
         images[:] = smooth_images(rng, len(images))
         for f, img in zip(sorted((tmp_path / "tree" / split).rglob("*.png")), images):
             f.write_bytes(png_bytes(img))
+    tree = in_written_order(tree)
     out = tmp_path / "out"
     write_beton(archive, out, name="raw", num_workers=1, log=None)
     write_beton(tmp_path / "tree", out, name="jpg", mode="jpg", jpeg_quality=95, num_workers=1, log=None)
@@ -741,13 +839,20 @@ def test_real_cifar10_jpeg_archive(real_cifar10):
         assert manifest["counts"][split]["total"] == total
         images, _ = read_beton(out / f"cifar10_{split}.beton", np.arange(0, total, 997))
         assert images.shape[1:] == (32, 32, 3) and 60 < images.mean() < 200
-    # the first training image is the first file of the first class folder, decoded with PIL
+    assert manifest["order"] == {"shuffled": True, "seed": 0}
+    first_rows = read_labels(out / "cifar10_train.beton")[:1000]  # any first-N subset holds every class
+    assert set(first_rows.tolist()) == set(range(10)) and np.bincount(first_rows, minlength=10).min() >= 50
+    # the first training row is file number permutation(50000)[0] of the class-major sorted listing
     from PIL import Image
 
     with tarfile.open(SHARED_JPEG) as tar:
-        member = min(
-            (m for m in tar.getmembers() if m.isfile() and m.name.lstrip("./").startswith("train/airplane/")),
-            key=lambda m: m.name,
+        members = sorted(
+            (m for m in tar.getmembers() if m.isfile() and m.name.lstrip("./").startswith("train/")),
+            key=lambda m: tuple(m.name.lstrip("./").split("/")[1:3]),
         )
+        member = members[int(np.random.default_rng(0).permutation(len(members))[0])]
         first = np.asarray(Image.open(tar.extractfile(member)).convert("RGB"))
-    np.testing.assert_array_equal(read_beton(out / "cifar10_train.beton", np.arange(1))[0][0], first)
+    label = classes.index(member.name.lstrip("./").split("/")[1])
+    images, labels = read_beton(out / "cifar10_train.beton", np.arange(1))
+    np.testing.assert_array_equal(images[0], first)
+    assert labels[0] == label

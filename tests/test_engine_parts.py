@@ -60,7 +60,7 @@ def dataclasses_frozen_error():
     ({"optim.nme": "sgd"}, "--optim.nme: unknown key; optim has name, lr"),
     ({"opt.lr": 1}, "--opt.lr: unknown section 'opt'"),
     ({"lr": 1}, "--lr: unknown option"),
-    ({"sched.name": "poly"}, "--sched.name: expected one of cosine, onecycle, step, constant, found 'poly'"),
+    ({"sched.name": "poly"}, "--sched.name: expected one of cosine, onecycle, step, constant, linear, found 'poly'"),
     ({"optim.lr": -1}, "--optim.lr: expected a value >= 0, found -1.0"),
 ])
 def test_bad_values_raise_one_line(over, msg):
@@ -256,7 +256,7 @@ def test_gradient_accumulation_equals_the_large_batch():
 
     from cifar_dist.augment import TrainTransform
     from cifar_dist.config import AugConfig
-    from cifar_dist.data import Normalize, TensorLoader
+    from cifar_dist.data import Normalize, Order, TensorLoader
     from cifar_dist.engine import StepParts, TrainState, train_one_epoch
 
     g = torch.Generator().manual_seed(0)
@@ -269,7 +269,7 @@ def test_gradient_accumulation_equals_the_large_batch():
         model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 10))
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         model, opt = acc.prepare(model, opt)
-        loader = TensorLoader(images, labels, batch_size=batch, train=True, seed=0)
+        loader = TensorLoader(images, labels, batch_size=batch, order=Order(train=True, seed=0))
         sched = Schedule(opt, SchedConfig(name="constant"), 0.1, len(loader) // accum, 1)
         state = TrainState()
         transform = TrainTransform(AugConfig(), Normalize((0.5,) * 3, (0.25,) * 3, resolution=8))

@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from cifar_dist.data import (
+    Augment,
     FFCVLoader,
     Normalize,
+    Order,
     Split,
     TensorLoader,
     beton_paths,
@@ -61,8 +63,8 @@ def test_labels_stay_aligned_with_images_under_shuffling(tiny_data, arrays):
     train, _ = beton_paths(*tiny_data)
     x_np, y_np = arrays["train"]
     lookup = {img.tobytes(): int(lbl) for img, lbl in zip(x_np, y_np)}
-    for loader in (TensorLoader(x_np, y_np, batch_size=32, train=True, seed=4),
-                   FFCVLoader(Split(train), batch_size=32, train=True, seed=4, num_workers=1)):
+    for loader in (TensorLoader(x_np, y_np, batch_size=32, order=Order(train=True, seed=4)),
+                   FFCVLoader(Split(train), batch_size=32, num_workers=1, order=Order(train=True, seed=4))):
         loader.set_epoch(1)
         x, y = collect(loader)
         assert len(y) == 384  # 12 full batches of 32, ragged tail dropped
@@ -76,9 +78,9 @@ def test_one_epoch_without_drop_last_visits_every_image_once(tiny_data, arrays, 
     x_np, y_np = arrays["train"]
     index = {img.tobytes(): i for i, img in enumerate(x_np)}
     if kind == "tensor":
-        loader = TensorLoader(x_np, y_np, batch_size=48, train=True, drop_last=False, seed=1)
+        loader = TensorLoader(x_np, y_np, batch_size=48, order=Order(train=True, drop_last=False, seed=1))
     else:
-        loader = FFCVLoader(Split(train), batch_size=48, train=True, drop_last=False, seed=1, num_workers=1)
+        loader = FFCVLoader(Split(train), batch_size=48, num_workers=1, order=Order(train=True, drop_last=False, seed=1))
     x, _ = collect(loader)
     seen = sorted(index[img.tobytes()] for img in x.permute(0, 2, 3, 1).contiguous().numpy())
     assert seen == list(range(400))
@@ -89,7 +91,7 @@ def test_two_ranks_get_disjoint_shards_covering_the_split(arrays):
     index = {img.tobytes(): i for i, img in enumerate(x_np)}
     shards = []
     for rank in (0, 1):
-        x, _ = collect(TensorLoader(x_np, y_np, batch_size=30, rank=rank, world_size=2))
+        x, _ = collect(TensorLoader(x_np, y_np, batch_size=30, order=Order(rank=rank, world_size=2)))
         shards.append({index[img.tobytes()] for img in x.permute(0, 2, 3, 1).contiguous().numpy()})
     assert not shards[0] & shards[1] and shards[0] | shards[1] == set(range(200))
 
@@ -97,8 +99,8 @@ def test_two_ranks_get_disjoint_shards_covering_the_split(arrays):
 def test_training_shards_split_each_global_batch(arrays):
     """Rank r's step-s batch is the r-th half of the single-process step-s batch (DDP == 1 process)."""
     x_np, y_np = arrays["train"]
-    one = TensorLoader(x_np, y_np, batch_size=40, train=True, seed=2)
-    two = [TensorLoader(x_np, y_np, batch_size=20, train=True, seed=2, rank=r, world_size=2) for r in (0, 1)]
+    one = TensorLoader(x_np, y_np, batch_size=40, order=Order(train=True, seed=2))
+    two = [TensorLoader(x_np, y_np, batch_size=20, order=Order(train=True, seed=2, rank=r, world_size=2)) for r in (0, 1)]
     for (xa, _), (x0, _), (x1, _) in zip(one, *two):
         assert torch.equal(xa, torch.cat([x0, x1]))
     assert len(one) == len(two[0]) == 10
@@ -106,8 +108,8 @@ def test_training_shards_split_each_global_batch(arrays):
 
 def test_train_order_is_a_function_of_seed_and_epoch(arrays):
     x_np, y_np = arrays["train"]
-    a = TensorLoader(x_np, y_np, batch_size=50, train=True, seed=0, crop_padding=4, flip=True, cutout_size=8)
-    b = TensorLoader(x_np, y_np, batch_size=50, train=True, seed=0, crop_padding=4, flip=True, cutout_size=8)
+    a = TensorLoader(x_np, y_np, batch_size=50, order=Order(train=True, seed=0), aug=Augment(crop_padding=4, flip=True, cutout_size=8))
+    b = TensorLoader(x_np, y_np, batch_size=50, order=Order(train=True, seed=0), aug=Augment(crop_padding=4, flip=True, cutout_size=8))
     a.set_epoch(3)
     b.set_epoch(3)
     full = collect(a)[0]

@@ -1,8 +1,9 @@
 """The airbench-recipe parts as units: patch whitening, Dirac init, lookahead-EMA, alternating flip, reflect crop."""
 
+import pytest
 import torch
 
-from cifar_dist.data import TensorLoader, crop_flip
+from cifar_dist.data import Augment, Order, TensorLoader, crop_flip
 from cifar_dist.lookahead import LookaheadEMA
 from cifar_dist.models import count_params, create_model
 from cifar_dist.models.airbench import patch_whitening
@@ -78,7 +79,7 @@ def test_alternating_flip_flips_each_image_the_other_way_every_other_epoch():
     images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 3, 4, 4).clone()
     images[:, :, :, 0] = 255  # a marker column: left edge, or right edge when flipped
     labels = torch.arange(n) % 10
-    loader = TensorLoader(images, labels, batch_size=16, train=True, seed=5, flip=True, flip_mode="alternating")
+    loader = TensorLoader(images, labels, batch_size=16, order=Order(train=True, seed=5), aug=Augment(flip=True, flip_mode="alternating"))
     seen = []
     for epoch in range(4):
         loader.set_epoch(epoch)
@@ -98,3 +99,44 @@ def test_reflect_padding_mirrors_the_border():
         y = crop_flip(x, 2, False, torch.Generator().manual_seed(seed), "reflect")
         assert set(y.flatten().tolist()) <= set(x.flatten().tolist())  # no zeros from padding
         assert (y > 0).sum() >= 35
+
+
+def test_linear_schedule_values_at_known_steps():
+    from cifar_dist.config import SchedConfig
+    from cifar_dist.optim import Schedule
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    s = Schedule(opt, SchedConfig(name="linear", warmup_frac=0.23, warmup_start=0.2, min_lr_ratio=0.07), 2.0,
+                 steps_per_epoch=50, epochs=2)  # 100 steps, warm-up over 23
+    assert s.lr_at(0) == pytest.approx(0.4)  # 0.2 x peak
+    assert s.lr_at(23) == pytest.approx(2.0)  # the peak at the end of the warm-up
+    assert s.lr_at(100) == pytest.approx(0.14)  # 0.07 x peak at the last step
+    assert s.lr_at(10) == pytest.approx(2.0 * (0.2 + 0.8 * 10 / 23))
+    assert s.lr_at(60) == pytest.approx(2.0 * (1 - 0.93 * (60 - 23) / 77))
+
+
+def test_decoupled_hyperparameters_bias_lr_scale_and_frozen_groups():
+    from cifar_dist.config import OptimConfig, SchedConfig
+    from cifar_dist.optim import Schedule, build_optimizer, kilostep, scaled_lr
+
+    cfg = OptimConfig(name="sgd", lr=11.5, momentum=0.85, nesterov=True, weight_decay=0.0153, decoupled=True,
+                      bias_lr_scale=64.0)
+    assert kilostep(0.85) == pytest.approx(1024 * (1 + 1 / 0.15))
+    peak = scaled_lr(cfg, 1024)
+    assert peak == pytest.approx(11.5 * 1024 / kilostep(0.85))  # about 1.5 on the mean loss
+    assert scaled_lr(cfg, 512) == pytest.approx(peak / 2)  # per example: it follows the batch
+    model = create_model("airbench", whiten=3)
+    opt = build_optimizer(model, cfg, peak)
+    by_name = {id(p): n for n, p in model.named_parameters()}
+    groups = {tuple(sorted(by_name[id(p)] for p in g["params"]))[0]: g for g in opt.param_groups}
+    wd = 0.0153 / kilostep(0.85)
+    bn_bias = groups["blocks.0.bn1.bias"]
+    assert bn_bias["lr_scale"] == 64.0 and bn_bias["weight_decay"] == pytest.approx(wd / 64)
+    whiten = groups["stem.0.bias"]
+    assert whiten["stop_epoch"] == 3 and whiten["lr_scale"] == 1.0 and whiten["weight_decay"] == pytest.approx(wd)
+    assert groups["blocks.0.conv1.weight"]["weight_decay"] == pytest.approx(wd)
+    sched = Schedule(opt, SchedConfig(name="constant"), peak, steps_per_epoch=10, epochs=5)
+    sched.set(29)  # epoch 2: every group trains
+    assert whiten["lr"] == pytest.approx(peak) and bn_bias["lr"] == pytest.approx(64 * peak)
+    sched.set(30)  # epoch 3: the whitening bias stops
+    assert whiten["lr"] == 0.0 and bn_bias["lr"] == pytest.approx(64 * peak) and sched.lr == pytest.approx(peak)

@@ -32,13 +32,19 @@ pytestmark = pytest.mark.slurm
 TIMEOUT = 420  # seconds a job may take before the test gives up (the machine may be shared)
 
 
-def _use_cluster(mp: pytest.MonkeyPatch, cluster: Cluster) -> None:
-    """Point SLURM clients at the test cluster; jobs inherit this environment (sbatch --export=ALL)."""
+def _use_cluster(mp: pytest.MonkeyPatch, cluster: Cluster, python: bool = True) -> None:
+    """Point SLURM clients at the test cluster; jobs inherit this environment (sbatch --export=ALL).
+    python=False: no CIFAR_DIST_PYTHON and no directory of this interpreter on PATH, as in a login shell
+    without the project's environment (`sweep submit` must pass its interpreter on by itself)."""
     for key in list(os.environ):
         if key.startswith(("SLURM_", "SBATCH_", "CIFAR_DIST_")):
             mp.delenv(key)
     mp.setenv("SLURM_CONF", str(cluster.conf))
-    mp.setenv("CIFAR_DIST_PYTHON", sys.executable)
+    if python:
+        mp.setenv("CIFAR_DIST_PYTHON", sys.executable)
+    else:
+        here = str(Path(sys.executable).parent)
+        mp.setenv("PATH", os.pathsep.join(d for d in os.environ.get("PATH", "").split(os.pathsep) if d != here))
     mp.chdir(REPO)
 
 
@@ -124,7 +130,7 @@ parallel: 2
 sbatch: [--cpus-per-task=1, --time=10]
 """)
     with pytest.MonkeyPatch.context() as mp:
-        _use_cluster(mp, slurm_cluster)
+        _use_cluster(mp, slurm_cluster, python=False)
         start = time.monotonic()
         rc, out = _sweep("submit", str(spec))
         assert rc == 0, out
@@ -137,8 +143,9 @@ sbatch: [--cpus-per-task=1, --time=10]
 
 def test_array_of_four_cells_with_two_at_a_time_completes_on_fake_gpus(finished_sweep, slurm_cluster):  # noqa: F811
     s = finished_sweep
-    assert f"sbatch --job-name=arr --array=0-3%2 --output={s.dir}/slurm/%A_%a.out --cpus-per-task=1 --time=10 " \
-           f"slurm/sweep.sh {s.spec}" in s.out
+    # the partition has (fake) GPUs: submit asks for one per task; the spec's CPU count stays
+    assert f"sbatch --job-name=arr --array=0-3%2 --output={s.dir}/slurm/%A_%a.out --gpus-per-node=1 " \
+           f"--cpus-per-task=1 --time=10 slurm/sweep.sh {s.spec}" in s.out
     rows = _jobcomp(slurm_cluster, s.job)
     assert sorted(int(r["ArrayTaskId"]) for r in rows) == [0, 1, 2, 3]
     assert {(r["JobState"], r["ExitCode"]) for r in rows} == {("COMPLETED", "0:0")}
@@ -151,7 +158,7 @@ def test_array_of_four_cells_with_two_at_a_time_completes_on_fake_gpus(finished_
         task = json.loads((run / "sweep_task.json").read_text())
         assert (task["state"], task["exit"], task["job"]) == ("done", 0, f"{s.job}_{i}")
         log = (s.dir / "slurm" / f"{s.job}_{i}.out").read_text()
-        # the script's default --gpus-per-node=1 got a fake GPU; torch cannot use it: CPU, one process
+        # submit's --gpus-per-node=1 got a fake GPU; torch cannot use it: CPU, one process
         assert re.search(rf"c00{i}-s0: usable GPUs 0 \(allocated 1, CUDA_VISIBLE_DEVICES=[0-3]\)", log), log
         assert "processes 1 (DistributedType.NO, cpu" in log
     config = (s.runs[3] / "config.yaml").read_text()
@@ -230,12 +237,13 @@ sbatch: [--cpus-per-task=2, --gpus-per-node=0, --time=10]
     rows = _metrics(run)
     assert [(r["epoch"], r["step"]) for r in rows] == [(1, 30), (2, 60), (3, 90)]
     log = (logs / f"{task}.out").read_text()
-    assert "sweep.sh: got SIGUSR1; asking the trainer to save a checkpoint and stop" in log
+    assert "sweep.sh: got SIGUSR1; asking the trainer(s) to save a checkpoint and stop" in log
     assert "--config_file " + str(REPO / "launch" / "cpu.yaml") + " --num_processes 2" in log
     assert log.count("processes 2 (DistributedType.MULTI_CPU") == 2  # both attempts ran real DDP
     stop = re.search(r"stopped by signal at epoch ([23]) step (\d+); checkpoint saved", log)
     assert stop, log
-    assert f"requeueing {task} to resume from the checkpoint" in log
+    # the trainers' own status 3 (from status.json), not the launcher's 1
+    assert f"c000-s5 stopped (exit 3); requeueing {task} to resume from the checkpoint" in log
     assert f"index 0, job {task} on {slurm_cluster.node}, attempt 2" in log
     assert log.count("resumed at epoch") == 1
     assert f"resumed at epoch {stop.group(1)} step {stop.group(2)}" in log
@@ -263,7 +271,8 @@ def test_train_sh_runs_one_configuration_with_two_processes(slurm_cluster, tiny_
         _wait_job(slurm_cluster, job, tmp_path)
     log = (tmp_path / f"{job}.out").read_text()
     assert [(r["JobState"], r["ExitCode"]) for r in _jobcomp(slurm_cluster, job)] == [("COMPLETED", "0:0")], log
-    assert f"train.sh: 1 node(s) x 2 process(es) (0 usable GPUs per node), main {slurm_cluster.node}:" in log
+    assert "train.sh: 1 node(s) x 2 process(es) (0 usable GPUs per node), main 127.0.0.1:" in log  # NodeAddr
+    assert f"(node {slurm_cluster.node})" in log and "train.sh: finished (" in log
     assert "processes 2 (DistributedType.MULTI_CPU" in log
     result = json.loads((tmp_path / "runs" / "two" / "result.json").read_text())
     assert (result["world_size"], result["epochs"]) == (2, 1)

@@ -50,13 +50,23 @@ def untimed(rows: list[dict]) -> list[dict]:
 # running sums.
 RESUME_ARGS = ["--run.epochs=3", "--run.global_batch_size=20", "--run.checkpoint_every_steps=1", "--run.ema=true",
                "--loss.mixup_prob=0.5", "--loss.mixup_alpha=0.4", "--model.dropout=0.1", "--sched.name=onecycle"]
+# The airbench recipe's options: whitening stem (its bias stops after epoch 1), Dirac init, decoupled
+# Nesterov SGD with a norm-bias lr scale, the linear schedule, lookahead-EMA, reflect crops, alternating flip.
+RECIPE_ARGS = ["--run.epochs=3", "--run.global_batch_size=20", "--run.checkpoint_every_steps=1",
+               "--model.name=airbench", "--model.widths=[8,16,16]", "--model.whiten=1", "--model.bn_eps=1e-12",
+               "--model.dirac_init=true", "--optim.name=sgd", "--optim.decoupled=true", "--optim.lr=2.0",
+               "--optim.momentum=0.85", "--optim.nesterov=true", "--optim.weight_decay=0.01",
+               "--optim.bias_lr_scale=8", "--optim.ema_lookahead=2", "--sched.name=linear", "--sched.warmup_frac=0.2",
+               "--sched.warmup_start=0.2", "--sched.min_lr_ratio=0.07", "--aug.crop_padding=2", "--aug.crop_pad=reflect",
+               "--aug.flip_mode=alternating", "--loss.label_smoothing=0.2"]
 
 
-def test_sigkill_mid_epoch_then_resume_is_bit_exact(tiny_data, tmp_path):
-    ref = run(train_cmd(tiny_data, tmp_path, "ref", *RESUME_ARGS))
+@pytest.mark.parametrize("args", [RESUME_ARGS, RECIPE_ARGS], ids=["adam_mixup_ema_onecycle", "airbench_recipe"])
+def test_sigkill_mid_epoch_then_resume_is_bit_exact(tiny_data, tmp_path, args):
+    ref = run(train_cmd(tiny_data, tmp_path, "ref", *args))
     assert ref.returncode == 0, ref.stderr[-2000:]
 
-    cmd = train_cmd(tiny_data, tmp_path, "cut", *RESUME_ARGS)
+    cmd = train_cmd(tiny_data, tmp_path, "cut", *args)
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     state_file = tmp_path / "cut" / "checkpoints" / "last" / "train_state.json"

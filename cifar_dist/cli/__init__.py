@@ -35,16 +35,6 @@ def version() -> str:
         return __version__
 
 
-def prepare(source: str = "cifar10", out: str = "data", name: str | None = None, mode: str = "raw",
-            jpeg_quality: int = 90, labels: str = "fine", force: bool = False, verify: bool = False,
-            num_workers: int = 2, md5: str | None = None) -> int:
-    """Convert SOURCE (cifar10 | cifar100 | official archive | batches dir | image folder or its tar) to .beton."""
-    from data_prep.cli import prepare as run_prepare
-
-    return run_prepare(source, out=out, name=name, mode=mode, jpeg_quality=jpeg_quality, labels=labels,
-                       force=force, verify=verify, num_workers=num_workers, md5=md5)
-
-
 def models() -> int:
     """Print the model zoo: name, parameters, MACs, receptive field, default input size."""
     from cifar_dist.models.info import print_models
@@ -62,7 +52,7 @@ def presets() -> int:
     return EXIT_OK
 
 
-COMMANDS = {"prepare": prepare, "models": models, "presets": presets}
+COMMANDS = {"models": models, "presets": presets}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cifar-dist {version()}")
         return EXIT_OK
     cmd, rest = argv[0], argv[1:]
+    if cmd == "prepare":  # the one conversion parser, shared with `python -m data_prep`
+        from data_prep.cli import main as prepare_main
+
+        return prepare_main(rest, prog="cifar-dist prepare")
     if cmd == "train":
         from cifar_dist.cli.train import main as train_main
 

@@ -24,10 +24,12 @@ import inspect
 import re
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 from cifar_dist.cli.flags import run_command
 from cifar_dist.config import dump_yaml
-from cifar_dist.errors import EXIT_OK
+from cifar_dist.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, InputError
+from cifar_dist.run_status import write_status
 
 
 def run_cli(*, preset: str | None = None, config: str | None = None, resume: str = "none", print_config: bool = False,
@@ -42,7 +44,19 @@ def run_cli(*, preset: str | None = None, config: str | None = None, resume: str
     if print_config:
         print(dump_yaml(cfg), end="")
         return EXIT_OK
-    return train(cfg, resume=str(resume))
+    run_dir = Path(cfg.run.out_dir) / cfg.run.name
+    status = EXIT_FAILED  # a crash (an exception other than bad input) is recorded as 1, "failed"
+    try:
+        status = train(cfg, resume=str(resume))
+        return status
+    except InputError:
+        status = EXIT_BAD_INPUT
+        raise
+    finally:
+        # The true status for the scripts (a launcher exits 1 for any failure); bad input before the
+        # run directory exists leaves no trace.
+        if run_dir.is_dir():
+            write_status(run_dir, status)
 
 
 def config_help() -> str:

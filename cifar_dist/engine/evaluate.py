@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from cifar_dist.augment import tta_views
 from cifar_dist.config import flatten, to_dict
 from cifar_dist.engine import checkpoint as ckpt
+from cifar_dist.engine.devices import eval_model
 from cifar_dist.engine.logs import confusion_figure
 from cifar_dist.files import read_jsonl
 
@@ -24,6 +25,8 @@ def evaluate(model, loader, normalize, accelerator, num_classes: int, tta: str =
     """Accuracy (%), mean loss and confusion matrix over the whole split, summed over processes.
 
     With TTA the softmax probabilities of the views are averaged; the loss is the NLL of that mean.
+    Per batch everything stays on the device (no `.item()`, no host tensor, no `bincount`, whose output size
+    needs the max label on the host): the host reads the sums once, after the last batch.
     """
     was_training = model.training
     model.eval()
@@ -39,8 +42,8 @@ def evaluate(model, loader, normalize, accelerator, num_classes: int, tta: str =
                 logp = probs.clamp_min(1e-12).log()
         pred = logp.argmax(1)
         stats += torch.stack([(pred == y).sum().double(), F.nll_loss(logp, y, reduction="sum").double(),
-                              torch.tensor(float(y.numel()), device=y.device, dtype=torch.float64)])
-        confusion += torch.bincount(y * num_classes + pred, minlength=num_classes * num_classes).double()
+                              torch.full((), y.numel(), device=y.device, dtype=torch.float64)])
+        confusion.index_add_(0, y * num_classes + pred, torch.ones_like(pred, dtype=torch.float64))
     stats = accelerator.reduce(stats, reduction="sum")
     confusion = accelerator.reduce(confusion, reduction="sum")
     model.train(was_training)
@@ -78,7 +81,7 @@ def evaluate_epoch(s: Session, row: dict[str, Any]) -> bool:
     epoch, r, ema, state = row["epoch"], s.cfg.run, s.parts.ema, s.state
     if epoch % r.eval_every and epoch != r.epochs:
         return False
-    plain = s.accelerator.unwrap_model(s.parts.model)
+    plain = eval_model(s.accelerator, s.parts.model)
     if s.loaders.val is not None:
         row["val_acc"] = _eval(s, plain, s.loaders.val)["acc"]
         if ema is not None:
@@ -107,7 +110,7 @@ def _test_with_tta(s: Session, model) -> tuple[dict, dict]:
 def finish(s: Session, status: str) -> dict[str, Any]:
     """Final evaluations (final and best weights, with TTA), result.json, hparams, confusion matrix."""
     state, acc, ema = s.state, s.accelerator, s.parts.ema
-    plain = acc.unwrap_model(s.parts.model)
+    plain = eval_model(acc, s.parts.model)
     final, final_tta = _test_with_tta(s, plain)
     res_final = {"test_acc": final["acc"], "test_loss": final["loss"], "test_acc_tta": final_tta["acc"]}
     if ema is not None:

@@ -16,6 +16,7 @@ import torch
 
 from cifar_dist.config import Config
 from cifar_dist.engine.checkpoint import TrainState
+from cifar_dist.engine.devices import eval_model
 from cifar_dist.engine.evaluate import evaluate_epoch, finish, summary_line
 from cifar_dist.engine.monitor import Monitor, SignalFlag, StopRun
 from cifar_dist.engine.session import StepParts, open_session
@@ -59,7 +60,9 @@ def train_one_epoch(parts: StepParts, loader, state: TrainState, sums: torch.Ten
             state.step_in_epoch = step + 1
             p.schedule.set(state.global_step)
             if p.ema is not None:
-                p.ema.update(acc.unwrap_model(p.model), step=state.global_step)
+                p.ema.update(eval_model(acc, p.model), step=state.global_step)
+            if p.lookahead is not None:
+                p.lookahead.step(state.global_step)
             on_step(step, loss.detach())
 
 
@@ -77,7 +80,7 @@ def train(cfg: Config, resume: str = "none") -> int:
             train_one_epoch(s.parts, s.loaders.train, state, s.sums, monitor.on_step)
             monitor.close_bar()
             monitor.check(torch.zeros((), device=acc.device)).store(state)
-            row = epoch_row(state, s.parts.optimizer.param_groups[0]["lr"])
+            row = epoch_row(state, s.parts.schedule.lr)
             stop = evaluate_epoch(s, row)
             s.logger.log_epoch(row)
             acc.print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
@@ -97,8 +100,11 @@ def train(cfg: Config, resume: str = "none") -> int:
         return e.status
 
     state.wall_seconds = monitor.wall_seconds()
+    if s.parts.lookahead is not None:  # the closing full sync: the weights become their slow average
+        s.parts.lookahead.finish()
     result = finish(s, status)
-    acc.print(summary_line(s, result))
+    if acc.is_main_process:  # acc.print would print once per node
+        print(summary_line(s, result), flush=True)
     s.logger.close()
     acc.end_training()
     return EXIT_OK

@@ -102,7 +102,7 @@ class Monitor:
         if not (due_log or due_ckpt or epoch_end):
             return
         totals = self.check(loss)
-        lr = s.parts.optimizer.param_groups[0]["lr"]
+        lr = s.parts.schedule.lr
         if due_log:
             s.logger.scalar("train/loss", totals.step_loss, g)
             s.logger.scalar("train/lr", lr, g)

@@ -16,8 +16,10 @@ import torch
 from cifar_dist.augment import BatchMixer, TrainTransform
 from cifar_dist.config import Config, ConfigError, DataConfig, dump_yaml
 from cifar_dist.data import (
+    Augment,
     FFCVLoader,
     Normalize,
+    Order,
     Split,
     TensorLoader,
     beton_paths,
@@ -29,7 +31,9 @@ from cifar_dist.data import (
     select_rows,
 )
 from cifar_dist.engine import checkpoint as ckpt
+from cifar_dist.engine import devices
 from cifar_dist.engine.logs import RunLogger, start_logger
+from cifar_dist.lookahead import LookaheadEMA
 from cifar_dist.models import build_model, count_params
 from cifar_dist.optim import Schedule, build_optimizer, scaled_lr
 
@@ -47,6 +51,7 @@ class StepParts:
     criterion: torch.nn.Module
     ema: Any = None  # timm ModelEmaV3, updated after every optimizer step
     grad_clip: float = 0.0  # max global gradient norm (0 = off)
+    lookahead: Any = None  # LookaheadEMA: every N steps the weights move to an EMA of themselves
 
 
 @dataclass
@@ -54,6 +59,20 @@ class Loaders:
     train: Any
     val: Any | None  # None without a validation split
     test: Any
+    train_rows: np.ndarray | None = None  # rows of the train file the train loader uses
+
+
+def init_from_data(model: torch.nn.Module, d: DataConfig, rows: np.ndarray, n: int = 5000) -> None:
+    """Data-dependent initialisation (e.g. airbench's whitening stem) from up to `n` training images, the
+    same on every process; models without `init_from_data` are left alone."""
+    init = getattr(model, "init_from_data", None)
+    if not callable(init) or not getattr(model, "whiten", True):
+        return
+    pick = np.sort(rows[np.random.default_rng(d.split_seed).permutation(len(rows))[:n]])  # any file order
+    x, _ = read_images(beton_paths(d.dir, d.name)[0], pick)
+    images = torch.as_tensor(x).permute(0, 3, 1, 2).float().div_(255)
+    mean, std = torch.tensor(d.mean).view(1, 3, 1, 1), torch.tensor(d.std).view(1, 3, 1, 1)
+    init((images - mean) / std)
 
 
 @dataclass
@@ -107,6 +126,7 @@ def open_session(cfg: Config, resume: str = "none") -> Session:
     # augmentations (AutoAugment, affine, mixing), or N GPUs would repeat one GPU's draws.
     set_seed(cfg.run.seed, device_specific=True)
     loaders = build_loaders(cfg, accelerator, per_device)
+    init_from_data(model, cfg.data, loaders.train_rows)
     torch.set_num_threads(compute_threads())  # importing ffcv set it to 1
     if len(loaders.train) == 0:
         raise ConfigError(f"--run.global_batch_size: {cfg.run.global_batch_size} is larger than the training split")
@@ -114,6 +134,7 @@ def open_session(cfg: Config, resume: str = "none") -> Session:
     parts, normalize = build_parts(cfg, accelerator, model, len(loaders.train) // cfg.optim.accum_steps, peak_lr,
                                    len(classes))
     run_dir = Path(cfg.run.out_dir) / cfg.run.name
+    devices.check_shared_run_dir(accelerator, run_dir)  # every rank sees run_dir, or all stop here (exit 2)
     sums = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # see train_one_epoch
     resumed = ckpt.resume(accelerator, run_dir / "checkpoints", resume)
     state = ckpt.TrainState() if resumed is None else resumed
@@ -139,9 +160,10 @@ def make_accelerator(cfg: Config):
     from accelerate.utils import set_seed
 
     r, o = cfg.run, cfg.optim
-    mp = None if r.mixed_precision == "auto" else r.mixed_precision
+    mp = devices.choose_precision(r.mixed_precision, r.allow_cpu)  # fp32 (or exit 2) where CUDA is unusable
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mp,
-                              gradient_accumulation_steps=o.accum_steps)
+                              gradient_accumulation_steps=o.accum_steps, kwargs_handlers=devices.init_kwargs(r))
+    devices.configure_backends(accelerator.device, r.deterministic)
     world = accelerator.num_processes
     if r.global_batch_size % (world * o.accum_steps):
         raise ConfigError(f"--run.global_batch_size: expected a multiple of processes x accum_steps = "
@@ -164,22 +186,32 @@ def build_parts(cfg: Config, accelerator, model: torch.nn.Module, steps_per_epoc
     from timm.utils import ModelEmaV3
 
     r, o = cfg.run, cfg.optim
+    world = accelerator.num_processes
+    if devices.use_sync_bn(cfg.model.sync_bn, world, r.global_batch_size // (world * o.accum_steps)):
+        model = devices.convert_sync_bn(model, accelerator.device)  # before prepare (DDP)
     optimizer = build_optimizer(model, o, peak_lr)
     schedule = Schedule(optimizer, cfg.sched, peak_lr, steps_per_epoch, r.epochs)
     ema = ModelEmaV3(model, decay=r.ema_decay, use_warmup=r.ema_warmup) if r.ema else None
-    if cfg.model.compile:
-        model = torch.compile(model)
+    lookahead = None
+    if o.ema_lookahead:
+        lookahead = LookaheadEMA(model, total_steps=steps_per_epoch * r.epochs, every=o.ema_lookahead,
+                                 base=o.ema_lookahead_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
+    if cfg.model.compile:
+        model = devices.compile_model(model)  # after DDP; evaluation runs devices.eval_model (uncompiled)
     schedule.optimizer = optimizer
     if ema is not None:
         ema.module.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
     accelerator.register_for_checkpointing(schedule)  # onecycle's scheduler state (the others save {})
+    if lookahead is not None:
+        accelerator.register_for_checkpointing(lookahead)
     d = cfg.data
     normalize = Normalize(d.mean, d.std, d.resolution, cfg.model.channels_last).to(accelerator.device)
     transform = TrainTransform(cfg.aug, normalize)
     mixer = BatchMixer(cfg.loss, num_classes)
-    parts = StepParts(accelerator, model, optimizer, schedule, transform, mixer, mixer.criterion(), ema, o.grad_clip)
+    parts = StepParts(accelerator, model, optimizer, schedule, transform, mixer, mixer.criterion(), ema, o.grad_clip,
+                      lookahead)
     return parts, normalize
 
 
@@ -191,30 +223,32 @@ def build_loaders(cfg: Config, accelerator, per_device_batch: int) -> Loaders:
                                                d.limit_test, d.val_size, d.split_seed)
     n_test = num_rows(test_path)
     a = cfg.aug
-    mean_fill = tuple(int(round(m * 255)) for m in d.mean)
-    aug_kw = dict(crop_padding=a.crop_padding, flip=a.flip, cutout_size=a.cutout, cutout_prob=a.cutout_prob,
-                  cutout_fill=mean_fill)
+    aug = Augment(crop_padding=a.crop_padding, crop_pad=a.crop_pad, flip=a.flip, flip_mode=a.flip_mode,
+                  cutout_size=a.cutout, cutout_prob=a.cutout_prob,
+                  cutout_fill=tuple(int(round(m * 255)) for m in d.mean))
     rank, world = accelerator.process_index, accelerator.num_processes
-    eval_bs = cfg.run.eval_batch_size
+    shard = Order(rank=rank, world_size=world)
+    train_order = Order(train=True, seed=cfg.run.seed, rank=rank, world_size=world)
+    eval_bs, dev = cfg.run.eval_batch_size, accelerator.device
     if d.loader == "tensor":
         x_train, y_train = read_images(train_path)
         x_test, y_test = read_images(test_path, test_idx)
-        common = dict(device=accelerator.device, rank=rank, world_size=world)
-        train = TensorLoader(x_train[train_idx], y_train[train_idx], batch_size=per_device_batch, train=True,
-                             seed=cfg.run.seed, **common, **aug_kw)
-        val = None if val_idx is None else TensorLoader(x_train[val_idx], y_train[val_idx], batch_size=eval_bs, **common)
-        test = TensorLoader(x_test, y_test, batch_size=eval_bs, **common)
+        train = TensorLoader(x_train[train_idx], y_train[train_idx], batch_size=per_device_batch, device=dev,
+                             order=train_order, aug=aug)
+        val = None if val_idx is None else TensorLoader(x_train[val_idx], y_train[val_idx], batch_size=eval_bs,
+                                                        device=dev, order=shard)
+        test = TensorLoader(x_test, y_test, batch_size=eval_bs, device=dev, order=shard)
     else:
-        common = dict(device=accelerator.device, num_workers=d.num_workers)
-        train = FFCVLoader(Split(train_path, train_idx), batch_size=per_device_batch, train=True, seed=cfg.run.seed,
-                           distributed=world > 1, **common, **aug_kw)
+        train = FFCVLoader(Split(train_path, train_idx), batch_size=per_device_batch, device=dev, order=train_order,
+                           aug=aug, num_workers=d.num_workers)
         # Evaluation shards are rank-strided rows, not FFCV's distributed order: that pads the split
         # with repeated images to a multiple of the world size, which would count them twice.
         test_rows = np.arange(n_test) if test_idx is None else test_idx
         val = None if val_idx is None else FFCVLoader(Split(train_path, val_idx[rank::world]), batch_size=eval_bs,
-                                                      **common)
-        test = FFCVLoader(Split(test_path, test_rows[rank::world]), batch_size=eval_bs, **common)
-    return Loaders(train, val, test)
+                                                      device=dev, num_workers=d.num_workers)
+        test = FFCVLoader(Split(test_path, test_rows[rank::world]), batch_size=eval_bs, device=dev,
+                          num_workers=d.num_workers)
+    return Loaders(train, val, test, train_idx)
 
 
 def banner(s: Session) -> str:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from cifar_dist.config import ConfigError, ModelConfig, ModelOptions, coerce_value
+from cifar_dist.models.layers import dirac_init_
 from cifar_dist.models.registry import MODEL_REGISTRY, TIMM_PREFIX, count_params, create_model, get_entry
 from cifar_dist.models.timm_models import TIMM_OPTION_TYPES
 
@@ -50,7 +51,8 @@ def check_options(m: ModelConfig) -> ModelConfig:
 def build_model(m: ModelConfig, num_classes: int) -> nn.Module:
     """Model ``m`` with ``num_classes`` outputs, options checked (``check_options``), in channels-last
     memory format if ``m.channels_last``. ``ConfigError`` for a bad option, a value the builder refuses, or
-    more than ``m.max_params`` trainable parameters. ``m.compile`` is left to the caller."""
+    more than ``m.max_params`` trainable parameters. ``m.dirac_init`` starts its square convs as identities
+    (`layers.dirac_init_`). ``m.compile`` is left to the caller."""
     m = check_options(m)
     try:
         model = create_model(m.name, num_classes=num_classes, **m.options)
@@ -60,6 +62,8 @@ def build_model(m: ModelConfig, num_classes: int) -> nn.Module:
     if m.max_params and n_params > m.max_params:
         raise ConfigError(f"--model.max_params: {m.name} has {n_params:,} parameters, over the budget "
                           f"of {m.max_params:,}")
+    if m.dirac_init:
+        dirac_init_(model)
     if m.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model

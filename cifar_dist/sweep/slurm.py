@@ -15,6 +15,7 @@ from typing import Any
 
 from cifar_dist.errors import EXIT_BAD_INPUT, EXIT_OK
 from cifar_dist.resources import root
+from cifar_dist.sweep.cluster import sbatch_resources
 from cifar_dist.sweep.plan import Sweep, describe, expand, is_finished, read_sweep_json, write_sweep_json
 from cifar_dist.sweep.spec import SpecError, load_spec
 
@@ -43,7 +44,9 @@ def sbatch_command(sweep: Sweep, indices: list[int], parallel: int, extra: list[
            f"--output={sweep.dir / 'slurm' / '%A_%a.out'}"]
     if Path.cwd().resolve() != REPO:  # sweep.sh finds the code through the submit directory otherwise
         cmd.append(f"--export=ALL,CIFAR_DIST_ROOT={REPO}")
-    cmd += [*sweep.spec.sbatch, *(extra or []), _display_path(SWEEP_SCRIPT), str(sweep.spec.path)]
+    given = [*sweep.spec.sbatch, *(extra or [])]
+    # GPUs only where the partition has them, never more CPUs than a node has (sweep.sh asks for neither)
+    cmd += [*sbatch_resources(given), *given, _display_path(SWEEP_SCRIPT), str(sweep.spec.path)]
     return cmd
 
 
@@ -139,7 +142,9 @@ def submit(sweep: Sweep, parallel: int, extra: list[str], dry_run: bool = False)
                         f"this cluster, found {len(sweep.runs)} runs; split the spec")
     print(shlex.join(cmd), flush=True)
     try:
-        out = subprocess.run(cmd[:1] + ["--parsable"] + cmd[1:], stdout=subprocess.PIPE, text=True)
+        # Tasks run the interpreter that submits them (sbatch's default --export=ALL passes it on).
+        env = {**os.environ, "CIFAR_DIST_PYTHON": os.environ.get("CIFAR_DIST_PYTHON") or sys.executable}
+        out = subprocess.run(cmd[:1] + ["--parsable"] + cmd[1:], stdout=subprocess.PIPE, text=True, env=env)
     except FileNotFoundError:
         print("error: sbatch: command not found (is this a SLURM login node?)", file=sys.stderr)
         return EXIT_BAD_INPUT

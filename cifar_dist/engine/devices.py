@@ -1,0 +1,229 @@
+"""What the hardware decides: precision where no GPU is usable, cuDNN autotuning, SyncBatchNorm, the compile
+order, the module evaluation runs, and the check that every process sees the same run directory.
+
+- `choose_precision`: a run that asked for bf16/fp16 (flag or launch file) on a machine with no sign of a GPU
+  trains in fp32 after one warning line; where the machine shows GPUs but CUDA is unusable (driver or wheel
+  mismatch) the run stops with one line (exit 2) unless `--run.allow_cpu=true`.
+- `use_sync_bn` / `convert_sync_bn`: BatchNorm statistics over the global batch when the per-device batch is
+  small (`SYNC_BN_BELOW`) and there is more than one process. On CPUs (gloo), where torch's SyncBatchNorm
+  refuses to run, `GlooSyncBatchNorm` computes the same statistics from all-reduced sums.
+- `compile_model`: `torch.compile` AFTER `accelerator.prepare`, so dynamo sees the DDP wrapper and splits the
+  graph at gradient-bucket boundaries (buckets all-reduce while the backward runs). `eval_model` is the
+  unwrapped, uncompiled module: evaluation (eval mode, other batch sizes, TTA views) never recompiles.
+- `check_shared_run_dir`: rank 0 writes a token into the run directory, every rank reads it; a node-local
+  directory stops every rank with one line instead of hanging at the first checkpoint.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import secrets
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from cifar_dist.config import ConfigError
+from cifar_dist.files import atomic_write_text
+
+# Below this many images per device, BatchNorm statistics of one device are noisy enough to cost accuracy
+# (Wu & He, "Group Normalization", fig. 1: the error of BN grows below 32 images per batch and steeply below
+# 16); `--model.sync_bn` left unset syncs them across processes there.
+SYNC_BN_BELOW = 32
+
+GPU_PRECISIONS = ("bf16", "fp16", "fp8")
+SHARED_TOKEN = ".shared-dir-check"
+
+
+def gpu_signs() -> list[str]:
+    """What says this machine (or job) has GPUs: NVIDIA device nodes, CUDA_VISIBLE_DEVICES, SLURM's GPU variables."""
+    signs = sorted(glob.glob("/dev/nvidia[0-9]*"))[:1]
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible not in (None, "", "-1", "NoDevFiles"):
+        signs.append(f"CUDA_VISIBLE_DEVICES={visible}")
+    for key in ("SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "SLURM_GPUS_ON_NODE", "SLURM_GPUS", "SLURM_GPUS_PER_NODE"):
+        value = os.environ.get(key, "")
+        if value not in ("", "0"):
+            signs.append(f"{key}={value}")
+    return signs
+
+
+def _is_rank0() -> bool:
+    return os.environ.get("RANK", "0") in ("", "0")
+
+
+def choose_precision(requested: str, allow_cpu: bool) -> str | None:
+    """The `mixed_precision` to build the Accelerator with (None: the launcher's, as accelerate reads it).
+
+    requested: `--run.mixed_precision` ("auto" = ACCELERATE_MIXED_PRECISION from `accelerate launch`).
+    Raises ConfigError (exit 2) when the machine shows GPUs that CUDA cannot use and `allow_cpu` is off.
+    """
+    explicit = None if requested == "auto" else requested
+    if torch.cuda.is_available():
+        return explicit
+    signs = gpu_signs()
+    if signs and not allow_cpu:
+        raise ConfigError(
+            f"no usable GPU: torch.cuda.is_available() is False although this machine shows GPUs "
+            f"({', '.join(signs)}); check the NVIDIA driver against torch {torch.__version__} "
+            f"(CUDA {torch.version.cuda}), or pass --run.allow_cpu=true to train on the CPU"
+        )
+    asked = os.environ.get("ACCELERATE_MIXED_PRECISION", "no") if explicit is None else explicit
+    if asked in GPU_PRECISIONS:
+        if _is_rank0():
+            source = "--run.mixed_precision" if explicit else "the launch file (ACCELERATE_MIXED_PRECISION)"
+            print(f"warning: no usable GPU: mixed precision {asked} from {source} falls back to fp32 on the CPU "
+                  f"(bf16/fp16 autocast is ~10x slower there)", file=sys.stderr, flush=True)
+        return "no"
+    return explicit
+
+
+def init_kwargs(run) -> list:
+    """accelerate handlers for the process group: `--run.dist_timeout_s` as its timeout (a rank that stops
+    answering then fails the job after that long instead of torch's 10 (NCCL) or 30 (gloo) minutes)."""
+    if not run.dist_timeout_s:
+        return []
+    from datetime import timedelta
+
+    from accelerate.utils import InitProcessGroupKwargs
+
+    return [InitProcessGroupKwargs(timeout=timedelta(seconds=run.dist_timeout_s))]
+
+
+def configure_backends(device: torch.device, deterministic: bool) -> None:
+    """cuDNN autotuning on CUDA (fixed CIFAR shapes: each conv's fastest kernel is picked once), unless the run
+    asked for deterministic algorithms (autotuning may pick a different kernel per run)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not deterministic
+
+
+def use_sync_bn(setting: bool | None, world: int, per_device: int) -> bool:
+    """`--model.sync_bn`: true/false as set; unset (None) = on when more than one process trains on fewer than
+    `SYNC_BN_BELOW` images per device. Never with one process (there is nothing to sync)."""
+    if world <= 1:
+        return False
+    return per_device < SYNC_BN_BELOW if setting is None else bool(setting)
+
+
+class GlooSyncBatchNorm:
+    """Mixed into a BatchNorm's own class on the CPU, where torch's SyncBatchNorm cannot run (its kernels are
+    CUDA-only and DDP refuses any SyncBatchNorm on a CPU module): in training, the batch statistics come from sums
+    all-reduced over the process group (differentiable `torch.distributed.nn` all-reduce, so the backward
+    all-reduces too), with torch's running-stat update (unbiased variance; momentum or cumulative average).
+    timm's BatchNormAct2d keeps its `drop` and `act`, applied after, as it does. Eval mode: the layer's own forward.
+    """
+
+    process_group = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized()):
+            return super().forward(x)
+        x = self._gloo_forward(x)
+        for name in ("drop", "act"):
+            if hasattr(self, name):
+                x = getattr(self, name)(x)
+        return x
+
+    def _gloo_forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torch.distributed.nn.functional import all_reduce
+
+        self._check_input_dim(x)
+        group = self.process_group or dist.group.WORLD
+        dims = [0, *range(2, x.dim())]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        sums = all_reduce(torch.cat([x.sum(dims), x.new_full((1,), x.numel() / x.shape[1])]), group=group)
+        n, mean = sums[-1], sums[:-1] / sums[-1]
+        centred = x - mean.view(shape)
+        var = all_reduce(centred.pow(2).sum(dims), group=group) / n
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                f = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - f).add_(mean.detach(), alpha=f)
+                self.running_var.mul_(1 - f).add_(var.detach() * n / (n - 1).clamp_min(1), alpha=f)
+        y = centred * torch.rsqrt(var.view(shape) + self.eps)
+        return y * self.weight.view(shape) + self.bias.view(shape) if self.affine else y
+
+
+_GLOO_CLASSES: dict[type, type] = {}
+
+
+def _gloo_class(cls: type) -> type:
+    if cls not in _GLOO_CLASSES:
+        _GLOO_CLASSES[cls] = type(f"GlooSync{cls.__name__}", (GlooSyncBatchNorm, cls), {})
+    return _GLOO_CLASSES[cls]
+
+
+def convert_sync_bn(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Every BatchNorm of `model` synchronised across processes; call before `accelerator.prepare`.
+
+    On GPUs: timm's converter (torch's SyncBatchNorm; timm's BatchNormAct2d becomes SyncBatchNormAct and keeps
+    act and drop, which torch's own converter would lose), with the same parameter and buffer objects. On the
+    CPU: each BatchNorm gets `GlooSyncBatchNorm` mixed into its class (state and state_dict keys unchanged).
+    """
+    from timm.layers import convert_sync_batchnorm
+
+    if device.type != "cpu":
+        return convert_sync_batchnorm(model)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(m, GlooSyncBatchNorm):
+            m.__class__ = _gloo_class(type(m))
+    return model
+
+
+def compile_model(model: torch.nn.Module) -> torch.nn.Module:
+    """`torch.compile` of the PREPARED model (DDP outside, compile outside DDP): dynamo's DDP optimizer splits
+    the graph at bucket boundaries so gradients all-reduce during the backward. Training batches have one
+    shape (drop_last), so training compiles once; evaluation runs `eval_model`, never this."""
+    return torch.compile(model)
+
+
+def eval_model(accelerator, model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module under DDP and torch.compile, for evaluation, EMA updates and best-weight files.
+
+    `keep_torch_compile=False` matters twice: evaluation must not run (and recompile) the compiled training
+    graph for eval mode, other batch sizes and every TTA view; and accelerate's default (`True`) rewires the
+    compiled wrapper's `_orig_mod` from the DDP module to the plain one, so `no_sync` and `.train()` would
+    silently stop reaching DDP.
+    """
+    return accelerator.unwrap_model(model, keep_torch_compile=False)
+
+
+def check_shared_run_dir(accelerator, run_dir: Path, timeout_s: float = 10.0) -> None:
+    """With several processes: rank 0 writes a random token into `run_dir`, every rank reads it back.
+
+    A rank that cannot read it within `timeout_s` (a node-local `runs/`) makes every rank raise the same
+    ConfigError (exit 2), instead of rank 0 later evaluating a best checkpoint the others cannot see and the
+    job hanging in mismatched collectives until NCCL's timeout.
+    """
+    if accelerator.num_processes <= 1:
+        return
+    from accelerate.utils import broadcast_object_list
+
+    path = Path(run_dir) / SHARED_TOKEN
+    token = [None]
+    if accelerator.is_main_process:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        token = [secrets.token_hex(16)]
+        atomic_write_text(path, token[0])
+    broadcast_object_list(token)  # also the barrier: the file is written before anyone reads it
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            ok = path.read_text() == token[0]
+        except OSError:
+            ok = False
+        if ok or time.monotonic() >= deadline:  # NFS may show a new file on another node a moment later
+            break
+        time.sleep(0.2)
+    missing = accelerator.reduce(torch.tensor([0.0 if ok else 1.0], device=accelerator.device), reduction="sum")
+    if accelerator.is_main_process:
+        path.unlink(missing_ok=True)
+    if float(missing[0]):
+        raise ConfigError(
+            f"--run.out_dir: {int(missing[0])} of {accelerator.num_processes} processes cannot read {path}, written "
+            f"by rank 0: every node must see the same run directory (a shared file system), not a node-local one"
+        )

@@ -1,0 +1,56 @@
+"""The in-memory form every source reader returns: one `SplitArrays` per split inside `SourceData`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+SIDE = 32
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class SplitArrays:
+    """One split in memory: images uint8 (N, 32, 32, 3) RGB and labels int64 (N,)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def concat(parts: list[SplitArrays]) -> SplitArrays:
+    """The splits one after the other."""
+    return SplitArrays(np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts]))
+
+
+@dataclass(frozen=True)
+class SourceData:
+    """A whole data set read from a source.
+
+    Attributes:
+        dataset: "cifar10", "cifar100" or "image_folder".
+        class_names: label index -> class name.
+        train, test: the two splits.
+        label_kind: "fine" or "coarse" for CIFAR-100, None otherwise.
+        order: how the rows are ordered, recorded in the manifest: {"shuffled": False} for the
+            official archives (already mixed), {"shuffled": True, "seed": s} for image folders.
+    """
+
+    dataset: str
+    class_names: tuple[str, ...]
+    train: SplitArrays
+    test: SplitArrays
+    label_kind: str | None = None
+    order: dict | None = None
+
+    def split(self, name: str) -> SplitArrays:
+        """The split called `name` ("train" or "test")."""
+        return {"train": self.train, "test": self.test}[name]
+
+
+def class_counts(split: SplitArrays, num_classes: int) -> list[int]:
+    """Number of images per label index."""
+    return np.bincount(split.labels, minlength=num_classes).astype(int).tolist()
