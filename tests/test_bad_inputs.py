@@ -12,8 +12,8 @@ and a text the single error line must contain. The test snapshots the tree (path
 sha256) before and after the call.
 
 Rows of issue 11 that other branches are implementing (checkpoint safety, run-directory lock, resume
-config check, disk full, metrics repair; the strict data_prep parser of wave1-prep) are written here too,
-marked `xfail(strict=True)` so that they fail loudly once the behaviour lands and the mark must go.
+config check, disk full, metrics repair) are written here too, marked `xfail(strict=True)` so that they
+fail loudly once the behaviour lands and the mark must go.
 """
 
 from __future__ import annotations
@@ -36,11 +36,11 @@ import pytest
 
 from cifar_dist.cli import main as cli_main
 from cifar_dist.cli.train import main as train_main
+from cifar_dist.run_status import STATUS_FILE
 from tests.data_prep_helpers import make_cifar10_archive, make_cifar10_dir, make_image_folder, make_tar
 from tests.helpers import REPO
 
 CKPT_BRANCH = pytest.mark.xfail(strict=True, reason="lands with the checkpoint-safety branch")
-PREP_BRANCH = pytest.mark.xfail(strict=True, reason="lands with wave1-prep (one strict parser for data_prep)")
 GOOD_ROW = json.dumps({"epoch": 1, "step": 3, "train_loss": 2.0, "test_acc": 40.0, "test_loss": 1.9}) + "\n"
 SPEC = "name: small\npreset: smoke\nfixed:\n  data.dir: data\n  run.epochs: 1\ngrid:\n  optim.lr: [1e-3, 2e-3]\n"
 
@@ -356,12 +356,17 @@ def _(c):
     return _prep([str(archive)], c), "cifar-10-python.tar.gz"
 
 
-@case("data-prep-unknown-flag-converts-nothing", entry="python -m data_prep", marks=(PREP_BRANCH,))
+@case("data-prep-unknown-flag-converts-nothing", entry="python -m data_prep")
 def _(c):
     return _prep([str(c.archive()), "--bogus", "1"], c), "--bogus"
 
 
-@case("data-prep-bad-mode", entry="python -m data_prep", marks=(PREP_BRANCH,))
+@case("data-prep-value-on-optional-boolean", entry="python -m data_prep")
+def _(c):
+    return _prep([str(c.archive()), "--progress=maybe"], c), "--progress: expected true or false, found 'maybe'"
+
+
+@case("data-prep-bad-mode", entry="python -m data_prep")
 def _(c):
     return _prep([str(c.archive()), "--mode=png"], c), "--mode"
 
@@ -943,8 +948,9 @@ def finished_run(tmp_path_factory, tiny_data):
 
 
 def _unlocked(snap: dict[str, tuple]) -> dict[str, tuple]:
-    """A run directory's snapshot without lock files (a resume may take the run's lock)."""
-    return {p: v for p, v in snap.items() if "lock" not in Path(p).name.lower()}
+    """A run directory's snapshot without its bookkeeping: lock files (a resume may take the run's lock) and
+    status.json (the trainer records its exit status, 2 included, in an existing run directory)."""
+    return {p: v for p, v in snap.items() if "lock" not in Path(p).name.lower() and Path(p).name != STATUS_FILE}
 
 
 def _resume_case(finished_run, tiny_data, tmp_path, spoil: Callable[[Path], None], *extra: str):
