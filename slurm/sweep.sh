@@ -115,12 +115,14 @@ fi
 gpus=$(usable_gpus)
 port=$(( 20000 + ${SLURM_JOB_ID:-$$} % 20000 ))  # two tasks on one node must not share a rendezvous port
 launch=("$PY" -m accelerate.commands.launch --quiet --main_process_port "$port")
+cpu_flags=()  # on the CPU on purpose: the trainer must not refuse the GPUs this job shows but cannot use
 if (( gpus > 1 )); then
     cmd=("${launch[@]}" --config_file "$ROOT/launch/multi_gpu.yaml" --num_processes "$gpus" -m cifar_dist.train)
 elif (( gpus == 1 )); then
     cmd=("${launch[@]}" --config_file "$ROOT/launch/1gpu.yaml" -m cifar_dist.train)
 else
     procs=${CIFAR_DIST_CPU_PROCS:-1}
+    cpu_flags=(--run.allow_cpu=true)
     if (( procs > 1 )); then
         cmd=("${launch[@]}" --config_file "$ROOT/launch/cpu.yaml" --num_processes "$procs" --mixed_precision no
              -m cifar_dist.train)
@@ -128,7 +130,7 @@ else
         cmd=("$PY" -m cifar_dist.train)
     fi
 fi
-cmd+=("${train_args[@]}")
+cmd+=("${train_args[@]}" "${cpu_flags[@]}")
 echo "sweep.sh: $run_name: usable GPUs $gpus (allocated ${SLURM_GPUS_ON_NODE:-0}, CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-})"
 echo "sweep.sh: $(quote "${cmd[@]}")"
 if [[ ${CIFAR_DIST_DRY_RUN:-0} == 1 ]]; then
