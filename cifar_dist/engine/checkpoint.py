@@ -24,8 +24,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle
 import random
 import shutil
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,7 +144,7 @@ def save(parts, ckpt_dir: Path, state: TrainState) -> None:
     if acc.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         error = _try_write(lambda: tmp.mkdir(parents=True), tmp, keep)
-    error = agree(acc, error) or agree(acc, _try_write(lambda: _write_files(parts, tmp, state), tmp, keep))
+    error = agree(acc, error) or agree(acc, _try_write(lambda: _write_files(parts, tmp, state, keep), tmp, keep))
     if not error and acc.is_main_process:
         meta = {"format": FORMAT, "world_size": acc.num_processes, "accelerator_step": acc.step,
                 "files": sorted(p.name for p in tmp.iterdir() if not p.name.startswith("."))}
@@ -170,7 +172,7 @@ def _try_write(write, path: Path, after: str) -> str:
     return ""
 
 
-def _write_files(parts, tmp: Path, state: TrainState) -> None:
+def _write_files(parts, tmp: Path, state: TrainState, keep: str) -> None:
     acc = parts.accelerator
     files = {f"rng_{acc.process_index}.pt": _torch_bytes(rng_state())}
     if acc.is_main_process:
@@ -178,7 +180,7 @@ def _write_files(parts, tmp: Path, state: TrainState) -> None:
         files.update({f"{k}.pt": _torch_bytes(v.state_dict()) for k, v in stateful_parts(parts).items()})
         files[STATE] = json.dumps(asdict(state)).encode()
     for name, data in files.items():
-        with disk_errors(tmp / name):
+        with disk_errors(tmp / name, keep):
             atomic_write_bytes(tmp / name, data)
 
 
@@ -201,7 +203,9 @@ def load_best(ckpt_dir: Path) -> dict | None:
 
 
 def _torch_load(path: Path) -> Any:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    with warnings.catch_warnings():  # a refused file is reported in one line, not with torch's warnings too
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _json_load(path: Path) -> Any:
@@ -225,6 +229,8 @@ def _read(path: Path, load) -> Any:
 
 
 def _first_line(e: BaseException) -> str:
+    if isinstance(e, pickle.UnpicklingError):
+        return "refused: it holds pickled objects, not only tensors and plain data"
     text = (str(e).strip().splitlines() or [type(e).__name__])[0]
     return f"{type(e).__name__}: {text[:160]}"
 

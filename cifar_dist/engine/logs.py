@@ -5,10 +5,12 @@ Layout of `runs/<name>/`:
     env.json           package versions, git SHA, world size, device
     metrics.jsonl      one JSON object per finished epoch
     events.out.tfevents.*   TensorBoard scalars, hparams, confusion matrix, parameter count
-    checkpoints/last   accelerate state + train_state.json (resume)
+    checkpoints/last   the resume state (see cifar_dist.engine.checkpoint); .last.old the one before
     checkpoints/best   model.pt: weights of the best validation epoch
-    result.json        written once, when the run has finished
-Only the main process writes here.
+    result.json        written when the run has finished (removed while a resumed session runs)
+    .lock              held by the run that writes here (cifar_dist.engine.rundir)
+Only the main process writes here. After a resume, metrics.jsonl and the events hold exactly what was
+logged up to the checkpoint, then this session's rows and points.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +49,21 @@ def environment() -> dict[str, Any]:
     return {"python": sys.version.split()[0], "platform": platform.platform(), "packages": versions, "git_sha": git_sha()}
 
 
+def _quiet_event_writer_errors() -> None:
+    """TensorBoard's writer thread re-raises a write error (a full disk) in the thread that logs next, which
+    reports it in one line; its own traceback on stderr would only repeat it."""
+    previous = threading.excepthook
+    if getattr(previous, "_cifar_dist", False):
+        return
+
+    def hook(args):
+        if not (issubclass(args.exc_type, OSError) and type(args.thread).__name__ == "_AsyncWriterThread"):
+            previous(args)
+
+    hook._cifar_dist = True
+    threading.excepthook = hook
+
+
 class RunLogger:
     """Writes the run directory (main process) and is a no-op elsewhere.
 
@@ -58,6 +76,7 @@ class RunLogger:
         self.tb = None
         if is_main:
             earlier = sorted(run_dir.glob("events.out.tfevents.*"))
+            _quiet_event_writer_errors()
             with disk_errors(run_dir):
                 run_dir.mkdir(parents=True, exist_ok=True)
                 from torch.utils.tensorboard import SummaryWriter
@@ -207,10 +226,13 @@ HPARAMS_FIXED = ("model.name", "optim.name", "optim.lr", "run.global_batch_size"
 
 def hparam_keys(run_dir: Path, flat: dict[str, Any]) -> list[str]:
     """The keys a run shows in the HParams tab: the keys its sweep varies (the cells' override keys of
-    <run>/../sweep.json, and run.seed when there are several seeds) then `HPARAMS_FIXED`."""
+    <run>/../sweep.json when it lists the run, and run.seed when there are several seeds), then
+    `HPARAMS_FIXED`."""
     sweep = read_json_or_none(run_dir.parent / "sweep.json")
     varied: list[str] = []
-    if isinstance(sweep, dict) and isinstance(sweep.get("cells"), list):
+    runs = sweep.get("runs") if isinstance(sweep, dict) else None
+    listed = isinstance(runs, list) and any(isinstance(r, dict) and r.get("run") == run_dir.name for r in runs)
+    if listed and isinstance(sweep.get("cells"), list):
         for cell in sweep["cells"]:
             overrides = cell.get("overrides") if isinstance(cell, dict) else None
             varied += [k for k in (overrides or {}) if k not in varied]
