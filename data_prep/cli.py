@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from cifar_dist.cli.flags import run_command
 
@@ -103,8 +104,10 @@ def prepare(
       # the same thing through the project CLI (same flags)
       cifar-dist prepare ../shared/data/cifar10-jpeg.tar.gz --out data/ --name cifar10
 
-    exit status: 0 written or already up to date, 2 bad input (one 'error:' line on stderr), 130 interrupted.
+    exit status: 0 written or already up to date, 2 bad input (one 'error:' line on stderr), 130 interrupted;
+    a failed run leaves nothing behind, not even the output folder it created.
     """
+    created = _missing_dirs(out)
     try:
         manifest = write_beton(
             str(source),
@@ -122,15 +125,35 @@ def prepare(
             log=lambda msg: print(msg, flush=True),
         )
     except DataPrepError as exc:
+        _remove_empty(created)
         sys.stdout.flush()
         print(f"error: {exc.one_line()}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:
+        _remove_empty(created)
         sys.stdout.flush()
         print("error: interrupted; no output files were changed", file=sys.stderr, flush=True)
         return 130
     print(format_summary(manifest, out), flush=True)
     return 0
+
+
+def _missing_dirs(out: str | os.PathLike[str]) -> list[Path]:
+    """`out` and those of its parents that do not exist yet, deepest first."""
+    missing, p = [], Path(out).absolute()
+    while not p.exists() and not p.is_symlink() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    return missing
+
+
+def _remove_empty(dirs: list[Path]) -> None:
+    """Remove the folders of `dirs` (deepest first) while they exist and are empty."""
+    for d in dirs:
+        try:
+            d.rmdir()
+        except OSError:
+            return
 
 
 def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:

@@ -2,14 +2,23 @@
 
 Fire calls a function before it complains about flags it could not use, so a typo would run the
 whole command first. `run_command` therefore checks every flag and positional argument against the
-function's signature before anything runs: an unknown flag, a missing or extra positional argument
-is one `error:` line and exit status 2. `--help`/`-h` print the help on stdout and exit 0. Input
-errors raised by the command (`InputError`) become one `error:` line and status 2.
+function's signature before anything runs: an unknown flag, a missing or extra positional argument,
+a value on a boolean flag other than true/false (`--json=3`) is one `error:` line and exit status 2.
+`--help`/`-h` print the help on stdout and exit 0. Input errors raised by the command (`InputError`)
+become one `error:` line and status 2; what Fire itself would print on a parse failure (usage text)
+is swallowed and turned into that one line too.
+
+Under a multi-process launch (`accelerate launch`, torchrun: LOCAL_RANK/RANK set) only the first
+process of each launcher (LOCAL_RANK 0) prints the error line or the help; the others exit with the
+same status silently, so a bad flag is reported once, not once per process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -34,17 +43,46 @@ def _is_bool(p: inspect.Parameter) -> bool:
     return isinstance(p.default, bool) or p.annotation in (bool, "bool", "bool | None")
 
 
-def check_argv(fn: Callable[..., Any], argv: list[str], prog: str) -> None:
-    """Raise FlagError for anything in argv that `fn` would not take (nothing is called)."""
+def _is_str(p: inspect.Parameter) -> bool:
+    """A text parameter: Fire must not turn `--md5=000...` into 0 or `--name=1e3` into 1000.0."""
+    return p.annotation in (str, "str", "str | None")
+
+
+BOOL_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+
+
+def _bool_flag(name: str, key: str, value: str) -> str:
+    """`--key=value` on a boolean flag as Fire reads it (`--name` / `--noname`); FlagError for another value.
+
+    Fire would pass `--json=false` on as the string 'false' (true in Python) and `--json=3` as 3.
+    """
+    word = value.strip().lower()
+    if word not in BOOL_WORDS:
+        raise FlagError(f"--{key}: expected true or false, found {value!r}")
+    return f"--{name}" if BOOL_WORDS[word] else f"--no{name}"
+
+
+def check_argv(fn: Callable[..., Any], argv: list[str], prog: str) -> list[str]:
+    """Raise FlagError for anything in argv that `fn` would not take (nothing is called).
+
+    Returns argv as Fire should see it: boolean flags given a value (`--json=false`) spelled `--json`
+    or `--nojson`, values of text parameters quoted so that Fire keeps them text.
+    """
     named, var_kw, var_pos = _params(fn)
     given: set[str] = set()
     positional: list[str] = []
+    at: list[int] = []  # where each positional argument sits in fire_argv
+    fire_argv: list[str] = []
     i = 0
     while i < len(argv):
         tok = argv[i]
         i += 1
-        if not tok.startswith("-") or tok == "-" or _is_number(tok):
+        if tok == "-":  # Fire's command separator: it would call fn with the arguments before it
+            raise FlagError(f"{prog}: unexpected argument '-' (see {prog} --help)")
+        fire_argv.append(tok)
+        if not tok.startswith("-") or _is_number(tok):
             positional.append(tok)
+            at.append(len(fire_argv) - 1)
             continue
         if not tok.startswith("--"):
             raise FlagError(f"{prog}: unknown flag {tok!r}; flags are --name=value (see {prog} --help)")
@@ -59,9 +97,14 @@ def check_argv(fn: Callable[..., Any], argv: list[str], prog: str) -> None:
             known = ", ".join(f"--{n}" for n in named if named[n].kind is not inspect.Parameter.POSITIONAL_ONLY)
             raise FlagError(f"{prog}: unknown flag --{key} (expected {known or 'no flags'}; see {prog} --help)")
         given.add(name)
+        if has_value and param is not None and _is_bool(param):
+            fire_argv[-1] = _bool_flag(name, key, tok.partition("=")[2])
+        elif has_value and param is not None and _is_str(param):
+            fire_argv[-1] = f"--{name}={tok.partition('=')[2]!r}"
         if not has_value and (param is None or not _is_bool(param)):
             if i >= len(argv) or (argv[i].startswith("--") and not _is_number(argv[i])):
                 raise FlagError(f"{prog}: --{key} expects a value (--{key}=VALUE)")
+            fire_argv.append(repr(argv[i]) if param is not None and _is_str(param) else argv[i])
             i += 1
     free = [n for n, p in named.items() if n not in given and p.kind is not inspect.Parameter.KEYWORD_ONLY]
     if len(positional) > len(free) and not var_pos:
@@ -70,6 +113,10 @@ def check_argv(fn: Callable[..., Any], argv: list[str], prog: str) -> None:
     missing = [n for n in free[len(positional):] if named[n].default is inspect.Parameter.empty]
     if missing:
         raise FlagError(f"{prog}: missing argument {missing[0].upper()} (see {prog} --help)")
+    for name, j in zip(free, at):
+        if _is_str(named[name]):
+            fire_argv[j] = repr(fire_argv[j])
+    return fire_argv
 
 
 def _is_number(tok: str) -> bool:
@@ -109,30 +156,51 @@ def run_command(fn: Callable[..., int | None], argv: list[str], prog: str,
                 help_text: Callable[[], str] | None = None) -> int:
     """Check argv against fn, then call it through Fire; map input errors to one line and status 2."""
     if any(a in ("-h", "--help") for a in argv):
-        sys.stdout.write(help_text() if help_text else signature_help(fn, prog))
+        if reports_errors():
+            sys.stdout.write(help_text() if help_text else signature_help(fn, prog))
         return EXIT_OK
     try:
-        check_argv(fn, argv, prog)
-        return _fire(fn, argv, prog)
+        return _fire(fn, check_argv(fn, argv, prog), prog)
     except InputError as e:
-        print(f"error: {e.one_line()}", file=sys.stderr, flush=True)
+        if reports_errors():
+            print(f"error: {e.one_line()}", file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT
 
 
+def reports_errors() -> bool:
+    """False in the second and later processes of a launcher (LOCAL_RANK, else RANK, set and not 0)."""
+    rank = os.environ.get("LOCAL_RANK") or os.environ.get("RANK") or "0"
+    return rank.strip() == "0"
+
+
 def _fire(fn: Callable[..., int | None], argv: list[str], prog: str) -> int:
-    """Run Fire without letting it print the return value; return fn's exit status."""
+    """Run Fire without letting it print the return value or its usage text; return fn's exit status."""
     import fire
 
     out: list[int | None] = []
+    stderr = sys.stderr
 
     def call(*args, **kwargs):
-        out.append(fn(*args, **kwargs))
+        with contextlib.redirect_stderr(stderr):  # the command's own messages are not Fire's
+            out.append(fn(*args, **kwargs))
 
     call.__signature__ = inspect.signature(fn)  # Fire reads the real parameters
     call.__doc__ = fn.__doc__
     try:
-        fire.Fire(call, command=argv, name=prog)
-    except fire.core.FireExit as e:  # Fire printed its own message (a value it could not parse)
-        raise FlagError(f"{prog}: could not parse the flags {' '.join(argv)!r}") from e
+        with contextlib.redirect_stderr(io.StringIO()):  # Fire's "ERROR: ..." and usage lines
+            fire.Fire(call, command=argv, name=prog)
+    except fire.core.FireExit as e:
+        raise FlagError(f"{prog}: {_fire_error(e)} (see {prog} --help)") from None
     rc = out[0] if out else EXIT_OK
     return rc if isinstance(rc, int) else EXIT_OK
+
+
+def _fire_error(e: Exception) -> str:
+    """Fire's own one-line reason for a parse failure, from its component trace."""
+    trace = getattr(e, "trace", None)
+    try:
+        text = trace.elements[-1].ErrorAsStr() if trace is not None else ""
+    except (AttributeError, IndexError):
+        text = ""
+    first = " ".join(str(text).split("\n")[0].split())
+    return first[:1].lower() + first[1:] if first else "could not parse the arguments"
