@@ -483,7 +483,7 @@ def _(c):
 # Slow: the engine checks --resume only after the model, loaders and optimizer are built (ffcv imported).
 @case("train-bad-resume-mode", entry="python -m cifar_dist.train", marks=(pytest.mark.slow,))
 def _(c):
-    return c.train("--resume=sometimes"), "--resume: expected auto or none, found 'sometimes'"
+    return c.train("--resume=sometimes"), "--resume: expected one of auto, none, force, found 'sometimes'"
 
 
 @case("train-batch-not-a-multiple")
