@@ -7,6 +7,7 @@ Layout of `runs/<name>/`:
     events.out.tfevents.*   TensorBoard scalars, hparams, confusion matrix, parameter count
     checkpoints/last   accelerate state + train_state.json (resume)
     checkpoints/best   model.pt: weights of the best validation epoch
+    paused.json        {"epoch", "epochs"}: the session stopped at run.stop_after (removed when a session starts)
     result.json        written once, when the run has finished
 Only the main process writes here.
 """
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from cifar_dist.files import atomic_write_json, atomic_write_text, read_jsonl
+
+PAUSED = "paused.json"  # written when a session stops at run.stop_after
 
 
 def git_sha() -> str:
@@ -102,6 +105,11 @@ class RunLogger:
         clean = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in hparams.items()}
         self.tb.add_hparams(clean, {f"hparam/{k}": v for k, v in metrics.items() if v is not None}, run_name=".")
 
+    def pause(self, epoch: int, epochs: int) -> None:
+        """paused.json: this session ended at run.stop_after after `epoch` of `epochs` epochs."""
+        if self.is_main:
+            atomic_write_json(self.run_dir / PAUSED, {"epoch": epoch, "epochs": epochs})
+
     def finish(self, result: dict[str, Any]) -> None:
         if not self.is_main:
             return
@@ -119,6 +127,8 @@ def start_logger(run_dir: Path, is_main: bool, config_yaml: str, env: dict[str, 
     logger = RunLogger(run_dir, is_main, purge_step=None if resumed is None else resumed.global_step)
     if resumed is not None:
         logger.truncate_metrics(resumed.epoch)
+    if is_main:
+        (run_dir / PAUSED).unlink(missing_ok=True)  # a new session: no longer paused
     logger.write_start(config_yaml, env)
     return logger
 
