@@ -63,9 +63,10 @@ which `submit` does, or with the job id recorded in sweep_task.json):
 """
 
 
-from cifar_dist.sweep.local import local_command, run_local
+from cifar_dist.sweep.local import local_command, run_local, run_local_search
 from cifar_dist.sweep.plan import (
     RUN_NAME,
+    STUDY_FILE,
     SWEEP_FILE,
     Cell,
     Run,
@@ -82,6 +83,7 @@ from cifar_dist.sweep.plan import (
     sweep_record,
     write_sweep_json,
 )
+from cifar_dist.sweep.search import all_rungs, bracket_rungs, costs, n_brackets
 from cifar_dist.sweep.slurm import (
     REPO,
     SWEEP_SCRIPT,
@@ -92,13 +94,32 @@ from cifar_dist.sweep.slurm import (
     squeue_tasks,
     submit,
 )
-from cifar_dist.sweep.spec import Spec, SpecError, draw, load_spec
-from cifar_dist.sweep.status import TASK_FILE, last_metrics, run_state, status_rows, status_text, write_task
+from cifar_dist.sweep.spec import Search, Spec, SpecError, draw, load_spec
+from cifar_dist.sweep.status import (
+    TASK_FILE,
+    last_metrics,
+    run_state,
+    status_rows,
+    status_text,
+    trial_rows,
+    write_task,
+)
+from cifar_dist.sweep.study import (
+    TRIAL_FILE,
+    load_trials,
+    open_study,
+    read_record,
+    search_finished,
+    trial_name,
+)
+from cifar_dist.sweep.worker import run_worker, trial_flags
 
 __all__ = [
-    "Cell", "REPO", "RUN_NAME", "Run", "SWEEP_FILE", "SWEEP_SCRIPT", "Spec", "SpecError", "Sweep", "TASK_FILE",
-    "array_ranges", "check_unchanged", "count_model_params", "describe", "draw", "expand", "flag_value",
-    "is_finished", "last_metrics", "load_spec", "load_sweep", "local_command", "plan_text", "read_sweep_json",
-    "resolve_task", "run_local", "run_name", "run_state", "sbatch_command", "squeue_tasks", "status_rows",
-    "status_text", "submit", "sweep_record", "write_sweep_json", "write_task",
+    "Cell", "REPO", "RUN_NAME", "Run", "STUDY_FILE", "SWEEP_FILE", "SWEEP_SCRIPT", "Search", "Spec", "SpecError",
+    "Sweep", "TASK_FILE", "TRIAL_FILE", "all_rungs", "array_ranges", "bracket_rungs", "check_unchanged", "costs",
+    "count_model_params", "describe", "draw", "expand", "flag_value", "is_finished", "last_metrics", "load_spec",
+    "load_sweep", "load_trials", "local_command", "n_brackets", "open_study", "plan_text", "read_record",
+    "read_sweep_json", "resolve_task", "run_local", "run_local_search", "run_name", "run_state", "run_worker",
+    "sbatch_command", "search_finished", "squeue_tasks", "status_rows", "status_text", "submit", "sweep_record",
+    "trial_flags", "trial_name", "trial_rows", "write_sweep_json", "write_task",
 ]
