@@ -29,7 +29,7 @@ SCALARS = (type(None), bool, int, float, str)  # what Optuna's categorical distr
 def n_brackets(search: Search) -> int:
     if search.pruner == "asha":
         return 1
-    return math.floor(math.log(search.max_epochs / search.min_epochs, search.reduction_factor) + 1e-9) + 1
+    return math.floor(math.log(search.max_epochs / search.min_epochs, search.reduction_factor)) + 1  # as Optuna
 
 
 def bracket_rungs(search: Search, bracket: int = 0) -> list[int]:
@@ -70,12 +70,13 @@ def _promoted(value: float, competing: list[float], eta: int) -> bool:
     return value >= sorted(competing)[-(idx + 1)]
 
 
-def simulate(search: Search, study_name: str, rng: random.Random) -> int:
-    """Trial-epochs of one simulated search: trials of random quality, judged in the order they start."""
+def trial_epochs(search: Search, study_name: str, qualities: list[float]) -> list[int]:
+    """Epochs each trial trains when trial n has objective `qualities[n]` at every rung and the trials are
+    judged in the order they start (Optuna's rule, maximising)."""
     seen: dict[tuple[int, int], list[float]] = {}  # (bracket, rung) -> values that reached it
-    total = 0
-    for n in range(search.trials):
-        bracket, q = bracket_of(search, study_name, n), rng.random()
+    out = []
+    for n, q in enumerate(qualities):
+        bracket = bracket_of(search, study_name, n)
         epochs = search.max_epochs
         for k, e in enumerate(bracket_rungs(search, bracket)):
             competing = seen.setdefault((bracket, k), [])
@@ -83,15 +84,16 @@ def simulate(search: Search, study_name: str, rng: random.Random) -> int:
             if not _promoted(q, competing, search.reduction_factor):
                 epochs = e
                 break
-        total += epochs
-    return total
+        out.append(epochs)
+    return out
 
 
 def costs(search: Search, study_name: str) -> dict[str, float]:
     """Trial-epochs: unpruned, worst case, expected (mean of simulated searches) and how many were simulated."""
     sims = max(20, min(1000, 20000 // search.trials))
     rng = random.Random(0)
-    expected = sum(simulate(search, study_name, rng) for _ in range(sims)) / sims
+    draws = ([rng.random() for _ in range(search.trials)] for _ in range(sims))
+    expected = sum(sum(trial_epochs(search, study_name, q)) for q in draws) / sims
     unpruned = search.trials * search.max_epochs
     return {"unpruned": unpruned, "worst": unpruned, "expected": expected, "simulations": sims}
 

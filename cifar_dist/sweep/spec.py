@@ -111,7 +111,7 @@ def _check_key(path: Path, where: str, key: Any, origin: dict[str, str], allow_p
     if key == "preset" and not allow_preset:
         raise bad(path, f"{where}.preset", "the top-level preset key (fixed holds section.key overrides)", key)
     if key in SET_BY_SWEEP:
-        raise bad(path, f"{where}.{key}", f"no value (the sweep sets {', '.join(SET_BY_SWEEP)})", key)
+        raise bad(path, f"{where}.{key}", f"no value (the sweep sets {', '.join(SET_BY_SWEEP[:-1])} and {SET_BY_SWEEP[-1]})", key)
     if key in origin:
         raise bad(path, f"{where}.{key}", f"a key set once (it is already in {origin[key]})", key)
     origin[key] = f"{where}.{key}"
