@@ -60,6 +60,25 @@ which `submit` does, or with the job id recorded in sweep_task.json):
     pending  squeue lists the task as pending (also after a requeue), or nothing has started yet
     failed   the last attempt ended without a result (trainer error, non-finite loss, stopped and not
              requeued, killed); resubmitting resumes it from its checkpoint
+
+Search (adaptive, on Optuna): a `search:` block makes the spec's grid:, zip: and random.params a search
+space (grid and zip axes become choices; random.samples/seed are not used; one seed):
+    search:
+      pruner: asha                  # asha (Optuna's SuccessiveHalvingPruner, asynchronous) | hyperband
+      objective: val_acc            # a per-epoch metrics.jsonl column; accuracies maximised, losses minimised
+      trials: 64                    # draws outside `constraints` are rejected and not counted
+      epochs: {min: 1, max: 30, reduction_factor: 2}   # rungs at min x factor^k below max; run.epochs = max
+      sampler: tpe                  # random | tpe, seeded per trial by (seed, trial number)
+      seed: 0
+      heartbeat: 30                 # seconds between a worker's lease renewals; a lease is stale after 3 missed
+`plan` prints the rungs and the epoch cost without pruning, in the worst case and expected. P workers share
+one study, <out_dir>/<name>/study.journal (Optuna's JournalStorage, file backend): `sbatch --array=0-(P-1)
+slurm/sweep.sh SPEC`, `sweep submit SPEC --parallel P` or `sweep run SPEC --local --parallel P` (each runs
+`sweep worker SPEC`). Trial n trains in <out_dir>/<name>/t<nnn>-s<seed>/, a normal run directory plus
+trial.json (its lease), rung by rung (--run.stop_after=<rung> --resume=auto), and is told "pruned" (run kept)
+when the pruner says so. A worker stopped by USR1/TERM checkpoints its trial and keeps it for its restart;
+the trial of a worker that died is taken over. `sweep status` lists the trials; `cifar-dist report` adds the
+study. Rules: cifar_dist.sweep.study and cifar_dist.sweep.worker.
 """
 
 
