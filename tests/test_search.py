@@ -382,46 +382,54 @@ def test_local_asha_sweep_on_tiny_data(tmp_path, tiny_data, capsys):
 # ------------------------------------------------------------------------------------------ SLURM
 
 
+def _segment_training(run_dir: Path, logs: Path) -> bool:
+    """The trial's current trainer session has started training (its banner is printed) and has not ended."""
+    log = logs / f"{run_dir.name}.out"
+    if not log.is_file():
+        return False
+    last = log.read_text().rsplit("\n$ ", 1)[-1]
+    return "cifar_dist: " in last and "paused after" not in last and "done:" not in last
+
+
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_slurm_array_with_a_preempted_worker(tmp_path, tiny_data, slurm_cluster):  # noqa: F811
-    """The same kind of spec as a 2-task array on the real local cluster; task 0 gets USR1 mid-trial, its
-    worker checkpoints the trial and the task requeues itself; after the requeue the task resumes the same
-    trial (metrics.jsonl has each epoch once) and the study's trial count matches the runs on disk."""
-    spec = search_spec(tmp_path, trials=4, heartbeat=5, data=tiny_data, max_epochs=3)
-    env = {**slurm_cluster.env, "PYTHONPATH": str(REPO), "CIFAR_DIST_PYTHON": PY, "CIFAR_DIST_ROOT": str(REPO),
-           "OMP_NUM_THREADS": "1"}
-    env = {k: v for k, v in env.items() if k != "CIFAR_DIST_LAUNCH"}
-    sweep_dir = tmp_path / "runs" / "srch"
-    (sweep_dir / "slurm").mkdir(parents=True)
-    sub = subprocess.run(["sbatch", "--parsable", "--job-name=srch", "--array=0-1", "--gpus-per-node=0",
-                          "--cpus-per-task=1", f"--output={sweep_dir / 'slurm' / '%A_%a.out'}",
-                          str(REPO / "slurm" / "sweep.sh"), str(spec)], env=env, cwd=tmp_path, capture_output=True,
-                         text=True, timeout=60)
-    assert sub.returncode == 0, sub.stderr
-    job = sub.stdout.strip().split(";")[0]
-    # wait until task 0's worker holds a trial whose trainer has logged an epoch, then preempt it
-    end = time.monotonic() + 900
-    target = None
-    while target is None:
-        assert time.monotonic() < end, "task 0 never trained an epoch"
+    """A search as a 2-task array (`sweep submit --parallel 2`) on the real local cluster; task 0 gets USR1
+    while its trainer trains a trial; its worker checkpoints the trial and the task requeues itself; after
+    the requeue the task resumes the same trial (metrics.jsonl has each epoch once) and the study's trial
+    count matches the runs on disk."""
+    spec = search_spec(tmp_path, trials=4, heartbeat=5, data=tiny_data, max_epochs=3,
+                       extra="parallel: 2\nsbatch: [--cpus-per-task=1, --time=60]\n")
+    env = {k: v for k, v in slurm_cluster.env.items() if not k.startswith(("SLURM_", "SBATCH_", "CIFAR_DIST_"))}
+    env.update(SLURM_CONF=str(slurm_cluster.conf), PYTHONPATH=str(REPO), CIFAR_DIST_PYTHON=PY, OMP_NUM_THREADS="1")
+    sub = subprocess.run([PY, "-m", "cifar_dist", "sweep", "submit", str(spec)], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    assert sub.returncode == 0, sub.stdout + sub.stderr
+    assert "--array=0-1%2 " in sub.stdout
+    job = sub.stdout.split("submitted job array ")[1].split(";")[0].strip()
+    sweep_dir, me = tmp_path / "runs" / "srch", f"{job}_0"
+    end, target = time.monotonic() + 1200, None
+    while target is None:  # task 0's worker holds a trial whose trainer is training
+        assert time.monotonic() < end, f"task 0 never trained: {slurm_cluster.jobs()}"
         for run_dir in sorted(sweep_dir.glob("t*-s0")):
             rec = sweep.read_record(run_dir)
-            if rec.get("worker") == f"{job}_0" and rec.get("lease") == "running" and rows_of(run_dir) \
-                    and not (run_dir / "result.json").exists() and rec.get("trainer_pid"):
+            if rec.get("worker") == me and rec.get("lease") == "running" and _segment_training(run_dir, sweep_dir
+                                                                                               / "logs"):
                 target = run_dir
         time.sleep(0.2)
-    before = len(rows_of(target))
-    slurm_cluster.run("scancel", "--signal=USR1", "--batch", f"{job}_0")
-    slurm_cluster.wait_idle(timeout=1800)
-    log0 = "".join(p.read_text() for p in (sweep_dir / "slurm").glob(f"{job}_0.out"))
+    slurm_cluster.run("scancel", "--signal=USR1", "--batch", me)
+    end = time.monotonic() + 2400
+    while any(line.split("|")[0].split("_")[0] == job for line in slurm_cluster.jobs()):
+        assert time.monotonic() < end, f"job {job} still queued: {slurm_cluster.jobs()}"
+        time.sleep(1)
+    log0 = (sweep_dir / "slurm" / f"{me}.out").read_text()
     assert "requeueing" in log0, log0
-    assert log0.count("sweep.sh: search worker") >= 2  # a second attempt ran
-    assert f"trial {int(target.name[1:4])} (resumed)" in log0, log0
+    assert log0.count("sweep.sh: search worker") == 2, log0  # the requeued attempt ran
+    number = int(target.name[1:4])
+    assert f"worker {me}: trial {number} (resumed)" in log0, log0
     record = sweep.read_record(target)
-    assert record["worker"] == f"{job}_0" and record["lease"] == "released"
-    assert len(rows_of(target)) >= before
-    trials = check_study(sweep_dir, "srch", 3)
+    assert record["worker"] == me and record["lease"] == "released" and record["state"] in ("complete", "pruned")
+    trials = check_study(sweep_dir, "srch", 3)  # each epoch once; study trial count == runs on disk
     assert len(trials) == 4
-    comp = {(r.get("ArrayJobId"), r.get("ArrayTaskId")): r.get("JobState") for r in slurm_cluster.jobcomp()}
-    assert comp.get((job, "1")) == "COMPLETED"
+    states = {(r.get("ArrayJobId"), r.get("ArrayTaskId")): r.get("JobState") for r in slurm_cluster.jobcomp()}
+    assert states.get((job, "0")) == "COMPLETED" and states.get((job, "1")) == "COMPLETED", states

@@ -114,7 +114,10 @@ def load_trials(sweep_dir: Path, name: str) -> list[Any] | None:
     from optuna.storages.journal import JournalFileBackend
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=name, storage=JournalStorage(JournalFileBackend(str(path))))
+    try:
+        study = optuna.load_study(study_name=name, storage=JournalStorage(JournalFileBackend(str(path))))
+    except KeyError:  # the file exists, the study is not created yet
+        return []
     return study.get_trials(deepcopy=False)
 
 
@@ -154,8 +157,9 @@ class Claim:
     how: str  # new | resumed | taken over
 
 
-def lease_is_stale(record: dict[str, Any], search: Search, queue: dict[str, Any] | None) -> bool:
-    """Whether another worker may take this trial (rules in the module docstring)."""
+def lease_is_stale(record: dict[str, Any], search: Search, queue) -> bool:
+    """Whether another worker may take this trial (rules in the module docstring). `queue`: squeue's view
+    (see `cifar_dist.sweep.slurm.squeue_tasks`), or a function returning it (asked only when needed)."""
     age = time.time() - float(record.get("heartbeat") or 0)
     stale_age = age > STALE_BEATS * search.heartbeat
     same_host_gone = record.get("host") == host() and not pid_alive(record.get("pid")) \
@@ -165,6 +169,7 @@ def lease_is_stale(record: dict[str, Any], search: Search, queue: dict[str, Any]
     if record.get("lease") == "preempted":
         owner = str(record.get("worker"))
         if SLURM_WORKER.fullmatch(owner):
+            queue = queue() if callable(queue) else queue
             return owner not in queue["by_job"] if queue is not None else stale_age
         return same_host_gone or stale_age
     return False
@@ -205,8 +210,9 @@ def _new_trial(study, sweep: Sweep, me: str, check_budget) -> Claim | None:
     return Claim(trial.number, trial._trial_id, run_dir, over, record["token"], "new")
 
 
-def claim(study, sweep: Sweep, me: str, queue: dict[str, Any] | None, check_budget) -> Claim | str:
-    """Under the claims lock: a Claim, or "wait" (other live workers hold the open trials) or "done"."""
+def claim(study, sweep: Sweep, me: str, queue, check_budget) -> Claim | str:
+    """Under the claims lock: a Claim, or "wait" (other live workers hold the open trials) or "done".
+    `queue`: as for `lease_is_stale`; `check_budget(overrides)`: why a draw is outside the spec's budget."""
     import optuna
 
     search = sweep.spec.search
@@ -219,7 +225,9 @@ def claim(study, sweep: Sweep, me: str, queue: dict[str, Any] | None, check_budg
     for t in order:
         run_dir = _dir(sweep, t)
         record = read_record(run_dir)
-        if not record:  # its worker died between ask and the record (both happen under this lock)
+        if not record:  # its worker died between ask and the record (both happen under this lock): no run
+            reason = "its worker died before the trial started"
+            study._storage.set_trial_user_attr(t._trial_id, "rejected", reason)
             study.tell(t.number, state=optuna.trial.TrialState.FAIL)
             continue
         mine = record.get("worker") == me

@@ -15,6 +15,7 @@ gets SIGTERM if the worker dies (PR_SET_PDEATHSIG), so a kill -9 leaves a checkp
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import shlex
 import signal
@@ -205,10 +206,12 @@ class Worker:
 
     def run(self) -> int:
         study = open_study(self.sweep)
+        if self.sweep.spec.constraints:  # import and build once outside the claims lock (it breaks after 30 s)
+            self.check_budget({})
         failures = 0
         while not self.stop:
-            queue = squeue_tasks(self.sweep.spec.name)
             with claims_lock(self.sweep):
+                queue = functools.cache(lambda: squeue_tasks(self.sweep.spec.name))  # once per claim, if needed
                 got = claim(study, self.sweep, self.me, queue, self.check_budget)
             if got == "done":
                 self.say("no trial left")
