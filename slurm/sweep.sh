@@ -131,12 +131,13 @@ else
     fi
 fi
 if [[ $worker == 1 ]]; then  # the launcher above trains each trial; the worker runs here
-    wid=$JOB
-    [[ $wid == none ]] && wid="task-$INDEX"
     CIFAR_DIST_LAUNCH=$(quote "${cmd[@]}")
     export CIFAR_DIST_LAUNCH
-    echo "sweep.sh: search worker $wid; trainer launcher: $CIFAR_DIST_LAUNCH"
-    cmd=("$PY" -m cifar_dist "${train_args[@]}" --worker="$wid")
+    cmd=("$PY" -m cifar_dist "${train_args[@]}")
+    if [[ $JOB == none ]]; then  # under SLURM the worker names itself <array job>_<task>
+        cmd+=(--worker="task-$INDEX")
+    fi
+    echo "sweep.sh: search worker ${JOB/none/task-$INDEX}; trainer launcher: $CIFAR_DIST_LAUNCH"
 else
     cmd+=("${train_args[@]}")
 fi
