@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -430,6 +431,9 @@ def test_slurm_array_with_a_preempted_worker(tmp_path, tiny_data, slurm_cluster)
     assert log0.count("sweep.sh: search worker") == 2, log0  # the requeued attempt ran
     number = int(target.name[1:4])
     assert f"worker {me}: trial {number} (resumed)" in log0, log0
+    trial_log = (sweep_dir / "logs" / f"{target.name}.out").read_text()
+    stop = re.search(r"stopped by signal at epoch (\d+) step (\d+)", trial_log)  # the trainer checkpointed
+    assert stop and f"resumed at epoch {stop[1]} step {stop[2]}" in trial_log, trial_log  # and went on from there
     record = sweep.read_record(target)
     assert record["worker"] == me and record["lease"] == "released" and record["state"] in ("complete", "pruned")
     trials = check_study(sweep_dir, "srch", 3)  # each epoch once; study trial count == runs on disk

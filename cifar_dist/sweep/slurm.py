@@ -185,9 +185,13 @@ def _unsubmitted(sweep: Sweep, queue: dict[str, Any] | None, parallel: int) -> t
 def submit(sweep: Sweep, parallel: int, extra: list[str], dry_run: bool = False) -> int:
     """sbatch the runs that are neither finished nor queued as one job array; returns the exit status."""
     todo, finished, queued = _unsubmitted(sweep, squeue_tasks(sweep.spec.name), parallel)
-    what = f"search with {parallel} workers" if sweep.spec.search else f"{len(sweep.runs)} runs"
-    print(f"sweep {sweep.spec.name}: {what}; skipping {finished} finished"
-          + (f" and {queued} already queued" if queued else "") + f"; submitting {len(todo)}")
+    if sweep.spec.search is not None:  # array tasks are workers; `finished` = the whole search
+        print(f"sweep {sweep.spec.name}: search with {parallel} workers; "
+              + ("every trial is finished; " if finished else "") + (f"{queued} already queued; " if queued else "")
+              + f"submitting {len(todo)}")
+    else:
+        print(f"sweep {sweep.spec.name}: {len(sweep.runs)} runs; skipping {finished} finished"
+              + (f" and {queued} already queued" if queued else "") + f"; submitting {len(todo)}")
     if not todo:
         print("nothing to submit")
         return EXIT_OK
