@@ -7,6 +7,7 @@ Layout of `runs/<name>/`:
     events.out.tfevents.*   TensorBoard scalars, hparams, confusion matrix, parameter count
     checkpoints/last   the resume state (see cifar_dist.engine.checkpoint); .last.old the one before
     checkpoints/best   model.pt: weights of the best validation epoch
+    paused.json        {"epoch", "epochs"}: the session stopped at run.stop_after (removed when a session starts)
     result.json        written when the run has finished (removed while a resumed session runs)
     .lock              held by the run that writes here (cifar_dist.engine.rundir)
 Only the main process writes here. After a resume, metrics.jsonl and the events hold exactly what was
@@ -26,6 +27,8 @@ from typing import Any
 
 from cifar_dist.engine.rundir import disk_errors, release_lock
 from cifar_dist.files import FileFormatError, atomic_write_json, atomic_write_text, read_json_or_none
+
+PAUSED = "paused.json"  # written when a session stops at run.stop_after
 
 
 def git_sha() -> str:
@@ -150,6 +153,11 @@ class RunLogger:
                  for k, v in shown.items()}
         self._tb("add_hparams", clean, {f"hparam/{k}": v for k, v in metrics.items() if v is not None}, run_name=".")
 
+    def pause(self, epoch: int, epochs: int) -> None:
+        """paused.json: this session ended at run.stop_after after `epoch` of `epochs` epochs."""
+        if self.is_main:
+            atomic_write_json(self.run_dir / PAUSED, {"epoch": epoch, "epochs": epochs})
+
     def finish(self, result: dict[str, Any]) -> None:
         if not self.is_main:
             return
@@ -177,6 +185,8 @@ def start_logger(run_dir: Path, is_main: bool, config_yaml: str, env: dict[str, 
     logger = RunLogger(run_dir, is_main, resumed)
     if resumed is not None:
         logger.truncate_metrics(resumed.epoch, say)
+    if is_main:
+        (run_dir / PAUSED).unlink(missing_ok=True)  # a new session: no longer paused
     logger.write_start(config_yaml, env)
     return logger
 
