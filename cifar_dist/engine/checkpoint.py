@@ -139,7 +139,8 @@ def save(parts, ckpt_dir: Path, state: TrainState) -> None:
     them (a full disk) stops all with one line, leaving the previous checkpoint as it was."""
     acc = parts.accelerator
     tmp = ckpt_dir / TMP
-    keep = f"the previous checkpoint in {ckpt_dir / LAST} is intact"
+    last = find_last(ckpt_dir)
+    keep = f"the previous checkpoint in {last} is intact" if last else "no checkpoint was saved yet"
     error = ""
     if acc.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
