@@ -375,3 +375,31 @@ def test_checkpoint_of_two_processes_resumes_on_one_and_back(tiny_data, tmp_path
     assert len(said) == 1 and "written by 1 processes, this run has 2" in said[0], back.stdout
     assert [r["epoch"] for r in metrics(tmp_path / "ws")] == [1, 2, 3]
     assert read_json(tmp_path / "ws" / "result.json")["world_size"] == 2
+
+
+def test_hparams_show_the_sweeps_varied_keys_and_a_fixed_set_with_text_for_booleans(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    from cifar_dist.config import Config, flatten, to_dict
+    from cifar_dist.engine.logs import HPARAMS_FIXED
+
+    flat = flatten(to_dict(Config()))
+    sweep = {"cells": [{"cell": "c000", "overrides": {"optim.lookahead": True, "aug.cutout": 8}},
+                       {"cell": "c001", "overrides": {"optim.lookahead": False, "aug.cutout": 8}}],
+             "seeds": [0, 1], "runs": [{"run": "c000-s0", "cell": "c000", "seed": 0}]}
+    (tmp_path / "sweep.json").write_text(json.dumps(sweep))
+    shown = {}
+    for name in ("c000-s0", "plain"):  # listed in sweep.json / not listed: the fixed set only
+        logger = RunLogger(tmp_path / name, is_main=True)
+        logger.hparams({**flat, "optim.lookahead": True, "aug.cutout": 8}, {"test_acc": 50.0})
+        logger.close()
+        acc = EventAccumulator(str(tmp_path / name), size_guidance={"tensors": 0})
+        acc.Reload()
+        content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+        shown[name] = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+    hp = shown["c000-s0"]
+    assert set(hp) == {"optim.lookahead", "aug.cutout", "run.seed", *HPARAMS_FIXED}
+    assert hp["optim.lookahead"].string_value == "true" and hp["aug.cutout"].number_value == 8
+    assert hp["model.name"].string_value == "simple_cnn" and hp["run.epochs"].number_value == 10
+    assert set(shown["plain"]) == set(HPARAMS_FIXED)
