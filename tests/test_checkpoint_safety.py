@@ -191,11 +191,11 @@ def test_two_runs_with_one_name_the_second_exits_2_and_kill_9_frees_the_lock(tin
 
 def test_resume_checks_the_config_and_never_keeps_a_stale_result(tiny_data, finished_run, tmp_path):
     d = copy_run(finished_run, tmp_path, "cfg")
-    p = run(train_cmd(tiny_data, tmp_path, "cfg", "--run.epochs=1", *BASE, "--optim.lr=0.5", "--loss.mixup_prob=0.5",
+    p = run(train_cmd(tiny_data, tmp_path, "cfg", "--run.epochs=1", *BASE, "--optim.lr=0.5", "--loss.label_smoothing=0.1",
                       "--resume=auto"))
     assert p.returncode == 2
     line = one_line(p.stderr)
-    assert "optim.lr" in line and "loss.mixup_prob" in line and "--resume=force" in line, line
+    assert "optim.lr" in line and "loss.label_smoothing" in line and "--resume=force" in line, line
     assert "run.epochs" not in line
     assert read_json(d / "result.json")["status"] == "finished"  # refused before anything was touched
 
@@ -203,7 +203,10 @@ def test_resume_checks_the_config_and_never_keeps_a_stale_result(tiny_data, fini
     p = run(train_cmd(tiny_data, tmp_path, "cfg", "--run.epochs=2", *BASE, "--run.tta=flip", "--data.num_workers=1",
                       "--run.progress=false", "--resume=auto"))
     assert p.returncode == 0, p.stderr[-2000:]
-    assert "resume: config changed: data.num_workers 2 -> 1, run.epochs 1 -> 2, run.tta \"none\" -> \"flip\"" in p.stdout
+    said = [ln for ln in p.stdout.splitlines() if ln.startswith("resume: config changed: ")]
+    assert len(said) == 1, p.stdout
+    for change in ("data.num_workers 2 -> 1", "run.epochs 1 -> 2", 'run.tta "none" -> "flip"', 'run.name "src" -> "cfg"'):
+        assert change in said[0], said[0]
     assert [r["epoch"] for r in metrics(d)] == [1, 2]
 
     # --resume=force accepts anything; this one diverges: exit 4, and the finished result.json is gone
@@ -372,3 +375,31 @@ def test_checkpoint_of_two_processes_resumes_on_one_and_back(tiny_data, tmp_path
     assert len(said) == 1 and "written by 1 processes, this run has 2" in said[0], back.stdout
     assert [r["epoch"] for r in metrics(tmp_path / "ws")] == [1, 2, 3]
     assert read_json(tmp_path / "ws" / "result.json")["world_size"] == 2
+
+
+def test_hparams_show_the_sweeps_varied_keys_and_a_fixed_set_with_text_for_booleans(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    from cifar_dist.config import Config, flatten, to_dict
+    from cifar_dist.engine.logs import HPARAMS_FIXED
+
+    flat = flatten(to_dict(Config()))
+    sweep = {"cells": [{"cell": "c000", "overrides": {"optim.lookahead": True, "aug.cutout": 8}},
+                       {"cell": "c001", "overrides": {"optim.lookahead": False, "aug.cutout": 8}}],
+             "seeds": [0, 1], "runs": [{"run": "c000-s0", "cell": "c000", "seed": 0}]}
+    (tmp_path / "sweep.json").write_text(json.dumps(sweep))
+    shown = {}
+    for name in ("c000-s0", "plain"):  # listed in sweep.json / not listed: the fixed set only
+        logger = RunLogger(tmp_path / name, is_main=True)
+        logger.hparams({**flat, "optim.lookahead": True, "aug.cutout": 8}, {"test_acc": 50.0})
+        logger.close()
+        acc = EventAccumulator(str(tmp_path / name), size_guidance={"tensors": 0})
+        acc.Reload()
+        content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+        shown[name] = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+    hp = shown["c000-s0"]
+    assert set(hp) == {"optim.lookahead", "aug.cutout", "run.seed", *HPARAMS_FIXED}
+    assert hp["optim.lookahead"].string_value == "true" and hp["aug.cutout"].number_value == 8
+    assert hp["model.name"].string_value == "simple_cnn" and hp["run.epochs"].number_value == 10
+    assert set(shown["plain"]) == set(HPARAMS_FIXED)

@@ -139,7 +139,8 @@ def save(parts, ckpt_dir: Path, state: TrainState) -> None:
     them (a full disk) stops all with one line, leaving the previous checkpoint as it was."""
     acc = parts.accelerator
     tmp = ckpt_dir / TMP
-    keep = f"the previous checkpoint in {ckpt_dir / LAST} is intact"
+    last = find_last(ckpt_dir)
+    keep = f"the previous checkpoint in {last} is intact" if last else "no checkpoint was saved yet"
     error = ""
     if acc.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -185,9 +186,10 @@ def _write_files(parts, tmp: Path, state: TrainState, keep: str) -> None:
 
 
 def save_best(model: torch.nn.Module, ema, ckpt_dir: Path, epoch: int, val_acc: float) -> None:
-    """Weights of the best validation epoch (and its EMA), written atomically to best/model.pt."""
+    """Weights of the best validation epoch (and its EMA), written atomically to best/model.pt (keys without
+    the compile prefix, like `last`)."""
     best = ckpt_dir / BEST
-    payload = {"model": model.state_dict(), "epoch": epoch, "val_acc": val_acc}
+    payload = {"model": getattr(model, "_orig_mod", model).state_dict(), "epoch": epoch, "val_acc": val_acc}
     if ema is not None:
         payload["ema"] = ema.module.state_dict()
     with disk_errors(best / "model.pt", f"the previous {best / 'model.pt'} is intact"):
