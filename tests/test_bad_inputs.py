@@ -938,7 +938,7 @@ def trainer(data: tuple[Path, str], out: Path, name: str, *extra: str) -> list[s
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, tiny_data):
-    """One epoch of the smoke preset with EMA: checkpoints/last holds custom_checkpoint_0.pkl (the EMA)."""
+    """One epoch of the smoke preset with EMA: checkpoints/last holds ema.pt (the EMA), rng_0.pt, optimizer.pt."""
     out = tmp_path_factory.mktemp("finished")
     p = run_session(trainer(tiny_data, out, "base"), cwd=out)
     assert p.returncode == 0, p.stderr[-3000:]
@@ -961,7 +961,7 @@ def _resume_case(finished_run, tiny_data, tmp_path, spoil: Callable[[Path], None
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("member", ["custom_checkpoint_0.pkl", "random_states_0.pkl", "optimizer.bin"])
+@pytest.mark.parametrize("member", ["ema.pt", "rng_0.pt", "optimizer.pt"])
 def test_crafted_pickle_in_a_checkpoint_never_runs(member, finished_run, tiny_data, tmp_path):
     marker = tmp_path / "pwned"
     p, changed = _resume_case(finished_run, tiny_data, tmp_path,
