@@ -537,7 +537,7 @@ def _(c):
 
 @case("sweep-no-command")
 def _(c):
-    return ["sweep"], "cifar-dist sweep: expected a command (plan, submit, status, run, resolve), found nothing"
+    return ["sweep"], "cifar-dist sweep: expected a command (plan, submit, status, run, resolve, worker), found nothing"
 
 
 @case("sweep-unknown-command")
@@ -1001,9 +1001,10 @@ def test_second_run_with_the_same_name_exits_2_naming_the_holder(tiny_data, tmp_
     try:
         run_dir = tmp_path / "same"
         deadline = time.monotonic() + 300
-        while not (run_dir / "config.yaml").is_file() and first.poll() is None and time.monotonic() < deadline:
+        # env.json is the last of the start files the first run writes: the snapshot must not race them
+        while not (run_dir / "env.json").is_file() and first.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert first.poll() is None and (run_dir / "config.yaml").is_file(), "the first run did not start"
+        assert first.poll() is None and (run_dir / "env.json").is_file(), "the first run did not start"
         watched = [run_dir / n for n in ("config.yaml", "command.txt", "env.json")]
         before = {p: p.read_bytes() for p in watched if p.is_file()}
         # one short epoch: without a lock the second run trains beside the first (and this test fails)
