@@ -44,6 +44,13 @@
 # exit = the trainer's status, or the launcher's when the trainer recorded none, e.g. 137 after SIGKILL)
 # for `sweep status`. The task's own exit status: 0 done (or requeued), 3 stopped, else the trainer's.
 #
+# Search specs (`search:`, see `cifar-dist sweep --help`): array task i is search worker i
+# (`sbatch --array=0-(P-1) slurm/sweep.sh SPEC` for P workers). The script runs
+# `cifar-dist sweep worker SPEC --worker=<array job>_<task>` with the trainer launcher chosen below in
+# CIFAR_DIST_LAUNCH; the worker claims trials of the study, trains each with that launcher and stops when
+# none is left (exit 0). USR1/TERM reach the worker, which checkpoints its trial and keeps it for this task
+# id, so the requeued task resumes the same trial. Worker task files: <sweep>/workers/<i>/sweep_task.json.
+#
 # Environment (all optional):
 #   CIFAR_DIST_PYTHON     python with cifar_dist's dependencies (default: python on PATH; `sweep submit`
 #                         passes the interpreter it runs under)
@@ -106,8 +113,10 @@ write_task() {  # state exit-status: <run>/sweep_task.json, replaced atomically
 echo "sweep.sh: $GRID index $INDEX, job $JOB on $(hostname -s), attempt $(( ${SLURM_RESTART_COUNT:-0} + 1 ))"
 check_python
 resolved=$("$PY" -m cifar_dist sweep resolve "$GRID" "$INDEX" --shell) || exit 2
-eval "$resolved"  # run_name, run_dir, cell, seed, finished, train_args=(...)
+worker=0
+eval "$resolved"  # run_name, run_dir, cell, seed, finished, train_args=(...); worker=1 for a search
 if [[ $finished == 1 ]]; then
+    if [[ $worker == 1 ]]; then echo "sweep.sh: skip $run_name: the search has no trial left"; exit 0; fi
     echo "sweep.sh: skip $run_name: finished ($run_dir/result.json)"
     exit 0
 fi
@@ -115,12 +124,14 @@ fi
 gpus=$(usable_gpus)
 port=$(( 20000 + ${SLURM_JOB_ID:-$$} % 20000 ))  # two tasks on one node must not share a rendezvous port
 launch=("$PY" -m accelerate.commands.launch --quiet --main_process_port "$port")
+cpu_flags=()  # on the CPU on purpose: the trainer must not refuse the GPUs this job shows but cannot use
 if (( gpus > 1 )); then
     cmd=("${launch[@]}" --config_file "$ROOT/launch/multi_gpu.yaml" --num_processes "$gpus" -m cifar_dist.train)
 elif (( gpus == 1 )); then
     cmd=("${launch[@]}" --config_file "$ROOT/launch/1gpu.yaml" -m cifar_dist.train)
 else
     procs=${CIFAR_DIST_CPU_PROCS:-1}
+    cpu_flags=(--run.allow_cpu=true)
     if (( procs > 1 )); then
         cmd=("${launch[@]}" --config_file "$ROOT/launch/cpu.yaml" --num_processes "$procs" --mixed_precision no
              -m cifar_dist.train)
@@ -128,7 +139,17 @@ else
         cmd=("$PY" -m cifar_dist.train)
     fi
 fi
-cmd+=("${train_args[@]}")
+if [[ $worker == 1 ]]; then  # the launcher above trains each trial; the worker runs here
+    CIFAR_DIST_LAUNCH=$(quote "${cmd[@]}" "${cpu_flags[@]}")
+    export CIFAR_DIST_LAUNCH
+    cmd=("$PY" -m cifar_dist "${train_args[@]}")
+    if [[ $JOB == none ]]; then  # under SLURM the worker names itself <array job>_<task>
+        cmd+=(--worker="task-$INDEX")
+    fi
+    echo "sweep.sh: search worker ${JOB/none/task-$INDEX}; trainer launcher: $CIFAR_DIST_LAUNCH"
+else
+    cmd+=("${train_args[@]}" "${cpu_flags[@]}")
+fi
 echo "sweep.sh: $run_name: usable GPUs $gpus (allocated ${SLURM_GPUS_ON_NODE:-0}, CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-})"
 echo "sweep.sh: $(quote "${cmd[@]}")"
 if [[ ${CIFAR_DIST_DRY_RUN:-0} == 1 ]]; then
@@ -147,6 +168,11 @@ fi
 status=$(recorded_status "$run_dir")
 status=${status:-$RC}  # no record: killed (e.g. 137 = SIGKILL) or failed before it knew its run directory
 
+if [[ $worker == 1 ]] && (( rc == 0 )); then
+    write_task done "$rc"
+    echo "sweep.sh: $run_name: no trial left"
+    exit 0
+fi
 if [[ -f $run_dir/result.json ]]; then
     write_task done "$status"
     echo "sweep.sh: $run_name finished"

@@ -87,10 +87,12 @@ main_addr=$(node_addr "$first")
 port=${CIFAR_DIST_PORT:-$(( 20000 + ${SLURM_JOB_ID:-0} % 20000 ))}
 gpus=$(usable_gpus)
 precision=()
+cpu_flags=()
 per_node=$gpus
 if (( gpus == 0 )); then
     per_node=${CIFAR_DIST_CPU_PROCS:-1}
     precision=(--mixed_precision no)  # this is a CPU: fp32 (bf16 autocast is ~10x slower there)
+    cpu_flags=(--run.allow_cpu=true)  # on the CPU on purpose, even where the job shows unusable GPUs
 fi
 
 # One launcher per node: the same command everywhere, with the node's own $SLURM_NODEID as machine rank;
@@ -100,7 +102,7 @@ srun_cmd=(srun --nodes="$nodes" --ntasks-per-node=1 --cpus-per-task="${SLURM_CPU
           --kill-on-bad-exit=1 bash -c "$node_cmd" "$PY"
           --config_file "$ROOT/launch/multi_node.yaml" --num_machines "$nodes"
           --num_processes "$(( nodes * per_node ))" --main_process_ip "$main_addr" --main_process_port "$port"
-          "${precision[@]}" -m cifar_dist.train "$@" --resume=auto)
+          "${precision[@]}" -m cifar_dist.train "$@" "${cpu_flags[@]}" --resume=auto)
 echo "train.sh: $nodes node(s) x $per_node process(es) ($gpus usable GPUs per node), main $main_addr:$port (node $first)"
 echo "train.sh: $(quote "${srun_cmd[@]}")"
 if [[ ${CIFAR_DIST_DRY_RUN:-0} == 1 ]]; then

@@ -11,9 +11,8 @@ working directory, so default outputs such as runs/ or data/ would land there) a
 and a text the single error line must contain. The test snapshots the tree (paths, sizes, mtimes,
 sha256) before and after the call.
 
-Rows of issue 11 that other branches are implementing (checkpoint safety, run-directory lock, resume
-config check, disk full, metrics repair) are written here too, marked `xfail(strict=True)` so that they
-fail loudly once the behaviour lands and the mark must go.
+The rows of issue 11 about checkpoints and run directories (crafted pickles, the run-directory lock, the
+resume config check, disk full, metrics repair, a NaN before the first checkpoint) are here too.
 """
 
 from __future__ import annotations
@@ -40,7 +39,6 @@ from cifar_dist.run_status import STATUS_FILE
 from tests.data_prep_helpers import make_cifar10_archive, make_cifar10_dir, make_image_folder, make_tar
 from tests.helpers import REPO
 
-CKPT_BRANCH = pytest.mark.xfail(strict=True, reason="lands with the checkpoint-safety branch")
 GOOD_ROW = json.dumps({"epoch": 1, "step": 3, "train_loss": 2.0, "test_acc": 40.0, "test_loss": 1.9}) + "\n"
 SPEC = "name: small\npreset: smoke\nfixed:\n  data.dir: data\n  run.epochs: 1\ngrid:\n  optim.lr: [1e-3, 2e-3]\n"
 
@@ -485,7 +483,7 @@ def _(c):
 # Slow: the engine checks --resume only after the model, loaders and optimizer are built (ffcv imported).
 @case("train-bad-resume-mode", entry="python -m cifar_dist.train", marks=(pytest.mark.slow,))
 def _(c):
-    return c.train("--resume=sometimes"), "--resume: expected auto or none, found 'sometimes'"
+    return c.train("--resume=sometimes"), "--resume: expected one of auto, none, force, found 'sometimes'"
 
 
 @case("train-batch-not-a-multiple")
@@ -539,7 +537,7 @@ def _(c):
 
 @case("sweep-no-command")
 def _(c):
-    return ["sweep"], "cifar-dist sweep: expected a command (plan, submit, status, run, resolve), found nothing"
+    return ["sweep"], "cifar-dist sweep: expected a command (plan, submit, status, run, resolve, worker), found nothing"
 
 
 @case("sweep-unknown-command")
@@ -940,7 +938,7 @@ def trainer(data: tuple[Path, str], out: Path, name: str, *extra: str) -> list[s
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, tiny_data):
-    """One epoch of the smoke preset with EMA: checkpoints/last holds custom_checkpoint_0.pkl (the EMA)."""
+    """One epoch of the smoke preset with EMA: checkpoints/last holds ema.pt (the EMA), rng_0.pt, optimizer.pt."""
     out = tmp_path_factory.mktemp("finished")
     p = run_session(trainer(tiny_data, out, "base"), cwd=out)
     assert p.returncode == 0, p.stderr[-3000:]
@@ -963,8 +961,7 @@ def _resume_case(finished_run, tiny_data, tmp_path, spoil: Callable[[Path], None
 
 
 @pytest.mark.slow
-@CKPT_BRANCH
-@pytest.mark.parametrize("member", ["custom_checkpoint_0.pkl", "random_states_0.pkl", "optimizer.bin"])
+@pytest.mark.parametrize("member", ["ema.pt", "rng_0.pt", "optimizer.pt"])
 def test_crafted_pickle_in_a_checkpoint_never_runs(member, finished_run, tiny_data, tmp_path):
     marker = tmp_path / "pwned"
     p, changed = _resume_case(finished_run, tiny_data, tmp_path,
@@ -976,7 +973,6 @@ def test_crafted_pickle_in_a_checkpoint_never_runs(member, finished_run, tiny_da
 
 
 @pytest.mark.slow
-@CKPT_BRANCH
 @pytest.mark.parametrize("member", ["model.safetensors", "train_state.json"])
 def test_truncated_checkpoint_file_is_one_line(member, finished_run, tiny_data, tmp_path):
     def spoil(last: Path) -> None:
@@ -990,7 +986,6 @@ def test_truncated_checkpoint_file_is_one_line(member, finished_run, tiny_data, 
 
 
 @pytest.mark.slow
-@CKPT_BRANCH
 def test_resume_with_changed_flags_names_the_keys(finished_run, tiny_data, tmp_path):
     p, changed = _resume_case(finished_run, tiny_data, tmp_path, lambda last: None, "--optim.lr=0.5")
     assert p.returncode == 2, p.stderr[-3000:]
@@ -999,7 +994,6 @@ def test_resume_with_changed_flags_names_the_keys(finished_run, tiny_data, tmp_p
 
 
 @pytest.mark.slow
-@CKPT_BRANCH
 def test_second_run_with_the_same_name_exits_2_naming_the_holder(tiny_data, tmp_path):
     first = subprocess.Popen(trainer(tiny_data, tmp_path, "same", "--run.epochs=500", "--data.val_size=0"),
                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
@@ -1007,9 +1001,10 @@ def test_second_run_with_the_same_name_exits_2_naming_the_holder(tiny_data, tmp_
     try:
         run_dir = tmp_path / "same"
         deadline = time.monotonic() + 300
-        while not (run_dir / "config.yaml").is_file() and first.poll() is None and time.monotonic() < deadline:
+        # env.json is the last of the start files the first run writes: the snapshot must not race them
+        while not (run_dir / "env.json").is_file() and first.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert first.poll() is None and (run_dir / "config.yaml").is_file(), "the first run did not start"
+        assert first.poll() is None and (run_dir / "env.json").is_file(), "the first run did not start"
         watched = [run_dir / n for n in ("config.yaml", "command.txt", "env.json")]
         before = {p: p.read_bytes() for p in watched if p.is_file()}
         # one short epoch: without a lock the second run trains beside the first (and this test fails)
@@ -1031,7 +1026,6 @@ def test_second_run_with_the_same_name_exits_2_naming_the_holder(tiny_data, tmp_
 
 
 @pytest.mark.slow
-@CKPT_BRANCH
 def test_partial_metrics_line_is_repaired_on_resume(finished_run, tiny_data, tmp_path):
     def spoil(last: Path) -> None:
         metrics = last.parent.parent / "metrics.jsonl"
@@ -1063,7 +1057,6 @@ def small_tmpfs(tmp_path):
 
 
 @pytest.mark.slow
-@CKPT_BRANCH
 def test_disk_full_during_a_checkpoint_is_one_line(tiny_data, small_tmpfs):
     p = run_session(trainer(tiny_data, small_tmpfs, "full", "--run.checkpoint_every_steps=1"), cwd=small_tmpfs)
     assert p.returncode == 2, p.stderr[-3000:]
@@ -1083,8 +1076,6 @@ def test_prepare_on_a_full_disk_is_one_line_and_never_hangs(small_tmpfs, tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 11 row: a NaN before the first checkpoint names a checkpoint that does "
-                                       "not exist (engine/monitor.py; no branch known to fix it)")
 def test_nan_before_any_checkpoint_claims_no_checkpoint(tiny_data, tmp_path):
     p = run_session(trainer(tiny_data, tmp_path, "nan", "--optim.name=sgd", "--optim.lr=1e30",
                             "--run.log_every_steps=1", "--run.epochs=2"), cwd=tmp_path)

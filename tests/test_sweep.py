@@ -26,7 +26,8 @@ from cifar_dist.cli.sweep import main as sweep_main
 from tests.helpers import REPO
 
 REFERENCE = Path(__file__).parent / "reference"
-GRIDS = sorted((REPO / "slurm" / "grids").glob("*.yaml"))
+# Search specs (`search:`, e.g. seed002_asha.yaml) have no cells; tests/test_search.py plans them.
+GRIDS = sorted(g for g in (REPO / "slurm" / "grids").glob("*.yaml") if "\nsearch:" not in g.read_text())
 HOST = socket.gethostname().split(".")[0]
 
 
@@ -327,7 +328,8 @@ def test_help_explains_the_commands(capsys):
 BASE = "name: bad\npreset: smoke\n"
 BAD_SPECS = [
     ("unknown key", BASE + "grd:\n  optim.lr: [0.1]\n",
-     "grd: expected a known key (name, preset, out_dir, fixed, grid, zip, random, seeds, constraints, parallel, sbatch), found 'grd'"),
+     "grd: expected a known key (name, preset, out_dir, fixed, grid, zip, random, seeds, constraints, parallel, sbatch, "
+     "search), found 'grd'"),
     ("empty axis", BASE + "grid:\n  optim.lr: []\n", "grid.optim.lr: expected a non-empty list of values, found []"),
     ("unknown distribution", BASE + "random:\n  samples: 2\n  params:\n    optim.lr: {gaussian: [0, 1]}\n",
      "random.params.optim.lr: expected one of {choice: [...], uniform: [...], loguniform: [...], randint: [...]}, "
@@ -355,7 +357,8 @@ BAD_SPECS = [
     ("zip of unequal lengths", BASE + "zip:\n  optim.name: [sgd, adam]\n  optim.lr: [0.1]\n",
      "zip: expected lists of equal length (they vary together), found {'optim.name': 2, 'optim.lr': 1}"),
     ("key set by the sweep", BASE + "grid:\n  run.seed: [1, 2]\n",
-     "grid.run.seed: expected no value (the sweep sets run.out_dir, run.name and run.seed), found 'run.seed'"),
+     "grid.run.seed: expected no value (the sweep sets run.out_dir, run.name, run.seed and run.stop_after), found "
+     "'run.seed'"),
     ("key set twice", BASE + "fixed:\n  optim.lr: 0.1\ngrid:\n  optim.lr: [0.2]\n",
      "grid.optim.lr: expected a key set once (it is already in fixed.optim.lr), found 'optim.lr'"),
     ("no name", "preset: smoke\n", "name: expected a sweep name of letters, digits, _ . - (it names a directory), found None"),

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from cifar_dist.engine.logs import HPARAMS_FIXED
 from tests.helpers import read_json
 from tests.test_report import CELLS, SEEDS, real_sweep_dir
 
@@ -64,17 +65,20 @@ def test_event_files_hold_scalars_and_hparams_of_every_run(real_sweep):
         for tag, (part, key) in FINAL_METRICS.items():
             assert [e.value for e in acc.Scalars(tag)] == pytest.approx([result[part][key]], rel=1e-6)
 
-        # The HParams plugin data: an experiment and a session with the run's full flattened config.
+        # The HParams plugin data: an experiment and a session with the sweep's varied keys (the cells'
+        # override keys, run.seed for several seeds) and the short fixed set, strings as text.
         content = acc.PluginTagToContent("hparams")
         assert {"_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info"} <= set(content)
         start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
         hp = start.session_start_info.hparams
         cell, seed = run.rsplit("-s", 1)
+        varied = list(CELLS[cell]) + ["run.seed"]
+        assert set(hp) == {*varied, *HPARAMS_FIXED}, sorted(hp)
         for key, value in CELLS[cell].items():  # the cell's override keys, with this cell's values
             assert hp[key].number_value == pytest.approx(value)
         assert hp["run.seed"].number_value == int(seed)
-        assert hp["run.name"].string_value == run
         assert hp["preset"].string_value == "smoke"
+        assert hp["model.name"].string_value == "simple_cnn"
         experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
         assert {m.name.tag for m in experiment.metric_infos} == set(FINAL_METRICS)
         assert "optim.lr" in {h.name for h in experiment.hparam_infos}

@@ -47,9 +47,10 @@ def untimed(rows: list[dict]) -> list[dict]:
 
 # Exercises every piece of state a resume must restore: weights, Adam moments, EMA, the numpy RNG
 # behind timm's Mixup, the torch RNG, the onecycle scheduler, the position in the epoch and the epoch's
-# running sums.
+# running sums. Every step is logged, so the TensorBoard series must survive the resume point by point.
 RESUME_ARGS = ["--run.epochs=3", "--run.global_batch_size=20", "--run.checkpoint_every_steps=1", "--run.ema=true",
-               "--loss.mixup_prob=0.5", "--loss.mixup_alpha=0.4", "--model.dropout=0.1", "--sched.name=onecycle"]
+               "--loss.mixup_prob=0.5", "--loss.mixup_alpha=0.4", "--model.dropout=0.1", "--sched.name=onecycle",
+               "--run.log_every_steps=1"]
 # The airbench recipe's options: whitening stem (its bias stops after epoch 1), Dirac init, decoupled
 # Nesterov SGD with a norm-bias lr scale, the linear schedule, lookahead-EMA, reflect crops, alternating flip.
 RECIPE_ARGS = ["--run.epochs=3", "--run.global_batch_size=20", "--run.checkpoint_every_steps=1",
@@ -58,7 +59,7 @@ RECIPE_ARGS = ["--run.epochs=3", "--run.global_batch_size=20", "--run.checkpoint
                "--optim.momentum=0.85", "--optim.nesterov=true", "--optim.weight_decay=0.01",
                "--optim.bias_lr_scale=8", "--optim.ema_lookahead=2", "--sched.name=linear", "--sched.warmup_frac=0.2",
                "--sched.warmup_start=0.2", "--sched.min_lr_ratio=0.07", "--aug.crop_padding=2", "--aug.crop_pad=reflect",
-               "--aug.flip_mode=alternating", "--loss.label_smoothing=0.2"]
+               "--aug.flip_mode=alternating", "--loss.label_smoothing=0.2", "--run.log_every_steps=1"]
 
 
 @pytest.mark.parametrize("args", [RESUME_ARGS, RECIPE_ARGS], ids=["adam_mixup_ema_onecycle", "airbench_recipe"])
@@ -97,6 +98,19 @@ def test_sigkill_mid_epoch_then_resume_is_bit_exact(tiny_data, tmp_path, args):
     ra, rb = read_json(tmp_path / "ref" / "result.json"), read_json(tmp_path / "cut" / "result.json")
     assert ra["final"] == rb["final"] and ra["best"] == rb["best"]
     assert [r["epoch"] for r in metrics(tmp_path / "cut")] == [1, 2, 3]
+    ref_tb, cut_tb = step_scalars(tmp_path / "ref"), step_scalars(tmp_path / "cut")
+    assert [s for s, _ in ref_tb["train/loss"]] == list(range(1, 3 * 15 + 1))
+    assert cut_tb == ref_tb  # every point, logged once, with the same value (the kill point included)
+
+
+def step_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """(step, value) of every scalar tag in the run's TensorBoard events."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]
+            if not t.startswith("epoch/images_per_s") and t != "epoch/epoch_s"}
 
 
 def test_sigterm_saves_checkpoint_exits_3_and_resume_finishes(tiny_data, tmp_path):

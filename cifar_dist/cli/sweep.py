@@ -1,4 +1,4 @@
-"""`cifar-dist sweep plan|submit|status|run|resolve GRID ...`: the flags of the sweep commands.
+"""`cifar-dist sweep plan|submit|status|run|resolve|worker GRID ...`: the flags of the sweep commands.
 
 Each subcommand is a function with typed keyword arguments, run by the strict runner
 (`cifar_dist.cli.flags.run_command`): every flag is checked before anything is read or written.
@@ -81,6 +81,8 @@ def run(grid: str, *, local: bool = False, parallel: int = 1, procs: int | None 
     procs = _count("procs", procs)
     sweep = sweeps.load_sweep(grid)
     sweeps.write_sweep_json(sweep)
+    if sweep.spec.search is not None:
+        return sweeps.run_local_search(sweep, parallel, procs)
     return sweeps.run_local(sweep, parallel, procs)
 
 
@@ -104,7 +106,32 @@ def resolve(grid: str, index: int, *, shell: bool = False) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"plan": plan, "submit": submit, "status": status, "run": run, "resolve": resolve}
+def worker(grid: str, *, worker: str | None = None, procs: int | None = None) -> int:
+    """run one search worker: claim trials of the study and train them until none is left.
+
+    For `search:` specs; slurm/sweep.sh and `sweep run --local` start it. --worker: this worker's id, stable
+    across restarts so a restarted worker resumes its own trial (default: <array job>_<task> in a SLURM
+    array, else local-0). --procs: training processes per trial (as for `sweep run`). $CIFAR_DIST_LAUNCH, when
+    set, is the trainer launcher (shell words) that replaces `python -m cifar_dist.train`.
+    Exit status: 0 no trial left, 3 stopped by a signal (its trial checkpointed), 1 repeated failures.
+    """
+    procs = _count("procs", _env_procs() if procs is None else procs)
+    if worker is None:
+        env = os.environ
+        if "SLURM_ARRAY_JOB_ID" in env and "SLURM_ARRAY_TASK_ID" in env:
+            worker = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+        else:
+            worker = f"job{env['SLURM_JOB_ID']}" if "SLURM_JOB_ID" in env else "local-0"
+    if not isinstance(worker, str) or not worker or any(c.isspace() or c == "/" for c in worker):
+        # a number is refused: the flag parser reads 12_3 as 123, which would lose the task
+        raise FlagError(f"--worker: expected an id that is not a number, without spaces or /, found {worker!r}")
+    sweep = sweeps.load_sweep(grid, count=False)
+    if sweep.spec.search is None:
+        raise InputError(f"{sweep.spec.path}: search: expected a search spec for `sweep worker`, found none")
+    return sweeps.run_worker(sweep, worker, procs)
+
+
+COMMANDS = {"plan": plan, "submit": submit, "status": status, "run": run, "resolve": resolve, "worker": worker}
 
 
 def usage() -> str:

@@ -14,8 +14,11 @@ One code path for every machine; the hardware lives in launch/*.yaml:
 
 Flags: --preset=NAME, --config=run.yaml, --section.key=value (e.g. --optim.lr=0.2), in that
 precedence; --print_config prints the resolved config and exits; --resume=auto continues from
-runs/<name>/checkpoints/last. Exit status: 0 done, 2 bad input, 3 stopped by SIGTERM/SIGUSR1 after
-saving a checkpoint, 4 stopped on a non-finite loss (the last good checkpoint is kept).
+runs/<name>/checkpoints/last if the config is the same except for the keys that may change on resume
+(listed below); --resume=force resumes whatever changed; --resume=none (the default) starts afresh.
+One run per run directory at a time (a lock). Exit status: 0 done, 2 bad input (also a run directory
+in use, a checkpoint that does not load, a full disk), 3 stopped by SIGTERM/SIGUSR1 after saving a
+checkpoint, 4 stopped on a non-finite loss (the last good checkpoint is kept).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from cifar_dist.cli.flags import run_command
-from cifar_dist.config import dump_yaml
+from cifar_dist.config import ConfigError, dump_yaml
 from cifar_dist.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, InputError
 from cifar_dist.run_status import write_status
 
@@ -36,9 +39,12 @@ def run_cli(*, preset: str | None = None, config: str | None = None, resume: str
             **overrides) -> int:
     """Resolve the config from flags and train (or print the config); input errors raise InputError."""
     from cifar_dist.engine import train
+    from cifar_dist.engine.checkpoint import RESUME_MODES
     from cifar_dist.models import check_options
     from cifar_dist.presets import resolve
 
+    if str(resume) not in RESUME_MODES:  # before anything runs or is written
+        raise ConfigError(f"--resume: expected one of {', '.join(RESUME_MODES)}, found {resume!r}")
     cfg = resolve(preset, config, overrides)
     cfg = replace(cfg, model=check_options(cfg.model))  # model options against the builder, before any work
     if print_config:
@@ -79,10 +85,12 @@ def config_help() -> str:
 
 
 def train_help() -> str:
+    from cifar_dist.engine.rundir import MAY_CHANGE_ON_RESUME
     from cifar_dist.models import options_help
     from cifar_dist.presets import list_presets
 
-    return (f"{__doc__}\nPresets: {', '.join(list_presets())}\n\nOptions (defaults before any preset):\n"
+    return (f"{__doc__}\nKeys that may change on resume: {', '.join(MAY_CHANGE_ON_RESUME)}.\n"
+            f"\nPresets: {', '.join(list_presets())}\n\nOptions (defaults before any preset):\n"
             f"{config_help()}\n\nModel options (--model.<option>=value, for the model named by --model.name):\n"
             f"{options_help()}\n")
 

@@ -1,24 +1,53 @@
-"""Atomic checkpoints on top of accelerate's save_state/load_state.
+"""Atomic checkpoints that load nothing able to run code, and resume on another number of processes.
 
-`checkpoints/last` holds everything a resume needs: model, optimizer, EMA and RNG states of every
-process (accelerate `save_state`) plus `train_state.json` (epoch, position in the epoch, running
-sums of the epoch, best validation accuracy, early-stopping history). It is written to a temporary
-folder and renamed over the previous one, so a kill at any moment leaves one complete checkpoint.
+`checkpoints/last/` holds everything a resume needs, each part in a format that is data only:
+    model.safetensors    weights of the unwrapped model (no DDP `module.`, no compile `_orig_mod.` prefix),
+                         so a run resumes with another number of processes or with --model.compile toggled
+    optimizer.pt, scheduler.pt, ema.pt, lookahead.pt, scaler.pt, registered_<i>.pt
+                         state dicts (torch.save; read back with torch.load(weights_only=True), which
+                         refuses any pickled object other than tensors and plain containers)
+    rng_<rank>.pt        RNG states of process <rank>: torch (and CUDA) as uint8 tensors, numpy's key as a
+                         tensor, python's as plain lists of ints
+    train_state.json     TrainState: epoch, position in it, running sums, best accuracy, early-stop history
+    checkpoint.json      format, world size, accelerator step, file list (written last: marks it complete)
+It is written to `.last.tmp`, then `last` becomes `.last.old` (the previous checkpoint, kept) and
+`.last.tmp` becomes `last`, so a kill or a full disk at any moment leaves a complete checkpoint.
+
+A resume reads `last`, or `.last.old` when a file of `last` is missing or does not load (saying so in
+one line); when neither loads it stops with one line naming the file (`CheckpointError`). RNG states
+are restored per rank when the world size is the same; otherwise every process is re-seeded from
+(run.seed, step, rank) with one printed line.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import pickle
+import random
 import shutil
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
-from cifar_dist.config import ConfigError
+from cifar_dist.config import Config, ConfigError, dump_yaml
+from cifar_dist.engine.rundir import agree, check_resume_config, disk_errors
+from cifar_dist.errors import InputError
+from cifar_dist.files import atomic_write_bytes
 
-LAST, BEST = "last", "best"
+LAST, BEST, OLD, TMP = "last", "best", ".last.old", ".last.tmp"
+META, MODEL, STATE = "checkpoint.json", "model.safetensors", "train_state.json"
+FORMAT = 2  # 1 was accelerate's save_state (pickles): not read any more
+RESUME_MODES = ("auto", "none", "force")
+
+
+class CheckpointError(InputError):
+    """A checkpoint file is missing, does not load, or cannot be written; the message names it."""
 
 
 @dataclass
@@ -42,59 +71,256 @@ class TrainState:
         self.seen = 0
 
 
-def save(accelerator, ckpt_dir: Path, state: TrainState) -> None:
-    """Save the accelerate state and `state` to ckpt_dir/last atomically. Call on every process."""
-    tmp = ckpt_dir / ".last.tmp"
-    if accelerator.is_main_process:
+# ------------------------------------------------------------------------------------------ the parts
+
+
+def plain_model(accelerator, model: torch.nn.Module) -> torch.nn.Module:
+    """The model without DDP and torch.compile wrappers (its state dict keys have no prefixes)."""
+    m = accelerator.unwrap_model(model, keep_torch_compile=False)
+    return getattr(m, "_orig_mod", m)
+
+
+def stateful_parts(parts) -> dict[str, Any]:
+    """Everything with a state dict besides the model, by file stem: optimizer, scheduler, EMA, the fp16
+    scaler and any other object registered with `accelerator.register_for_checkpointing`."""
+    acc = parts.accelerator
+    named = {"optimizer": parts.optimizer, "scheduler": parts.schedule, "ema": parts.ema,
+             "lookahead": getattr(parts, "lookahead", None), "scaler": getattr(acc, "scaler", None)}
+    out = {k: v for k, v in named.items() if v is not None}
+    known = {id(v) for v in out.values()}
+    extra = [o for o in getattr(acc, "_custom_objects", []) if id(o) not in known]
+    out.update({f"registered_{i}": o for i, o in enumerate(extra)})
+    return out
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's RNG states as tensors and plain data (no pickled objects)."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    out = {"torch": torch.get_rng_state(), "numpy_keys": torch.from_numpy(keys.astype(np.int64)),
+           "numpy": [int(pos), int(has_gauss), float(gauss)], "python": [version, list(internal), gauss_next]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = torch.cuda.get_rng_state()
+    return out
+
+
+def set_rng_state(s: dict[str, Any]) -> None:
+    """Restore `rng_state()`'s output; raises on anything malformed."""
+    pos, has_gauss, gauss = s["numpy"]
+    version, internal, gauss_next = s["python"]
+    keys = s["numpy_keys"].numpy().astype(np.uint32)
+    if keys.shape != (624,) or not all(isinstance(v, int) for v in internal):
+        raise ValueError("malformed numpy or python RNG state")
+    torch.set_rng_state(s["torch"])
+    np.random.set_state(("MT19937", keys, int(pos), int(has_gauss), float(gauss)))
+    random.setstate((int(version), tuple(internal), gauss_next))
+    if "cuda" in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state(s["cuda"])
+
+
+def _torch_bytes(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def _model_bytes(model: torch.nn.Module) -> bytes:
+    from safetensors.torch import save
+
+    # copies: safetensors refuses tensors that share memory (tied weights load back through both names)
+    return save({k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()})
+
+
+# ---------------------------------------------------------------------------------------------- saving
+
+
+def save(parts, ckpt_dir: Path, state: TrainState) -> None:
+    """Write `last` atomically (see the module docstring). Call on every process; a write error on any of
+    them (a full disk) stops all with one line, leaving the previous checkpoint as it was."""
+    acc = parts.accelerator
+    tmp = ckpt_dir / TMP
+    last = find_last(ckpt_dir)
+    keep = f"the previous checkpoint in {last} is intact" if last else "no checkpoint was saved yet"
+    error = ""
+    if acc.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (tmp / "train_state.json").write_text(json.dumps(asdict(state)))
-        last, old = ckpt_dir / LAST, ckpt_dir / ".last.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if last.exists():
-            os.replace(last, old)
-        os.replace(tmp, last)
-        shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
+        error = _try_write(lambda: tmp.mkdir(parents=True), tmp, keep)
+    error = agree(acc, error) or agree(acc, _try_write(lambda: _write_files(parts, tmp, state, keep), tmp, keep))
+    if not error and acc.is_main_process:
+        meta = {"format": FORMAT, "world_size": acc.num_processes, "accelerator_step": acc.step,
+                "files": sorted(p.name for p in tmp.iterdir() if not p.name.startswith("."))}
+        error = _try_write(lambda: atomic_write_bytes(tmp / META, json.dumps(meta).encode()), tmp / META, keep)
+        if not error:
+            last, old = ckpt_dir / LAST, ckpt_dir / OLD
+            shutil.rmtree(old, ignore_errors=True)
+            if last.exists():
+                os.replace(last, old)
+            os.replace(tmp, last)
+    error = agree(acc, error)
+    if error:
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(error)
 
 
-def find_last(ckpt_dir: Path) -> Path | None:
-    """The newest complete checkpoint (`last`, or `.last.old` if a kill fell between two renames)."""
-    for cand in (ckpt_dir / LAST, ckpt_dir / ".last.old"):
-        if (cand / "train_state.json").is_file():
-            return cand
-    return None
+def _try_write(write, path: Path, after: str) -> str:
+    """Run `write`; "" when it worked, else the one-line message (the path and why)."""
+    try:
+        with disk_errors(path, after):
+            write()
+    except InputError as e:
+        return str(e)
+    return ""
 
 
-def load(accelerator, path: Path) -> TrainState:
-    accelerator.load_state(str(path))
-    return TrainState(**json.loads((path / "train_state.json").read_text()))
-
-
-def resume(accelerator, ckpt_dir: Path, mode: str) -> TrainState | None:
-    """`--resume`: with "auto", load the newest complete checkpoint if there is one; "none": start fresh."""
-    last = find_last(ckpt_dir) if mode == "auto" else None
-    if mode not in ("auto", "none"):
-        raise ConfigError(f"--resume: expected auto or none, found {mode!r}")
-    return None if last is None else load(accelerator, last)
+def _write_files(parts, tmp: Path, state: TrainState, keep: str) -> None:
+    acc = parts.accelerator
+    files = {f"rng_{acc.process_index}.pt": _torch_bytes(rng_state())}
+    if acc.is_main_process:
+        files[MODEL] = _model_bytes(plain_model(acc, parts.model))
+        files.update({f"{k}.pt": _torch_bytes(v.state_dict()) for k, v in stateful_parts(parts).items()})
+        files[STATE] = json.dumps(asdict(state)).encode()
+    for name, data in files.items():
+        with disk_errors(tmp / name, keep):
+            atomic_write_bytes(tmp / name, data)
 
 
 def save_best(model: torch.nn.Module, ema, ckpt_dir: Path, epoch: int, val_acc: float) -> None:
-    """Weights of the best validation epoch (and its EMA), written atomically to best/model.pt."""
+    """Weights of the best validation epoch (and its EMA), written atomically to best/model.pt (keys without
+    the compile prefix, like `last`)."""
     best = ckpt_dir / BEST
-    best.mkdir(parents=True, exist_ok=True)
-    payload = {"model": model.state_dict(), "epoch": epoch, "val_acc": val_acc}
+    payload = {"model": getattr(model, "_orig_mod", model).state_dict(), "epoch": epoch, "val_acc": val_acc}
     if ema is not None:
         payload["ema"] = ema.module.state_dict()
-    tmp = best / ".model.pt.tmp"
-    torch.save(payload, tmp)
-    os.replace(tmp, best / "model.pt")
+    with disk_errors(best / "model.pt", f"the previous {best / 'model.pt'} is intact"):
+        atomic_write_bytes(best / "model.pt", _torch_bytes(payload))
 
 
 def load_best(ckpt_dir: Path) -> dict | None:
     p = ckpt_dir / BEST / "model.pt"
-    return torch.load(p, map_location="cpu", weights_only=True) if p.is_file() else None
+    return _read(p, _torch_load) if p.is_file() else None
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def _torch_load(path: Path) -> Any:
+    with warnings.catch_warnings():  # a refused file is reported in one line, not with torch's warnings too
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _json_load(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def _safetensors_load(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def _read(path: Path, load) -> Any:
+    """`load(path)`, or CheckpointError naming the file (missing, truncated, refused by weights_only, ...)."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing")
+    try:
+        return load(path)
+    except Exception as e:  # noqa: BLE001 -- any failure to parse a file is reported the same way
+        raise CheckpointError(f"{path}: cannot load ({_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    if isinstance(e, pickle.UnpicklingError):
+        return "refused: it holds pickled objects, not only tensors and plain data"
+    text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return f"{type(e).__name__}: {text[:160]}"
+
+
+@dataclass
+class Snapshot:
+    """A checkpoint read into memory (nothing applied yet)."""
+
+    path: Path
+    meta: dict[str, Any]
+    state: TrainState
+    tensors: dict[str, Any]  # file name -> what it held
+    rng: dict[str, Any] | None  # this process's RNG states; None when the world size differs
+
+
+def read(path: Path, parts) -> Snapshot:
+    """Read checkpoint folder `path` for this process; CheckpointError names the first bad file."""
+    acc = parts.accelerator
+    meta = _read(path / META, _json_load)
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("world_size"), int):
+        raise CheckpointError(f"{path / META}: not a checkpoint of format {FORMAT} (found {str(meta)[:80]})")
+    state = _read(path / STATE, lambda p: TrainState(**_json_load(p)))
+    tensors = {MODEL: _read(path / MODEL, _safetensors_load)}
+    tensors.update({f"{k}.pt": _read(path / f"{k}.pt", _torch_load) for k in stateful_parts(parts)})
+    rng = None
+    if meta["world_size"] == acc.num_processes:
+        rng = _read(path / f"rng_{acc.process_index}.pt", _torch_load)
+    return Snapshot(path, meta, state, tensors, rng)
+
+
+def apply(snap: Snapshot, parts, seed: int) -> None:
+    """Load a snapshot into the model, optimizer, schedule, EMA, ... and the RNGs of this process."""
+    acc = parts.accelerator
+    targets = {MODEL: plain_model(acc, parts.model), **{f"{k}.pt": v for k, v in stateful_parts(parts).items()}}
+    for name, obj in targets.items():
+        _apply(snap.path / name, lambda o=obj, n=name: o.load_state_dict(snap.tensors[n]))
+    if snap.rng is not None:
+        _apply(snap.path / f"rng_{acc.process_index}.pt", lambda: set_rng_state(snap.rng))
+    else:
+        from accelerate.utils import set_seed
+
+        set_seed((seed + 1_000_003 * snap.state.global_step) % 2**31, device_specific=True)
+        acc.print(f"resume: {snap.path} was written by {snap.meta['world_size']} processes, this run has "
+                  f"{acc.num_processes}: RNG states re-seeded from run.seed, step {snap.state.global_step} and rank")
+    acc.step = int(snap.meta.get("accelerator_step", 0))
+
+
+def _apply(path: Path, load) -> None:
+    try:
+        load()
+    except Exception as e:  # noqa: BLE001 -- a state that does not fit is reported like an unreadable file
+        raise CheckpointError(f"{path}: does not fit this run ({_first_line(e)})") from None
+
+
+def find_last(ckpt_dir: Path) -> Path | None:
+    """The newest checkpoint folder (`last`, else `.last.old`), complete or not; None without any."""
+    return next((p for p in (ckpt_dir / LAST, ckpt_dir / OLD) if p.is_dir()), None)
+
+
+def last_kept(ckpt_dir: Path) -> str:
+    """For a stop message: where the last good checkpoint is, or that there is none yet."""
+    last = find_last(ckpt_dir)
+    return f"last good checkpoint kept in {last}" if last is not None else "no checkpoint was saved yet"
+
+
+def resume(parts, run_dir: Path, mode: str, cfg: Config) -> TrainState | None:
+    """`--resume`: "none" starts fresh; "auto" loads the newest checkpoint that loads, after checking the
+    config against the run's config.yaml; "force" does the same whatever the config says."""
+    if mode not in RESUME_MODES:
+        raise ConfigError(f"--resume: expected one of {', '.join(RESUME_MODES)}, found {mode!r}")
+    ckpt_dir, acc = run_dir / "checkpoints", parts.accelerator
+    candidates = [p for p in (ckpt_dir / LAST, ckpt_dir / OLD) if p.is_dir()] if mode != "none" else []
+    if not candidates:
+        return None
+    check_resume_config(run_dir, dump_yaml(cfg), mode == "force", acc.print)
+    errors = []
+    for path in candidates:
+        error = ""
+        try:
+            snap = read(path, parts)
+            apply(snap, parts, cfg.run.seed)
+        except CheckpointError as e:
+            error = str(e)
+        error = agree(acc, error)
+        if not error:
+            if errors:
+                acc.print(f"resume: {errors[0]}; resumed from {path} instead")
+            return snap.state
+        errors.append(error)
+    fallback = f"; {errors[1]}" if len(errors) > 1 else f"; no older checkpoint ({ckpt_dir / OLD}) to fall back to"
+    raise CheckpointError(errors[0] + fallback + "; --resume=none starts the run afresh")

@@ -119,7 +119,7 @@ def finish(s: Session, status: str) -> dict[str, Any]:
     saved = ckpt.load_best(s.ckpt_dir) if state.best_epoch else None
     if saved is not None:
         best_model = copy.deepcopy(plain)
-        best_model.load_state_dict(saved["model"])
+        getattr(best_model, "_orig_mod", best_model).load_state_dict(saved["model"])  # saved without prefixes
         b, b_tta = _test_with_tta(s, best_model)
         best = {"epoch": state.best_epoch, "val_acc": state.best_val_acc, "test_acc": b["acc"],
                 "test_acc_tta": b_tta["acc"]}

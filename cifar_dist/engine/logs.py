@@ -5,10 +5,13 @@ Layout of `runs/<name>/`:
     env.json           package versions, git SHA, world size, device
     metrics.jsonl      one JSON object per finished epoch
     events.out.tfevents.*   TensorBoard scalars, hparams, confusion matrix, parameter count
-    checkpoints/last   accelerate state + train_state.json (resume)
+    checkpoints/last   the resume state (see cifar_dist.engine.checkpoint); .last.old the one before
     checkpoints/best   model.pt: weights of the best validation epoch
-    result.json        written once, when the run has finished
-Only the main process writes here.
+    paused.json        {"epoch", "epochs"}: the session stopped at run.stop_after (removed when a session starts)
+    result.json        written when the run has finished (removed while a resumed session runs)
+    .lock              held by the run that writes here (cifar_dist.engine.rundir)
+Only the main process writes here. After a resume, metrics.jsonl and the events hold exactly what was
+logged up to the checkpoint, then this session's rows and points.
 """
 
 from __future__ import annotations
@@ -18,10 +21,14 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
-from cifar_dist.files import atomic_write_json, atomic_write_text, read_jsonl
+from cifar_dist.engine.rundir import disk_errors, release_lock
+from cifar_dist.files import FileFormatError, atomic_write_json, atomic_write_text, read_json_or_none
+
+PAUSED = "paused.json"  # written when a session stops at run.stop_after
 
 
 def git_sha() -> str:
@@ -45,82 +52,239 @@ def environment() -> dict[str, Any]:
     return {"python": sys.version.split()[0], "platform": platform.platform(), "packages": versions, "git_sha": git_sha()}
 
 
-class RunLogger:
-    """Writes the run directory (main process) and is a no-op elsewhere."""
+def _quiet_event_writer_errors() -> None:
+    """TensorBoard's writer thread re-raises a write error (a full disk) in the thread that logs next, which
+    reports it in one line; its own traceback on stderr would only repeat it."""
+    previous = threading.excepthook
+    if getattr(previous, "_cifar_dist", False):
+        return
 
-    def __init__(self, run_dir: Path, is_main: bool, purge_step: int | None = None):
+    def hook(args):
+        if not (issubclass(args.exc_type, OSError) and type(args.thread).__name__ == "_AsyncWriterThread"):
+            previous(args)
+
+    hook._cifar_dist = True
+    threading.excepthook = hook
+
+
+class RunLogger:
+    """Writes the run directory (main process) and is a no-op elsewhere.
+
+    A write that fails (a full disk) raises `RunDirError`, one line naming the file; metrics.jsonl keeps
+    its whole lines and result.json is never half-written."""
+
+    def __init__(self, run_dir: Path, is_main: bool, resumed=None):
         self.run_dir, self.is_main = run_dir, is_main
         self.metrics_path = run_dir / "metrics.jsonl"
         self.tb = None
         if is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            from torch.utils.tensorboard import SummaryWriter
+            earlier = sorted(run_dir.glob("events.out.tfevents.*"))
+            _quiet_event_writer_errors()
+            with disk_errors(run_dir):
+                run_dir.mkdir(parents=True, exist_ok=True)
+                from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(run_dir), purge_step=purge_step)
+                self.tb = SummaryWriter(str(run_dir))
+            if resumed is not None:  # the earlier events up to the checkpoint move into this session's file
+                self._write_events(kept_events(earlier, resumed.epoch, resumed.global_step))
+                for path in earlier:
+                    path.unlink()
 
     def write_start(self, config_yaml: str, extra_env: dict[str, Any]) -> None:
         if not self.is_main:
             return
-        atomic_write_text(self.run_dir / "config.yaml", config_yaml)
-        atomic_write_text(self.run_dir / "command.txt", " ".join([sys.executable, *sys.argv]) + "\n")
-        atomic_write_json(self.run_dir / "env.json", {**environment(), **extra_env})
+        for name, text in (("config.yaml", config_yaml), ("command.txt", " ".join([sys.executable, *sys.argv]) + "\n"),
+                           ("env.json", json.dumps({**environment(), **extra_env}, indent=2) + "\n")):
+            with disk_errors(self.run_dir / name):
+                atomic_write_text(self.run_dir / name, text)
 
-    def truncate_metrics(self, completed_epochs: int) -> None:
-        """Keep only the rows of epochs 1..completed_epochs (a resume replays the rest)."""
+    def truncate_metrics(self, completed_epochs: int, say=print) -> None:
+        """Keep only the rows of epochs 1..completed_epochs (a resume replays the rest); a torn last line
+        (a kill or a full disk in the middle of a write) is dropped with a message."""
         if not self.is_main or not self.metrics_path.is_file():
             return
-        rows = [r for r in read_jsonl(self.metrics_path) if r.get("epoch", 0) <= completed_epochs]
-        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+        rows, torn = repair_jsonl(self.metrics_path)
+        if torn:
+            say(f"resume: {self.metrics_path}: dropped an incomplete last line ({torn!r:.60}) left by an "
+                f"interrupted write")
+        kept = [r for r in rows if r.get("epoch", 0) <= completed_epochs]
+        with disk_errors(self.metrics_path):
+            atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def log_epoch(self, row: dict[str, Any]) -> None:
         if not self.is_main:
             return
-        with self.metrics_path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_line(self.metrics_path, json.dumps(row))
         for k, v in row.items():
             if k != "epoch" and isinstance(v, (int, float)) and v is not None:
-                self.tb.add_scalar(f"epoch/{k}", v, row["epoch"])
-        self.tb.flush()
+                self.scalar(f"epoch/{k}", v, row["epoch"])
+        self.flush()
+
+    def _tb(self, method: str, *args, **kwargs) -> None:
+        if self.tb is not None:
+            with disk_errors(self.run_dir / "events.out.tfevents.*"):
+                getattr(self.tb, method)(*args, **kwargs)
+
+    def _write_events(self, events: list) -> None:
+        with disk_errors(self.run_dir / "events.out.tfevents.*"):
+            for event in events:
+                self.tb.file_writer.event_writer.add_event(event)  # as it was: step and wall time kept
+            self.tb.flush()
 
     def scalar(self, tag: str, value: float, step: int) -> None:
-        if self.tb is not None:
-            self.tb.add_scalar(tag, value, step)
+        self._tb("add_scalar", tag, value, step)
 
     def figure(self, tag: str, fig, step: int) -> None:
-        if self.tb is not None:
-            self.tb.add_figure(tag, fig, step)
+        self._tb("add_figure", tag, fig, step)
 
     def text(self, tag: str, text: str, step: int = 0) -> None:
-        if self.tb is not None:
-            self.tb.add_text(tag, text, step)
+        self._tb("add_text", tag, text, step)
+
+    def flush(self) -> None:
+        self._tb("flush")
 
     def hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
+        """The HParams tab: the sweep's varied keys and a short fixed set (see `hparam_keys`), text for
+        booleans and strings."""
         if self.tb is None:
             return
-        clean = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in hparams.items()}
-        self.tb.add_hparams(clean, {f"hparam/{k}": v for k, v in metrics.items() if v is not None}, run_name=".")
+        shown = {k: hparams[k] for k in hparam_keys(self.run_dir, hparams)}
+        clean = {k: (v if isinstance(v, (int, float)) and not isinstance(v, bool) else _text(v))
+                 for k, v in shown.items()}
+        self._tb("add_hparams", clean, {f"hparam/{k}": v for k, v in metrics.items() if v is not None}, run_name=".")
+
+    def pause(self, epoch: int, epochs: int) -> None:
+        """paused.json: this session ended at run.stop_after after `epoch` of `epochs` epochs."""
+        if self.is_main:
+            atomic_write_json(self.run_dir / PAUSED, {"epoch": epoch, "epochs": epochs})
 
     def finish(self, result: dict[str, Any]) -> None:
         if not self.is_main:
             return
-        atomic_write_json(self.run_dir / "result.json", result)
+        with disk_errors(self.run_dir / "result.json"):
+            atomic_write_json(self.run_dir / "result.json", result)
 
     def close(self) -> None:
+        """Flush and close the events; let another run take the directory."""
         if self.tb is not None:
-            self.tb.flush()
-            self.tb.close()
+            tb, self.tb = self.tb, None
+            with disk_errors(self.run_dir / "events.out.tfevents.*"):
+                tb.close()
+        if self.is_main:
+            release_lock(self.run_dir)
 
 
-def start_logger(run_dir: Path, is_main: bool, config_yaml: str, env: dict[str, Any], resumed=None) -> RunLogger:
-    """The logger of one session of a run: config, command and env written; after a resume
-    (`resumed`: the TrainState loaded), events past its step are purged and metrics rows past its epoch dropped."""
-    logger = RunLogger(run_dir, is_main, purge_step=None if resumed is None else resumed.global_step)
+def start_logger(run_dir: Path, is_main: bool, config_yaml: str, env: dict[str, Any], resumed=None,
+                 say=print) -> RunLogger:
+    """The logger of one session of a run: config, command and env written, a finished run's result.json
+    removed (until this session finishes, the run has none). After a resume (`resumed`: the TrainState
+    loaded), metrics rows past its epoch are dropped and the events past its step with them."""
+    if is_main:
+        with disk_errors(run_dir / "result.json"):
+            (run_dir / "result.json").unlink(missing_ok=True)
+    logger = RunLogger(run_dir, is_main, resumed)
     if resumed is not None:
-        logger.truncate_metrics(resumed.epoch)
+        logger.truncate_metrics(resumed.epoch, say)
+    if is_main:
+        (run_dir / PAUSED).unlink(missing_ok=True)  # a new session: no longer paused
     logger.write_start(config_yaml, env)
     return logger
+
+
+def repair_jsonl(path: Path) -> tuple[list[dict[str, Any]], str]:
+    """The rows of a JSON-lines file and its torn last line ("" if none). A bad line before the last is
+    not a torn write: FileFormatError names it."""
+    lines = path.read_text().splitlines()
+    rows = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        elif i == len(lines):
+            return rows, line
+        else:
+            raise FileFormatError(f"{path}:{i}: expected one JSON object per line, found {line[:60]!r}")
+    return rows, ""
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one line durably; when the write fails (a full disk) the file is cut back to its whole lines."""
+    with disk_errors(path, f"{path.name} keeps its earlier lines"):
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                data = memoryview((line + "\n").encode())
+                while data:
+                    data = data[os.write(fd, data):]
+                os.fsync(fd)
+            except OSError:
+                os.ftruncate(fd, size)
+                raise
+        finally:
+            os.close(fd)
+
+
+# The HParams tab: these keys for every run, after the keys a sweep varies.
+HPARAMS_FIXED = ("model.name", "optim.name", "optim.lr", "run.global_batch_size", "run.epochs", "preset")
+
+
+def hparam_keys(run_dir: Path, flat: dict[str, Any]) -> list[str]:
+    """The keys a run shows in the HParams tab: the keys its sweep varies (the cells' override keys of
+    <run>/../sweep.json when it lists the run, and run.seed when there are several seeds), then
+    `HPARAMS_FIXED`."""
+    sweep = read_json_or_none(run_dir.parent / "sweep.json")
+    varied: list[str] = []
+    runs = sweep.get("runs") if isinstance(sweep, dict) else None
+    listed = isinstance(runs, list) and any(isinstance(r, dict) and r.get("run") == run_dir.name for r in runs)
+    if listed and isinstance(sweep.get("cells"), list):
+        for cell in sweep["cells"]:
+            overrides = cell.get("overrides") if isinstance(cell, dict) else None
+            varied += [k for k in (overrides or {}) if k not in varied]
+        if isinstance(sweep.get("seeds"), list) and len(sweep["seeds"]) > 1:
+            varied.append("run.seed")
+    return [k for k in dict.fromkeys([*varied, *HPARAMS_FIXED]) if k in flat]
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+# Event tags whose step is the epoch (the rest count optimizer steps); tags the final evaluation writes.
+EPOCH_AXIS, FINAL_TAGS = ("epoch/",), ("test/", "hparam/", "_hparams_/")
+
+
+def kept_events(paths: list[Path], epochs_done: int, global_step: int) -> list:
+    """The events of `paths` a resume keeps: per-step tags up to `global_step`, per-epoch tags up to
+    `epochs_done`, none of the final evaluation's (the session that finishes writes them). Every point
+    logged up to the checkpoint stays, nothing after it does (TensorBoard's purge_step would also drop
+    the point logged at the checkpoint's own step, and it cannot tell the epoch axis from the step axis)."""
+    from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
+
+    kept = []
+    for path in paths:
+        for event in LegacyEventFileLoader(str(path)).Load():
+            if not event.HasField("summary"):
+                continue  # file version, session logs: the new file has its own
+            values = [v for v in event.summary.value if _keep_point(v.tag, event.step, epochs_done, global_step)]
+            if values:
+                del event.summary.value[:]
+                event.summary.value.extend(values)
+                kept.append(event)
+    return kept
+
+
+def _keep_point(tag: str, step: int, epochs_done: int, global_step: int) -> bool:
+    if tag.startswith(FINAL_TAGS):
+        return False
+    return step <= (epochs_done if tag.startswith(EPOCH_AXIS) else global_step)
 
 
 def confusion_figure(confusion, class_names: list[str]):

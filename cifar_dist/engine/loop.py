@@ -1,8 +1,9 @@
 """The training loop: `train(cfg, resume)` runs a config to the end and returns the exit status.
 
-Exit statuses (cifar_dist.errors): 0 done, 3 stopped by SIGTERM/SIGUSR1 after saving a checkpoint,
-4 stopped on a non-finite loss (the last good checkpoint is kept). Bad input raises an `InputError`
-subclass (ConfigError, DataError) before anything is written; the command line turns it into status 2.
+Exit statuses (cifar_dist.errors): 0 done (or paused at `run.stop_after`, see `pause`), 3 stopped by
+SIGTERM/SIGUSR1 after saving a checkpoint, 4 stopped on a non-finite loss (the last good checkpoint is
+kept). Bad input raises an `InputError` subclass (ConfigError, DataError) before anything is written; the
+command line turns it into status 2.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from cifar_dist.engine.checkpoint import TrainState
 from cifar_dist.engine.devices import eval_model
 from cifar_dist.engine.evaluate import evaluate_epoch, finish, summary_line
 from cifar_dist.engine.monitor import Monitor, SignalFlag, StopRun
-from cifar_dist.engine.session import StepParts, open_session
+from cifar_dist.engine.session import Session, StepParts, open_session
 from cifar_dist.errors import EXIT_OK
 
 
@@ -75,6 +76,8 @@ def train(cfg: Config, resume: str = "none") -> int:
     status = "finished"
     try:
         while state.epoch < r.epochs:
+            if r.stop_after and state.epoch >= r.stop_after:  # never train past run.stop_after
+                return pause(s)
             s.loaders.train.set_epoch(state.epoch)
             monitor.open_bar()
             train_one_epoch(s.parts, s.loaders.train, state, s.sums, monitor.on_step)
@@ -107,6 +110,16 @@ def train(cfg: Config, resume: str = "none") -> int:
         print(summary_line(s, result), flush=True)
     s.logger.close()
     acc.end_training()
+    return EXIT_OK
+
+
+def pause(s: Session) -> int:
+    """`run.stop_after` reached: the checkpoint of the epoch is saved; record the pause and end the session."""
+    s.logger.pause(s.state.epoch, s.cfg.run.epochs)
+    s.accelerator.print(f"paused after epoch {s.state.epoch} of {s.cfg.run.epochs} (run.stop_after); "
+                        f"--resume=auto continues")
+    s.logger.close()
+    s.accelerator.end_training()
     return EXIT_OK
 
 

@@ -76,7 +76,7 @@ class Monitor:
         if totals is not None:
             totals.store(self.s.state)
         self.s.state.wall_seconds = self.wall_seconds()
-        ckpt.save(self.s.accelerator, self.s.ckpt_dir, self.s.state)
+        ckpt.save(self.s.parts, self.s.ckpt_dir, self.s.state)
 
     def check(self, loss: torch.Tensor) -> Totals:
         """Sum [signal, step loss x n, n, epoch sums] over processes; stop on a non-finite loss."""
@@ -87,7 +87,7 @@ class Monitor:
         signum, step_loss_x_n, step_n, loss_sum, correct, seen = acc.reduce(local, reduction="sum").tolist()
         if not (math.isfinite(step_loss_x_n) and math.isfinite(loss_sum)):
             raise StopRun(EXIT_NONFINITE, f"error: non-finite loss in epoch {state.epoch + 1} (by step "
-                          f"{state.step_in_epoch}); stopping, last good checkpoint kept in {self.s.ckpt_dir / 'last'}")
+                          f"{state.step_in_epoch}); stopping, {ckpt.last_kept(self.s.ckpt_dir)}")
         return Totals(signum > 0, step_loss_x_n / step_n, loss_sum, correct, int(seen))
 
     def on_step(self, step: int, loss: torch.Tensor) -> None:

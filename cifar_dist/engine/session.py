@@ -33,6 +33,7 @@ from cifar_dist.data import (
 from cifar_dist.engine import checkpoint as ckpt
 from cifar_dist.engine import devices
 from cifar_dist.engine.logs import RunLogger, start_logger
+from cifar_dist.engine.rundir import take_lock
 from cifar_dist.lookahead import LookaheadEMA
 from cifar_dist.models import build_model, count_params
 from cifar_dist.optim import Schedule, build_optimizer, scaled_lr
@@ -136,7 +137,8 @@ def open_session(cfg: Config, resume: str = "none") -> Session:
     run_dir = Path(cfg.run.out_dir) / cfg.run.name
     devices.check_shared_run_dir(accelerator, run_dir)  # every rank sees run_dir, or all stop here (exit 2)
     sums = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # see train_one_epoch
-    resumed = ckpt.resume(accelerator, run_dir / "checkpoints", resume)
+    take_lock(run_dir, accelerator)  # one writer per run directory, before anything in it is read or written
+    resumed = ckpt.resume(parts, run_dir, resume, cfg)
     state = ckpt.TrainState() if resumed is None else resumed
     if resumed is not None:
         if accelerator.is_main_process:  # the saved sums are over all processes: count them once
@@ -146,8 +148,9 @@ def open_session(cfg: Config, resume: str = "none") -> Session:
     env = {"world_size": accelerator.num_processes, "device": str(accelerator.device),
            "mixed_precision": accelerator.mixed_precision, "params": n_params}
     logger = start_logger(run_dir, accelerator.is_main_process, dump_yaml(cfg), env, resumed)
-    logger.text("model/params", f"{cfg.model.name}: {n_params:,} parameters")
-    logger.scalar("model/params", n_params, 0)
+    if resumed is None:  # step 0 of the events: a resume keeps the first session's
+        logger.text("model/params", f"{cfg.model.name}: {n_params:,} parameters")
+        logger.scalar("model/params", n_params, 0)
     s = Session(cfg, parts, loaders, normalize, classes, n_params, state, sums, logger, per_device, peak_lr,
                 resumed is not None)
     accelerator.print(banner(s))

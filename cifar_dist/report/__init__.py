@@ -21,6 +21,10 @@ Output, written only after everything was read and drawn (each file through a te
     results.csv     one row per cell: overrides, params, then <metric>_mean/_std/_n for every metric
     report_plots/   test accuracy per epoch (one figure per varied key, lines coloured by its value),
                     final test accuracy against parameters, train and test loss per epoch (PNG)
+For a search sweep (sweep.json has "search"), report.md also has a "Study" section (best trials with their
+overrides, pruned trials with the epoch of the rung that stopped them) and report_plots/study.png (the
+objective of every trial against epochs; pruned trials dashed and cut at a cross); pruned runs count as
+pruned, not as unfinished.
 Exit status: 0 written; 2 bad input (one line on stderr naming the file or flag; nothing written).
 """
 

@@ -10,6 +10,7 @@ from cifar_dist.files import atomic_write_bytes, atomic_write_text
 from cifar_dist.report.load import ReportError, load_results
 from cifar_dist.report.metrics import METRICS
 from cifar_dist.report.plots import figure_png, sweep_figures
+from cifar_dist.report.study import apply_overrides, load_study, study_figure, study_markdown
 from cifar_dist.report.tables import PLOTS_DIR, default_metric, report_markdown, results_csv
 
 
@@ -27,17 +28,24 @@ def build_report(path: str | Path, out: str | Path | None = None, metric: str | 
     if metric is not None and metric not in METRICS:
         raise ReportError(f"--metric: expected one of {', '.join(METRICS)}, found {metric!r}")
     sweep = load_results(Path(path))
+    study = load_study(sweep)
+    if study is not None:
+        apply_overrides(sweep, study)
     metric = metric or default_metric(sweep)
     plots = {}
     titles = []
-    for name, title, fig in sweep_figures(sweep):
+    figures = sweep_figures(sweep)
+    if study is not None:
+        figures.insert(0, ("study.png", f"{study.objective} of every trial against epochs", study_figure(study)))
+    for name, title, fig in figures:
         plots[name] = figure_png(fig)
         titles.append((name, title))
-    n_partial = sum(not r.finished for r in sweep.runs)
+    n_partial = sum(r.unfinished for r in sweep.runs)
     summary = (f"report: {len(sweep.runs)} runs in {len(sweep.cells)} cells from {sweep.path}"
                + (f" ({n_partial} unfinished, reported as partial)" if n_partial else "")
                + f", sorted by {metric}")
-    return Report(Path(out) if out is not None else sweep.path, report_markdown(sweep, metric, titles),
+    extra = study_markdown(study) if study is not None else []
+    return Report(Path(out) if out is not None else sweep.path, report_markdown(sweep, metric, titles, extra),
                   results_csv(sweep, metric), plots, summary)
 
 

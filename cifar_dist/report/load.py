@@ -20,7 +20,7 @@ from cifar_dist.sweep import RUN_NAME, SWEEP_FILE
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "result.json")
 # Config keys that differ between runs without being hyperparameters.
-NOT_HYPERPARAMETERS = {"run.name", "run.seed", "run.out_dir", "run.progress"}
+NOT_HYPERPARAMETERS = {"run.name", "run.seed", "run.out_dir", "run.progress", "run.stop_after"}
 
 
 class ReportError(InputError):
@@ -75,13 +75,21 @@ class RunResult:
     rows: list[dict[str, Any]]  # metrics.jsonl, one per finished epoch
     result: dict[str, Any] | None  # result.json; None while the run is unfinished
     env: dict[str, Any] = field(default_factory=dict)
+    pruned_at: int | None = None  # a search trial the pruner stopped after this epoch (from its study)
 
     @property
     def finished(self) -> bool:
         return self.result is not None
 
     @property
+    def unfinished(self) -> bool:
+        """Neither finished nor pruned: still to be trained."""
+        return self.result is None and not self.pruned_at
+
+    @property
     def status(self) -> str:
+        if self.result is None and self.pruned_at:
+            return f"pruned at epoch {self.pruned_at}"
         return str(self.result.get("status", "finished")) if self.result is not None else "partial"
 
     @property
@@ -145,7 +153,7 @@ class CellResult:
 
     @property
     def partial_runs(self) -> list[RunResult]:
-        return [r for r in self.runs if not r.finished]
+        return [r for r in self.runs if r.unfinished]
 
     @property
     def counted_runs(self) -> list[RunResult]:
@@ -157,7 +165,7 @@ class CellResult:
         if not self.runs:
             return "no runs"
         if not self.finished_runs:
-            return "partial"
+            return "partial" if self.partial_runs else self.runs[0].status
         if self.partial_runs:
             return f"{len(self.finished_runs)}/{len(self.runs)} finished"
         return "finished"

@@ -80,13 +80,15 @@ def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
 def _summary(sweep: SweepResults, metric: str, reported: dict[str, float]) -> list[str]:
     """The title, where the runs come from, the sweep's spec and fixed keys, how the table is sorted."""
     runs = sweep.runs
-    n_partial = sum(not r.finished for r in runs)
+    n_partial = sum(r.unfinished for r in runs)
+    n_pruned = sum(bool(r.pruned_at) and not r.finished for r in runs)
     presets = sorted({c.preset for c in sweep.cells if c.preset})
     m = METRICS[metric]
     lines = [f"# Report: {sweep.name}", ""]
     what = "run" if sweep.single_run else "sweep"
     lines.append(f"Source: `{sweep.path}` ({what}; {len(runs)} run{'s' * (len(runs) != 1)} in {len(sweep.cells)} "
-                 f"cell{'s' * (len(sweep.cells) != 1)}, {len(runs) - n_partial} finished, {n_partial} unfinished).")
+                 f"cell{'s' * (len(sweep.cells) != 1)}, {len(runs) - n_partial - n_pruned} finished, "
+                 + (f"{n_pruned} pruned, " if n_pruned else "") + f"{n_partial} unfinished).")
     if sweep.info:
         seeds = ", ".join(str(s) for s in sweep.info.get("seeds", []))
         lines.append(f"Sweep spec `{sweep.info.get('spec', '?')}`, preset `{sweep.info.get('preset', '?')}`, "
@@ -146,7 +148,7 @@ def _run_table(sweep: SweepResults) -> list[str]:
                              "—" if vals[2] is None else str(int(vals[2]))])
     lines = _md_table(["run", "cell", "seed", "status", "epoch", "test acc (%)", "best val acc (%)", "best epoch"],
                       run_rows)
-    partial = [r for r in sweep.runs if not r.finished]
+    partial = [r for r in sweep.runs if r.unfinished]
     if partial:
         lines += ["", "Unfinished runs (no result.json; values at their last logged epoch): "
                   + ", ".join(f"`{r.name}` at epoch {r.last_epoch}" + (f" of {r.planned_epochs}" if r.planned_epochs
@@ -156,10 +158,11 @@ def _run_table(sweep: SweepResults) -> list[str]:
     return lines
 
 
-def report_markdown(sweep: SweepResults, metric: str, plots: list[tuple[str, str]]) -> str:
-    """report.md: summary, the cell table sorted by `metric`, the runs, the plots, TensorBoard."""
+def report_markdown(sweep: SweepResults, metric: str, plots: list[tuple[str, str]], extra: list[str] = ()) -> str:
+    """report.md: summary, the cell table sorted by `metric`, `extra` (a search's study section), the runs,
+    the plots, TensorBoard."""
     reported = _reported()
-    lines = [*_summary(sweep, metric, reported), *_cell_table(sweep, metric, reported), "", "## Runs", "",
+    lines = [*_summary(sweep, metric, reported), *_cell_table(sweep, metric, reported), "", *extra, "## Runs", "",
              *_run_table(sweep), "", "## Plots", ""]
     for name, title in plots:
         lines += [f"![{title}]({PLOTS_DIR}/{name})", ""]

@@ -60,12 +60,32 @@ which `submit` does, or with the job id recorded in sweep_task.json):
     pending  squeue lists the task as pending (also after a requeue), or nothing has started yet
     failed   the last attempt ended without a result (trainer error, non-finite loss, stopped and not
              requeued, killed); resubmitting resumes it from its checkpoint
+
+Search (adaptive, on Optuna): a `search:` block makes the spec's grid:, zip: and random.params a search
+space (grid and zip axes become choices; random.samples/seed are not used; one seed):
+    search:
+      pruner: asha                  # asha (Optuna's SuccessiveHalvingPruner, asynchronous) | hyperband
+      objective: val_acc            # a per-epoch metrics.jsonl column; accuracies maximised, losses minimised
+      trials: 64                    # draws outside `constraints` are rejected and not counted
+      epochs: {min: 1, max: 30, reduction_factor: 2}   # rungs at min x factor^k below max; run.epochs = max
+      sampler: tpe                  # random | tpe, seeded per trial by (seed, trial number)
+      seed: 0
+      heartbeat: 30                 # seconds between a worker's lease renewals; a lease is stale after 3 missed
+`plan` prints the rungs and the epoch cost without pruning, in the worst case and expected. P workers share
+one study, <out_dir>/<name>/study.journal (Optuna's JournalStorage, file backend): `sbatch --array=0-(P-1)
+slurm/sweep.sh SPEC`, `sweep submit SPEC --parallel P` or `sweep run SPEC --local --parallel P` (each runs
+`sweep worker SPEC`). Trial n trains in <out_dir>/<name>/t<nnn>-s<seed>/, a normal run directory plus
+trial.json (its lease), rung by rung (--run.stop_after=<rung> --resume=auto), and is told "pruned" (run kept)
+when the pruner says so. A worker stopped by USR1/TERM checkpoints its trial and keeps it for its restart;
+the trial of a worker that died is taken over. `sweep status` lists the trials; `cifar-dist report` adds the
+study. Rules: cifar_dist.sweep.study and cifar_dist.sweep.worker.
 """
 
 
-from cifar_dist.sweep.local import local_command, run_local
+from cifar_dist.sweep.local import local_command, run_local, run_local_search
 from cifar_dist.sweep.plan import (
     RUN_NAME,
+    STUDY_FILE,
     SWEEP_FILE,
     Cell,
     Run,
@@ -82,6 +102,7 @@ from cifar_dist.sweep.plan import (
     sweep_record,
     write_sweep_json,
 )
+from cifar_dist.sweep.search import all_rungs, bracket_rungs, costs, n_brackets
 from cifar_dist.sweep.slurm import (
     REPO,
     SWEEP_SCRIPT,
@@ -92,13 +113,32 @@ from cifar_dist.sweep.slurm import (
     squeue_tasks,
     submit,
 )
-from cifar_dist.sweep.spec import Spec, SpecError, draw, load_spec
-from cifar_dist.sweep.status import TASK_FILE, last_metrics, run_state, status_rows, status_text, write_task
+from cifar_dist.sweep.spec import Search, Spec, SpecError, draw, load_spec
+from cifar_dist.sweep.status import (
+    TASK_FILE,
+    last_metrics,
+    run_state,
+    status_rows,
+    status_text,
+    trial_rows,
+    write_task,
+)
+from cifar_dist.sweep.study import (
+    TRIAL_FILE,
+    load_trials,
+    open_study,
+    read_record,
+    search_finished,
+    trial_name,
+)
+from cifar_dist.sweep.worker import run_worker, trial_flags
 
 __all__ = [
-    "Cell", "REPO", "RUN_NAME", "Run", "SWEEP_FILE", "SWEEP_SCRIPT", "Spec", "SpecError", "Sweep", "TASK_FILE",
-    "array_ranges", "check_unchanged", "count_model_params", "describe", "draw", "expand", "flag_value",
-    "is_finished", "last_metrics", "load_spec", "load_sweep", "local_command", "plan_text", "read_sweep_json",
-    "resolve_task", "run_local", "run_name", "run_state", "sbatch_command", "squeue_tasks", "status_rows",
-    "status_text", "submit", "sweep_record", "write_sweep_json", "write_task",
+    "Cell", "REPO", "RUN_NAME", "Run", "STUDY_FILE", "SWEEP_FILE", "SWEEP_SCRIPT", "Search", "Spec", "SpecError",
+    "Sweep", "TASK_FILE", "TRIAL_FILE", "all_rungs", "array_ranges", "bracket_rungs", "check_unchanged", "costs",
+    "count_model_params", "describe", "draw", "expand", "flag_value", "is_finished", "last_metrics", "load_spec",
+    "load_sweep", "load_trials", "local_command", "n_brackets", "open_study", "plan_text", "read_record",
+    "read_sweep_json", "resolve_task", "run_local", "run_local_search", "run_name", "run_state", "run_worker",
+    "sbatch_command", "search_finished", "squeue_tasks", "status_rows", "status_text", "submit", "sweep_record",
+    "trial_flags", "trial_name", "trial_rows", "write_sweep_json", "write_task",
 ]

@@ -1,6 +1,7 @@
 """The local runner (`cifar-dist sweep run GRID --local`): every unfinished run as a subprocess of this
-machine, `parallel` at a time, with the same skip/resume rules as the SLURM array. SIGINT/SIGTERM are
-forwarded as SIGTERM, so each trainer saves a checkpoint and stops; rerunning resumes."""
+machine, `parallel` at a time, with the same skip/resume rules as the SLURM array; for a search spec,
+`parallel` search workers (`cifar-dist sweep worker GRID --worker=local-<i>`) sharing the study.
+SIGINT/SIGTERM are forwarded as SIGTERM, so each trainer saves a checkpoint and stops; rerunning resumes."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 from cifar_dist.errors import EXIT_FAILED, EXIT_OK, EXIT_STOPPED
 from cifar_dist.sweep.plan import Run, Sweep, describe, is_finished
@@ -45,12 +48,21 @@ class LocalRunner:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
 
+    def command(self, run: Run) -> list[str]:
+        port = 29500 + (os.getpid() + run.index) % 20000
+        return local_command(self.sweep.train_flags(run), self.procs, port)
+
+    def label(self, run: Run) -> str:
+        return f"{run.name} ({describe(run.cell.overrides)}, seed {run.seed})"
+
+    def succeeded(self, run: Run, returncode: int) -> bool:
+        return is_finished(run)
+
     def start(self, run: Run) -> None:
         run.dir.mkdir(parents=True, exist_ok=True)
         log_path = self.sweep.dir / "logs" / f"{run.name}.out"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        port = 29500 + (os.getpid() + run.index) % 20000
-        cmd = local_command(self.sweep.train_flags(run), self.procs, port)
+        cmd = self.command(run)
         with log_path.open("a") as log:
             log.write(f"$ {shlex.join(cmd)}\n")
             log.flush()
@@ -58,12 +70,12 @@ class LocalRunner:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
         self.active[proc] = run
         write_task(run, "running", None, "local", proc.pid)
-        print(f"start {run.name} ({describe(run.cell.overrides)}, seed {run.seed}) pid {proc.pid}", flush=True)
+        print(f"start {self.label(run)} pid {proc.pid}", flush=True)
 
     def reap(self) -> None:
         for proc in [p for p in self.active if p.poll() is not None]:
             run = self.active.pop(proc)
-            if is_finished(run):
+            if self.succeeded(run, proc.returncode):
                 self.done += 1
                 write_task(run, "done", proc.returncode, "local", proc.pid)
                 print(f"done  {run.name}", flush=True)
@@ -76,6 +88,11 @@ class LocalRunner:
                 print(f"FAILED {run.name}: exit {proc.returncode}; see {self.sweep.dir / 'logs' / run.name}.out",
                       flush=True)
 
+    def exit_status(self) -> int:
+        if self.stop:
+            return EXIT_STOPPED
+        return EXIT_FAILED if self.failed else EXIT_OK
+
     def run(self, queue: list[Run], parallel: int) -> None:
         while queue or self.active:
             while queue and not self.stop and len(self.active) < parallel:
@@ -84,6 +101,16 @@ class LocalRunner:
                 queue.clear()
             self.reap()
             time.sleep(0.2)
+
+
+def drive(runner: LocalRunner, queue: list, parallel: int) -> None:
+    """runner.run with SIGINT/SIGTERM forwarded to the children as SIGTERM (handlers restored after)."""
+    old = {s: signal.signal(s, runner.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        runner.run(queue, parallel)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def run_local(sweep: Sweep, parallel: int, procs: int) -> int:
@@ -98,14 +125,42 @@ def run_local(sweep: Sweep, parallel: int, procs: int) -> int:
     print(f"sweep {sweep.spec.name}: {len(runs)} runs, {len(runs) - len(todo)} finished, running {len(todo)} "
           f"({parallel} at a time, {procs} process(es) each); logs in {sweep.dir / 'logs'}", flush=True)
     runner = LocalRunner(sweep, procs)
-    old = {s: signal.signal(s, runner.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        runner.run(list(todo), parallel)
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+    drive(runner, list(todo), parallel)
     print(f"sweep {sweep.spec.name}: {runner.done} trained, {len(runs) - len(todo)} skipped, {runner.failed} failed"
           + (", stopped by a signal" if runner.stop else ""), flush=True)
-    if runner.stop:
-        return EXIT_STOPPED
-    return EXIT_FAILED if runner.failed else EXIT_OK
+    return runner.exit_status()
+
+
+@dataclass(frozen=True)
+class WorkerSlot:
+    """One local search worker: its id, and a directory for its sweep_task.json."""
+
+    index: int
+    name: str  # worker id, local-<i>
+    dir: Path
+
+
+class WorkerRunner(LocalRunner):
+    """`sweep run --local` of a search spec: the items are workers, which stop when no trial is left."""
+
+    def command(self, run: WorkerSlot) -> list[str]:
+        return [sys.executable, "-m", "cifar_dist", "sweep", "worker", str(self.sweep.spec.path),
+                f"--worker={run.name}", f"--procs={self.procs}"]
+
+    def label(self, run: WorkerSlot) -> str:
+        return f"worker {run.name}"
+
+    def succeeded(self, run: WorkerSlot, returncode: int) -> bool:
+        return returncode == EXIT_OK
+
+
+def run_local_search(sweep: Sweep, parallel: int, procs: int) -> int:
+    """`parallel` local workers sharing the search's study; SIGINT/SIGTERM checkpoint their trials and stop."""
+    slots = [WorkerSlot(i, f"local-{i}", sweep.dir / "workers" / f"local-{i}") for i in range(parallel)]
+    print(f"search {sweep.spec.name}: {parallel} local worker(s), {procs} process(es) per trial; study "
+          f"{sweep.dir / 'study.journal'}; logs in {sweep.dir / 'logs'}", flush=True)
+    runner = WorkerRunner(sweep, procs)
+    drive(runner, slots, parallel)
+    print(f"search {sweep.spec.name}: {runner.done} worker(s) done, {runner.failed} failed"
+          + (", stopped by a signal" if runner.stop else ""), flush=True)
+    return runner.exit_status()

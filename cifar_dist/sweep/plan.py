@@ -13,9 +13,11 @@ from typing import Any
 from cifar_dist.config import ConfigError, flatten, model_options, to_dict
 from cifar_dist.files import atomic_write_text, read_json_or_none
 from cifar_dist.presets import resolve
+from cifar_dist.sweep.search import corners, objective_problem
 from cifar_dist.sweep.spec import Spec, SpecError, bad, load_spec
 
 SWEEP_FILE = "sweep.json"  # <out_dir>/<name>/sweep.json: the cells and runs, for `cifar-dist report`
+STUDY_FILE = "study.journal"  # <out_dir>/<name>/study.journal: a search's Optuna study (journal storage)
 RUN_NAME = re.compile(r"^(?P<cell>.+)-s(?P<seed>\d+)$")  # a run directory: <cell>-s<seed>
 
 
@@ -146,8 +148,31 @@ def _params(spec: Spec, n: int, cfg, over: dict[str, Any]) -> int:
         raise SpecError(f"{spec.path}: candidate {n} ({describe(over)}): {e}") from e
 
 
+def _expand_search(spec: Spec, count: bool) -> Sweep:
+    """A search spec has no cells (its trials are drawn while it runs): its base config and every corner of
+    its space are resolved, the objective checked, and (when `count`) the models built."""
+    assert spec.search is not None
+    cfg = _resolve_cell(spec, 0, {})
+    fixed = {k: _canonical(cfg, k) for k in spec.fixed}
+    for n, over in enumerate(corners(spec.search.space)):
+        cfg = _resolve_cell(spec, n, over)
+        problem = objective_problem(spec.search, cfg)
+        if problem:
+            raise bad(spec.path, "search.objective", "a metric the runs log every epoch", problem)
+        if count:
+            _params(spec, n, cfg, over)
+    return Sweep(spec=spec, cells=[], fixed=fixed)
+
+
+def trial_params(spec: Spec, over: dict[str, Any]) -> int:
+    """Trainable parameters of a search trial with overrides `over` (resolved like a cell)."""
+    return _params(spec, 0, _resolve_cell(spec, 0, over), over)
+
+
 def expand(spec: Spec, count: bool = True) -> Sweep:
     """All cells of a spec, each checked with `resolve`; parameters counted when `count` or constraints."""
+    if spec.search is not None:
+        return _expand_search(spec, count)
     count = count or bool(spec.constraints)
     cells: list[Cell] = []
     dropped: list[str] = []
@@ -194,7 +219,18 @@ def sweep_record(sweep: Sweep) -> dict[str, Any]:
         "array": {"size": len(sweep.runs), "index": "cell position * len(seeds) + seed position"},
         "runs": [{"index": r.index, "run": r.name, "cell": r.cell.cell, "seed": r.seed} for r in sweep.runs],
         "dropped": sweep.dropped,
+        **({"search": search_record(s)} if s.search else {}),
     }
+
+
+def search_record(spec: Spec) -> dict[str, Any]:
+    """The `search` entry of sweep.json: the search settings and where its study is."""
+    s = spec.search
+    assert s is not None
+    space = {d.name: {d.kind: d.args if d.kind != "zip" else len(d.args)} for d in s.space}
+    return {"pruner": s.pruner, "objective": s.objective, "direction": s.direction, "trials": s.trials,
+            "epochs": {"min": s.min_epochs, "max": s.max_epochs, "reduction_factor": s.reduction_factor},
+            "sampler": s.sampler, "seed": s.seed, "space": space, "study": STUDY_FILE}
 
 
 def read_sweep_json(sweep_dir: Path) -> dict[str, Any] | None:

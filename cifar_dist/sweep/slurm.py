@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import shlex
@@ -16,8 +17,18 @@ from typing import Any
 from cifar_dist.errors import EXIT_BAD_INPUT, EXIT_OK
 from cifar_dist.resources import root
 from cifar_dist.sweep.cluster import sbatch_resources
-from cifar_dist.sweep.plan import Sweep, describe, expand, is_finished, read_sweep_json, write_sweep_json
+from cifar_dist.sweep.plan import (
+    STUDY_FILE,
+    Sweep,
+    describe,
+    expand,
+    is_finished,
+    read_sweep_json,
+    write_sweep_json,
+)
+from cifar_dist.sweep.search import bracket_rungs, costs, n_brackets
 from cifar_dist.sweep.spec import SpecError, load_spec
+from cifar_dist.sweep.study import search_finished
 
 REPO = root()  # the checkout, or share/cifar_dist of an install: launch/ and slurm/ (see resources)
 SWEEP_SCRIPT = REPO / "slurm" / "sweep.sh"
@@ -86,8 +97,53 @@ def max_array_size() -> int | None:
     return int(m.group(1)) if m else None
 
 
+def _space_text(d) -> str:
+    if d.kind == "zip":
+        return f"  {d.name}: one of {len(d.args)}: " + " | ".join(describe(o) for o in d.args)
+    if d.kind == "choice":
+        return f"  {d.name}: one of {', '.join(json.dumps(v) for v in d.args)}"
+    return f"  {d.name}: {d.kind} [{d.args[0]}, {d.args[1]}]"
+
+
+def _rungs_text(sweep: Sweep) -> list[str]:
+    se = sweep.spec.search
+    lines = []
+    for b in range(n_brackets(se)):
+        rungs = bracket_rungs(se, b)
+        name = "rungs" if se.pruner == "asha" else f"bracket {b}: rungs"
+        lines.append(f"  {name} at epoch {', '.join(map(str, rungs)) or '(none: every trial trains to the end)'}; "
+                     f"the survivors train to epoch {se.max_epochs}")
+    return lines
+
+
+def search_plan_text(sweep: Sweep, parallel: int) -> str:
+    """What `sweep plan` prints for a search: space, rungs, epoch costs, the study, the sbatch line."""
+    s, se = sweep.spec, sweep.spec.search
+    pruner = {"asha": "SuccessiveHalvingPruner, asynchronous", "hyperband": "HyperbandPruner"}[se.pruner]
+    c = costs(se, s.name)
+    lines = [f"search {s.name} ({s.path}): {se.pruner} ({pruner}), {se.trials} trials, {se.sampler} sampler "
+             f"(seed {se.seed}), {se.direction} {se.objective}",
+             f"preset {s.preset or 'defaults'}; fixed: {describe(sweep.fixed)}; seed {s.seeds[0]}",
+             "space:", *[_space_text(d) for d in se.space],
+             f"epochs: min {se.min_epochs}, max {se.max_epochs}, reduction factor {se.reduction_factor} (a rung keeps "
+             f"the top 1/{se.reduction_factor} of the trials that reached it)", *_rungs_text(sweep),
+             f"epoch cost (trials x epochs): without pruning {se.trials} x {se.max_epochs} = {c['unpruned']}",
+             f"  with pruning: worst case {c['worst']} (every trial better than all earlier ones: none pruned), "
+             f"expected {c['expected']:.1f} ({c['expected'] / c['unpruned']:.2f} of it; mean of "
+             f"{c['simulations']} simulated searches, trials of random quality judged in the order they start)",
+             f"study: {sweep.dir / STUDY_FILE}; trial n trains in {sweep.dir}/t<nnn>-s{s.seeds[0]}/",
+             f"submit {parallel} workers (one array task each) with:",
+             f"  {shlex.join(sbatch_command(sweep, list(range(parallel)), parallel))}",
+             f"  (or: cifar-dist sweep submit {s.path}, which leaves out workers already queued)",
+             "run here without SLURM:",
+             f"  cifar-dist sweep run {s.path} --local --parallel 2"]
+    return "\n".join(lines) + "\n"
+
+
 def plan_text(sweep: Sweep, parallel: int) -> str:
     """What `cifar-dist sweep plan` prints: cells, parameter counts, the array numbering and sbatch line."""
+    if sweep.spec.search is not None:
+        return search_plan_text(sweep, parallel)
     s = sweep.spec
     runs = sweep.runs
     fixed = describe(sweep.fixed) if sweep.fixed else "none"
@@ -111,9 +167,14 @@ def plan_text(sweep: Sweep, parallel: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _unsubmitted(sweep: Sweep, queue: dict[str, Any] | None) -> tuple[list[int], int, int]:
-    """(indices to submit, finished runs, runs already in squeue)."""
+def _unsubmitted(sweep: Sweep, queue: dict[str, Any] | None, parallel: int) -> tuple[list[int], int, int]:
+    """(indices to submit, finished runs, runs already in squeue); for a search the indices are workers."""
     todo, finished, queued = [], 0, 0
+    if sweep.spec.search is not None:
+        if search_finished(sweep):
+            return [], 1, 0
+        queued_ix = set(queue["by_index"]) if queue is not None else set()
+        return [i for i in range(parallel) if i not in queued_ix], 0, len(queued_ix & set(range(parallel)))
     for run in sweep.runs:
         if is_finished(run):
             finished += 1
@@ -126,9 +187,14 @@ def _unsubmitted(sweep: Sweep, queue: dict[str, Any] | None) -> tuple[list[int],
 
 def submit(sweep: Sweep, parallel: int, extra: list[str], dry_run: bool = False) -> int:
     """sbatch the runs that are neither finished nor queued as one job array; returns the exit status."""
-    todo, finished, queued = _unsubmitted(sweep, squeue_tasks(sweep.spec.name))
-    print(f"sweep {sweep.spec.name}: {len(sweep.runs)} runs; skipping {finished} finished"
-          + (f" and {queued} already queued" if queued else "") + f"; submitting {len(todo)}")
+    todo, finished, queued = _unsubmitted(sweep, squeue_tasks(sweep.spec.name), parallel)
+    if sweep.spec.search is not None:  # array tasks are workers; `finished` = the whole search
+        print(f"sweep {sweep.spec.name}: search with {parallel} workers; "
+              + ("every trial is finished; " if finished else "") + (f"{queued} already queued; " if queued else "")
+              + f"submitting {len(todo)}")
+    else:
+        print(f"sweep {sweep.spec.name}: {len(sweep.runs)} runs; skipping {finished} finished"
+              + (f" and {queued} already queued" if queued else "") + f"; submitting {len(todo)}")
     if not todo:
         print("nothing to submit")
         return EXIT_OK
@@ -164,6 +230,8 @@ def resolve_task(grid: str | Path, index: int, shell: bool = False) -> str:
     record = read_sweep_json(Path(spec.out_dir) / spec.name)
     sweep_file_ok = bool(record) and record.get("spec_sha256") == spec.sha256
     sweep = expand(spec, count=not sweep_file_ok)  # counts parameters only for constraints or a new sweep.json
+    if spec.search is not None:
+        return _resolve_worker(sweep, index, shell, write=not sweep_file_ok)
     runs = sweep.runs
     if not 0 <= index < len(runs):
         raise SpecError(f"{spec.path}: array index: expected 0..{len(runs) - 1}, found {index}")
@@ -176,3 +244,18 @@ def resolve_task(grid: str | Path, index: int, shell: bool = False) -> str:
     return "".join(f"{line}\n" for line in (
         f"run_name={shlex.quote(run.name)}", f"run_dir={shlex.quote(str(run.dir))}", f"cell={run.cell.cell}",
         f"seed={run.seed}", f"finished={int(is_finished(run))}", f"train_args=({shlex.join(flags)})"))
+
+
+def _resolve_worker(sweep: Sweep, index: int, shell: bool, write: bool) -> str:
+    """A search's array task `index` is worker `index`: `sweep.sh` runs `cifar-dist sweep worker` (worker=1)."""
+    if index < 0:
+        raise SpecError(f"{sweep.spec.path}: array index: expected a worker number >= 0, found {index}")
+    if write:
+        write_sweep_json(sweep)
+    args = ["sweep", "worker", str(sweep.spec.path)]
+    if not shell:
+        return shlex.join(args) + "\n"
+    wdir = sweep.dir / "workers" / str(index)
+    return "".join(f"{line}\n" for line in (
+        f"run_name=worker-{index}", f"run_dir={shlex.quote(str(wdir))}", "cell=search", f"seed={sweep.spec.seeds[0]}",
+        f"finished={int(search_finished(sweep))}", "worker=1", f"train_args=({shlex.join(args)})"))

@@ -25,11 +25,17 @@ from cifar_dist.errors import InputError
 from cifar_dist.resources import locate
 
 SPEC_KEYS = ("name", "preset", "out_dir", "fixed", "grid", "zip", "random", "seeds", "constraints", "parallel",
-             "sbatch")
+             "sbatch", "search")
 RANDOM_KEYS = ("samples", "seed", "params")
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
 CONSTRAINTS = ("max_params", "min_params")
-SET_BY_SWEEP = ("run.out_dir", "run.name", "run.seed")  # one value per run, chosen by the sweep
+SET_BY_SWEEP = ("run.out_dir", "run.name", "run.seed", "run.stop_after")  # one value per run, chosen by the sweep
+SEARCH_KEYS = ("pruner", "objective", "trials", "epochs", "sampler", "seed", "heartbeat")
+PRUNERS = ("asha", "hyperband")  # Optuna's SuccessiveHalvingPruner (asynchronous) and HyperbandPruner
+SAMPLERS = ("random", "tpe")
+# Per-epoch metrics.jsonl columns a search may optimise, and their direction.
+OBJECTIVES = {"val_acc": "maximize", "ema_val_acc": "maximize", "test_acc": "maximize", "ema_test_acc": "maximize",
+              "train_acc": "maximize", "test_loss": "minimize", "train_loss": "minimize"}
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -39,6 +45,33 @@ class SpecError(InputError):
 
 def bad(path: Path | str, key: str, expected: str, found: Any) -> SpecError:
     return SpecError(f"{path}: {key}: expected {expected}, found {found!r}")
+
+
+@dataclass(frozen=True)
+class Dim:
+    """One axis of a search space: `choice` (a grid axis), `zip` (a zip group: args are override dicts),
+    or a `random.params` distribution (uniform, loguniform, randint, choice)."""
+
+    name: str  # the override key; for a zip group "zip" or "zip[i]"
+    kind: str
+    args: Any
+
+
+@dataclass(frozen=True)
+class Search:
+    """A spec's `search:` block: an adaptive search (Optuna sampler + pruner) over the spec's space."""
+
+    pruner: str  # asha | hyperband
+    objective: str  # a per-epoch metrics.jsonl column
+    direction: str  # maximize | minimize (from the objective)
+    trials: int
+    min_epochs: int
+    max_epochs: int
+    reduction_factor: int
+    sampler: str  # random | tpe
+    seed: int
+    heartbeat: float  # seconds between a worker's heartbeats; a lease is stale after 3 missed
+    space: tuple[Dim, ...]
 
 
 @dataclass(frozen=True)
@@ -57,6 +90,7 @@ class Spec:
     parallel: int
     sbatch: list[str]
     sha256: str
+    search: Search | None = None  # set for `search:` specs; then `axes` is empty and the space is search.space
 
 
 def checked(path: Path, key: str, tp: Any, value: Any, expected: str,
@@ -77,7 +111,7 @@ def _check_key(path: Path, where: str, key: Any, origin: dict[str, str], allow_p
     if key == "preset" and not allow_preset:
         raise bad(path, f"{where}.preset", "the top-level preset key (fixed holds section.key overrides)", key)
     if key in SET_BY_SWEEP:
-        raise bad(path, f"{where}.{key}", "no value (the sweep sets run.out_dir, run.name and run.seed)", key)
+        raise bad(path, f"{where}.{key}", f"no value (the sweep sets {', '.join(SET_BY_SWEEP[:-1])} and {SET_BY_SWEEP[-1]})", key)
     if key in origin:
         raise bad(path, f"{where}.{key}", f"a key set once (it is already in {origin[key]})", key)
     origin[key] = f"{where}.{key}"
@@ -184,24 +218,84 @@ def _zip_axes(path: Path, data: dict[str, Any], origin: dict[str, str]) -> list[
     return axes
 
 
-def _random_axis(path: Path, data: dict[str, Any], origin: dict[str, str]) -> list[list[dict[str, Any]]]:
+def _random_params(path: Path, data: dict[str, Any], origin: dict[str, str],
+                   search: bool) -> tuple[int, int, list[tuple[str, tuple[str, Any]]]] | None:
+    """(samples, seed, [(key, (kind, args))]) of the `random:` block; in a search only params (samples=0)."""
     rnd = data.get("random")
     if rnd is None:
-        return []
+        return None
     if not isinstance(rnd, dict):
         raise bad(path, "random", "a mapping with samples, seed, params", rnd)
     for key in rnd:
         if key not in RANDOM_KEYS:
             raise bad(path, f"random.{key}", f"a known key ({', '.join(RANDOM_KEYS)})", key)
-    samples = checked(path, "random.samples", int, rnd.get("samples"), "a positive integer", lambda v: v >= 1)
-    seed = checked(path, "random.seed", int, rnd.get("seed", 0), "an integer")
+        if search and key != "params":
+            raise bad(path, f"random.{key}", "only params in a search (search.trials and search.seed set the draws)",
+                      rnd[key])
+    samples = 0 if search else checked(path, "random.samples", int, rnd.get("samples"), "a positive integer",
+                                       lambda v: v >= 1)
+    seed = 0 if search else checked(path, "random.seed", int, rnd.get("seed", 0), "an integer")
     params = rnd.get("params")
     if not isinstance(params, dict) or not params:
         raise bad(path, "random.params", "a non-empty mapping of section.key: {distribution: args}", params)
     dists = [(_check_key(path, "random.params", k, origin), _distribution(path, f"random.params.{k}", d))
              for k, d in params.items()]
+    return samples, seed, dists
+
+
+def _random_axis(path: Path, data: dict[str, Any], origin: dict[str, str]) -> list[list[dict[str, Any]]]:
+    parsed = _random_params(path, data, origin, search=False)
+    if parsed is None:
+        return []
+    samples, seed, dists = parsed
     rng = random.Random(seed)
     return [[{k: draw(rng, kind, args) for k, (kind, args) in dists} for _ in range(samples)]]
+
+
+def _space(path: Path, data: dict[str, Any], origin: dict[str, str]) -> tuple[Dim, ...]:
+    """A search's space: grid axes as choices, zip groups as one choice of override dicts, random params."""
+    dims = [Dim(next(iter(axis[0])), "choice", [next(iter(v.values())) for v in axis])
+            for axis in _grid_axes(path, data, origin)]
+    zips = _zip_axes(path, data, origin)
+    dims += [Dim("zip" if len(zips) == 1 else f"zip[{i}]", "zip", axis) for i, axis in enumerate(zips)]
+    parsed = _random_params(path, data, origin, search=True)
+    dims += [Dim(k, kind, args) for k, (kind, args) in (parsed[2] if parsed else [])]
+    return tuple(dims)
+
+
+def _search(path: Path, data: dict[str, Any], origin: dict[str, str]) -> Search:
+    """The `search:` block (the space comes from grid:, zip:, random.params)."""
+    block = data["search"]
+    if not isinstance(block, dict):
+        raise bad(path, "search", f"a mapping of {', '.join(SEARCH_KEYS)}", block)
+    for key in block:
+        if key not in SEARCH_KEYS:
+            raise bad(path, f"search.{key}", f"a known key ({', '.join(SEARCH_KEYS)})", key)
+    pruner = checked(path, "search.pruner", str, block.get("pruner", "asha"), f"one of {', '.join(PRUNERS)}",
+                     lambda v: v in PRUNERS)
+    objective = checked(path, "search.objective", str, block.get("objective", "val_acc"),
+                        f"a per-epoch metric ({', '.join(OBJECTIVES)})", lambda v: v in OBJECTIVES)
+    trials = checked(path, "search.trials", int, block.get("trials"), "a positive integer", lambda v: v >= 1)
+    epochs = block.get("epochs")
+    if not isinstance(epochs, dict) or set(epochs) - {"min", "max", "reduction_factor"} or "max" not in epochs:
+        raise bad(path, "search.epochs", "{min: E, max: E, reduction_factor: N}", epochs)
+    lo = checked(path, "search.epochs.min", int, epochs.get("min", 1), "a positive integer", lambda v: v >= 1)
+    hi = checked(path, "search.epochs.max", int, epochs["max"], f"an integer >= search.epochs.min ({lo})",
+                 lambda v: v >= lo)
+    eta = checked(path, "search.epochs.reduction_factor", int, epochs.get("reduction_factor", 3),
+                  "an integer >= 2", lambda v: v >= 2)
+    sampler = checked(path, "search.sampler", str, block.get("sampler", "tpe"), f"one of {', '.join(SAMPLERS)}",
+                      lambda v: v in SAMPLERS)
+    seed = checked(path, "search.seed", int, block.get("seed", 0), "an integer")
+    heartbeat = checked(path, "search.heartbeat", float, block.get("heartbeat", 30), "seconds > 0", lambda v: v > 0)
+    space = _space(path, data, origin)
+    if not space:
+        raise bad(path, "search", "a search space (grid:, zip: or random.params)", "none")
+    for key in ("run.epochs",):
+        if key in origin:
+            raise bad(path, origin[key], "no run.epochs in a search (search.epochs.max sets it)", key)
+    return Search(pruner=pruner, objective=objective, direction=OBJECTIVES[objective], trials=trials, min_epochs=lo,
+                  max_epochs=hi, reduction_factor=eta, sampler=sampler, seed=seed, heartbeat=heartbeat, space=space)
 
 
 def _seeds(path: Path, data: dict[str, Any]) -> list[int]:
@@ -237,12 +331,21 @@ def load_spec(path: str | Path) -> Spec:
     out_dir = checked(path, "out_dir", str, data.get("out_dir", "runs"), "a directory path", bool)
     origin: dict[str, str] = {}
     fixed = _fixed(path, data, origin)
-    axes = [*_grid_axes(path, data, origin), *_zip_axes(path, data, origin), *_random_axis(path, data, origin)]
+    search = _search(path, data, origin) if "search" in data else None
+    if search:
+        axes = []
+    else:
+        axes = [*_grid_axes(path, data, origin), *_zip_axes(path, data, origin), *_random_axis(path, data, origin)]
     seeds, constraints = _seeds(path, data), _constraints(path, data)
+    if search and len(seeds) != 1:
+        raise bad(path, "seeds", "one seed in a search (each trial is one run)", data.get("seeds"))
+    if search:  # every trial has the full schedule; the worker pauses it at the rungs
+        fixed["run.epochs"] = search.max_epochs
+        origin["run.epochs"] = "search.epochs.max"
     parallel = checked(path, "parallel", int, data.get("parallel", 8), "a positive integer", lambda v: v >= 1)
     sbatch = data.get("sbatch") or []
     if not isinstance(sbatch, list) or not all(isinstance(a, str) and a.startswith("-") for a in sbatch):
         raise bad(path, "sbatch", "a list of sbatch options like --time=02:00:00", sbatch)
     return Spec(path=path, name=name, preset=preset, out_dir=out_dir, fixed=fixed, axes=axes, origin=origin,
                 seeds=seeds, constraints=constraints, parallel=parallel, sbatch=sbatch,
-                sha256=hashlib.sha256(raw).hexdigest())
+                sha256=hashlib.sha256(raw).hexdigest(), search=search)

@@ -14,6 +14,7 @@ from typing import Any
 from cifar_dist.files import atomic_write_text, last_jsonl_row, pid_alive, read_json_or_none
 from cifar_dist.sweep.plan import Run, Sweep, is_finished
 from cifar_dist.sweep.slurm import RUNNING_STATES
+from cifar_dist.sweep.study import load_trials, read_record, trial_name
 
 TASK_FILE = "sweep_task.json"  # written by slurm/sweep.sh and the local runner into the run directory
 STATES = ("done", "running", "pending", "failed")
@@ -110,8 +111,49 @@ def status_rows(sweep: Sweep, queue: dict[str, Any] | None) -> list[dict[str, An
     return rows
 
 
+def trial_rows(sweep: Sweep) -> list[dict[str, Any]]:
+    """One dict per trial of a search (rejected draws left out): trial, run, state, epoch, value, worker,
+    detail. States: complete, pruned, failed (from the study); running, preempted (the lease in trial.json)."""
+    search = sweep.spec.search
+    trials = load_trials(sweep.dir, sweep.spec.name) or []
+    rows = []
+    for t in trials:
+        if "rejected" in t.user_attrs:
+            continue
+        run_dir = sweep.dir / trial_name(t.number, sweep.spec.seeds[0])
+        record = read_record(run_dir)
+        state = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed"}.get(t.state.name)
+        if state is None:
+            state = "preempted" if record.get("lease") == "preempted" else "running"
+        last = last_jsonl_row(run_dir / "metrics.jsonl") or {}
+        detail = {"pruned": f"pruned at epoch {record.get('pruned_at')}", "failed": str(record.get("reason", ""))}
+        rows.append({"trial": t.number, "run": run_dir.name, "state": state,
+                     "epoch": f"{last.get('epoch', 0)}/{search.max_epochs}",
+                     "value": t.value if t.value is not None else last.get(search.objective),
+                     "worker": record.get("worker"), "detail": detail.get(state, "")})
+    return rows
+
+
+def search_status_text(sweep: Sweep, as_json: bool = False) -> str:
+    """`sweep status` of a search: the study's trials."""
+    rows, search = trial_rows(sweep), sweep.spec.search
+    if as_json:
+        return json.dumps({"name": sweep.spec.name, "search": True, "trials": rows}, indent=1) + "\n"
+    states = ("complete", "pruned", "running", "preempted", "failed")
+    lines = [f"search {sweep.spec.name}: {len(rows)} of {search.trials} trials: "
+             + ", ".join(f"{sum(r['state'] == s for r in rows)} {s}" for s in states),
+             f"{'run':10s} {'state':9s} {'epoch':>7s}  {search.objective:>10s}  {'worker':12s} detail"]
+    for r in rows:
+        value = f"{r['value']:.4g}" if _is_num(r["value"]) else "-"
+        lines.append(f"{r['run']:10s} {r['state']:9s} {r['epoch']:>7s}  {value:>10s}  {str(r['worker']):12s} "
+                     f"{r['detail']}")
+    return "\n".join(lines) + "\n"
+
+
 def status_text(sweep: Sweep, queue: dict[str, Any] | None, as_json: bool = False) -> str:
     """The status table (or its JSON) that `cifar-dist sweep status` prints."""
+    if sweep.spec.search is not None:
+        return search_status_text(sweep, as_json)
     rows = status_rows(sweep, queue)
     if as_json:
         return json.dumps({"name": sweep.spec.name, "squeue": queue is not None, "runs": rows}, indent=1) + "\n"

@@ -1,0 +1,244 @@
+"""A search worker (`cifar-dist sweep worker GRID --worker=ID`): one per array task or local process.
+
+It claims a trial (see `cifar_dist.sweep.study`), trains it with the normal trainer as a subprocess
+(`python -m cifar_dist.train ... --run.epochs=<max> --run.stop_after=<next rung> --resume=auto`, or the
+launcher in $CIFAR_DIST_LAUNCH that slurm/sweep.sh chose for the node's GPUs), one segment per rung:
+after each segment it reads metrics.jsonl, reports every new epoch's objective to the trial and asks the
+pruner at the rung. A pruned trial keeps its run directory (trial.json says state "pruned" and the rung);
+its TensorBoard HParams entry is written here, as the trainer writes it only for finished runs.
+
+Signals: on USR1, TERM or INT the worker sends SIGTERM to the trainer, which checkpoints; the lease stays
+with this worker ("preempted") so the requeued task resumes the same trial; exit status 3. The trainer
+gets SIGTERM if the worker dies (PR_SET_PDEATHSIG), so a kill -9 leaves a checkpoint and no orphan.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from cifar_dist.errors import EXIT_FAILED, EXIT_OK, EXIT_STOPPED
+from cifar_dist.files import pid_alive, read_jsonl
+from cifar_dist.sweep.local import local_command
+from cifar_dist.sweep.plan import Sweep, describe, flag_value, trial_params
+from cifar_dist.sweep.search import all_rungs
+from cifar_dist.sweep.slurm import REPO, squeue_tasks
+from cifar_dist.sweep.study import Claim, claim, claims_lock, host, open_study, read_record, renew
+
+LAUNCH_ENV = "CIFAR_DIST_LAUNCH"  # the trainer launcher (shell words, without train flags), set by sweep.sh
+POLL_S = 0.5
+
+
+def trial_flags(sweep: Sweep, c: Claim, stop_after: int) -> list[str]:
+    """The trainer flags of one segment of a trial."""
+    preset = c.overrides.get("preset", sweep.spec.preset)
+    flags = [f"--preset={preset}"] if preset else []
+    over = {**sweep.fixed, **{k: v for k, v in c.overrides.items() if k != "preset"}}
+    flags += [f"--{k}={flag_value(v)}" for k, v in over.items()]
+    return flags + [f"--run.out_dir={sweep.dir}", f"--run.name={c.dir.name}", f"--run.seed={sweep.spec.seeds[0]}",
+                    f"--run.stop_after={stop_after}", "--resume=auto"]
+
+
+def _die_with_parent() -> None:  # in the trainer, before exec: SIGTERM when the worker dies
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def budget_check(sweep: Sweep):
+    """A draw's problem with the spec's parameter budget (None when inside it, or without constraints)."""
+    lo, hi = sweep.spec.constraints.get("min_params", 0), sweep.spec.constraints.get("max_params", 0)
+
+    def check(over: dict[str, Any]) -> str | None:
+        if not (lo or hi):
+            return None
+        n = trial_params(sweep.spec, over)
+        if (hi and n > hi) or (lo and n < lo):
+            return f"{n:,} parameters, outside [{lo:,}, {hi or 'inf'}]"
+        return None
+
+    return check
+
+
+def hparams_for_pruned(run_dir: Path, trial: dict[str, Any]) -> None:
+    """TensorBoard HParams of a pruned trial (config.yaml and its last/best metrics); the trainer writes
+    them itself only when a run finishes."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from cifar_dist.config import flatten, load_yaml
+
+    rows = read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
+    config = flatten(load_yaml(run_dir / "config.yaml")) if (run_dir / "config.yaml").is_file() else {}
+    hp = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in config.items()}
+    hp.update({"trial.number": trial["trial"], "trial.state": "pruned", "trial.epochs": len(rows)})
+    vals = [r["val_acc"] for r in rows if isinstance(r.get("val_acc"), (int, float))]
+    metrics = {"hparam/test_acc": rows[-1].get("test_acc") if rows else None,
+               "hparam/best_val_acc": max(vals) if vals else None}
+    with SummaryWriter(str(run_dir)) as tb:
+        tb.add_hparams(hp, {k: v for k, v in metrics.items() if v is not None}, run_name=".")
+
+
+class Worker:
+    def __init__(self, sweep: Sweep, me: str, procs: int = 1) -> None:
+        self.sweep, self.me, self.procs = sweep, me, procs
+        self.search = sweep.spec.search
+        self.rungs = all_rungs(self.search)
+        self.stop = 0
+        self.proc: subprocess.Popen | None = None
+        launch = os.environ.get(LAUNCH_ENV, "")
+        self.launch = shlex.split(launch) if launch else None
+        self.env = {**os.environ,
+                    "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+        self.env.pop(LAUNCH_ENV, None)
+        self.check_budget = budget_check(sweep)
+
+    def say(self, text: str) -> None:
+        print(f"worker {self.me}: {text}", flush=True)
+
+    def on_signal(self, signum, frame) -> None:
+        self.stop = self.stop or signum
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    # ------------------------------------------------------------------ one trial
+
+    def sync(self, trial, c: Claim) -> list[dict[str, Any]]:
+        """Report every logged epoch the trial has not seen yet; return the metrics rows."""
+        path = c.dir / "metrics.jsonl"
+        rows = read_jsonl(path) if path.is_file() else []
+        seen = trial.study._storage.get_trial(c.trial_id).intermediate_values
+        for row in rows:
+            value = row.get(self.search.objective)
+            if row["epoch"] not in seen and isinstance(value, (int, float)):
+                trial.report(float(value), row["epoch"])
+        return rows
+
+    def segment(self, c: Claim, target: int) -> int | None:
+        """Train the trial up to epoch `target` (its end when target is max); the exit status, or None when
+        the lease was taken by another worker."""
+        stop_after = 0 if target >= self.search.max_epochs else target
+        flags = trial_flags(self.sweep, c, stop_after)
+        port = 29500 + (os.getpid() + c.number) % 20000
+        cmd = [*self.launch, *flags] if self.launch else local_command(flags, self.procs, port)
+        log_path = self.sweep.dir / "logs" / f"{c.dir.name}.out"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("a") as log:
+            log.write(f"$ {shlex.join(cmd)}   # worker {self.me}\n")
+            log.flush()
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                         start_new_session=True, preexec_fn=_die_with_parent)
+        if self.stop:  # a signal that came while starting
+            self.proc.send_signal(signal.SIGTERM)
+        lost = not renew(self.sweep, c, trainer_pid=self.proc.pid)
+        beat = time.monotonic()
+        while self.proc.poll() is None:
+            time.sleep(POLL_S)
+            if not lost and time.monotonic() - beat >= self.search.heartbeat:
+                beat = time.monotonic()
+                lost = not renew(self.sweep, c)
+            if lost and self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                self.proc.wait()
+        rc, self.proc = self.proc.returncode, None
+        return None if lost else rc
+
+    def finish(self, study, c: Claim, state: str, value: float | None = None, **extra: Any) -> None:
+        import optuna
+
+        states = {"complete": optuna.trial.TrialState.COMPLETE, "pruned": optuna.trial.TrialState.PRUNED,
+                  "fail": optuna.trial.TrialState.FAIL}
+        if renew(self.sweep, c, lease="released", state=state, **extra):
+            study.tell(c.number, value if state == "complete" else None, state=states[state])
+
+    def drive(self, study, c: Claim) -> str:
+        """Train one claimed trial until it completes, is pruned, fails or this worker is stopped."""
+        import optuna
+
+        trial = optuna.trial.Trial(study, c.trial_id)
+        while True:
+            rows = self.sync(trial, c)
+            done = rows[-1]["epoch"] if rows else 0
+            record = read_record(c.dir)
+            if (c.dir / "result.json").is_file():
+                value = rows[-1].get(self.search.objective) if rows else None
+                if not isinstance(value, (int, float)):
+                    self.finish(study, c, "fail", reason=f"no {self.search.objective} in the last epoch")
+                    return "fail"
+                self.finish(study, c, "complete", float(value), epochs=done)
+                return "complete"
+            if record.get("pruned_at") or (done in self.rungs and trial.should_prune()):
+                self.finish(study, c, "pruned", pruned_at=done, epochs=done)
+                hparams_for_pruned(c.dir, record)
+                return "pruned"
+            if self.stop:
+                renew(self.sweep, c, lease="preempted", trainer_pid=None)
+                return "stopped"
+            target = next((e for e in self.rungs if e > done), self.search.max_epochs)
+            rc = self.segment(c, target)
+            if rc is None:
+                return "lost"
+            if self.stop or rc == EXIT_STOPPED:  # our signal, or one sent to the trainer directly
+                self.sync(trial, c)
+                self.stop = self.stop or signal.SIGTERM
+                renew(self.sweep, c, lease="preempted", trainer_pid=None)
+                return "stopped"
+            after = read_jsonl(c.dir / "metrics.jsonl") if (c.dir / "metrics.jsonl").is_file() else []
+            progressed = (after[-1]["epoch"] if after else 0) > done or (c.dir / "result.json").is_file()
+            if rc != EXIT_OK or not progressed:
+                reason = f"trainer exit status {rc}" if rc != EXIT_OK else "the trainer made no progress"
+                self.finish(study, c, "fail", reason=reason, epochs=done)
+                return "fail"
+
+    def wait_for_old_trainer(self, c: Claim) -> None:
+        """A trial resumed by the same worker id (requeue, rerun): let an earlier trainer finish checkpointing."""
+        old = read_record(c.dir)
+        while old.get("previous_host") == host() and pid_alive(old.get("previous_trainer")) and not self.stop:
+            time.sleep(POLL_S)
+
+    def run(self) -> int:
+        study = open_study(self.sweep)
+        if self.sweep.spec.constraints:  # import and build once outside the claims lock (it breaks after 30 s)
+            self.check_budget({})
+        failures = 0
+        while not self.stop:
+            with claims_lock(self.sweep):
+                queue = functools.cache(lambda: squeue_tasks(self.sweep.spec.name))  # once per claim, if needed
+                got = claim(study, self.sweep, self.me, queue, self.check_budget)
+            if got == "done":
+                self.say("no trial left")
+                return EXIT_OK
+            if got == "wait":
+                time.sleep(min(self.search.heartbeat / 2, 5.0))
+                continue
+            self.say(f"trial {got.number} ({got.how}): {describe(got.overrides)} in {got.dir}")
+            self.wait_for_old_trainer(got)
+            outcome = self.drive(study, got)
+            rows = read_jsonl(got.dir / "metrics.jsonl") if (got.dir / "metrics.jsonl").is_file() else []
+            self.say(f"trial {got.number} {outcome} after {len(rows)} epoch(s)")
+            failures = failures + 1 if outcome == "fail" else 0
+            if failures >= 3:
+                self.say(f"3 trials failed in a row; stopping (see the logs in {self.sweep.dir / 'logs'})")
+                return EXIT_FAILED
+        return EXIT_STOPPED
+
+
+def run_worker(sweep: Sweep, me: str, procs: int = 1) -> int:
+    """Run one worker until no trial is left (0), a signal (3) or repeated failures (1)."""
+    worker = Worker(sweep, me, procs)
+    old = {s: signal.signal(s, worker.on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        return worker.run()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        sys.stdout.flush()
+
