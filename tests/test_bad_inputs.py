@@ -480,8 +480,7 @@ def _(c):
     return ["train", *c.train("--print_config=3")], "--print_config: expected true or false, found '3'"
 
 
-# Slow: the engine checks --resume only after the model, loaders and optimizer are built (ffcv imported).
-@case("train-bad-resume-mode", entry="python -m cifar_dist.train", marks=(pytest.mark.slow,))
+@case("train-bad-resume-mode", entry="python -m cifar_dist.train")
 def _(c):
     return c.train("--resume=sometimes"), "--resume: expected one of auto, none, force, found 'sometimes'"
 
