@@ -215,8 +215,8 @@ def test_resolve_and_sweep_sh_run_a_worker_per_array_task(tmp_path, capsys):
     assert f"trainer launcher: {PY} -m cifar_dist.train" in out.stdout
     assert "sweep.sh: search worker 4240_1; " in out.stdout
     assert f"sweep.sh: {PY} -m cifar_dist sweep worker {spec}\n" in out.stdout  # the worker names itself
-    assert sweep_main(["worker", str(spec), "--worker=12_3"]) == 2
-    assert "--worker: expected an id that is not a number" in capsys.readouterr().err
+    assert sweep_main(["worker", str(spec), "--worker=a/b"]) == 2
+    assert "--worker: expected an id without spaces or /, found 'a/b'" in capsys.readouterr().err
     assert sweep_main(["submit", str(spec), "--dry-run", "--parallel", "2"]) == 0
     assert "--array=0-1%2 " in capsys.readouterr().out
 

@@ -123,8 +123,8 @@ def worker(grid: str, *, worker: str | None = None, procs: int | None = None) ->
         else:
             worker = f"job{env['SLURM_JOB_ID']}" if "SLURM_JOB_ID" in env else "local-0"
     if not isinstance(worker, str) or not worker or any(c.isspace() or c == "/" for c in worker):
-        # a number is refused: the flag parser reads 12_3 as 123, which would lose the task
-        raise FlagError(f"--worker: expected an id that is not a number, without spaces or /, found {worker!r}")
+        # text only (the strict runner keeps str flags as text, so 12_3 stays 12_3)
+        raise FlagError(f"--worker: expected an id without spaces or /, found {worker!r}")
     sweep = sweeps.load_sweep(grid, count=False)
     if sweep.spec.search is None:
         raise InputError(f"{sweep.spec.path}: search: expected a search spec for `sweep worker`, found none")
