@@ -270,6 +270,7 @@ def test_config_yaml_keeps_options_flat_and_round_trips():
     cfg = apply_overrides(Config(), {"model.name": "tpsnet", "model.blocks": [3, 3, 3], "model.c1": 34})
     dumped = yaml.safe_load(dump_yaml(cfg))
     assert dumped["model"] == {"name": "tpsnet", "max_params": 0, "channels_last": True, "compile": False, "sync_bn": None,
+                               "dirac_init": False,
                                "blocks": [3, 3, 3], "c1": 34}
     assert apply_overrides(Config(), dumped) == cfg
     assert apply_overrides(Config(), {"model": {"name": "tpsnet", "options": {"c1": 34}}}).model.options == {"c1": 34}
