@@ -133,7 +133,7 @@ def test_train_sh_on_cpu_nodes_runs_fp32_and_counts_processes(tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "--num_machines 3 --num_processes 6 --main_process_ip cpu1" in out.stdout
-    assert "--mixed_precision no -m cifar_dist.train --preset=smoke --resume=auto" in out.stdout
+    assert "--mixed_precision no -m cifar_dist.train --preset=smoke --run.allow_cpu=true --resume=auto" in out.stdout
 
 
 # ------------------------------------------------------------------------------------------ real clusters
@@ -209,7 +209,7 @@ def test_two_node_job_preempted_mid_epoch_checkpoints_requeues_and_matches_unint
             _wait_for(lambda: (run_status.read_status(run) or {}).get("exit") == 3, "the trainers to stop",
                       timeout=120, poll=0.1)
             state = json.loads((run / "checkpoints" / "last" / "train_state.json").read_text())
-            saved = sorted(p.name for p in (run / "checkpoints" / "last").glob("random_states_*.pkl"))
+            saved = sorted(p.name for p in (run / "checkpoints" / "last").glob("rng_*.pt"))
             # the requeued job may wait in PD (BeginTime): let it start at once
             _wait_for(lambda: [slurm_two_nodes.start_now(job), (run / "result.json").is_file()][1],
                       "the resumed run to finish", timeout=TIMEOUT, poll=0.5)
@@ -218,7 +218,7 @@ def test_two_node_job_preempted_mid_epoch_checkpoints_requeues_and_matches_unint
             slurm_two_nodes.run("scancel", job, check=False)
     log = (out / f"cut-{job}.out").read_text()
     assert (state["epoch"], state["step_in_epoch"] > 0) == (1, True), state  # mid-epoch 2
-    assert saved == ["random_states_0.pkl", "random_states_1.pkl"]  # both ranks wrote their part
+    assert saved == ["rng_0.pt", "rng_1.pt"]  # both ranks wrote their part
     assert "train.sh: got SIGUSR1; asking the trainer(s) to save a checkpoint and stop" in log
     stop = re.search(r"stopped by signal at epoch 2 step (\d+); checkpoint saved", log)
     assert stop, log

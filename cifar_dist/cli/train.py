@@ -62,7 +62,10 @@ def run_cli(*, preset: str | None = None, config: str | None = None, resume: str
         # The true status for the scripts (a launcher exits 1 for any failure); bad input before the
         # run directory exists leaves no trace.
         if run_dir.is_dir():
-            write_status(run_dir, status)
+            try:
+                write_status(run_dir, status)
+            except OSError:  # a full disk: the error already reported says so; the exit status still tells
+                pass
 
 
 def config_help() -> str:

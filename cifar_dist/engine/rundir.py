@@ -34,7 +34,8 @@ LOCK_FILE = ".lock"
 MAY_CHANGE_ON_RESUME = (
     "run.epochs", "run.eval_every", "run.eval_batch_size", "run.tta", "run.log_every_steps", "run.progress",
     "run.checkpoint_every_steps", "run.early_stop_patience", "run.early_stop_window", "run.early_stop_drop",
-    "run.early_stop_start", "run.out_dir", "run.name", "data.dir", "data.num_workers", "model.compile",
+    "run.early_stop_start", "run.out_dir", "run.name", "run.stop_after", "run.allow_cpu", "run.dist_timeout_s",
+    "data.dir", "data.num_workers", "model.compile",
 )
 
 _HELD: dict[str, IO[str]] = {}  # run directory -> its open, locked .lock file (kept for the process' life)
