@@ -234,20 +234,37 @@ class BatchMixer:
 
 
 def tta_views(x: torch.Tensor, mode: str) -> list[torch.Tensor]:
-    """Views of a normalised batch for test-time augmentation.
+    """Views of a normalised batch for test-time augmentation (weights: `tta_weights`).
 
     none: [x]; flip: [x, flipped x]; flip_translate: x and its flip, each also shifted by one pixel
     in the four directions (zero fill = the mean colour after normalisation): 10 views.
+    flip_diag (the airbench recipe's): x and its flip, then both shifted one pixel up-left and one pixel
+    down-right with reflected edges: 6 views, whose logits (not probabilities) are averaged.
     """
     if mode == "none":
         return [x]
     views = [x, x.flip(3)]
+    h, w = x.shape[-2:]
     if mode == "flip_translate":
         shifted = []
         for v in views:
             p = F.pad(v, (1, 1, 1, 1))
-            h, w = v.shape[-2:]
             for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2)):
                 shifted.append(p[..., dy : dy + h, dx : dx + w])
         views += shifted
+    elif mode == "flip_diag":
+        p = F.pad(x, (1, 1, 1, 1), mode="reflect")
+        for d in (0, 2):
+            views += [p[..., d : d + h, d : d + w], p[..., d : d + h, d : d + w].flip(3)]
     return views
+
+
+def tta_weights(mode: str, n: int) -> list[float]:
+    """Weight of each of `tta_views`' n views: flip_diag gives the unshifted pair half of the total, each
+    shifted pair a quarter; every other mode weighs its views equally."""
+    if mode == "flip_diag":
+        return [0.25, 0.25, 0.125, 0.125, 0.125, 0.125]
+    return [1.0 / n] * n
+
+
+TTA_ON_LOGITS = ("flip_diag",)  # modes whose views' logits are averaged (the others average probabilities)

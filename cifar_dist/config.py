@@ -183,7 +183,7 @@ class RunConfig:
     ema: bool = False  # keep an EMA of the weights (timm ModelEmaV3), updated every step
     ema_decay: float = 0.999  # EMA decay per optimizer step
     ema_warmup: bool = False  # timm EMA warm-up of the decay
-    tta: str = "none"  # none | flip | flip_translate: test-time augmentation of the final evals
+    tta: str = "none"  # none | flip | flip_translate | flip_diag: test-time augmentation of the final evals
     stop_after: int = 0  # pause after this epoch: checkpoint, paused.json, exit 0; --resume=auto goes on (0 = off)
     early_stop_patience: int = 0  # stop after this many epochs without a better val acc (0 = off)
     early_stop_window: int = 0  # seed 004 rule: window of epochs for the recent best (0 = off)
@@ -219,7 +219,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "aug.flip_mode": ("random", "alternating"),
     "aug.crop_pad": ("zeros", "reflect"),
     "run.mixed_precision": ("auto", "no", "bf16", "fp16"),
-    "run.tta": ("none", "flip", "flip_translate"),
+    "run.tta": ("none", "flip", "flip_translate", "flip_diag"),
 }
 
 

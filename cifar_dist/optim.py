@@ -64,7 +64,11 @@ def param_groups(model: torch.nn.Module, weight_decay: float, exempt_norm_bias: 
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
     """The optimizer of `cfg` at peak lr `lr`; a model's `frozen_after()` ({name: epoch}) is honoured."""
-    wd = cfg.weight_decay / kilostep(cfg.momentum) if cfg.decoupled else cfg.weight_decay
+    # Decoupled: each step shrinks the weights by weight_decay x B / kilostep (x the schedule's factor),
+    # whatever the lr; SGD applies lr x weight_decay, and lr = cfg.lr x B / kilostep, so the ratio is it.
+    if cfg.decoupled and cfg.lr <= 0:
+        raise ConfigError(f"--optim.lr: expected a positive lr with --optim.decoupled=true, found {cfg.lr}")
+    wd = cfg.weight_decay / cfg.lr if cfg.decoupled else cfg.weight_decay
     frozen = model.frozen_after() if callable(getattr(model, "frozen_after", None)) else {}
     groups = param_groups(model, wd, cfg.wd_exempt_norm_bias, cfg.bias_lr_scale, frozen)
     betas = tuple(cfg.betas)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import datetime
 import os
 import pwd
 import shutil
@@ -173,11 +174,20 @@ class Cluster:
                            f"jobs {self.jobs()}; logs in {self.dir / 'log'}")
 
     def start_now(self, job: str) -> bool:
-        """A job waiting in PD (BeginTime), as a requeued one does, may start at once; True if it was."""
-        out = self.run("squeue", "-h", "-j", job, "-o", "%T|%r", check=False)
-        if "PENDING|BeginTime" not in out.stdout:
+        """A job waiting in PD (BeginTime), as a requeued one does, may start in a few seconds; True if it was
+        moved. Never "now": slurmd refuses a batch job restarted within the second its previous run ended
+        ("Job credential revoked") and the job fails; and a start already that close is left alone."""
+        out = self.run("squeue", "-h", "-j", job, "-o", "%T|%r|%S", check=False)
+        state, _, start = out.stdout.strip().partition("|BeginTime|")
+        if state != "PENDING":
             return False
-        return self.run("scontrol", "update", f"JobId={job}", "StartTime=now", check=False).returncode == 0
+        try:
+            wait = (datetime.datetime.fromisoformat(start) - datetime.datetime.now()).total_seconds()
+        except ValueError:
+            wait = float("inf")
+        if wait <= 10:
+            return False
+        return self.run("scontrol", "update", f"JobId={job}", "StartTime=now+3", check=False).returncode == 0
 
     def jobcomp(self) -> list[dict[str, str]]:
         """Finished jobs and array tasks, from the jobcomp/filetxt log (one dict of KEY=VALUE per line)."""

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from cifar_dist.augment import BatchMixer, coarse_dropout, ricap, smooth_one_hot, tta_views
+from cifar_dist.augment import BatchMixer, coarse_dropout, ricap, smooth_one_hot, tta_views, tta_weights
 from cifar_dist.config import (
     Config,
     ConfigError,
@@ -238,6 +240,30 @@ def test_tta_views():
     assert torch.equal(v[2][..., 1:, :], x[..., :-1, :]) and (v[2][..., 0, :] == 0).all()  # down one pixel
     assert torch.equal(v[4][..., :, 1:], x[..., :, :-1]) and (v[4][..., :, 0] == 0).all()  # right one pixel
     assert torch.equal(v[9][..., :, :-1], x.flip(3)[..., :, 1:])  # flipped, then left one pixel
+    v = tta_views(x, "flip_diag")
+    assert len(v) == 6 and sum(tta_weights("flip_diag", 6)) == pytest.approx(1.0)
+    assert torch.equal(v[2][..., 1:, 1:], x[..., :-1, :-1])  # down-right one pixel: x moves, edges reflected
+    assert torch.equal(v[2][..., 0, 1:], x[..., 1, :-1]) and torch.equal(v[3], v[2].flip(3))
+    assert torch.equal(v[4][..., :-1, :-1], x[..., 1:, 1:]) and torch.equal(v[4][..., -1, :-1], x[..., -2, 1:])
+
+
+def test_flip_diag_tta_averages_weighted_logits():
+    """flip_diag's prediction is the softmax of 0.25 (f(x) + f(flip x)) + 0.125 (the four shifted views)."""
+    from types import SimpleNamespace
+
+    from cifar_dist.data import TensorLoader
+    from cifar_dist.engine.evaluate import evaluate
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
+    x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 4, (16,))
+    acc = SimpleNamespace(device=torch.device("cpu"), autocast=contextlib.nullcontext, reduce=lambda t, reduction: t)
+    got = evaluate(model, TensorLoader(x, y, batch_size=16), lambda t: t, acc, 4, "flip_diag")
+    views = tta_views(x, "flip_diag")
+    logits = sum(w * model(v) for v, w in zip(views, [0.25, 0.25, 0.125, 0.125, 0.125, 0.125]))
+    want = F.cross_entropy(logits, y).item()
+    assert got["loss"] == pytest.approx(want, rel=1e-5)
+    assert got["acc"] == pytest.approx(100.0 * (logits.argmax(1) == y).float().mean().item())
 
 
 def test_early_stopping_rules():

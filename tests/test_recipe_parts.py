@@ -129,7 +129,9 @@ def test_decoupled_hyperparameters_bias_lr_scale_and_frozen_groups():
     opt = build_optimizer(model, cfg, peak)
     by_name = {id(p): n for n, p in model.named_parameters()}
     groups = {tuple(sorted(by_name[id(p)] for p in g["params"]))[0]: g for g in opt.param_groups}
-    wd = 0.0153 / kilostep(0.85)
+    # decoupled weight decay: every step shrinks the weights by 0.0153 x B / kilostep, whatever the lr
+    wd = 0.0153 / 11.5
+    assert peak * wd == pytest.approx(0.0153 * 1024 / kilostep(0.85))
     bn_bias = groups["blocks.0.bn1.bias"]
     assert bn_bias["lr_scale"] == 64.0 and bn_bias["weight_decay"] == pytest.approx(wd / 64)
     whiten = groups["stem.0.bias"]

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cifar_dist.augment import tta_views
+from cifar_dist.augment import TTA_ON_LOGITS, tta_views, tta_weights
 from cifar_dist.config import flatten, to_dict
 from cifar_dist.engine import checkpoint as ckpt
 from cifar_dist.engine.devices import eval_model
@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 def evaluate(model, loader, normalize, accelerator, num_classes: int, tta: str = "none") -> dict:
     """Accuracy (%), mean loss and confusion matrix over the whole split, summed over processes.
 
-    With TTA the softmax probabilities of the views are averaged; the loss is the NLL of that mean.
+    With TTA the softmax probabilities of the views are averaged (the logits, weighted, for flip_diag); the
+    loss is the NLL of that mean.
     Per batch everything stays on the device (no `.item()`, no host tensor, no `bincount`, whose output size
     needs the max label on the host): the host reads the sums once, after the last batch.
     """
@@ -37,6 +38,10 @@ def evaluate(model, loader, normalize, accelerator, num_classes: int, tta: str =
         with accelerator.autocast():
             if tta == "none":
                 logp = F.log_softmax(model(x).float(), dim=1)
+            elif tta in TTA_ON_LOGITS:
+                views = tta_views(x, tta)
+                logits = sum(w * model(v).float() for v, w in zip(views, tta_weights(tta, len(views))))
+                logp = F.log_softmax(logits, dim=1)
             else:
                 probs = torch.stack([F.softmax(model(v).float(), dim=1) for v in tta_views(x, tta)]).mean(0)
                 logp = probs.clamp_min(1e-12).log()
