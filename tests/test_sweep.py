@@ -574,6 +574,28 @@ def test_status_of_local_runs_checks_the_pid(tmp_path):
     assert sweep.run_state(r[1], None) == ("failed", "local runner gone before the run finished")
 
 
+def test_local_runner_records_the_trainers_status_not_the_launchers(tmp_path, monkeypatch):
+    """A multi-process launcher exits 1 whatever its trainer's status: the local runner records the status.json
+    the trainer wrote during this launch (3, stopped), and the launcher's own code when status.json is stale."""
+    from cifar_dist.sweep.local import LocalRunner
+
+    s = _status_sweep(tmp_path)
+    runner = LocalRunner(s, procs=2)
+    monkeypatch.setattr(runner, "command", lambda run: [sys.executable, "-c", "import sys; sys.exit(1)"])
+    old = s.runs[1]
+    old.dir.mkdir(parents=True)
+    (old.dir / "status.json").write_text(json.dumps({"exit": 3, "state": "stopped", "time": 1000}) + "\n")
+    runner.stop = [signal.SIGTERM]  # as after a Ctrl-C
+    for run in s.runs[:2]:
+        runner.start(run)
+    (s.runs[0].dir / "status.json").write_text(json.dumps({"exit": 3, "state": "stopped", "time": int(time.time())}))
+    while runner.active:
+        time.sleep(0.05)
+        runner.reap()
+    tasks = [json.loads((r.dir / sweep.TASK_FILE).read_text()) for r in s.runs[:2]]
+    assert [(t["state"], t["exit"]) for t in tasks] == [("preempted", 3), ("preempted", 1)]
+
+
 def test_status_command_output(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "no-slurm-here"))  # squeue unavailable
     s = _status_sweep(tmp_path)

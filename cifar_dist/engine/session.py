@@ -36,7 +36,7 @@ from cifar_dist.engine.logs import RunLogger, start_logger
 from cifar_dist.engine.rundir import take_lock
 from cifar_dist.lookahead import LookaheadEMA
 from cifar_dist.models import build_model, count_params
-from cifar_dist.optim import Schedule, build_optimizer, scaled_lr
+from cifar_dist.optim import Schedule, build_optimizer, kilostep, scaled_lr
 
 
 @dataclass
@@ -254,6 +254,14 @@ def build_loaders(cfg: Config, accelerator, per_device_batch: int) -> Loaders:
     return Loaders(train, val, test, train_idx)
 
 
+def lr_rule(peak_lr: float, o, global_batch: int) -> str:
+    """How the peak lr follows from the flags, e.g. `lr 0.2 = 0.1 x (256/128)^linear`."""
+    if o.decoupled:
+        k = kilostep(o.momentum)
+        return f"lr {peak_lr:.4g} = {o.lr:g} x {global_batch}/{k:.0f} (decoupled: {k:.0f} = 1024 x (1 + 1/(1 - momentum)))"
+    return f"lr {peak_lr:g} = {o.lr:g} x ({global_batch}/{o.ref_batch_size})^{o.lr_scaling}"
+
+
 def banner(s: Session) -> str:
     """The one line a run starts with: model, processes, batch arithmetic, lr scaling, length, run dir."""
     cfg, acc, state = s.cfg, s.accelerator, s.state
@@ -262,7 +270,7 @@ def banner(s: Session) -> str:
         f"cifar_dist: {cfg.preset or 'custom'} | model {cfg.model.name} ({s.n_params:,} params) | processes {world} "
         f"({acc.distributed_type}, {acc.device}, precision {acc.mixed_precision}) | "
         f"batch {s.per_device}/device x {world} x accum {o.accum_steps} = {r.global_batch_size} global | "
-        f"lr {s.peak_lr:g} = {o.lr:g} x ({r.global_batch_size}/{o.ref_batch_size})^{o.lr_scaling} | "
+        f"{lr_rule(s.peak_lr, o, r.global_batch_size)} | "
         f"{s.steps_per_epoch} steps/epoch x {r.epochs} epochs | run dir {s.run_dir}"
         + (f" | resumed at epoch {state.epoch + 1} step {state.step_in_epoch}" if s.resumed else "")
     )

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cifar_dist.errors import EXIT_FAILED, EXIT_OK, EXIT_STOPPED
+from cifar_dist.run_status import read_status
 from cifar_dist.sweep.plan import Run, Sweep, describe, is_finished
 from cifar_dist.sweep.slurm import REPO
 from cifar_dist.sweep.status import write_task
@@ -35,6 +36,7 @@ class LocalRunner:
         self.sweep = sweep
         self.procs = procs
         self.active: dict[subprocess.Popen, Run] = {}
+        self.started: dict[subprocess.Popen, int] = {}  # launch time, s: a status.json older than it is stale
         self.stop: list[int] = []
         self.done = self.failed = 0
         self.env = {**os.environ,
@@ -69,24 +71,28 @@ class LocalRunner:
             # A session of its own: a terminal's Ctrl-C reaches only this runner, which sends SIGTERM.
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
         self.active[proc] = run
+        self.started[proc] = int(time.time()) - 1
         write_task(run, "running", None, "local", proc.pid)
         print(f"start {self.label(run)} pid {proc.pid}", flush=True)
 
     def reap(self) -> None:
         for proc in [p for p in self.active if p.poll() is not None]:
             run = self.active.pop(proc)
-            if self.succeeded(run, proc.returncode):
+            # the trainer's own status: a launcher of several processes exits 1 for any failure (3 included)
+            recorded = read_status(run.dir) if isinstance(run, Run) else None
+            fresh = recorded is not None and recorded.get("time", 0) >= self.started.pop(proc, 0)
+            code = recorded["exit"] if fresh else proc.returncode
+            if self.succeeded(run, code):
                 self.done += 1
-                write_task(run, "done", proc.returncode, "local", proc.pid)
+                write_task(run, "done", code, "local", proc.pid)
                 print(f"done  {run.name}", flush=True)
             elif self.stop:
-                write_task(run, "preempted", proc.returncode, "local", proc.pid)
-                print(f"stopped {run.name} (exit {proc.returncode}); rerun to resume", flush=True)
+                write_task(run, "preempted", code, "local", proc.pid)
+                print(f"stopped {run.name} (exit {code}); rerun to resume", flush=True)
             else:
                 self.failed += 1
-                write_task(run, "failed", proc.returncode, "local", proc.pid)
-                print(f"FAILED {run.name}: exit {proc.returncode}; see {self.sweep.dir / 'logs' / run.name}.out",
-                      flush=True)
+                write_task(run, "failed", code, "local", proc.pid)
+                print(f"FAILED {run.name}: exit {code}; see {self.sweep.dir / 'logs' / run.name}.out", flush=True)
 
     def exit_status(self) -> int:
         if self.stop:
