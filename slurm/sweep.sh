@@ -168,8 +168,8 @@ fi
 status=$(recorded_status "$run_dir")
 status=${status:-$RC}  # no record: killed (e.g. 137 = SIGKILL) or failed before it knew its run directory
 
-if [[ $worker == 1 ]] && (( rc == 0 )); then
-    write_task done "$rc"
+if [[ $worker == 1 ]] && (( status == 0 )); then
+    write_task done "$status"
     echo "sweep.sh: $run_name: no trial left"
     exit 0
 fi
