@@ -265,3 +265,17 @@ def test_real_data_learns_in_one_epoch(real_cifar10, tmp_path):
     assert res["final"]["test_acc"] >= 45.0
     rows = metrics(tmp_path / "real")
     assert rows[0]["val_acc"] >= 40.0
+
+
+@pytest.mark.slow
+def test_smoke_on_real_data_is_a_ten_class_problem(real_cifar10, tmp_path):
+    """`--preset=smoke` on the shared real CIFAR-10: its 2,000 training and 1,000 test images are class-balanced
+    draws, so one epoch lands well between chance (10 %) and the 100 % a one-class subset would give."""
+    data_dir, name, _ = real_cifar10
+    p = run([sys.executable, "-m", "cifar_dist.train", "--preset=smoke", f"--data.dir={data_dir}",
+             f"--data.name={name}", f"--run.out_dir={tmp_path}", "--run.name=smoke", "--run.progress=false"],
+            timeout=900)
+    assert p.returncode == 0, p.stderr[-2000:]
+    res = read_json(tmp_path / "smoke" / "result.json")
+    print(f"\nreal data, smoke: test {res['final']['test_acc']:.2f} %")
+    assert 15.0 <= res["final"]["test_acc"] <= 90.0
