@@ -38,6 +38,7 @@ from cifar_dist.cli.train import main as train_main
 from cifar_dist.run_status import STATUS_FILE
 from tests.data_prep_helpers import make_cifar10_archive, make_cifar10_dir, make_image_folder, make_tar
 from tests.helpers import REPO
+from tests.helpers import small_tmpfs as mounted_tmpfs
 
 GOOD_ROW = json.dumps({"epoch": 1, "step": 3, "train_loss": 2.0, "test_acc": 40.0, "test_loss": 1.9}) + "\n"
 SPEC = "name: small\npreset: smoke\nfixed:\n  data.dir: data\n  run.epochs: 1\ngrid:\n  optim.lr: [1e-3, 2e-3]\n"
@@ -1042,17 +1043,9 @@ def test_partial_metrics_line_is_repaired_on_resume(finished_run, tiny_data, tmp
 
 @pytest.fixture
 def small_tmpfs(tmp_path):
-    """A 6 MB tmpfs mounted for the test (needs CAP_SYS_ADMIN: without it the test fails and says why)."""
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if p.returncode != 0:
-        pytest.fail(f"cannot mount a tmpfs for the disk-full case (mount: {p.stderr.strip()}); run as root "
-                    f"or with CAP_SYS_ADMIN")
-    try:
+    """A 6 MB tmpfs mounted for the test."""
+    with mounted_tmpfs(tmp_path / "tmpfs", 6) as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 @pytest.mark.slow

@@ -24,7 +24,7 @@ import torch
 from cifar_dist.engine import checkpoint as ckpt
 from cifar_dist.engine.logs import RunLogger, append_line
 from cifar_dist.engine.rundir import RunDirError
-from tests.helpers import REPO, read_json
+from tests.helpers import REPO, read_json, small_tmpfs
 from tests.test_train import metrics, run, train_cmd
 
 # 300 training images, 100 per step: 3 steps per epoch, a checkpoint after every step (so `last` and
@@ -262,17 +262,8 @@ def test_a_bad_line_inside_metrics_is_an_error_naming_it(tiny_data, finished_run
 @pytest.fixture
 def small_disk(tmp_path):
     """A 40 MB tmpfs mounted for the test and unmounted after it."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if p.returncode != 0:
-        pytest.fail(f"cannot mount a tmpfs for the disk-full tests (needs root with CAP_SYS_ADMIN): "
-                    f"{(p.stderr or p.stdout).strip()}")
-    try:
+    with small_tmpfs(tmp_path / "disk", 40) as mnt:
         yield mnt
-    finally:
-        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 def fill(disk: Path) -> Path:

@@ -46,7 +46,7 @@ from tests.data_prep_helpers import (
     run_cli,
     smooth_images,
 )
-from tests.helpers import SHARED_JPEG
+from tests.helpers import SHARED_JPEG, small_tmpfs
 
 SPLITS = ("train", "test")
 
@@ -670,14 +670,7 @@ def test_writer_worker_failure_is_an_error_not_a_hang(tmp_path):
 def test_disk_full_is_one_line_and_leaves_nothing(tmp_path):
     """A 30 MB tmpfs (the test mounts and unmounts it) fills up while the .beton files are written."""
     archive, _ = make_cifar10_archive(tmp_path, per_batch=40, n_test=40)
-    small = tmp_path / "small"
-    small.mkdir()
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=30m", "tmpfs", str(small)],
-                           capture_output=True, text=True)
-    if mount.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({mount.stderr.strip()}); "
-                    "test_writer_worker_failure_is_an_error_not_a_hang covers the same path with RLIMIT_FSIZE")
-    try:
+    with small_tmpfs(tmp_path / "small", 30) as small:
         started = time.monotonic()
         r = run_cli(str(archive), "--out", str(small / "out"), "--num_workers", "2")
         assert time.monotonic() - started < 300
@@ -687,8 +680,6 @@ def test_disk_full_is_one_line_and_leaves_nothing(tmp_path):
         assert "No space left on device" in r.stderr
         assert leftovers(small) == [] and not (small / "out").exists()  # the folder it created is gone too
         assert processes_mentioning(str(tmp_path)) == []
-    finally:
-        subprocess.run(["umount", str(small)], check=True)
 
 
 def test_writer_past_its_deadline_is_an_error_not_a_hang(tmp_path):
