@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cifar_dist.errors import EXIT_FAILED, EXIT_OK, EXIT_STOPPED
-from cifar_dist.run_status import read_status
+from cifar_dist.run_status import STATUS_FILE, read_status
 from cifar_dist.sweep.plan import Run, Sweep, describe, is_finished
 from cifar_dist.sweep.slurm import REPO
 from cifar_dist.sweep.status import write_task
@@ -36,7 +36,6 @@ class LocalRunner:
         self.sweep = sweep
         self.procs = procs
         self.active: dict[subprocess.Popen, Run] = {}
-        self.started: dict[subprocess.Popen, int] = {}  # launch time, s: a status.json older than it is stale
         self.stop: list[int] = []
         self.done = self.failed = 0
         self.env = {**os.environ,
@@ -62,6 +61,7 @@ class LocalRunner:
 
     def start(self, run: Run) -> None:
         run.dir.mkdir(parents=True, exist_ok=True)
+        (run.dir / STATUS_FILE).unlink(missing_ok=True)  # an earlier launch's status is not this one's (as sweep.sh)
         log_path = self.sweep.dir / "logs" / f"{run.name}.out"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         cmd = self.command(run)
@@ -71,7 +71,6 @@ class LocalRunner:
             # A session of its own: a terminal's Ctrl-C reaches only this runner, which sends SIGTERM.
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
         self.active[proc] = run
-        self.started[proc] = int(time.time()) - 1
         write_task(run, "running", None, "local", proc.pid)
         print(f"start {self.label(run)} pid {proc.pid}", flush=True)
 
@@ -79,9 +78,8 @@ class LocalRunner:
         for proc in [p for p in self.active if p.poll() is not None]:
             run = self.active.pop(proc)
             # the trainer's own status: a launcher of several processes exits 1 for any failure (3 included)
-            recorded = read_status(run.dir) if isinstance(run, Run) else None
-            fresh = recorded is not None and recorded.get("time", 0) >= self.started.pop(proc, 0)
-            code = recorded["exit"] if fresh else proc.returncode
+            recorded = read_status(run.dir)
+            code = recorded["exit"] if recorded else proc.returncode
             if self.succeeded(run, code):
                 self.done += 1
                 write_task(run, "done", code, "local", proc.pid)
