@@ -1,7 +1,7 @@
 """Accuracy of a recipe on real data, per epoch and per seed, written to a committed results file.
 
     python bench/recipes.py fast --epochs 2 --seeds 0,1 --data data       # train, print, write results
-    python bench/recipes.py seed003_simple_cnn --epochs 50 --seeds 0 --data data
+    python bench/recipes.py seed003_simple_cnn --epochs 50 --seeds 0 --data data --resume   # continues a stopped run
     python bench/recipes.py --table                                       # the README table from the files
     python bench/recipes.py --table --update-readme                       # ... written into README.md
 
@@ -61,24 +61,26 @@ def stat(values: list[float]) -> dict:
             "n": len(values)}
 
 
-def run_seed(preset: str, epochs: int, seed: int, data: Path, name: str, out: Path, extra: list[str]) -> dict:
+def run_seed(preset: str, epochs: int, seed: int, data: Path, name: str, out: Path, extra: list[str],
+             resume: bool = False) -> dict:
     run_name = f"{preset}-e{epochs}-s{seed}"
     cmd = [sys.executable, "-m", "cifar_dist.train", f"--preset={preset}", f"--run.epochs={epochs}",
            f"--run.seed={seed}", f"--data.dir={data}", f"--data.name={name}", f"--run.out_dir={out}",
-           f"--run.name={run_name}", "--run.progress=false", *extra]
+           f"--run.name={run_name}", "--run.progress=false", *(["--resume=auto"] if resume else []), *extra]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:  # the trainer's banner and one line per epoch, as they come
         print(f"  [{run_name}] {line.rstrip()}", flush=True)
     if proc.wait() != 0:
         sys.exit(f"error: {run_name}: the trainer exited with status {proc.returncode}")
-    wall = time.perf_counter() - t0
     run_dir = out / run_name
     result = json.loads((run_dir / "result.json").read_text())
+    # A resumed run's wall time is the trainer's own, summed over its sessions.
+    wall = result["wall_s"] if resume else time.perf_counter() - t0
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     per_epoch = [{k: r.get(k) for k in ("epoch", "test_acc", "val_acc", "ema_test_acc", "train_loss", "lr",
                                           "images_per_s", "epoch_s")} for r in rows]
-    return {"seed": seed, "command": cmd[1:], "wall_s": wall, "epochs": per_epoch,
+    return {"seed": seed, "command": cmd[1:], "resumable": resume, "wall_s": wall, "epochs": per_epoch,
             "test_acc": result["final"]["test_acc"], "test_acc_tta": result["final"]["test_acc_tta"],
             "images_per_s": result["images_per_s"], "params": result["params"]}
 
@@ -102,7 +104,7 @@ def measure(args: argparse.Namespace) -> Path:
                      "counts": manifest.get("counts"), "class_names": manifest.get("class_names")}}
     runs = []
     for seed in args.seeds:
-        r = run_seed(args.preset, args.epochs, seed, Path(data), name, out, extra)
+        r = run_seed(args.preset, args.epochs, seed, Path(data), name, out, extra, args.resume)
         accs = " ".join(f"{e['test_acc']:.2f}" for e in r["epochs"] if e.get("test_acc") is not None)
         print(f"{args.preset} seed {seed}: test acc per epoch {accs}; final {r['test_acc']:.2f} % "
               f"(TTA {r['test_acc_tta']:.2f} %), {r['images_per_s']:.0f} images/s, {r['wall_s']:.0f} s", flush=True)
@@ -166,6 +168,9 @@ def main() -> None:
     ap.add_argument("--name", default="cifar10")
     ap.add_argument("--tag", default="", help="suffix of the results file name (variants of one preset)")
     ap.add_argument("--out-runs", default=str(REPO / "runs" / "bench_recipes"), help="where the runs are written")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue runs found in --out-runs from their last checkpoint (--resume=auto): a long "
+                         "recipe can train over several sittings; the tensor loader resumes bit-exactly")
     ap.add_argument("--table", action="store_true", help="print the markdown table of bench/results/*.json")
     ap.add_argument("--update-readme", action="store_true", help="with --table: write it into README.md")
     args = ap.parse_args(argv)

@@ -78,18 +78,7 @@ def train(cfg: Config, resume: str = "none") -> int:
         while state.epoch < r.epochs:
             if r.stop_after and state.epoch >= r.stop_after:  # never train past run.stop_after
                 return pause(s)
-            s.loaders.train.set_epoch(state.epoch)
-            monitor.open_bar()
-            train_one_epoch(s.parts, s.loaders.train, state, s.sums, monitor.on_step)
-            monitor.close_bar()
-            monitor.check(torch.zeros((), device=acc.device)).store(state)
-            row = epoch_row(state, s.parts.schedule.lr)
-            stop = evaluate_epoch(s, row)
-            s.logger.log_epoch(row)
-            acc.print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-            state.start_next_epoch()
-            s.sums.zero_()
-            monitor.save_last()
+            row, stop = run_epoch(s, monitor)
             if stop:
                 status = "early_stopped"
                 acc.print(f"early stop after epoch {state.epoch}: val acc {row['val_acc']:.2f} "
@@ -111,6 +100,27 @@ def train(cfg: Config, resume: str = "none") -> int:
     s.logger.close()
     acc.end_training()
     return EXIT_OK
+
+
+def run_epoch(s: Session, monitor: Monitor) -> tuple[dict[str, Any], bool]:
+    """Train the current epoch (from where it stands), evaluate, log it and save the checkpoint.
+
+    Returns the epoch's metrics row and whether early stopping asks to stop.
+    """
+    acc, state = s.accelerator, s.state
+    s.loaders.train.set_epoch(state.epoch)
+    monitor.open_bar()
+    train_one_epoch(s.parts, s.loaders.train, state, s.sums, monitor.on_step)
+    monitor.close_bar()
+    monitor.check(torch.zeros((), device=acc.device)).store(state)
+    row = epoch_row(state, s.parts.schedule.lr)
+    stop = evaluate_epoch(s, row)
+    s.logger.log_epoch(row)
+    acc.print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    state.start_next_epoch()
+    s.sums.zero_()
+    monitor.save_last()
+    return row, stop
 
 
 def pause(s: Session) -> int:
