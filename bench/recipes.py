@@ -125,6 +125,11 @@ def measure(args: argparse.Namespace) -> Path:
     return path
 
 
+def pct(st: dict) -> str:
+    """`mean ± std %`, or just `mean %` for one seed (no spread to show)."""
+    return f"{st['mean']:.2f}" + (f" \u00b1 {st['std']:.2f}" if st["n"] > 1 else "") + " %"
+
+
 def table() -> str:
     """One markdown row per (preset, epochs, extra flags): the runs of every results file that measured it
     (seeds may come from several files, e.g. measured one by one), accuracy as mean ± std (n = seeds)."""
@@ -134,14 +139,13 @@ def table() -> str:
     for path in sorted(RESULTS.glob("*.json")):
         r = json.loads(path.read_text())
         groups.setdefault((r["preset"], r["epochs"], tuple(r.get("extra_flags") or [])), []).append(r)
-    rows, pm = [], "\u00b1"
+    rows = []
     for (preset, epochs, flags), records in groups.items():
         runs = sorted((run for r in records for run in r["runs"]), key=lambda run: run["seed"])
         s = {k: stat([run[k] for run in runs]) for k in ("test_acc", "test_acc_tta", "images_per_s", "wall_s")}
         shas = ", ".join(sorted({f"`{r['git_sha'][:10]}{'+dirty' if r.get('git_dirty') else ''}`" for r in records}))
         rows.append(
-            f"| `{preset}` | {epochs} | {' '.join(flags) or '(preset)'} | {s['test_acc']['mean']:.2f} {pm} "
-            f"{s['test_acc']['std']:.2f} % | {s['test_acc_tta']['mean']:.2f} {pm} {s['test_acc_tta']['std']:.2f} % "
+            f"| `{preset}` | {epochs} | {' '.join(flags) or '(preset)'} | {pct(s['test_acc'])} | {pct(s['test_acc_tta'])} "
             f"| {s['test_acc']['n']} ({', '.join(str(run['seed']) for run in runs)}) | {s['images_per_s']['mean']:,.0f} "
             f"| {s['wall_s']['mean'] / 60:.1f} min | {shas} |")
     return "\n".join([head, *rows])
