@@ -123,7 +123,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    name: str = "sgd"  # sgd | adam | adamw | adamax
+    name: str = "sgd"  # sgd | adam | adamw | adamax | muon (conv filters by Muon, the rest by `companion`)
     lr: float = 0.1  # peak learning rate at ref_batch_size (see lr_scaling)
     lr_scaling: str = "none"  # none | linear | sqrt: how lr follows global batch / ref_batch_size
     ref_batch_size: int = 128  # global batch size the lr was tuned for
@@ -142,6 +142,13 @@ class OptimConfig:
     lookahead_alpha: float = 0.5  # slow-weight step size
     grad_clip: float = 0.0  # max global gradient norm (0 = off)
     accum_steps: int = 1  # micro-batches per optimizer step
+    head_lr_scale: float = 1.0  # lr multiplier of the classifier head (last Linear); its weight decay is divided by it
+    companion: str = "sgd"  # with name=muon: optimizer of every non-filter parameter (sgd | adam | adamw | adamax)
+    muon_lr: float = 0.02  # with name=muon: Muon's peak lr on the conv filters (not batch-scaled, not decoupled)
+    muon_momentum: float = 0.95  # with name=muon: Muon's momentum
+    muon_nesterov: bool = True  # with name=muon: Nesterov momentum in Muon
+    muon_ns_steps: int = 5  # with name=muon: Newton-Schulz iterations per step
+    muon_normalize: bool = False  # with name=muon: rescale each filter tensor to norm sqrt(out channels) each step
 
 
 @dataclass(frozen=True)
@@ -213,7 +220,8 @@ class Config:
 # Values a string field may take; checked on every override.
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.loader": ("tensor", "ffcv"),
-    "optim.name": ("sgd", "adam", "adamw", "adamax"),
+    "optim.name": ("sgd", "adam", "adamw", "adamax", "muon"),
+    "optim.companion": ("sgd", "adam", "adamw", "adamax"),
     "optim.lr_scaling": ("none", "linear", "sqrt"),
     "sched.name": ("cosine", "onecycle", "step", "constant", "linear"),
     "aug.flip_mode": ("random", "alternating"),

@@ -34,17 +34,32 @@ def _is_norm(module: torch.nn.Module) -> bool:
     return isinstance(module, (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm))
 
 
+def _head_params(model: torch.nn.Module) -> set[int]:
+    """ids of the classifier head's parameters: those of the model's last Linear layer."""
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    return {id(p) for p in linears[-1].parameters()} if linears else set()
+
+
+def is_filter(p: torch.Tensor) -> bool:
+    """A convolution filter bank (out, in, *kernel): what `--optim.name=muon` trains with Muon."""
+    return p.ndim >= 3
+
+
 def param_groups(model: torch.nn.Module, weight_decay: float, exempt_norm_bias: bool, bias_lr_scale: float = 1.0,
-                 frozen_after: dict[str, int] | None = None) -> list[dict]:
+                 frozen_after: dict[str, int] | None = None, head_lr_scale: float = 1.0,
+                 split_filters: bool = False) -> list[dict]:
     """Parameter groups: decayed weights; with `exempt_norm_bias` all 1-D parameters without decay; with
-    `bias_lr_scale` != 1 the norm layers' biases at lr x scale and weight decay / scale; parameters named
-    in `frozen_after` ({name: epoch}) in groups of their own that stop training at that epoch.
+    `bias_lr_scale` != 1 the norm layers' biases at lr x scale and weight decay / scale (the same with
+    `head_lr_scale` for the last Linear layer); parameters named in `frozen_after` ({name: epoch}) in groups
+    of their own that stop training at that epoch; with `split_filters` the conv filters in groups of their
+    own marked "filters" (see `is_filter`).
 
     Every group carries "lr_scale" (its lr relative to the schedule's) and maybe "stop_epoch"; the
     schedule applies both.
     """
     frozen_after = frozen_after or {}
     norm_bias = {id(m.bias) for m in model.modules() if _is_norm(m) and getattr(m, "bias", None) is not None}
+    head = _head_params(model) if head_lr_scale != 1.0 else set()
     groups: dict[tuple, dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -54,12 +69,107 @@ def param_groups(model: torch.nn.Module, weight_decay: float, exempt_norm_bias: 
             wd = 0.0
         if id(p) in norm_bias and bias_lr_scale != 1.0:
             wd, scale = wd / bias_lr_scale, bias_lr_scale
-        key = (wd, scale, frozen_after.get(name))
+        if id(p) in head:
+            wd, scale = wd / head_lr_scale, head_lr_scale
+        key = (wd, scale, frozen_after.get(name), split_filters and is_filter(p))
         g = groups.setdefault(key, {"params": [], "weight_decay": wd, "lr_scale": scale})
         if key[2] is not None:
             g["stop_epoch"] = key[2]
+        if key[3]:
+            g["filters"] = True
         g["params"].append(p)
     return list(groups.values())
+
+
+class MuonWithCompanion(torch.optim.Optimizer):
+    """One optimizer for the engine: timm's Muon on the conv filters, a companion optimizer on the rest.
+
+    timm's `Muon` (flatten mode: a filter bank is the matrix out x in*k*k) keeps a Nesterov momentum per
+    filter bank and steps along its orthogonalisation (Newton-Schulz iterations with the original
+    coefficients, no shape-based lr adjustment, no weight decay); every group is pinned to Muon, so no
+    filter falls back to AdamW on its shape. The companion (torch SGD, Adam, AdamW or Adamax) trains
+    biases, norms, the whitening bias and the head. With `normalize`, each filter bank is rescaled to norm
+    sqrt(out channels) right before its step, so its size never drifts (a BatchNorm after each conv makes
+    the scale free). `param_groups` lists Muon's groups, then the companion's; the schedule sets each
+    group's lr through its "lr_scale". The state dict holds both optimizers' state dicts.
+    """
+
+    def __init__(self, muon: torch.optim.Optimizer, companion: torch.optim.Optimizer, normalize: bool):
+        # Like accelerate's AcceleratedOptimizer: a facade over optimizers that own the groups and state.
+        self.muon, self.companion, self.normalize = muon, companion, normalize
+        self.defaults = companion.defaults
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.muon.param_groups + self.companion.param_groups
+
+    @property
+    def state(self) -> dict:
+        return {**self.muon.state, **self.companion.state}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.muon.zero_grad(set_to_none=set_to_none)
+        self.companion.zero_grad(set_to_none=set_to_none)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if self.normalize:
+            for g in self.muon.param_groups:
+                for p in g["params"]:
+                    if p.grad is not None:
+                        p.mul_(p.shape[0] ** 0.5 / p.norm())  # a tensor factor: no host synchronisation
+        self.muon.step()
+        self.companion.step()
+        return loss
+
+    def state_dict(self) -> dict:
+        return {"muon": self.muon.state_dict(), "companion": self.companion.state_dict()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if set(state_dict) != {"muon", "companion"}:
+            raise ValueError(f"expected the states of muon and companion, found {sorted(state_dict)}")
+        self.muon.load_state_dict(state_dict["muon"])
+        self.companion.load_state_dict(state_dict["companion"])
+
+    def __repr__(self) -> str:
+        return f"MuonWithCompanion(muon={self.muon!r}, companion={self.companion!r})"
+
+
+def _torch_optimizer(name: str, groups: list[dict], lr: float, cfg: OptimConfig) -> torch.optim.Optimizer:
+    betas = tuple(cfg.betas)
+    if len(betas) != 2:
+        raise ConfigError(f"--optim.betas: expected two numbers, found {list(betas)}")
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=lr, betas=betas, eps=cfg.eps)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=cfg.eps)
+    return torch.optim.Adamax(groups, lr=lr, betas=betas, eps=cfg.eps)
+
+
+def _muon(groups: list[dict], cfg: OptimConfig, lr: float) -> MuonWithCompanion:
+    """Filter groups to timm's Muon at `cfg.muon_lr` (as "lr_scale" of the schedule's peak `lr`), the rest
+    to the companion."""
+    from timm.optim import Muon
+
+    if cfg.lookahead:
+        raise ConfigError("--optim.lookahead: expected false with --optim.name=muon, found true")
+    if lr <= 0:
+        raise ConfigError(f"--optim.lr: expected a positive lr with --optim.name=muon (the schedule's peak), found {lr}")
+    filters = [dict(g, weight_decay=0.0, lr_scale=cfg.muon_lr / lr, use_muon=True) for g in groups if g.get("filters")]
+    others = [g for g in groups if not g.get("filters")]
+    if not filters:
+        raise ConfigError("--optim.name: muon needs a model with convolution filters; this model has none")
+    muon = Muon(filters, lr=cfg.muon_lr, momentum=cfg.muon_momentum, nesterov=cfg.muon_nesterov,
+                ns_steps=cfg.muon_ns_steps, ns_coefficients="original", adjust_lr_fn=None, conv_mode="flatten")
+    if not others:  # a companion with no parameters: torch refuses an empty optimizer
+        others = [{"params": [], "lr_scale": 1.0}]
+    return MuonWithCompanion(muon, _torch_optimizer(cfg.companion, others, lr, cfg), cfg.muon_normalize)
 
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
@@ -70,18 +180,11 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, lr: float) -> torc
         raise ConfigError(f"--optim.lr: expected a positive lr with --optim.decoupled=true, found {cfg.lr}")
     wd = cfg.weight_decay / cfg.lr if cfg.decoupled else cfg.weight_decay
     frozen = model.frozen_after() if callable(getattr(model, "frozen_after", None)) else {}
-    groups = param_groups(model, wd, cfg.wd_exempt_norm_bias, cfg.bias_lr_scale, frozen)
-    betas = tuple(cfg.betas)
-    if len(betas) != 2:
-        raise ConfigError(f"--optim.betas: expected two numbers, found {list(betas)}")
-    if cfg.name == "sgd":
-        opt = torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
-    elif cfg.name == "adam":
-        opt = torch.optim.Adam(groups, lr=lr, betas=betas, eps=cfg.eps)
-    elif cfg.name == "adamw":
-        opt = torch.optim.AdamW(groups, lr=lr, betas=betas, eps=cfg.eps)
-    else:
-        opt = torch.optim.Adamax(groups, lr=lr, betas=betas, eps=cfg.eps)
+    groups = param_groups(model, wd, cfg.wd_exempt_norm_bias, cfg.bias_lr_scale, frozen, cfg.head_lr_scale,
+                          split_filters=cfg.name == "muon")
+    if cfg.name == "muon":
+        return _muon(groups, cfg, lr)
+    opt = _torch_optimizer(cfg.name, groups, lr, cfg)
     if cfg.lookahead:
         from timm.optim import Lookahead
 
