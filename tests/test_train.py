@@ -61,8 +61,14 @@ RECIPE_ARGS = ["--run.epochs=3", "--run.global_batch_size=20", "--run.checkpoint
                "--sched.warmup_start=0.2", "--sched.min_lr_ratio=0.07", "--aug.crop_padding=2", "--aug.crop_pad=reflect",
                "--aug.flip_mode=alternating", "--loss.label_smoothing=0.2", "--run.log_every_steps=1"]
 
+# fast_muon's options: Muon (momentum, filter-norm projection) beside the companion SGD with a head lr scale.
+MUON_ARGS = [a for a in RECIPE_ARGS if not a.startswith(("--optim.ema_lookahead", "--optim.name"))] + [
+    "--optim.name=muon", "--optim.muon_lr=0.2", "--optim.muon_momentum=0.6", "--optim.muon_ns_steps=3",
+    "--optim.muon_normalize=true", "--optim.head_lr_scale=0.25"]
 
-@pytest.mark.parametrize("args", [RESUME_ARGS, RECIPE_ARGS], ids=["adam_mixup_ema_onecycle", "airbench_recipe"])
+
+@pytest.mark.parametrize("args", [RESUME_ARGS, RECIPE_ARGS, MUON_ARGS],
+                         ids=["adam_mixup_ema_onecycle", "airbench_recipe", "muon_recipe"])
 def test_sigkill_mid_epoch_then_resume_is_bit_exact(tiny_data, tmp_path, args):
     ref = run(train_cmd(tiny_data, tmp_path, "ref", *args))
     assert ref.returncode == 0, ref.stderr[-2000:]
