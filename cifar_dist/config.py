@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from cifar_dist.errors import InputError
+from cifar_dist.errors import InputError, did_you_mean
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # per-channel mean of CIFAR-10 train, in [0, 1]
 KUANGLIU_STD = (0.2023, 0.1994, 0.2010)  # the std most CIFAR repos copy (not the true std)
@@ -297,7 +297,7 @@ def _field_types(cls: type) -> dict[str, Any]:
 def _check(key: str, value: Any) -> None:
     choices = CHOICES.get(key.lstrip("-"))
     if choices and value not in choices:
-        raise ConfigError(f"{key}: expected one of {', '.join(choices)}, found {value!r}")
+        raise ConfigError(f"{key}: expected one of {', '.join(choices)}, found {value!r}{did_you_mean(value, choices)}")
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
         raise ConfigError(f"{key}: expected a value >= 0, found {value!r}")
 
@@ -332,13 +332,15 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
             )
         section, _, name = key.partition(".")
         if section not in sections:
-            raise ConfigError(f"--{key}: unknown section {section!r}; expected one of {', '.join(sections)}")
+            raise ConfigError(f"--{key}: unknown section {section!r}{did_you_mean(section, sections)}; expected one "
+                              f"of {', '.join(sections)}")
         types_ = _field_types(type(sections[section]))
         if section == "model" and (name not in types_ or name == "options"):
             options.update(_option_items(key, name, value))
             continue
         if name not in types_:
-            raise ConfigError(f"--{key}: unknown key; {section} has {', '.join(types_)}")
+            raise ConfigError(f"--{key}: unknown key{did_you_mean(name, types_, f'--{section}.')}; {section} has "
+                              f"{', '.join(types_)}")
         coerced = _coerce(f"--{key}", types_[name], value)
         _check(f"--{key}", coerced)
         changes.setdefault(section, {})[name] = coerced
