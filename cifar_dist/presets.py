@@ -51,8 +51,8 @@ def register_preset(fn: Callable[[], Config] | None = None, *, reported_acc: flo
 
 def get_preset(name: str) -> Config:
     if name not in PRESETS:
-        raise ConfigError(f"--preset: unknown preset {name!r}{did_you_mean(name, PRESETS)}; expected one of "
-                          f"{', '.join(sorted(PRESETS))}")
+        raise ConfigError(f"--preset: unknown preset {name!r}; expected one of {', '.join(sorted(PRESETS))}"
+                          f"{did_you_mean(name, PRESETS)}")
     cfg = PRESETS[name]()
     return Config(**{**{k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "preset": name})
 

@@ -95,8 +95,8 @@ def check_argv(fn: Callable[..., Any], argv: list[str], prog: str) -> list[str]:
                 raise FlagError(f"{prog}: --{key} takes no value, found {tok!r}")
         if param is None and not (var_kw and "." in name):
             known = ", ".join(f"--{n}" for n in named if named[n].kind is not inspect.Parameter.POSITIONAL_ONLY)
-            raise FlagError(f"{prog}: unknown flag --{key}{did_you_mean(key, named, '--')} (expected "
-                            f"{known or 'no flags'}; see {prog} --help)")
+            raise FlagError(f"{prog}: unknown flag --{key} (expected {known or 'no flags'}; see {prog} --help)"
+                            f"{did_you_mean(key, named, '--')}")
         given.add(name)
         if has_value and param is not None and _is_bool(param):
             fire_argv[-1] = _bool_flag(name, key, tok.partition("=")[2])
