@@ -32,7 +32,7 @@ def _finish(fig, ax, labels: tuple[str, str, str], legend: bool, grid_which: str
     if xlabel == "epoch":
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10 if len(title) > 60 else None)  # long titles (the band, line styles) fit
     ax.grid(alpha=0.3, which=grid_which)
     if legend:
         ax.legend(fontsize=8)
@@ -143,13 +143,20 @@ def params_figure(cells: list[CellResult], keys: list[str] | tuple = (), colours
             continue
         ax.errorbar([cell.n_params], [s.mean], yerr=[s.std or 0.0], fmt="o", capsize=3, color=colours[cell.name],
                     label=cell_label(cell, list(keys)))
-    ax.set_xscale("log")
+    sizes = [c.n_params for c in cells if c.runs and c.n_params]
+    if sizes and max(sizes) >= 10 * min(sizes):  # a log axis only where sizes span a decade or more
+        ax.set_xscale("log")
+    else:
+        from matplotlib.ticker import FuncFormatter
+
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}"))  # 1,128 rather than 1.128e3
     labels = ("parameters", "final test accuracy (%)",
               f"Final test accuracy against model size ({band_note(cells).replace('band', 'bar')})")
     return _finish(fig, ax, labels, legend=bool(ax.containers), grid_which="both")
 
 
 LOSSES = (("train_loss", "-", "train"), ("val_loss", ":", "validation"), ("test_loss", "--", "test"))
+_STYLE = {"-": "solid", ":": "dotted", "--": "dashed"}
 
 
 def loss_figure(cells: list[CellResult], keys: list[str] | tuple = (), colours: dict[str, Any] | None = None):
@@ -157,14 +164,18 @@ def loss_figure(cells: list[CellResult], keys: list[str] | tuple = (), colours: 
     mean over seeds, one colour per cell."""
     fig, ax = _figure()
     colours = colours or cell_colours([c for c in cells if c.runs])
+    drawn = []
     for cell in (c for c in cells if c.runs):
-        label = cell_label(cell, list(keys))
+        label = cell_label(cell, list(keys))  # one legend entry per cell; the line style tells the split
         for key, style, what in LOSSES:
             epochs, means, _ = mean_curve(cell.counted_runs, key)
             if epochs:
                 ax.plot(epochs, means, linestyle=style, marker="o", markersize=3, color=colours[cell.name],
-                        label=f"{label} ({what})")
-    return _finish(fig, ax, ("epoch", "loss (cross-entropy)", "Loss per epoch (mean over seeds)"),
+                        label=label)
+                label = "_nolegend_"
+                drawn.append((what, _STYLE[style]))
+    styles = ", ".join(f"{what} {name}" for what, name in dict.fromkeys(drawn))
+    return _finish(fig, ax, ("epoch", "loss (cross-entropy)", f"Loss per epoch, mean over seeds ({styles})"),
                    legend=bool(ax.lines))
 
 
