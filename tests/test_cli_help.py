@@ -57,3 +57,9 @@ def test_limit_train_help_says_class_balanced(capsys):
     text = train_help()
     line = next(ln for ln in text.splitlines() if "--data.limit_train=" in ln)
     assert "class-balanced" in line and "first N" not in text
+
+
+def test_train_help_has_a_usage_line_and_one_model_options_heading(capsys):
+    rc, out, _ = run(capsys, "train", "--help")
+    assert rc == 0 and out.startswith("usage: cifar-dist train [--preset=NAME]")
+    assert out.count("Model options (") == 1
