@@ -294,6 +294,10 @@ def test_confusion_matrix_has_a_title_and_a_colour_bar(two_runs):
     result = read_json(run_dir / "result.json")
     assert f"| final.test_acc | {result['final']['test_acc']:,.2f} |" in text_of(acc, "run/result")
     assert f"| params | {result['params']} |" in text_of(acc, "run/result")
+    assert "tta" not in text_of(acc, "run/result")  # TTA did not run in this one
+    tta_dir, _ = two_runs["tta"]
+    tta_result = read_json(tta_dir / "result.json")["final"]["test_acc_tta"]
+    assert f"| final.test_acc_tta | {tta_result:,.2f} |" in text_of(events(tta_dir), "run/result")
 
 
 def test_config_and_command_in_the_text_tab(two_runs):

@@ -152,7 +152,7 @@ def log_final(s: Session, result: dict[str, Any], confusion: list[list[int]]) ->
     final, epoch, log = result["final"], s.state.epoch, s.logger
     title = f"final weights (epoch {epoch}): test accuracy {final['test_acc']:.2f}%"
     log.figure("test/confusion_matrix", confusion_figure(confusion, s.classes, title), epoch)
-    log.text("run/result", result_markdown(result), epoch)
+    log.text("run/result", result_markdown(result, tta=s.cfg.run.tta != "none"), epoch)
     tags = {"epoch/test_acc": "final test acc (%)"}
     if s.loaders.val is not None:
         tags.update({"epoch/val_acc": "final val acc (%)", "epoch/best_val_acc": "best val acc (%)"})
@@ -163,11 +163,14 @@ def log_final(s: Session, result: dict[str, Any], confusion: list[list[int]]) ->
     log.hparams(flatten(to_dict(s.cfg)), tags, {"params": s.n_params})
 
 
-def result_markdown(result: dict[str, Any]) -> str:
-    """result.json as a two-column markdown table (integers as integers, percentages with two decimals)."""
+def result_markdown(result: dict[str, Any], tta: bool = True) -> str:
+    """result.json as a two-column markdown table (integers as integers, percentages with two decimals); the
+    TTA accuracies only when TTA ran (`tta`), since otherwise they repeat the plain ones."""
     rows = []
     for key, value in result.items():
         for k, v in (value.items() if isinstance(value, dict) else [("", value)]):
+            if k.endswith("_tta") and not tta:
+                continue
             name = f"{key}.{k}" if k else key
             shown = f"{v:,.2f}" if isinstance(v, float) else ("" if v is None else str(v))
             rows.append(f"| {name} | {shown} |")

@@ -321,8 +321,13 @@ def confusion_figure(confusion, class_names: list[str], title: str = ""):
 
     k = len(class_names)
     fig, ax = plt.subplots(figsize=(0.6 * k + 2, 0.6 * k + 1.5))
+    from matplotlib.ticker import MaxNLocator
+
     im = ax.imshow(confusion, cmap="Blues")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="test images")
+    bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="test images")
+    bar.locator = MaxNLocator(integer=True)  # counts
+    bar.update_ticks()
+    top = max(max(row) for row in confusion) or 1
     if title:
         ax.set_title(title, fontsize=9)
     ax.set_xticks(range(k), class_names, rotation=90)
@@ -331,6 +336,7 @@ def confusion_figure(confusion, class_names: list[str], title: str = ""):
     ax.set_ylabel("true")
     for i in range(k):
         for j in range(k):
-            ax.text(j, i, int(confusion[i][j]), ha="center", va="center", fontsize=7)
+            ax.text(j, i, int(confusion[i][j]), ha="center", va="center", fontsize=7,
+                    color="white" if confusion[i][j] > top / 2 else "black")  # readable on dark cells
     fig.tight_layout()
     return fig
