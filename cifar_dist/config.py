@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from cifar_dist.errors import InputError
+from cifar_dist.errors import InputError, did_you_mean
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # per-channel mean of CIFAR-10 train, in [0, 1]
 KUANGLIU_STD = (0.2023, 0.1994, 0.2010)  # the std most CIFAR repos copy (not the true std)
@@ -37,8 +37,8 @@ class DataConfig:
     num_workers: int = 2  # FFCV decoding threads (ignored by the tensor loader)
     val_size: int = 5000  # images held out of train for validation/early stopping (0 = none)
     split_seed: int = 0  # seed of the train/validation split (independent of run.seed)
-    limit_train: int = 0  # use only the first N training images (0 = all); for smoke tests
-    limit_test: int = 0  # use only the first N test images (0 = all)
+    limit_train: int = 0  # train on N images, a class-balanced sample drawn with split_seed (0 = all); smoke tests
+    limit_test: int = 0  # test on N images, a class-balanced sample drawn with split_seed (0 = all)
     resolution: int = 32  # pixels; images are resized on the device when this is not 32
     mean: tuple[float, ...] = CIFAR_MEAN  # normalisation mean, RGB in [0, 1]
     std: tuple[float, ...] = KUANGLIU_STD  # normalisation std, RGB in [0, 1]
@@ -305,7 +305,7 @@ def _field_types(cls: type) -> dict[str, Any]:
 def _check(key: str, value: Any) -> None:
     choices = CHOICES.get(key.lstrip("-"))
     if choices and value not in choices:
-        raise ConfigError(f"{key}: expected one of {', '.join(choices)}, found {value!r}")
+        raise ConfigError(f"{key}: expected one of {', '.join(choices)}, found {value!r}{did_you_mean(value, choices)}")
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
         raise ConfigError(f"{key}: expected a value >= 0, found {value!r}")
 
@@ -340,13 +340,15 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
             )
         section, _, name = key.partition(".")
         if section not in sections:
-            raise ConfigError(f"--{key}: unknown section {section!r}; expected one of {', '.join(sections)}")
+            raise ConfigError(f"--{key}: unknown section {section!r}; expected one of {', '.join(sections)}"
+                              f"{did_you_mean(section, sections)}")
         types_ = _field_types(type(sections[section]))
         if section == "model" and (name not in types_ or name == "options"):
             options.update(_option_items(key, name, value))
             continue
         if name not in types_:
-            raise ConfigError(f"--{key}: unknown key; {section} has {', '.join(types_)}")
+            raise ConfigError(f"--{key}: unknown key; {section} has {', '.join(types_)}"
+                              f"{did_you_mean(name, types_, f'--{section}.')}")
         coerced = _coerce(f"--{key}", types_[name], value)
         _check(f"--{key}", coerced)
         changes.setdefault(section, {})[name] = coerced

@@ -19,3 +19,11 @@ class InputError(ValueError):
     def one_line(self) -> str:
         text = str(self) or type(self).__name__
         return " ".join(text.split("\n")[0].split()) if "\n" in text else text
+
+
+def did_you_mean(word: object, choices, prefix: str = "") -> str:
+    """" (did you mean 'adamw'?)" for the choice closest to a misspelt `word` (difflib), else ""."""
+    import difflib
+
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {prefix}{close[0]}?)" if close else ""

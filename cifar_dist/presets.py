@@ -29,6 +29,7 @@ from cifar_dist.config import (
     apply_overrides,
     load_yaml,
 )
+from cifar_dist.errors import did_you_mean
 
 PRESETS: dict[str, Callable[[], Config]] = {}
 
@@ -50,7 +51,8 @@ def register_preset(fn: Callable[[], Config] | None = None, *, reported_acc: flo
 
 def get_preset(name: str) -> Config:
     if name not in PRESETS:
-        raise ConfigError(f"--preset: unknown preset {name!r}; expected one of {', '.join(sorted(PRESETS))}")
+        raise ConfigError(f"--preset: unknown preset {name!r}; expected one of {', '.join(sorted(PRESETS))}"
+                          f"{did_you_mean(name, PRESETS)}")
     cfg = PRESETS[name]()
     return Config(**{**{k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "preset": name})
 

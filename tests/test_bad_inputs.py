@@ -632,9 +632,9 @@ def _(c):
     return ["sweep", "status", str(p)], f"{p}: seeds: expected a non-empty list"
 
 
-@case("sweep-run-without-local")
+@case("sweep-run-local-false")
 def _(c):
-    return ["sweep", "run", str(c.spec())], "sweep run: expected --local"
+    return ["sweep", "run", str(c.spec()), "--local=false"], "sweep run: --local=false: `sweep run` trains on this"
 
 
 @case("sweep-run-bad-procs")

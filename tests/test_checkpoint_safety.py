@@ -243,8 +243,9 @@ def test_torn_metrics_line_is_repaired_and_events_keep_every_point(tiny_data, fi
     assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3, 4, 5, 6]
     assert [e.step for e in acc.Scalars("epoch/test_acc")] == [1, 2]
     assert [e.value for e in acc.Scalars("epoch/test_acc")] == pytest.approx([r["test_acc"] for r in rows], abs=1e-4)
-    assert len(acc.Scalars("model/params")) == 1 and len(acc.Scalars("hparam/test_acc")) == 1
-    assert len(list(d.glob("events.out.tfevents.*"))) == 2  # this session's file and its hparams file
+    assert len(acc.Tensors("model/params/text_summary")) == 1 and len(acc.Tensors("run/result/text_summary")) == 1
+    assert [e.step for e in acc.Scalars("epoch/wall_s")] == [1, 2]
+    assert len(list(d.glob("events.out.tfevents.*"))) == 1  # this session's file (hparams included)
 
 
 def test_a_bad_line_inside_metrics_is_an_error_naming_it(tiny_data, finished_run, tmp_path):

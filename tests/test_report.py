@@ -143,7 +143,9 @@ def test_report_matches_the_runs_files(real_sweep, tmp_path, capsys):
     assert "final TTA test acc (%)" in md and "EMA test acc (%)" in md  # TTA and EMA were on
     assert "Sorted by best val acc (%), highest first" in md
     assert f"tensorboard --logdir {real_sweep}" in md
-    for name in ("test_acc_by_optim.lr.png", "final_acc_vs_params.png", "loss.png"):
+    # both cells have one parameter count: no accuracy-against-size plot (one x value tells nothing)
+    assert not (out / report.PLOTS_DIR / "final_acc_vs_params.png").exists()
+    for name in ("test_acc_by_optim.lr.png", "val_acc_by_optim.lr.png", "loss.png"):
         assert f"]({report.PLOTS_DIR}/{name})" in md
         data = (out / report.PLOTS_DIR / name).read_bytes()
         assert data[:8] == PNG_MAGIC
@@ -162,7 +164,7 @@ def test_metric_flag_sorts_and_default_output_goes_into_the_sweep(real_sweep, tm
     assert [r["cell"] for r in rows] == sorted(CELLS, key=lambda c: (losses[c], c))  # lower loss first
     assert "Sorted by final test loss, lowest first" in (sweep / "report.md").read_text()
     assert sorted(p.name for p in (sweep / report.PLOTS_DIR).iterdir()) == [
-        "final_acc_vs_params.png", "loss.png", "test_acc_by_optim.lr.png"]
+        "loss.png", "test_acc_by_optim.lr.png", "val_acc_by_optim.lr.png"]
     # no temporary files left behind (each run directory's .lock is the trainer's, kept on purpose)
     assert not [p for p in sweep.rglob(".*") if p.is_file() and p.name != ".lock"]
 
@@ -246,7 +248,7 @@ def test_single_run_gets_the_same_table_and_curves(real_sweep, tmp_path):
         assert int(row[f"{key}_n"]) == n == 1
     md = (out / "report.md").read_text()
     assert "(run; 1 run in 1 cell" in md
-    for name in ("test_acc.png", "final_acc_vs_params.png", "loss.png"):
+    for name in ("test_acc.png", "val_acc.png", "loss.png"):
         assert (out / report.PLOTS_DIR / name).read_bytes()[:8] == PNG_MAGIC
         assert f"({report.PLOTS_DIR}/{name})" in md
 
@@ -293,7 +295,8 @@ def test_accuracy_figure_groups_lines_by_the_value_of_a_key(real_sweep):
     ax = fig.axes[0]
     assert len(ax.get_lines()) == 2
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["optim.lr=0.001", "optim.lr=0.003"]
-    assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == ("epoch", "test accuracy (%)", "Test accuracy by optim.lr")
+    assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == (
+        "epoch", "test accuracy (%)", "Test accuracy by optim.lr (mean, band ± std over 2 seeds)")
     for line, cell in zip(ax.get_lines(), ("c000", "c001")):
         rows = [[json.loads(x) for x in (real_sweep / f"{cell}-s{s}" / "metrics.jsonl").read_text().splitlines()]
                 for s in SEEDS]
@@ -316,7 +319,7 @@ def test_accuracy_figure_groups_lines_by_the_value_of_a_key(real_sweep):
 def test_accuracy_figure_without_key_has_one_labelled_line_per_cell(real_sweep):
     ax = report.accuracy_figure(_cells(real_sweep), keys=["optim.lr"]).axes[0]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["c000: optim.lr=0.001", "c001: optim.lr=0.003"]
-    assert len(ax.get_lines()) == 2 and ax.get_title() == "Test accuracy"
+    assert len(ax.get_lines()) == 2 and ax.get_title() == "Test accuracy (mean, band ± std over 2 seeds)"
 
 
 @pytest.mark.slow
@@ -324,7 +327,8 @@ def test_params_figure_has_one_point_per_cell(real_sweep):
     cells = _cells(real_sweep)
     ax = report.params_figure(cells, ["optim.lr"]).axes[0]
     assert len(ax.containers) == 2
-    assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_xscale()) == ("parameters", "final test accuracy (%)", "log")
+    # one size (within a decade): a linear axis; sweep_figures leaves this figure out for one parameter count
+    assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_xscale()) == ("parameters", "final test accuracy (%)", "linear")
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["c000: optim.lr=0.001", "c001: optim.lr=0.003"]
     for container, cell in zip(ax.containers, ("c000", "c001")):
         x, y = container.lines[0].get_data()
@@ -337,8 +341,10 @@ def test_params_figure_has_one_point_per_cell(real_sweep):
 def test_loss_figure_has_train_and_test_lines_per_cell(real_sweep):
     ax = report.loss_figure(_cells(real_sweep)).axes[0]
     lines = ax.get_lines()
-    assert [ln.get_label() for ln in lines] == ["c000 (train)", "c000 (test)", "c001 (train)", "c001 (test)"]
-    assert [ln.get_linestyle() for ln in lines] == ["-", "--", "-", "--"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["c000", "c001"]  # one entry per cell
+    assert [ln.get_linestyle() for ln in lines] == ["-", ":", "--", "-", ":", "--"]  # train, validation, test
+    assert ax.get_title() == "Loss per epoch, mean over seeds (train solid, validation dotted, test dashed)"
+    assert lines[0].get_color() == lines[2].get_color() != lines[3].get_color()
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("epoch", "loss (cross-entropy)")
     rows = [[json.loads(x) for x in (real_sweep / f"c000-s{s}" / "metrics.jsonl").read_text().splitlines()]
             for s in SEEDS]
@@ -439,3 +445,109 @@ def test_a_run_that_has_not_logged_an_epoch_is_partial_not_an_error(tmp_path):
     (row,) = read_csv(sweep / "results.csv")
     assert (row["status"], row["partial_runs"], row["final_test_acc_mean"], row["final_test_acc_n"]) == (
         "partial", "c000-s0@1 c000-s1@0", "40.0", "1")
+
+
+# ------------------------------------------------------------------ an honest report (synthetic runs)
+
+
+def _synthetic_run(run_dir: Path, config: dict, accs: list[float], params: int = 1000, val: bool = True) -> Path:
+    """A finished run directory as the engine writes it, with `accs` as its test accuracy per epoch."""
+    rows = [{"epoch": e, "step": 3 * e, "train_loss": 2.0 / e, "test_loss": 2.1 / e, "test_acc": a,
+             **({"val_acc": a + 1, "val_loss": 2.05 / e} if val else {})} for e, a in enumerate(accs, 1)]
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    nested: dict = {}
+    for key, value in {"run.epochs": len(accs), **config}.items():
+        section, name = key.split(".")
+        nested.setdefault(section, {})[name] = value
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(nested))
+    best = max(rows, key=lambda r: r.get("val_acc", 0))
+    (run_dir / "result.json").write_text(json.dumps({
+        "status": "finished", "epochs": len(accs), "params": params,
+        "final": {"test_acc": accs[-1], "test_loss": rows[-1]["test_loss"]},
+        "best": {"epoch": best["epoch"], "val_acc": best.get("val_acc"), "test_acc": best["test_acc"]}}))
+    return run_dir
+
+
+def _plots(out: Path) -> list[str]:
+    return sorted(p.name for p in (out / report.PLOTS_DIR).iterdir()) if (out / report.PLOTS_DIR).is_dir() else []
+
+
+def test_keys_that_change_together_get_a_table_not_a_plot_each(tmp_path, capsys):
+    """Cells that differ in three keys at once: no `test_acc_by_<key>` plot pretends one key made the
+    difference; the report names the keys and draws the cells instead."""
+    root = tmp_path / "runs"
+    for seed in (0, 1):
+        _synthetic_run(root / f"fast-s{seed}", {"model.name": "airbench", "data.name": "cifar10"}, [50, 60 + seed],
+                       params=2000)
+        _synthetic_run(root / f"slow-s{seed}", {"model.name": "simple_cnn", "data.name": "tiny"}, [30, 40 + seed])
+    assert report_main([str(root)]) == 0
+    md = (root / "report.md").read_text()
+    assert "`data.name`, `model.name` change together" in md
+    assert _plots(root) == ["final_acc_vs_params.png", "loss.png", "test_acc.png", "val_acc.png"]
+
+
+def test_a_key_that_varies_alone_gets_its_plot_and_one_colour_per_cell(tmp_path):
+    root = tmp_path / "runs"
+    for cell, (lr, bs) in {"c000": (0.1, 128), "c001": (0.2, 128), "c002": (0.1, 256)}.items():
+        for seed in (0, 1, 2):
+            _synthetic_run(root / f"{cell}-s{seed}", {"optim.lr": lr, "run.global_batch_size": bs},
+                           [10 + seed, 20 + lr * 10 + bs / 64], params=1000 + bs)
+    sweep = report.load_results(root)
+    assert sweep.keys_alone == ["optim.lr", "run.global_batch_size"] and sweep.keys_together == []
+    figures = {name: fig for name, _, fig in report.sweep_figures(sweep)}
+    assert sorted(figures) == ["final_acc_vs_params.png", "loss.png", "test_acc_by_optim.lr.png",
+                               "test_acc_by_run.global_batch_size.png", "val_acc_by_optim.lr.png",
+                               "val_acc_by_run.global_batch_size.png"]
+    # the band says what it is
+    title = figures["test_acc_by_optim.lr.png"].axes[0].get_title()
+    assert title == "Test accuracy by optim.lr (mean, band ± std over 3 seeds)"
+    assert figures["val_acc_by_optim.lr.png"].axes[0].get_ylabel() == "validation accuracy (%)"
+    # one colour per cell in every per-cell figure
+    from matplotlib.colors import to_hex
+
+    def colour_of(artist):
+        return to_hex(artist.get_color() if hasattr(artist, "get_color") else artist.lines[0].get_color())
+
+    params_ax = figures["final_acc_vs_params.png"].axes[0]
+    params_colours = {c.get_label().split(":")[0]: colour_of(c) for c in params_ax.containers}
+    loss_colours = {ln.get_label().split(":")[0]: colour_of(ln) for ln in figures["loss.png"].axes[0].get_lines()
+                    if not ln.get_label().startswith("_")}
+    assert params_colours == loss_colours and len(set(params_colours.values())) == 3
+
+
+def test_no_plot_without_information_and_integers_as_integers(tmp_path):
+    """One epoch per run and one parameter count: every curve would be one point, the size plot one x
+    value; the table carries the numbers, and epochs read as integers."""
+    root = tmp_path / "runs"
+    for cell, lr in {"c000": 0.1, "c001": 0.2}.items():
+        for seed in (0, 1):
+            _synthetic_run(root / f"{cell}-s{seed}", {"optim.lr": lr}, [40 + seed + 10 * lr], val=False)
+    assert report_main([str(root)]) == 0
+    assert _plots(root) == []
+    md = (root / "report.md").read_text()
+    assert "No plots:" in md
+    header = next(ln for ln in md.splitlines() if ln.startswith("| cell |"))
+    row = next(ln for ln in md.splitlines() if ln.startswith("| c000 |"))
+    cols = dict(zip([h.strip() for h in header.split("|")], [v.strip() for v in row.split("|")]))
+    assert cols["epochs"] == "1" and cols["best epoch"] == "1"  # not "1.0 ± 0.0"
+    (csv_row, _) = read_csv(root / "results.csv")
+    assert csv_row["epochs_mean"] == "1" and csv_row["epochs_std"] == "0.0"
+
+
+def test_nested_sweeps_are_named_in_one_line(tmp_path, capsys):
+    root = tmp_path / "runs"
+    _synthetic_run(root / "smoke", {"optim.lr": 0.1}, [40, 50])
+    _synthetic_run(root / "tiny" / "c000-s0", {"optim.lr": 0.1}, [40, 50])
+    (root / "tiny" / "sweep.json").write_text(json.dumps({"cells": [{"cell": "c000", "overrides": {}}],
+                                                          "seeds": [0]}))
+    assert report_main([str(root)]) == 0
+    out = capsys.readouterr().out
+    summary = next(ln for ln in out.splitlines() if ln.startswith("report:"))
+    assert f"not included: the sweeps in {root / 'tiny'}" in summary
+    assert "`tiny/`" in (root / "report.md").read_text()
+    # a folder of sweeps only: one line naming them
+    assert report_main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [f"error: {tmp_path}: no run directories of its own; it holds the sweeps "
+                                        f"runs: report each one, e.g. `cifar-dist report {root}`"]

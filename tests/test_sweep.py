@@ -386,9 +386,12 @@ def test_missing_spec_file(tmp_path, capsys):
     assert rc == 2 and err == f"error: {tmp_path / 'nope.yaml'}: file not found\n"
 
 
-def test_run_without_local_is_refused(tmp_path, capsys):
-    assert sweep_main(["run", str(write_spec(tmp_path, SMALL))]) == 2
-    assert "expected --local" in capsys.readouterr().err
+def test_run_is_local_and_refuses_local_false(tmp_path, capsys):
+    assert sweep_main(["run", str(write_spec(tmp_path, SMALL)), "--local=false"]) == 2
+    err = capsys.readouterr().err
+    assert "`sweep run` trains on this machine; on a SLURM cluster use `cifar-dist sweep submit GRID`" in err
+    assert sweep_main(["local", str(write_spec(tmp_path, SMALL))]) == 2
+    assert "found 'local' (did you mean run?" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------ shipped grids
@@ -596,6 +599,19 @@ def test_local_runner_records_the_trainers_status_not_the_launchers(tmp_path, mo
     assert [(t["state"], t["exit"]) for t in tasks] == [("preempted", 3), ("preempted", 1)]
 
 
+def test_status_shows_the_metric_the_report_ranks_by(tmp_path):
+    s = _status_sweep(tmp_path)
+    r = s.runs
+    r[0].dir.mkdir(parents=True)
+    (r[0].dir / "result.json").write_text(json.dumps({"epochs": 4, "final": {"test_acc": 80.0},
+                                                      "best": {"epoch": 3, "val_acc": 82.5, "test_acc": 81.0}}))
+    r[1].dir.mkdir(parents=True)
+    (r[1].dir / "metrics.jsonl").write_text('{"epoch": 1, "test_acc": 50.5, "val_acc": 52.25}\n')
+    rows = {row["run"]: row["metric"] for row in sweep.status_rows(s, None)}
+    assert rows["c000-s0"] == "best_val_acc=82.50 (epoch 3)"
+    assert rows["c000-s1"] == "val_acc=52.25 (epoch 1)"
+
+
 def test_status_command_output(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "no-slurm-here"))  # squeue unavailable
     s = _status_sweep(tmp_path)
@@ -639,7 +655,7 @@ grid:
   run.epochs: [3, 1]
 """)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "cifar_dist", "sweep", "run", str(spec), "--local", "--parallel", "2"]
+    cmd = [sys.executable, "-m", "cifar_dist", "sweep", "run", str(spec), "--parallel", "2"]  # local by default
     runs = [out_dir / "loc" / "c000-s0", out_dir / "loc" / "c001-s0"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -663,6 +679,10 @@ grid:
     # 300 training images / batch 20 = 15 steps per epoch; no epoch lost or repeated across the stop
     assert _epochs(runs[0]) == [(1, 15), (2, 30), (3, 45)]
     assert _epochs(runs[1]) == [(1, 15)]
+    for r in runs:  # each run's done line gives its accuracy
+        res = json.loads((r / "result.json").read_text())
+        assert (f"done  {r.name}: test acc {res['final']['test_acc']:.2f}%, best val acc {res['best']['val_acc']:.2f}% "
+                f"(epoch {res['best']['epoch']})") in second.stdout + first, second.stdout
     log = (out_dir / "loc" / "logs" / "c000-s0.out").read_text()
     stop = re.search(r"stopped by signal at epoch ([23]) step (\d+)", log)
     assert stop and f"resumed at epoch {stop.group(1)} step {stop.group(2)}" in log, log

@@ -8,6 +8,7 @@ page uses), stopped in a `finally`. Values are compared with each run's metrics.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -22,12 +23,14 @@ from cifar_dist.engine.logs import HPARAMS_FIXED
 from tests.helpers import read_json
 from tests.test_report import CELLS, SEEDS, real_sweep_dir
 
-pytestmark = pytest.mark.slow
 RUNS = [f"{c}-s{s}" for c in CELLS for s in SEEDS]
 EPOCH_TAGS = ["epoch/train_loss", "epoch/train_acc", "epoch/lr", "epoch/images_per_s", "epoch/val_acc",
-              "epoch/ema_val_acc", "epoch/test_acc", "epoch/test_loss", "epoch/ema_test_acc"]
-FINAL_METRICS = {"hparam/test_acc": ("final", "test_acc"), "hparam/test_acc_tta": ("final", "test_acc_tta"),
-                 "hparam/best_val_acc": ("best", "val_acc"), "hparam/best_test_acc": ("best", "test_acc")}
+              "epoch/val_loss", "epoch/ema_val_acc", "epoch/test_acc", "epoch/test_loss", "epoch/ema_test_acc",
+              "epoch/wall_s", "epoch/best_val_acc"]
+# HParams metrics: the last point of each series (the TTA accuracy is the one single value, logged when TTA ran)
+FINAL_METRICS = {"epoch/test_acc": ("final", "test_acc"), "test/acc_tta": ("final", "test_acc_tta"),
+                 "epoch/best_val_acc": ("best", "val_acc"), "epoch/val_acc": None, "epoch/images_per_s": None,
+                 "epoch/wall_s": None}
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +45,7 @@ def metrics(run_dir: Path) -> list[dict]:
 # ------------------------------------------------------------------------------------ event reader
 
 
+@pytest.mark.slow
 def test_event_files_hold_scalars_and_hparams_of_every_run(real_sweep):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
@@ -51,7 +55,8 @@ def test_event_files_hold_scalars_and_hparams_of_every_run(real_sweep):
         acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0})
         acc.Reload()
         tags = acc.Tags()["scalars"]
-        assert set(EPOCH_TAGS + ["train/loss", "train/lr", "model/params"]) <= set(tags), run
+        assert set(EPOCH_TAGS + ["train/loss", "train/lr"]) <= set(tags), run
+        assert not [t for t in tags if t.startswith(("hparam/", "model/")) or t == "epoch/step"], tags
 
         rows = metrics(run_dir)
         for key in ("test_acc", "val_acc", "train_loss", "test_loss"):
@@ -62,8 +67,10 @@ def test_event_files_hold_scalars_and_hparams_of_every_run(real_sweep):
         assert [e.step for e in acc.Scalars("train/loss")] == list(range(1, rows[-1]["step"] + 1))
 
         result = read_json(run_dir / "result.json")
-        for tag, (part, key) in FINAL_METRICS.items():
-            assert [e.value for e in acc.Scalars(tag)] == pytest.approx([result[part][key]], rel=1e-6)
+        for tag, where in FINAL_METRICS.items():
+            if where is not None:
+                assert acc.Scalars(tag)[-1].value == pytest.approx(result[where[0]][where[1]], rel=1e-6)
+        assert acc.Scalars("epoch/val_acc")[-1].value == pytest.approx(rows[-1]["val_acc"], rel=1e-6)
 
         # The HParams plugin data: an experiment and a session with the sweep's varied keys (the cells'
         # override keys, run.seed for several seeds) and the short fixed set, strings as text.
@@ -73,10 +80,11 @@ def test_event_files_hold_scalars_and_hparams_of_every_run(real_sweep):
         hp = start.session_start_info.hparams
         cell, seed = run.rsplit("-s", 1)
         varied = list(CELLS[cell]) + ["run.seed"]
-        assert set(hp) == {*varied, *HPARAMS_FIXED}, sorted(hp)
+        assert set(hp) == {*varied, *HPARAMS_FIXED, "params"}, sorted(hp)
+        assert hp["params"].string_value == str(result["params"])  # an integer as an integer
         for key, value in CELLS[cell].items():  # the cell's override keys, with this cell's values
             assert hp[key].number_value == pytest.approx(value)
-        assert hp["run.seed"].number_value == int(seed)
+        assert hp["run.seed"].string_value == seed
         assert hp["preset"].string_value == "smoke"
         assert hp["model.name"].string_value == "simple_cnn"
         experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
@@ -128,6 +136,7 @@ def scalars(base: str, run: str, tag: str, n: int):
     return check
 
 
+@pytest.mark.slow
 def test_tensorboard_server_serves_every_run(real_sweep, tmp_path):
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -151,7 +160,7 @@ def test_tensorboard_server_serves_every_run(real_sweep, tmp_path):
         tags = get_json(f"{base}/data/plugin/scalars/tags")
         assert set(tags) == set(RUNS)
         for run in RUNS:
-            assert {"epoch/test_acc", "epoch/val_acc", "train/loss", "hparam/test_acc"} <= set(tags[run])
+            assert {"epoch/test_acc", "epoch/val_acc", "train/loss", "test/acc_tta"} <= set(tags[run])
 
         # The HParams tab: one session group per run, with its config and its final metrics.
         body = {"experimentName": "", "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE",
@@ -164,8 +173,9 @@ def test_tensorboard_server_serves_every_run(real_sweep, tmp_path):
             assert g["hparams"]["optim.lr"] == pytest.approx(CELLS[cell]["optim.lr"])
             result = read_json(real_sweep / g["name"] / "result.json")
             values = {m["name"]["tag"]: m["value"] for m in g["metricValues"]}
-            assert values["hparam/test_acc"] == pytest.approx(result["final"]["test_acc"], rel=1e-6)
-            assert values["hparam/best_val_acc"] == pytest.approx(result["best"]["val_acc"], rel=1e-6)
+            assert values["epoch/test_acc"] == pytest.approx(result["final"]["test_acc"], rel=1e-6)
+            assert values["epoch/best_val_acc"] == pytest.approx(result["best"]["val_acc"], rel=1e-6)
+            assert values["test/acc_tta"] == pytest.approx(result["final"]["test_acc_tta"], rel=1e-6)
     finally:
         server.terminate()
         try:
@@ -175,3 +185,143 @@ def test_tensorboard_server_serves_every_run(real_sweep, tmp_path):
             server.wait(timeout=10)
         log.close()
     assert server.returncode is not None
+
+
+# ------------------------------------------------------------------- what a user reads, run by run
+
+
+@pytest.fixture(scope="module")
+def two_runs(tiny_data, tmp_path_factory) -> dict[str, tuple[Path, str]]:
+    """Two 2-epoch tiny runs trained side by side: "val" (a validation split, no TTA) and "tta" (no
+    validation split, flip TTA). Returns name -> (run directory, stdout)."""
+    from tests.test_train import REPO, train_cmd
+
+    out = tmp_path_factory.mktemp("pages")
+    extra = {"val": ["--run.tta=none"], "tta": ["--data.val_size=0", "--run.tta=flip"]}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = {name: subprocess.Popen(train_cmd(tiny_data, out, name, "--run.epochs=2", "--run.log_every_steps=1",
+                                              *args), cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+             for name, args in extra.items()}
+    runs = {}
+    for name, p in procs.items():
+        stdout, stderr = p.communicate(timeout=600)
+        assert p.returncode == 0, stderr[-2000:]
+        runs[name] = (out / name, stdout)
+    return runs
+
+
+def events(run_dir: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0, "images": 0})
+    acc.Reload()
+    return acc
+
+
+def hparams_of(acc):
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = acc.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    return start.session_start_info.hparams, {m.name.tag: m.display_name for m in experiment.metric_infos}
+
+
+def text_of(acc, tag: str) -> str:
+    return acc.Tensors(f"{tag}/text_summary")[-1].tensor_proto.string_val[0].decode()
+
+
+@pytest.mark.parametrize("name", ["val", "tta"])
+def test_no_single_point_charts_and_val_loss(two_runs, name):
+    run_dir, _ = two_runs[name]
+    acc = events(run_dir)
+    rows = metrics(run_dir)
+    counts = {tag: len(acc.Scalars(tag)) for tag in acc.Tags()["scalars"]}
+    singles = {t for t, n in counts.items() if n < 2}
+    # the TTA accuracy is computed once, after training: the one single value, only when TTA ran
+    assert singles == ({"test/acc_tta"} if name == "tta" else set()), counts
+    assert not [t for t in counts if t.startswith(("hparam/", "model/")) or t == "epoch/step"], counts
+    if name == "val":
+        assert [e.value for e in acc.Scalars("epoch/val_loss")] == pytest.approx([r["val_loss"] for r in rows])
+        assert [e.step for e in acc.Scalars("epoch/val_loss")] == [1, 2]
+    else:
+        assert "epoch/val_loss" not in counts and "epoch/val_acc" not in counts
+    wall = [e.value for e in acc.Scalars("epoch/wall_s")]
+    assert 0 < wall[0] < wall[1] <= read_json(run_dir / "result.json")["wall_s"]
+
+
+@pytest.mark.parametrize("name", ["val", "tta"])
+def test_hparams_metrics_and_integers(two_runs, name):
+    run_dir, _ = two_runs[name]
+    result = read_json(run_dir / "result.json")
+    acc = events(run_dir)
+    hp, metric_titles = hparams_of(acc)
+    expected = {"epoch/test_acc", "epoch/images_per_s", "epoch/wall_s"}
+    expected |= {"epoch/val_acc", "epoch/best_val_acc"} if name == "val" else {"test/acc_tta"}
+    assert set(metric_titles) == expected
+    assert all(metric_titles.values()), metric_titles  # each column has a readable title
+    if name == "tta":
+        assert metric_titles["test/acc_tta"] == "final test acc, tta flip (%)"
+        assert acc.Scalars("test/acc_tta")[-1].value == pytest.approx(result["final"]["test_acc_tta"], rel=1e-6)
+    else:
+        assert acc.Scalars("epoch/best_val_acc")[-1].value == pytest.approx(result["best"]["val_acc"], rel=1e-6)
+    # what HParams shows for each metric: the series' last point
+    assert acc.Scalars("epoch/test_acc")[-1].value == pytest.approx(result["final"]["test_acc"], rel=1e-6)
+    assert acc.Scalars("epoch/images_per_s")[-1].value == pytest.approx(metrics(run_dir)[-1]["images_per_s"])
+    # integers as integers (TensorBoard prints every number with four decimals), fractions as numbers
+    assert hp["params"].string_value == str(result["params"]) == "600746"
+    assert hp["run.epochs"].string_value == "2" and hp["run.global_batch_size"].string_value == "100"
+    assert hp["optim.lr"].number_value == pytest.approx(1e-3)
+
+
+def test_confusion_matrix_has_a_title_and_a_colour_bar(two_runs):
+    import io
+
+    from PIL import Image
+
+    from cifar_dist.engine.logs import confusion_figure
+
+    fig = confusion_figure([[3, 1], [0, 4]], ["a", "b"], "final weights (epoch 2): test accuracy 87.50%")
+    assert fig.axes[0].get_title() == "final weights (epoch 2): test accuracy 87.50%"
+    assert len(fig.axes) == 2 and fig.axes[1].get_ylabel() == "test images"  # the colour bar and its unit
+    run_dir, _ = two_runs["val"]
+    acc = events(run_dir)
+    (image,) = acc.Images("test/confusion_matrix")
+    assert image.step == 2
+    png = Image.open(io.BytesIO(image.encoded_image_string))
+    assert png.width > png.height  # the colour bar beside the square matrix
+    result = read_json(run_dir / "result.json")
+    assert f"| final.test_acc | {result['final']['test_acc']:,.2f} |" in text_of(acc, "run/result")
+    assert f"| params | {result['params']} |" in text_of(acc, "run/result")
+    assert "tta" not in text_of(acc, "run/result")  # TTA did not run in this one
+    tta_dir, _ = two_runs["tta"]
+    tta_result = read_json(tta_dir / "result.json")["final"]["test_acc_tta"]
+    assert f"| final.test_acc_tta | {tta_result:,.2f} |" in text_of(events(tta_dir), "run/result")
+
+
+def test_config_and_command_in_the_text_tab(two_runs):
+    run_dir, _ = two_runs["val"]
+    acc = events(run_dir)
+    config = text_of(acc, "run/config")
+    assert config == "\n".join("    " + line for line in (run_dir / "config.yaml").read_text().splitlines())
+    command = text_of(acc, "run/command")
+    assert command.strip() == (run_dir / "command.txt").read_text().strip()
+    assert "--run.epochs=2" in command
+
+
+def test_done_line_names_tta_only_when_it_ran_and_banner_has_threads(two_runs):
+    _, out_val = two_runs["val"]
+    _, out_tta = two_runs["tta"]
+    done_val = [ln for ln in out_val.splitlines() if ln.startswith("done:")]
+    done_tta = [ln for ln in out_tta.splitlines() if ln.startswith("done:")]
+    assert len(done_val) == len(done_tta) == 1
+    assert "tta" not in done_val[0]
+    result = read_json(two_runs["tta"][0] / "result.json")
+    assert f"(tta flip {result['final']['test_acc_tta']:.2f}%)" in done_tta[0]
+    for run_dir, out in two_runs.values():
+        env = read_json(run_dir / "env.json")
+        assert env["torch_threads"] == 1  # OMP_NUM_THREADS=1 in the test's environment
+        assert env["usable_cpus"] == len(os.sched_getaffinity(0))
+        banner = out.splitlines()[0]
+        assert f"threads 1/process of {env['usable_cpus']} usable CPUs" in banner, banner

@@ -1,22 +1,27 @@
-"""`cifar-dist`: the single entry for the project's commands. A thin shell, no logic.
+"""usage: cifar-dist COMMAND [ARGUMENTS] [--flag=value ...]
 
-    cifar-dist prepare SOURCE --out data      convert CIFAR-10/100 or an image folder to .beton files
-    cifar-dist train --preset=NAME [...]      train one configuration (same flags as -m cifar_dist.train)
-    cifar-dist models                         the model zoo: parameters, MACs, receptive field
-    cifar-dist presets                        the named recipes
-    cifar-dist sweep plan|submit|status|run GRID   ablation grids (SLURM job arrays or local)
-    cifar-dist report runs/<sweep>            mean +- std table and plots of a sweep
-    cifar-dist --version                      the installed version
+Train CIFAR-10 models on a CPU, one or several GPUs or a SLURM cluster, and look at the results.
 
-Every subcommand checks all its flags before it runs (`cifar_dist.cli.flags`); `COMMAND --help` prints
-its help. Exit status: 0 done, 2 bad input (one `error:` line on stderr), others as the command says.
+commands:
+  prepare SOURCE --out DIR     convert CIFAR-10/100 (archive or batches folder) or an image folder to .beton files
+  train --preset=NAME          train one configuration; everything it writes lands in runs/<name>/
+  evaluate RUN_DIR             test accuracy, overall and per class, of a trained run's weights
+  predict RUN_DIR IMAGES...    the most likely classes of image files under a trained run's weights
+  models                       the model zoo: parameters, MACs, receptive field
+  presets                      the named recipes
+  sweep plan|submit|status|run SPEC
+                               grids and searches of runs, on a SLURM cluster or on this machine
+  report RUNS_DIR              tables and plots of a sweep's runs (mean ± std over seeds)
+
+`cifar-dist COMMAND --help` explains a command and its flags; `cifar-dist --version` prints the version.
+Exit status: 0 done, 2 bad input (one line starting with `error:`), others as the command's help says.
 """
 
 from __future__ import annotations
 
 import sys
 
-from cifar_dist.cli.flags import run_command
+from cifar_dist.cli.flags import did_you_mean, run_command
 from cifar_dist.errors import EXIT_BAD_INPUT, EXIT_OK
 
 USAGE = __doc__
@@ -53,6 +58,7 @@ def presets() -> int:
 
 
 COMMANDS = {"models": models, "presets": presets}
+NAMES = ("prepare", "train", "evaluate", "predict", "models", "presets", "sweep", "report")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,13 +82,17 @@ def main(argv: list[str] | None = None) -> int:
         from cifar_dist.cli.sweep import main as sweep_main
 
         return sweep_main(rest)
+    if cmd in ("evaluate", "predict"):
+        from cifar_dist.cli import evaluate
+
+        return run_command(getattr(evaluate, cmd), rest, f"cifar-dist {cmd}")
     if cmd == "report":
         from cifar_dist.cli.report import main as report_main
 
         return report_main(rest)
     if cmd not in COMMANDS:
-        print(f"error: unknown command {cmd!r}; expected one of prepare, train, models, presets, sweep, report",
-              file=sys.stderr)
+        print(f"error: unknown command {cmd!r}{did_you_mean(cmd, NAMES)}; expected one of {', '.join(NAMES)} "
+              f"(see cifar-dist --help)", file=sys.stderr)
         return EXIT_BAD_INPUT
     return run_command(COMMANDS[cmd], rest, f"cifar-dist {cmd}")
 

@@ -23,7 +23,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from cifar_dist.errors import EXIT_BAD_INPUT, EXIT_OK, InputError
+from cifar_dist.errors import EXIT_BAD_INPUT, EXIT_OK, InputError, did_you_mean
 
 
 class FlagError(InputError):
@@ -95,7 +95,8 @@ def check_argv(fn: Callable[..., Any], argv: list[str], prog: str) -> list[str]:
                 raise FlagError(f"{prog}: --{key} takes no value, found {tok!r}")
         if param is None and not (var_kw and "." in name):
             known = ", ".join(f"--{n}" for n in named if named[n].kind is not inspect.Parameter.POSITIONAL_ONLY)
-            raise FlagError(f"{prog}: unknown flag --{key} (expected {known or 'no flags'}; see {prog} --help)")
+            raise FlagError(f"{prog}: unknown flag --{key} (expected {known or 'no flags'}; see {prog} --help)"
+                            f"{did_you_mean(key, named, '--')}")
         given.add(name)
         if has_value and param is not None and _is_bool(param):
             fire_argv[-1] = _bool_flag(name, key, tok.partition("=")[2])
@@ -141,11 +142,16 @@ def format_value(v: Any) -> str:
 
 def signature_help(fn: Callable[..., Any], prog: str) -> str:
     """Usage line, the docstring, then every argument with its default (values, not Python names)."""
-    named, _, _ = _params(fn)
+    named, _, var_pos = _params(fn)
     pos = [n.upper() for n, p in named.items() if p.default is inspect.Parameter.empty]
-    usage = " ".join([prog, *pos, "[--flag=value ...]" if len(pos) < len(named) else ""]).rstrip()
-    lines = [f"usage: {usage}", "", inspect.getdoc(fn) or ""]
-    opts = [(n, p) for n, p in named.items() if p.default is not inspect.Parameter.empty]
+    if var_pos:
+        pos += [f"{n.upper()}..." for n, p in inspect.signature(fn).parameters.items() if p.kind is p.VAR_POSITIONAL]
+    usage = " ".join([prog, *pos, "[--flag=value ...]" if len(pos) < len(named) + var_pos else ""]).rstrip()
+    doc = inspect.getdoc(fn) or ""
+    lines = [f"usage: {usage}", "", doc]
+    # flags the docstring already explains (`--name=...` at the start of a line) are not listed again
+    opts = [(n, p) for n, p in named.items() if p.default is not inspect.Parameter.empty
+            and not any(line.lstrip().startswith(f"--{n}=") for line in doc.splitlines())]
     if opts:
         lines += ["", "flags:"]
         lines += [f"  --{n}={format_value(p.default)}" for n, p in opts]

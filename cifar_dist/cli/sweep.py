@@ -14,7 +14,7 @@ import sys
 
 from cifar_dist import sweep as sweeps
 from cifar_dist.cli.flags import FlagError, run_command
-from cifar_dist.errors import EXIT_BAD_INPUT, EXIT_OK, InputError
+from cifar_dist.errors import EXIT_BAD_INPUT, EXIT_OK, InputError, did_you_mean
 
 PROG = "cifar-dist sweep"
 
@@ -58,7 +58,11 @@ def submit(grid: str, *, parallel: int | None = None, dry_run: bool = False, sba
 
 
 def status(grid: str, *, json: bool = False) -> int:
-    """show every run as pending / running / done / failed with its last metric.
+    """show every run as pending / running / done / failed with its metric.
+
+    The metric is the one `cifar-dist report` ranks by: a finished run's best validation accuracy (and its
+    epoch) when the sweep has a validation split, else its final test accuracy; a running run's last
+    validation (else test) accuracy.
 
     --json: machine-readable output.
     """
@@ -67,14 +71,17 @@ def status(grid: str, *, json: bool = False) -> int:
     return EXIT_OK
 
 
-def run(grid: str, *, local: bool = False, parallel: int = 1, procs: int | None = None) -> int:
-    """run the sweep on this machine without SLURM (same skip/resume rules).
+def run(grid: str, *, local: bool = True, parallel: int = 1, procs: int | None = None) -> int:
+    """run the sweep on this machine, as subprocesses (same skip/resume rules as on SLURM).
 
-    --local is required (run here, as subprocesses). --parallel: runs at once (default 1). --procs:
-    training processes per run (2+ = accelerate launch, launch/cpu.yaml); default $CIFAR_DIST_CPU_PROCS or 1.
+    Always local (`--local` may be given and changes nothing); a SLURM cluster gets the sweep through
+    `cifar-dist sweep submit`. --parallel: runs at once (default 1). --procs: training processes per run
+    (2+ = accelerate launch, launch/cpu.yaml); default $CIFAR_DIST_CPU_PROCS or 1. Each run's done line
+    gives its test accuracy (and its best validation accuracy when there is a split).
     """
     if not local:
-        raise FlagError("sweep run: expected --local (on a SLURM cluster use `cifar-dist sweep submit`)")
+        raise FlagError("sweep run: --local=false: `sweep run` trains on this machine; on a SLURM cluster use "
+                        "`cifar-dist sweep submit GRID`")
     parallel = _count("parallel", parallel) or 1
     if procs is None:
         procs = _env_procs()
@@ -158,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     if not argv or argv[0] not in COMMANDS:
         found = repr(argv[0]) if argv else "nothing"
-        print(f"error: {PROG}: expected a command ({', '.join(COMMANDS)}), found {found} (see {PROG} --help)",
+        hint = " (did you mean run? `sweep run GRID` trains on this machine)" if argv and argv[0] == "local" else (
+            did_you_mean(argv[0], COMMANDS) if argv else "")
+        print(f"error: {PROG}: expected a command ({', '.join(COMMANDS)}), found {found}{hint} (see {PROG} --help)",
               file=sys.stderr)
         return EXIT_BAD_INPUT
     cmd, rest = argv[0], argv[1:]

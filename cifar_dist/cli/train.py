@@ -94,11 +94,12 @@ def train_help() -> str:
 
     return (f"{__doc__}\nKeys that may change on resume: {', '.join(MAY_CHANGE_ON_RESUME)}.\n"
             f"\nPresets: {', '.join(list_presets())}\n\nOptions (defaults before any preset):\n"
-            f"{config_help()}\n\nModel options (--model.<option>=value, for the model named by --model.name):\n"
-            f"{options_help()}\n")
+            f"{config_help()}\n\n{options_help()}\n")
 
 
 def main(argv: list[str] | None = None, prog: str = "cifar_dist.train") -> int:
     """`python -m cifar_dist.train` and `cifar-dist train`: check every flag, then train."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    return run_command(run_cli, argv, prog, help_text=train_help)
+    usage = (f"usage: {prog} [--preset=NAME] [--config=FILE.yaml] [--SECTION.KEY=VALUE ...] [--resume=auto] "
+             f"[--print_config]\n\n")
+    return run_command(run_cli, argv, prog, help_text=lambda: usage + train_help())

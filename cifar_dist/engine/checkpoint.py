@@ -201,6 +201,30 @@ def load_best(ckpt_dir: Path) -> dict | None:
     return _read(p, _torch_load) if p.is_file() else None
 
 
+def load_weights(ckpt_dir: Path, which: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The model weights a finished run evaluated, read without running any pickled code.
+
+    which: "best" (best/model.pt, the best validation epoch) or "last" (last/model.safetensors with
+    lookahead's closing sync applied, as the run's final evaluation did). Returns the state dict (keys
+    without prefixes) and {"epoch", "val_acc"} (val_acc None for "last"). CheckpointError names a missing or
+    damaged file."""
+    if which == BEST:
+        saved = _read(ckpt_dir / BEST / "model.pt", _torch_load)
+        if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
+            raise CheckpointError(f"{ckpt_dir / BEST / 'model.pt'}: expected the saved best weights, found "
+                                  f"{type(saved).__name__}")
+        return saved["model"], {"epoch": saved.get("epoch"), "val_acc": saved.get("val_acc")}
+    last = ckpt_dir / LAST
+    _read(last / META, _json_load)  # written last: a folder without it is incomplete
+    state = _read(last / STATE, _json_load)
+    weights = _read(last / MODEL, _safetensors_load)
+    if (last / "lookahead.pt").is_file():  # the closing sync: every float weight becomes the slow copy
+        slow = _read(last / "lookahead.pt", _torch_load)
+        weights = {k: slow.get(k, v) if v.is_floating_point() else v for k, v in weights.items()}
+    epoch = state.get("epoch") if isinstance(state, dict) else None
+    return weights, {"epoch": epoch, "val_acc": None}
+
+
 # --------------------------------------------------------------------------------------------- loading
 
 

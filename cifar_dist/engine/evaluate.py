@@ -88,7 +88,8 @@ def evaluate_epoch(s: Session, row: dict[str, Any]) -> bool:
         return False
     plain = eval_model(s.accelerator, s.parts.model)
     if s.loaders.val is not None:
-        row["val_acc"] = _eval(s, plain, s.loaders.val)["acc"]
+        val = _eval(s, plain, s.loaders.val)
+        row["val_acc"], row["val_loss"] = val["acc"], val["loss"]
         if ema is not None:
             row["ema_val_acc"] = _eval(s, ema.module, s.loaders.val)["acc"]
     test = _eval(s, plain, s.loaders.test)
@@ -137,16 +138,49 @@ def finish(s: Session, status: str) -> dict[str, Any]:
         "wall_s": state.wall_seconds,
     }
     if acc.is_main_process:
-        s.logger.figure("test/confusion_matrix", confusion_figure(final["confusion"], s.classes), state.epoch)
-        s.logger.hparams(flatten(to_dict(s.cfg)), {"test_acc": final["acc"], "test_acc_tta": final_tta["acc"],
-                                                   "best_val_acc": best["val_acc"], "best_test_acc": best["test_acc"]})
+        log_final(s, result, final["confusion"])
     s.logger.finish(result)
     return result
 
 
+def log_final(s: Session, result: dict[str, Any], confusion: list[list[int]]) -> None:
+    """TensorBoard after the final evaluation: the confusion matrix, the result in the text tab, HParams.
+
+    The HParams metrics are the last values of per-epoch series (test and validation accuracy, images/s,
+    wall time), so none is a chart of one point; the TTA accuracy, the one value without a series, is
+    logged (and shown) only when TTA ran."""
+    final, epoch, log = result["final"], s.state.epoch, s.logger
+    title = f"final weights (epoch {epoch}): test accuracy {final['test_acc']:.2f}%"
+    log.figure("test/confusion_matrix", confusion_figure(confusion, s.classes, title), epoch)
+    log.text("run/result", result_markdown(result, tta=s.cfg.run.tta != "none"), epoch)
+    tags = {"epoch/test_acc": "final test acc (%)"}
+    if s.loaders.val is not None:
+        tags.update({"epoch/val_acc": "final val acc (%)", "epoch/best_val_acc": "best val acc (%)"})
+    tags.update({"epoch/images_per_s": "images/s (last epoch)", "epoch/wall_s": "wall time (s)"})
+    if s.cfg.run.tta != "none":
+        log.scalar("test/acc_tta", final["test_acc_tta"], epoch)
+        tags["test/acc_tta"] = f"final test acc, tta {s.cfg.run.tta} (%)"
+    log.hparams(flatten(to_dict(s.cfg)), tags, {"params": s.n_params})
+
+
+def result_markdown(result: dict[str, Any], tta: bool = True) -> str:
+    """result.json as a two-column markdown table (integers as integers, percentages with two decimals); the
+    TTA accuracies only when TTA ran (`tta`), since otherwise they repeat the plain ones."""
+    rows = []
+    for key, value in result.items():
+        for k, v in (value.items() if isinstance(value, dict) else [("", value)]):
+            if k.endswith("_tta") and not tta:
+                continue
+            name = f"{key}.{k}" if k else key
+            shown = f"{v:,.2f}" if isinstance(v, float) else ("" if v is None else str(v))
+            rows.append(f"| {name} | {shown} |")
+    return "\n".join(["| result | value |", "|---|---|", *rows])
+
+
 def summary_line(s: Session, result: dict[str, Any]) -> str:
-    """The run's last line on stdout."""
+    """The run's last line on stdout (the TTA accuracy only when TTA ran)."""
     final = result["final"]
-    return (f"done: test acc {final['test_acc']:.2f}% (tta {final['test_acc_tta']:.2f}%), "
+    tta = f" (tta {s.cfg.run.tta} {final['test_acc_tta']:.2f}%)" if s.cfg.run.tta != "none" else ""
+    return (f"done: test acc {final['test_acc']:.2f}%{tta}, "
             + (f"best val epoch {result['best']['epoch']}" if s.loaders.val is not None else "no validation split")
             + f", result in {s.run_dir / 'result.json'}")

@@ -90,13 +90,18 @@ class RunLogger:
                 for path in earlier:
                     path.unlink()
 
-    def write_start(self, config_yaml: str, extra_env: dict[str, Any]) -> None:
+    def write_start(self, config_yaml: str, extra_env: dict[str, Any], step: int = 0) -> None:
+        """config.yaml, command.txt and env.json, and the config and the command in TensorBoard's text tab
+        (at `step`: 0, or the optimizer step a resumed session starts from)."""
         if not self.is_main:
             return
-        for name, text in (("config.yaml", config_yaml), ("command.txt", " ".join([sys.executable, *sys.argv]) + "\n"),
+        command = " ".join([sys.executable, *sys.argv])
+        for name, text in (("config.yaml", config_yaml), ("command.txt", command + "\n"),
                            ("env.json", json.dumps({**environment(), **extra_env}, indent=2) + "\n")):
             with disk_errors(self.run_dir / name):
                 atomic_write_text(self.run_dir / name, text)
+        self.text("run/config", code_block(config_yaml), step)
+        self.text("run/command", code_block(command), step)
 
     def truncate_metrics(self, completed_epochs: int, say=print) -> None:
         """Keep only the rows of epochs 1..completed_epochs (a resume replays the rest); a torn last line
@@ -115,8 +120,8 @@ class RunLogger:
         if not self.is_main:
             return
         append_line(self.metrics_path, json.dumps(row))
-        for k, v in row.items():
-            if k != "epoch" and isinstance(v, (int, float)) and v is not None:
+        for k, v in row.items():  # the step count per epoch would be a chart of a straight line
+            if k not in ("epoch", "step") and isinstance(v, (int, float)) and v is not None:
                 self.scalar(f"epoch/{k}", v, row["epoch"])
         self.flush()
 
@@ -143,15 +148,29 @@ class RunLogger:
     def flush(self) -> None:
         self._tb("flush")
 
-    def hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
-        """The HParams tab: the sweep's varied keys and a short fixed set (see `hparam_keys`), text for
-        booleans and strings."""
+    def hparams(self, hparams: dict[str, Any], metric_tags: dict[str, str], extra: dict[str, Any] | None = None) -> None:
+        """The HParams tab: the sweep's varied keys and a short fixed set (see `hparam_keys`) plus `extra`
+        (the parameter count); integers and booleans and strings as text (TensorBoard shows every number
+        with four decimals), fractional numbers as numbers.
+
+        `metric_tags` (tag -> column title) name scalar series of this run: HParams shows the last value of
+        each, so no metric needs a chart of its own."""
         if self.tb is None:
             return
-        shown = {k: hparams[k] for k in hparam_keys(self.run_dir, hparams)}
-        clean = {k: (v if isinstance(v, (int, float)) and not isinstance(v, bool) else _text(v))
-                 for k, v in shown.items()}
-        self._tb("add_hparams", clean, {f"hparam/{k}": v for k, v in metrics.items() if v is not None}, run_name=".")
+        from tensorboard.plugins.hparams import plugin_data_pb2
+        from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+        shown = {**{k: hparams[k] for k in hparam_keys(self.run_dir, hparams)}, **(extra or {})}
+        clean = {k: (v if isinstance(v, float) else _text(v)) for k, v in shown.items()}
+        experiment, start, end = hparams_summaries(clean, dict.fromkeys(metric_tags, 0.0))
+        meta = experiment.value[0].metadata.plugin_data
+        data = plugin_data_pb2.HParamsPluginData.FromString(meta.content)
+        for info in data.experiment.metric_infos:  # readable column titles
+            info.display_name = metric_tags[info.name.tag]
+        meta.content = data.SerializeToString()
+        with disk_errors(self.run_dir / "events.out.tfevents.*"):
+            for summary in (experiment, start, end):
+                self.tb.file_writer.add_summary(summary)
 
     def pause(self, epoch: int, epochs: int) -> None:
         """paused.json: this session ended at run.stop_after after `epoch` of `epochs` epochs."""
@@ -187,7 +206,7 @@ def start_logger(run_dir: Path, is_main: bool, config_yaml: str, env: dict[str, 
         logger.truncate_metrics(resumed.epoch, say)
     if is_main:
         (run_dir / PAUSED).unlink(missing_ok=True)  # a new session: no longer paused
-    logger.write_start(config_yaml, env)
+    logger.write_start(config_yaml, env, 0 if resumed is None else resumed.global_step)
     return logger
 
 
@@ -257,8 +276,13 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
+def code_block(text: str) -> str:
+    """Markdown for TensorBoard's text tab that keeps `text` as it is (indented: a code block)."""
+    return "\n".join("    " + line for line in text.rstrip("\n").splitlines())
+
+
 # Event tags whose step is the epoch (the rest count optimizer steps); tags the final evaluation writes.
-EPOCH_AXIS, FINAL_TAGS = ("epoch/",), ("test/", "hparam/", "_hparams_/")
+EPOCH_AXIS, FINAL_TAGS = ("epoch/",), ("test/", "hparam/", "_hparams_/", "run/result")
 
 
 def kept_events(paths: list[Path], epochs_done: int, global_step: int) -> list:
@@ -287,8 +311,9 @@ def _keep_point(tag: str, step: int, epochs_done: int, global_step: int) -> bool
     return step <= (epochs_done if tag.startswith(EPOCH_AXIS) else global_step)
 
 
-def confusion_figure(confusion, class_names: list[str]):
-    """A matplotlib figure of a (K, K) confusion matrix (rows = true class, columns = predicted)."""
+def confusion_figure(confusion, class_names: list[str], title: str = ""):
+    """A matplotlib figure of a (K, K) confusion matrix (rows = true class, columns = predicted), with a
+    colour bar (images per cell) and `title` (which weights, what accuracy)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -296,13 +321,22 @@ def confusion_figure(confusion, class_names: list[str]):
 
     k = len(class_names)
     fig, ax = plt.subplots(figsize=(0.6 * k + 2, 0.6 * k + 1.5))
-    ax.imshow(confusion, cmap="Blues")
+    from matplotlib.ticker import MaxNLocator
+
+    im = ax.imshow(confusion, cmap="Blues")
+    bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="test images")
+    bar.locator = MaxNLocator(integer=True)  # counts
+    bar.update_ticks()
+    top = max(max(row) for row in confusion) or 1
+    if title:
+        ax.set_title(title, fontsize=9)
     ax.set_xticks(range(k), class_names, rotation=90)
     ax.set_yticks(range(k), class_names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     for i in range(k):
         for j in range(k):
-            ax.text(j, i, int(confusion[i][j]), ha="center", va="center", fontsize=7)
+            ax.text(j, i, int(confusion[i][j]), ha="center", va="center", fontsize=7,
+                    color="white" if confusion[i][j] > top / 2 else "black")  # readable on dark cells
     fig.tight_layout()
     return fig

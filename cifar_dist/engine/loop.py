@@ -116,6 +116,9 @@ def run_epoch(s: Session, monitor: Monitor) -> tuple[dict[str, Any], bool]:
     row = epoch_row(state, s.parts.schedule.lr)
     stop = evaluate_epoch(s, row)
     s.logger.log_epoch(row)
+    s.logger.scalar("epoch/wall_s", monitor.wall_seconds(), row["epoch"])  # all sessions so far
+    if "val_acc" in row:  # the running best: HParams shows its last value
+        s.logger.scalar("epoch/best_val_acc", state.best_val_acc, row["epoch"])
     acc.print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     state.start_next_epoch()
     s.sums.zero_()

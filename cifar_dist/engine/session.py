@@ -29,6 +29,7 @@ from cifar_dist.data import (
     read_labels,
     read_manifest,
     select_rows,
+    usable_cpus,
 )
 from cifar_dist.engine import checkpoint as ckpt
 from cifar_dist.engine import devices
@@ -146,11 +147,11 @@ def open_session(cfg: Config, resume: str = "none") -> Session:
                                  device=accelerator.device)
         parts.schedule.set(state.global_step)
     env = {"world_size": accelerator.num_processes, "device": str(accelerator.device),
-           "mixed_precision": accelerator.mixed_precision, "params": n_params}
+           "mixed_precision": accelerator.mixed_precision, "params": n_params,
+           "torch_threads": torch.get_num_threads(), "usable_cpus": usable_cpus()}  # per process
     logger = start_logger(run_dir, accelerator.is_main_process, dump_yaml(cfg), env, resumed)
     if resumed is None:  # step 0 of the events: a resume keeps the first session's
         logger.text("model/params", f"{cfg.model.name}: {n_params:,} parameters")
-        logger.scalar("model/params", n_params, 0)
     s = Session(cfg, parts, loaders, normalize, classes, n_params, state, sums, logger, per_device, peak_lr,
                 resumed is not None)
     accelerator.print(banner(s))
@@ -269,6 +270,7 @@ def banner(s: Session) -> str:
     return (
         f"cifar_dist: {cfg.preset or 'custom'} | model {cfg.model.name} ({s.n_params:,} params) | processes {world} "
         f"({acc.distributed_type}, {acc.device}, precision {acc.mixed_precision}) | "
+        f"threads {torch.get_num_threads()}/process of {usable_cpus()} usable CPUs | "
         f"batch {s.per_device}/device x {world} x accum {o.accum_steps} = {r.global_batch_size} global | "
         f"{lr_rule(s.peak_lr, o, r.global_batch_size)} | "
         f"{s.steps_per_epoch} steps/epoch x {r.epochs} epochs | run dir {s.run_dir}"

@@ -19,8 +19,11 @@ marked "partial"; unfinished runs are always listed with their last epoch, never
 Output, written only after everything was read and drawn (each file through a temporary name):
     report.md       the table sorted by --metric, the runs, the plots, the TensorBoard command
     results.csv     one row per cell: overrides, params, then <metric>_mean/_std/_n for every metric
-    report_plots/   test accuracy per epoch (one figure per varied key, lines coloured by its value),
-                    final test accuracy against parameters, train and test loss per epoch (PNG)
+    report_plots/   test (and validation) accuracy per epoch: one figure per key that some two cells differ
+                    in alone, else one line per cell; final test accuracy against parameters when the
+                    cells differ in size; the losses per epoch (PNG). Curves need two epochs; titles say
+                    what the band is (± std over n seeds); a cell keeps its colour in every figure.
+Sweeps in sub-folders of PATH are not mixed in: the summary line and report.md name them.
 For a search sweep (sweep.json has "search"), report.md also has a "Study" section (best trials with their
 overrides, pruned trials with the epoch of the rung that stopped them) and report_plots/study.png (the
 objective of every trial against epochs; pruned trials dashed and cut at a cross); pruned runs count as

@@ -43,7 +43,9 @@ def build_report(path: str | Path, out: str | Path | None = None, metric: str | 
     n_partial = sum(r.unfinished for r in sweep.runs)
     summary = (f"report: {len(sweep.runs)} runs in {len(sweep.cells)} cells from {sweep.path}"
                + (f" ({n_partial} unfinished, reported as partial)" if n_partial else "")
-               + f", sorted by {metric}")
+               + f", sorted by {metric}"
+               + (f"; not included: the sweeps in {', '.join(str(p) for p in sweep.nested)} (report each on its own)"
+                  if sweep.nested else ""))
     extra = study_markdown(study) if study is not None else []
     return Report(Path(out) if out is not None else sweep.path, report_markdown(sweep, metric, titles, extra),
                   results_csv(sweep, metric), plots, summary)

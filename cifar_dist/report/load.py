@@ -201,10 +201,37 @@ class SweepResults:
     varying_keys: list[str]  # override keys with two or more values: one accuracy figure each
     missing: list[str]  # runs sweep.json expects that have no directory yet
     single_run: bool = False
+    nested: list[Path] = field(default_factory=list)  # sweeps in sub-folders: not part of this report
 
     @property
     def runs(self) -> list[RunResult]:
         return [r for c in self.cells for r in c.runs]
+
+    @property
+    def keys_alone(self) -> list[str]:
+        """The varying keys that some two cells differ in alone (every other varying key equal): a plot by
+        such a key compares like with like. Keys that only ever change together get none."""
+        cells = [c for c in self.cells if c.runs]
+
+        def alone(key: str) -> bool:
+            others = [k for k in self.varying_keys if k != key]
+            seen: dict[str, set[str]] = {}
+            for c in cells:
+                rest = repr([c.key_value(k) for k in others])
+                seen.setdefault(rest, set()).add(repr(c.key_value(key)))
+            return any(len(values) > 1 for values in seen.values())
+
+        return [k for k in self.varying_keys if alone(k)]
+
+    @property
+    def keys_together(self) -> list[str]:
+        return [k for k in self.varying_keys if k not in self.keys_alone]
+
+
+def nested_sweeps(path: Path) -> list[Path]:
+    """Sub-folders of `path` that are sweeps or folders of runs themselves (not run directories)."""
+    return sorted(p for p in path.iterdir() if p.is_dir() and not is_run_dir(p)
+                  and ((p / SWEEP_FILE).is_file() or any(is_run_dir(q) for q in p.iterdir())))
 
 
 def _split_name(name: str) -> str:
@@ -239,6 +266,11 @@ def load_results(path: Path) -> SweepResults:
         if not isinstance(info.get("seeds", []), list):
             raise ReportError(f"{sweep_json}: expected a list under \"seeds\", found {info['seeds']!r}")
     run_dirs = sorted(p for p in path.iterdir() if is_run_dir(p))
+    nested = nested_sweeps(path)
+    if not run_dirs and nested:
+        raise ReportError(f"{path}: no run directories of its own; it holds the sweeps "
+                          f"{', '.join(p.name for p in nested)}: report each one, e.g. "
+                          f"`cifar-dist report {nested[0]}`")
     if not run_dirs:
         raise ReportError(f"{path}: no run directories (expected <cell>-s<seed>/ folders holding metrics.jsonl, "
                           f"config.yaml or result.json)")
@@ -270,5 +302,6 @@ def load_results(path: Path) -> SweepResults:
         cells = [CellResult(name, {k: runs[0].config.get(k) for k in override_keys}, runs)
                  for name, runs in sorted(groups.items())]
     varying = [k for k in override_keys if len({repr(c.key_value(k)) for c in cells if c.runs}) > 1]
-    return SweepResults(str(info.get("name") or path.name), path, cells, info, override_keys, varying, missing)
+    return SweepResults(str(info.get("name") or path.name), path, cells, info, override_keys, varying, missing,
+                        nested=nested)
 

@@ -56,6 +56,7 @@ class Metric:
     partial: Callable[[list[dict[str, Any]]], Any]  # rows -> value of an unfinished run at its last epoch
     higher_is_better: bool = True
     digits: int = 2
+    integer: bool = False  # a count (epochs): printed without decimals when every run has the same value
 
 
 def _none(rows):
@@ -82,7 +83,8 @@ METRICS: dict[str, Metric] = {
     "best_val_acc": Metric("best val acc (%)", lambda r, rows: r["best"].get("val_acc"),
                            lambda rows: (_best_val_row(rows) or {}).get("val_acc")),
     "best_test_acc": Metric("best test acc (%)", lambda r, rows: r["best"].get("test_acc"), _best_test_partial),
-    "best_epoch": Metric("best epoch", lambda r, rows: r["best"].get("epoch"), _best_epoch_partial, digits=1),
+    "best_epoch": Metric("best epoch", lambda r, rows: r["best"].get("epoch"), _best_epoch_partial, digits=1,
+                         integer=True),
     "final_val_acc": Metric("final val acc (%)", lambda r, rows: _last(rows, "val_acc"),
                             lambda rows: _last(rows, "val_acc")),
     "final_test_acc": Metric("final test acc (%)", lambda r, rows: r["final"]["test_acc"],
@@ -96,7 +98,7 @@ METRICS: dict[str, Metric] = {
     "ema_test_acc": Metric("EMA test acc (%)", lambda r, rows: r["final"].get("ema_test_acc"),
                            lambda rows: _last(rows, "ema_test_acc")),
     "epochs": Metric("epochs", lambda r, rows: r.get("epochs"),
-                     lambda rows: rows[-1]["epoch"] if rows else None, digits=1),
+                     lambda rows: rows[-1]["epoch"] if rows else None, digits=1, integer=True),
     "images_per_s": Metric("images/s", lambda r, rows: r.get("images_per_s"), _mean_images_per_s, digits=0),
     "wall_s": Metric("wall (s)", lambda r, rows: r.get("wall_s"), _none, higher_is_better=False, digits=1),
 }

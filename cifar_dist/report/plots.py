@@ -1,5 +1,7 @@
-"""The report's figures (matplotlib's Agg canvas, no pyplot state): test accuracy per epoch by each varied
-key, final test accuracy against parameters, train and test loss per epoch; PNG bytes for report_plots/."""
+"""The report's figures (matplotlib's Agg canvas, no pyplot state): test and validation accuracy per epoch
+by each key that varies alone (else per cell), final test accuracy against parameters, the losses per epoch;
+PNG bytes for report_plots/. A figure is drawn only when it carries information (two epochs or more; two
+parameter counts or more), and every cell keeps one colour across the figures."""
 
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ def _finish(fig, ax, labels: tuple[str, str, str], legend: bool, grid_which: str
     if xlabel == "epoch":
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10 if len(title) > 60 else None)  # long titles (the band, line styles) fit
     ax.grid(alpha=0.3, which=grid_which)
     if legend:
         ax.legend(fontsize=8)
@@ -64,32 +66,60 @@ def _value_colours(values: list[Any]) -> dict[str, Any]:
     return {repr(v): cmap(i % 10) for i, v in enumerate(distinct)}
 
 
+def cell_colours(cells: list[CellResult]) -> dict[str, Any]:
+    """One colour per cell, the same in every figure of a report (tab10; tab20 beyond ten cells)."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10" if len(cells) <= 10 else "tab20"]
+    return {c.name: cmap(i % cmap.N) for i, c in enumerate(cells)}
+
+
+def band_note(cells: list[CellResult]) -> str:
+    """What a curve and its band are: "mean, band ± std over 3 seeds" (or "one seed per cell, no band")."""
+    ns = sorted({len(c.counted_runs) for c in cells if c.runs})
+    if not ns or ns[-1] < 2:
+        return "one seed per cell, no band"
+    n = str(ns[0]) if len(ns) == 1 else f"{ns[0]}–{ns[-1]}"
+    return f"mean, band ± std over {n} seeds"
+
+
 def cell_label(cell: CellResult, keys: list[str]) -> str:
     parts = [f"{k}={fmt_value(cell.key_value(k))}" for k in keys]
     return f"{cell.name}: {', '.join(parts)}" if parts else cell.name
 
 
-def accuracy_figure(cells: list[CellResult], key: str | None = None, keys: list[str] | tuple = ()):
-    """Test accuracy (%) per epoch, one line per cell (mean over seeds, band = +-1 std).
+CURVES = {"test_acc": ("Test accuracy", "test accuracy (%)"), "val_acc": ("Validation accuracy", "validation accuracy (%)")}
+
+
+def accuracy_figure(cells: list[CellResult], key: str | None = None, keys: list[str] | tuple = (),
+                    metric: str = "test_acc", colours: dict[str, Any] | None = None):
+    """Test (or validation: `metric="val_acc"`) accuracy (%) per epoch, one line per cell (mean over seeds,
+    band = ± 1 sample std, as the title says).
 
     With `key`, lines are coloured by the cell's value of that config key and the legend has one
-    entry per value (the way seed 001 compared batch sizes, learning rates, optimizers, Lookahead);
-    without it every cell has its own colour and a legend entry `cell_label(cell, keys)`.
+    entry per value (the way seed 001 compared batch sizes, learning rates, optimizers, Lookahead); when each
+    value is one cell, that cell's colour of `colours`. Without it every cell has its colour of `colours`
+    (`cell_colours`) and a legend entry `cell_label(cell, keys)`.
     """
     fig, ax = _figure()
     cells = [c for c in cells if c.runs]
+    colours = colours or cell_colours(cells)
     if key is not None:
-        colours = _value_colours([c.key_value(key) for c in cells])
+        values = [repr(c.key_value(key)) for c in cells]
+        by_value = _value_colours([c.key_value(key) for c in cells])
+        if len(set(values)) == len(values):  # one cell per value: the cell's own colour
+            by_value = {v: colours[c.name] for v, c in zip(values, cells)}
         order = sorted(cells, key=lambda c: (sort_key(c.key_value(key)), c.name))
     else:
-        colours = {c.name: f"C{i % 10}" for i, c in enumerate(cells)}
         order = cells
     labelled: set[str] = set()
     for cell in order:
-        epochs, means, stds = mean_curve(cell.counted_runs, "test_acc")
+        epochs, means, stds = mean_curve(cell.counted_runs, metric)
+        if not epochs:
+            continue
         if key is not None:
             value = repr(cell.key_value(key))
-            colour = colours[value]
+            colour = by_value[value]
             label = f"{key}={fmt_value(cell.key_value(key))}" if value not in labelled else "_nolegend_"
             labelled.add(value)
         else:
@@ -98,34 +128,55 @@ def accuracy_figure(cells: list[CellResult], key: str | None = None, keys: list[
         if len(cell.counted_runs) > 1:
             ax.fill_between(epochs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
                             color=colour, alpha=0.15, linewidth=0)
-    title = f"Test accuracy by {key}" if key else "Test accuracy"
-    return _finish(fig, ax, ("epoch", "test accuracy (%)", title), legend=bool(order))
+    what, ylabel = CURVES[metric]
+    title = (f"{what} by {key}" if key else what) + f" ({band_note(order)})"
+    return _finish(fig, ax, ("epoch", ylabel, title), legend=bool(ax.lines))
 
 
-def params_figure(cells: list[CellResult], keys: list[str] | tuple = ()):
-    """Final test accuracy (%, mean +- std over seeds) against parameter count, one point per cell."""
+def params_figure(cells: list[CellResult], keys: list[str] | tuple = (), colours: dict[str, Any] | None = None):
+    """Final test accuracy (%, mean ± std over seeds) against parameter count, one point per cell."""
     fig, ax = _figure()
-    for i, cell in enumerate(c for c in cells if c.runs and c.n_params):
+    colours = colours or cell_colours([c for c in cells if c.runs])
+    for cell in (c for c in cells if c.runs and c.n_params):
         s = cell.stat("final_test_acc")
         if s.mean is None:
             continue
-        ax.errorbar([cell.n_params], [s.mean], yerr=[s.std or 0.0], fmt="o", capsize=3, color=f"C{i % 10}",
+        ax.errorbar([cell.n_params], [s.mean], yerr=[s.std or 0.0], fmt="o", capsize=3, color=colours[cell.name],
                     label=cell_label(cell, list(keys)))
-    ax.set_xscale("log")
-    labels = ("parameters", "final test accuracy (%)", "Final test accuracy against model size")
+    sizes = [c.n_params for c in cells if c.runs and c.n_params]
+    if sizes and max(sizes) >= 10 * min(sizes):  # a log axis only where sizes span a decade or more
+        ax.set_xscale("log")
+    else:
+        from matplotlib.ticker import FuncFormatter
+
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}"))  # 1,128 rather than 1.128e3
+    labels = ("parameters", "final test accuracy (%)",
+              f"Final test accuracy against model size ({band_note(cells).replace('band', 'bar')})")
     return _finish(fig, ax, labels, legend=bool(ax.containers), grid_which="both")
 
 
-def loss_figure(cells: list[CellResult], keys: list[str] | tuple = ()):
-    """Train loss (solid) and test loss (dashed) per epoch, mean over seeds, one colour per cell."""
+LOSSES = (("train_loss", "-", "train"), ("val_loss", ":", "validation"), ("test_loss", "--", "test"))
+_STYLE = {"-": "solid", ":": "dotted", "--": "dashed"}
+
+
+def loss_figure(cells: list[CellResult], keys: list[str] | tuple = (), colours: dict[str, Any] | None = None):
+    """Train loss (solid), validation loss (dotted, when there is a split) and test loss (dashed) per epoch,
+    mean over seeds, one colour per cell."""
     fig, ax = _figure()
-    for i, cell in enumerate(c for c in cells if c.runs):
-        label = cell_label(cell, list(keys))
-        for key, style, what in (("train_loss", "-", "train"), ("test_loss", "--", "test")):
+    colours = colours or cell_colours([c for c in cells if c.runs])
+    drawn = []
+    for cell in (c for c in cells if c.runs):
+        label = cell_label(cell, list(keys))  # one legend entry per cell; the line style tells the split
+        for key, style, what in LOSSES:
             epochs, means, _ = mean_curve(cell.counted_runs, key)
-            ax.plot(epochs, means, linestyle=style, marker="o", markersize=3, color=f"C{i % 10}",
-                    label=f"{label} ({what})")
-    return _finish(fig, ax, ("epoch", "loss (cross-entropy)", "Train and test loss"), legend=bool(ax.lines))
+            if epochs:
+                ax.plot(epochs, means, linestyle=style, marker="o", markersize=3, color=colours[cell.name],
+                        label=label)
+                label = "_nolegend_"
+                drawn.append((what, _STYLE[style]))
+    styles = ", ".join(f"{what} {name}" for what, name in dict.fromkeys(drawn))
+    return _finish(fig, ax, ("epoch", "loss (cross-entropy)", f"Loss per epoch, mean over seeds ({styles})"),
+                   legend=bool(ax.lines))
 
 
 def _slug(text: str) -> str:
@@ -133,14 +184,30 @@ def _slug(text: str) -> str:
 
 
 def sweep_figures(sweep: SweepResults) -> list[tuple[str, str, Any]]:
-    """[(file name, title, Figure)] for a sweep: accuracy per varied key (or per cell), params, loss."""
+    """[(file name, title, Figure)] for a sweep, only figures that carry information: accuracy per epoch by
+    each key that varies alone (`SweepResults.keys_alone`), else per cell, for the test split and the
+    validation split when there is one; accuracy against parameters when the cells differ in size; the
+    losses. Curves need two epochs or more. Every cell has one colour in every figure."""
+    cells = [c for c in sweep.cells if c.runs]
+    colours = cell_colours(cells)
     keys = sweep.varying_keys
-    out = [(f"test_acc_by_{_slug(k)}.png", f"Test accuracy by {k}", accuracy_figure(sweep.cells, key=k))
-           for k in keys]
-    if not keys:
-        out.append(("test_acc.png", "Test accuracy", accuracy_figure(sweep.cells, keys=keys)))
-    out.append(("final_acc_vs_params.png", "Final test accuracy against parameters", params_figure(sweep.cells, keys)))
-    out.append(("loss.png", "Train and test loss", loss_figure(sweep.cells, keys)))
+    out: list[tuple[str, str, Any]] = []
+    curves = any(len(mean_curve(c.counted_runs, "test_acc")[0]) > 1 for c in cells)
+    has_val = any(r.get("val_acc") is not None for run in sweep.runs for r in run.rows)
+    for metric in ("test_acc", "val_acc") if has_val else ("test_acc",):
+        if not curves:
+            break
+        what = CURVES[metric][0]
+        out += [(f"{metric}_by_{_slug(k)}.png", f"{what} by {k}",
+                 accuracy_figure(sweep.cells, key=k, metric=metric, colours=colours)) for k in sweep.keys_alone]
+        if not sweep.keys_alone or sweep.keys_together:
+            out.append((f"{metric}.png", f"{what} per cell",
+                        accuracy_figure(sweep.cells, keys=keys, metric=metric, colours=colours)))
+    if len({c.n_params for c in cells if c.n_params}) > 1:
+        out.append(("final_acc_vs_params.png", "Final test accuracy against parameters",
+                    params_figure(sweep.cells, keys, colours)))
+    if curves:
+        out.append(("loss.png", "Loss per epoch", loss_figure(sweep.cells, keys, colours)))
     return out
 
 

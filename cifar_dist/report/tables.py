@@ -29,11 +29,15 @@ def sorted_cells(sweep: SweepResults, metric: str) -> list[CellResult]:
     return sorted(sweep.cells, key=key)
 
 
-def fmt_stat(s: Stat, digits: int, n_row: int | None = None) -> str:
-    """`mean ± std`, with `(n=k)` when k differs from the row's n; an em dash when there is no value."""
+def fmt_stat(s: Stat, digits: int, n_row: int | None = None, integer: bool = False) -> str:
+    """`mean ± std`, with `(n=k)` when k differs from the row's n; an em dash when there is no value. A count
+    that every run shares (`integer`, std 0) is that integer alone."""
     if s.mean is None:
         return "—"
-    text = f"{s.mean:,.{digits}f}" + (f" ± {s.std:,.{digits}f}" if s.std is not None else "")
+    if integer and not s.std and float(s.mean).is_integer():
+        text = f"{int(s.mean):,}"
+    else:
+        text = f"{s.mean:,.{digits}f}" + (f" ± {s.std:,.{digits}f}" if s.std is not None else "")
     return text if s.n == n_row else f"{text} (n={s.n})"
 
 
@@ -54,13 +58,16 @@ def results_csv(sweep: SweepResults, metric: str) -> str:
         w.writerow([c.name, *[fmt_value(c.key_value(k)) for k in sweep.override_keys], c.preset,
                     c.n_params if c.n_params is not None else "", c.status, len(c.runs), len(c.finished_runs),
                     " ".join(_partial_note(r) for r in c.partial_runs),
-                    *[x for s in stats for x in (_num(s.mean), _num(s.std), s.n)],
+                    *[x for m, s in zip(METRICS, stats)
+                      for x in (_num(s.mean, METRICS[m].integer), _num(s.std), s.n)],
                     _num(reported.get(c.preset))])
     return buf.getvalue()
 
 
-def _num(v: float | None) -> str:
-    return "" if v is None else repr(float(v))
+def _num(v: float | None, integer: bool = False) -> str:
+    if v is None:
+        return ""
+    return str(int(v)) if integer and float(v).is_integer() else repr(float(v))
 
 
 def _reported() -> dict[str, float]:
@@ -103,6 +110,13 @@ def _summary(sweep: SweepResults, metric: str, reported: dict[str, float]) -> li
         if p in reported:
             lines.append(f"The seed behind preset `{p}` reported {reported[p]:.2f} % test accuracy "
                          f"(column \"seed reported\"; see `cifar-dist presets` for how it was measured).")
+    if sweep.nested:
+        lines.append(f"Not included: the sweeps in sub-folders {', '.join(f'`{p.name}/`' for p in sweep.nested)} "
+                     f"(report each on its own: `cifar-dist report {sweep.nested[0]}`).")
+    if sweep.keys_together:
+        lines.append(f"{', '.join(f'`{k}`' for k in sweep.keys_together)} change together (no two cells differ in "
+                     f"one of them alone): no plot by any of them; compare the cells in the table below and in the "
+                     f"per-cell plots.")
     lines += ["", f"Sorted by {m.label}, {'highest' if m.higher_is_better else 'lowest'} first. Values are "
               "mean ± sample std over the seeds of a cell, n = runs counted (shown per value when it differs). "
               "A cell's statistics use its finished runs; a cell with none is reported from its runs' last "
@@ -125,7 +139,7 @@ def _cell_table(sweep: SweepResults, metric: str, reported: dict[str, float]) ->
         n_row = len(c.counted_runs)
         row = [c.name, *[f"`{fmt_value(c.key_value(k))}`" for k in sweep.override_keys],
                f"{c.n_params:,}" if c.n_params else "—", str(n_row),
-               *[fmt_stat(c.stat(k), METRICS[k].digits, n_row) for k in cols]]
+               *[fmt_stat(c.stat(k), METRICS[k].digits, n_row, METRICS[k].integer) for k in cols]]
         if show_reported:
             row.append(f"{reported[c.preset]:.2f}" if c.preset in reported else "—")
         note = c.status
@@ -166,6 +180,9 @@ def report_markdown(sweep: SweepResults, metric: str, plots: list[tuple[str, str
              *_run_table(sweep), "", "## Plots", ""]
     for name, title in plots:
         lines += [f"![{title}]({PLOTS_DIR}/{name})", ""]
+    if not plots:
+        lines += ["No plots: every curve would be a single point (one epoch per run) and every cell has the same "
+                  "parameter count; the table above has the numbers.", ""]
     lines += ["## TensorBoard", "",
               "Scalars per epoch (`epoch/*`) and per step (`train/*`), and every run's full config with its final "
               "metrics in the HParams tab:", "", "```", f"tensorboard --logdir {sweep.path}", "```", ""]

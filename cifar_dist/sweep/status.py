@@ -87,14 +87,17 @@ def run_state(run: Run, queue: dict[str, Any] | None) -> tuple[str, str]:
 def _metric_text(run: Run, state: str) -> tuple[str, str]:
     """(epoch k/E, last metric) for the status table."""
     epochs = run.cell.epochs
-    if state == "done":
+    if state == "done":  # the metric the report ranks by: best validation accuracy, else final test accuracy
         res = _read_dict(run.dir / "result.json")
-        acc = (res.get("final") or {}).get("test_acc")
-        return f"{res.get('epochs', epochs)}/{epochs}", f"test_acc={acc:.2f} (final)" if _is_num(acc) else ""
+        best, acc = res.get("best") or {}, (res.get("final") or {}).get("test_acc")
+        done = f"{res.get('epochs', epochs)}/{epochs}"
+        if _is_num(best.get("val_acc")):
+            return done, f"best_val_acc={best['val_acc']:.2f} (epoch {best.get('epoch')})"
+        return done, f"test_acc={acc:.2f} (final)" if _is_num(acc) else ""
     row = last_metrics(run)
     if not row:
         return f"0/{epochs}", ""
-    for key in ("test_acc", "val_acc", "train_loss"):
+    for key in ("val_acc", "test_acc", "train_loss"):
         if _is_num(row.get(key)):
             return f"{row.get('epoch', 0)}/{epochs}", f"{key}={row[key]:.4g} (epoch {row.get('epoch')})"
     return f"{row.get('epoch', 0)}/{epochs}", ""
@@ -160,7 +163,7 @@ def status_text(sweep: Sweep, queue: dict[str, Any] | None, as_json: bool = Fals
     counts = {s: sum(r["state"] == s for r in rows) for s in STATES}
     lines = [f"sweep {sweep.spec.name}: {len(rows)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items())
              + ("" if queue is not None else " (squeue not available: running = started without a result)"),
-             f"{'run':10s} {'index':>5s}  {'state':8s} {'epoch':>7s}  {'last metric':30s} detail"]
+             f"{'run':10s} {'index':>5s}  {'state':8s} {'epoch':>7s}  {'metric':30s} detail"]
     lines += [f"{r['run']:10s} {r['index']:5d}  {r['state']:8s} {r['epoch']:>7s}  {r['metric']:30s} {r['detail']}"
               for r in rows]
     return "\n".join(lines) + "\n"

@@ -73,18 +73,22 @@ def hparams_for_pruned(run_dir: Path, trial: dict[str, Any]) -> None:
     """TensorBoard HParams of a pruned trial (config.yaml and its last/best metrics); the trainer writes
     them itself only when a run finishes."""
     from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard.summary import hparams
 
     from cifar_dist.config import flatten, load_yaml
 
     rows = read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
     config = flatten(load_yaml(run_dir / "config.yaml")) if (run_dir / "config.yaml").is_file() else {}
-    hp = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in config.items()}
-    hp.update({"trial.number": trial["trial"], "trial.state": "pruned", "trial.epochs": len(rows)})
-    vals = [r["val_acc"] for r in rows if isinstance(r.get("val_acc"), (int, float))]
-    metrics = {"hparam/test_acc": rows[-1].get("test_acc") if rows else None,
-               "hparam/best_val_acc": max(vals) if vals else None}
+    # as the trainer writes them: fractions as numbers, integers (TensorBoard shows 4 decimals) and the rest as text
+    hp = {k: (v if isinstance(v, float) else str(v).lower() if isinstance(v, bool) else str(v))
+          for k, v in config.items()}
+    hp.update({"trial.number": str(trial["trial"]), "trial.state": "pruned", "trial.epochs": str(len(rows))})
+    # metrics: the last points of the run's own per-epoch series (no scalar of their own)
+    tags = ["epoch/test_acc"] if any("test_acc" in r for r in rows) else []
+    tags += ["epoch/val_acc", "epoch/best_val_acc"] if any("val_acc" in r for r in rows) else []
     with SummaryWriter(str(run_dir)) as tb:
-        tb.add_hparams(hp, {k: v for k, v in metrics.items() if v is not None}, run_name=".")
+        for summary in hparams(hp, dict.fromkeys(tags, 0.0)):
+            tb.file_writer.add_summary(summary)
 
 
 class Worker:
