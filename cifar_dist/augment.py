@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -146,9 +147,9 @@ def ricap(x: torch.Tensor, y: torch.Tensor, beta: float, num_classes: int, smoot
     same loss scale as a clean one.
     """
     b, _, h, w = x.shape
-    dist = torch.distributions.Beta(torch.tensor(float(beta)), torch.tensor(float(beta)))
-    cw = int(round(w * float(dist.sample())))
-    ch = int(round(h * float(dist.sample())))
+    # the box sizes are host numbers (numpy's RNG, as timm's Mixup draws its lambda): no tensor per batch
+    cw = int(round(w * float(np.random.beta(beta, beta))))
+    ch = int(round(h * float(np.random.beta(beta, beta))))
     widths, heights = [cw, w - cw, cw, w - cw], [ch, ch, h - ch, h - ch]
     out = torch.empty_like(x)
     target = torch.zeros(b, num_classes, device=x.device)
