@@ -72,9 +72,11 @@ def held(parts, normalize, loaders, sums) -> dict[str, torch.Tensor]:
             out[f"mixer.{k}"] = v
     for split in ("train", "val", "test"):
         loader = getattr(loaders, split)
-        for k, v in (vars(loader) if loader is not None else {}).items():
-            if isinstance(v, torch.Tensor):
-                out[f"loader.{split}.{k}"] = v
+        for owner in ("", ".augment"):
+            obj = loader if not owner or loader is None else getattr(loader, "augment", None)
+            for k, v in (vars(obj) if obj is not None else {}).items():
+                if isinstance(v, torch.Tensor):
+                    out[f"loader.{split}{owner}.{k}"] = v
     out["sums"] = sums
     return out
 
@@ -319,6 +321,13 @@ OPTIONS = {
 def test_every_stateful_option_keeps_every_tensor_on_the_models_device(name, tiny_data, tmp_path, monkeypatch,
                                                                        on_meta):
     assert run_everything(config("smoke", tiny_data, **OPTIONS[name]), tmp_path, monkeypatch, on_meta) == {}
+
+
+def test_the_loader_holds_its_flips_and_cutout_fill_on_the_device(tiny_data, on_meta):
+    """The check above can see the loaders' own tensors (a held CPU tensor would be reported)."""
+    _, _, _, loaders = build(config("fast", tiny_data, **{"aug.cutout": 4}))
+    assert loaders.train.augment.base_flips.device == META and loaders.train.augment.cutout_fill.device == META
+    assert loaders.train.images.device == META
 
 
 def test_whitening_stem_lookahead_and_ema_together(tiny_data, tmp_path, monkeypatch, on_meta):
