@@ -23,6 +23,8 @@ import torch
 
 from cifar_dist.presets import list_presets
 
+# loading a checkpoint into meta tensors is a no-op by design here; torch says so for every tensor
+pytestmark = pytest.mark.filterwarnings("ignore:.*copying from a non-meta parameter:UserWarning")
 META = torch.device("meta")
 QUICK = {"data.limit_train": 96, "data.limit_test": 40, "data.val_size": 0, "run.global_batch_size": 16,
          "run.eval_batch_size": 16, "run.epochs": 2, "run.progress": False, "model.compile": False,
