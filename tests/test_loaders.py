@@ -230,3 +230,5 @@ def test_fast_preset_trains_on_the_ffcv_loader(tiny_data, tmp_path):
     result = read_json(tmp_path / "fast_ffcv" / "result.json")
     assert result["status"] == "finished" and result["epochs"] == 2
     assert 0.0 <= result["final"]["test_acc_tta"] <= 100.0
+    # the timings a GPU run reports: training seconds (device synchronised) and launch to the first step
+    assert 0 < result["train_s"] <= result["wall_s"] and result["first_step_s"] > 0  # (launch: this process's start)

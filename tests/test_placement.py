@@ -10,7 +10,7 @@ steps, an evaluation with TTA, a checkpoint saved and loaded back. A meta tensor
 and torch refuses any op that mixes it with a CPU tensor ("Tensor on device cpu is not on the expected device
 meta"), just as CUDA refuses mixing with the CPU. On top of that every tensor held by the parts is checked,
 and every tensor an op makes during the steps and the evaluation must be on `meta` too, except host random
-draws of one number that are read as Python scalars (the mixer's per-batch choice, RICAP's box sizes).
+draws of one number read as Python scalars and the small host tables torchvision's AutoAugment picks them from.
 
 Where values would be read (a reduce at the end of an evaluation, the checkpoint's bytes) the test checks that
 what arrives is on the device and hands back zeros of the same shape: nothing on meta has values to read.
