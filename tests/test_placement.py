@@ -50,16 +50,19 @@ def held(parts, normalize, loaders, sums) -> dict[str, torch.Tensor]:
     model = parts.accelerator.unwrap_model(parts.model, keep_torch_compile=False)
     out.update({f"model.{k}": v for k, v in model.state_dict().items()})
     opt = getattr(parts.optimizer, "optimizer", parts.optimizer)
-    for i, t in enumerate(tensors_in(list(opt.state.values()))):
-        out[f"optimizer.state.{i}"] = t
-    inner = getattr(opt, "_base_optimizer", None) or getattr(opt, "base_optimizer", None)
-    if inner is not None:
-        for i, t in enumerate(tensors_in(list(inner.state.values()))):
-            out[f"optimizer.base_state.{i}"] = t
+    inner = getattr(opt, "_base_optimizer", None)  # timm's Lookahead keeps its slow weights in the base's state
+    for owner, o in (("state", opt), ("base_state", inner)):
+        for i, per_param in enumerate(o.state.values() if o is not None else []):
+            for k, t in per_param.items():
+                # torch's Adam family counts `step` in a host scalar unless capturable/fused, on CUDA too
+                if isinstance(t, torch.Tensor) and not (k == "step" and t.dim() == 0 and t.device.type == "cpu"):
+                    out[f"optimizer.{owner}.{i}.{k}"] = t
     for i, g in enumerate(opt.param_groups):
         for k, v in g.items():
             if isinstance(v, torch.Tensor):
                 out[f"optimizer.group{i}.{k}"] = v
+        for j, p in enumerate(g["params"]):  # what the optimizer updates: the model's own parameters
+            out[f"optimizer.group{i}.param{j}"] = p
     if parts.ema is not None:
         out.update({f"ema.{k}": v for k, v in parts.ema.module.state_dict().items()})
     if parts.lookahead is not None:
@@ -163,6 +166,10 @@ def on_meta(monkeypatch):
     from accelerate import Accelerator
 
     monkeypatch.setattr(Accelerator, "device", property(lambda self: META))
+    # On CUDA, `model.to(device)` keeps the Parameter objects (the optimizer built before `prepare` still holds
+    # the model's parameters); between CPU and meta torch would make new ones unless told to swap in place.
+    swap = torch.__future__.get_swap_module_params_on_conversion()
+    torch.__future__.set_swap_module_params_on_conversion(True)
     asked: list[torch.device] = []
     real = torch.Generator
 
@@ -177,7 +184,8 @@ def on_meta(monkeypatch):
             pass
 
     monkeypatch.setattr(torch, "Generator", Generator)
-    return asked
+    yield asked
+    torch.__future__.set_swap_module_params_on_conversion(swap)
 
 
 def build(cfg, sync_bn: bool = False, monkeypatch=None):
@@ -237,17 +245,25 @@ def run_everything(cfg, tmp_path, monkeypatch, asked, sync_bn=False):
     problems["made off the device"] = made.wrong[:5]
     problems["step losses off the device"] = [str(d) for d in losses if d != META]
     problems["reduced off the device"] = [str(d) for d in reduced if d != META]
-    problems["held after training"] = off_device(held(parts, normalize, loaders, sums))
+    holds = held(parts, normalize, loaders, sums)
+    problems["held after training"] = off_device(holds)
+    # the check sees the state it claims to check
+    expect = {"optimizer.base_state.": cfg.optim.lookahead, "optimizer.state.": not cfg.optim.lookahead and (
+              cfg.optim.name != "sgd" or cfg.optim.momentum > 0), "lookahead.": cfg.optim.ema_lookahead,
+              "ema.": cfg.run.ema, "normalize.": True, "model.": True}
+    missing = [k for k, want in expect.items() if want and not any(name.startswith(k) for name in holds)]
+    assert not missing, f"no tensor of {missing} was found to check"
 
     # checkpoint: what is written must come from the device (RNG states are the host's); then load it back
     written = []
 
-    def zeros_of(obj):
+    def zeros_of(obj, key=None):
         if isinstance(obj, torch.Tensor):
-            written.append(obj.device)
+            if not (key == "step" and obj.dim() == 0 and obj.device.type == "cpu"):  # torch's host step count
+                written.append(obj.device)
             return torch.zeros(obj.shape, dtype=obj.dtype) if obj.device == META else obj
         if isinstance(obj, dict):
-            return {k: zeros_of(v) for k, v in obj.items()}
+            return {k: zeros_of(v, k) for k, v in obj.items()}
         if isinstance(obj, (list, tuple)):
             return type(obj)(zeros_of(v) for v in obj)
         return obj
