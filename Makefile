@@ -14,6 +14,8 @@ DATA_NAME ?= cifar10
 LAUNCH   ?= $(if $(shell nvidia-smi -L 2>/dev/null),1gpu,cpu)
 # The default job: the `fast` preset on a GPU; on a CPU a small seed recipe cut to minutes.
 PRESET   ?= $(if $(filter cpu,$(LAUNCH)),seed003_simple_cnn,fast)
+# launch/multi_gpu.yaml holds no process count: one process per GPU torch sees (CUDA_VISIBLE_DEVICES honoured).
+NPROC    ?= $(if $(filter multi_gpu,$(LAUNCH)),$(shell $(BIN)/python -c 'import torch; print(torch.cuda.device_count())'),)
 RUN_ARGS ?= $(if $(filter cpu,$(LAUNCH)),--run.epochs=2,)
 PYTEST_ARGS ?=
 
@@ -43,7 +45,7 @@ data: setup
 	$(BIN)/cifar-dist prepare $(DATA) --out $(DATA_DIR) --name $(DATA_NAME)
 
 run: data
-	$(BIN)/accelerate launch --config_file launch/$(LAUNCH).yaml -m cifar_dist.train \
+	$(BIN)/accelerate launch --config_file launch/$(LAUNCH).yaml $(if $(NPROC),--num_processes=$(NPROC)) -m cifar_dist.train \
 		--preset=$(PRESET) --data.dir=$(DATA_DIR) --data.name=$(DATA_NAME) $(RUN_ARGS)
 
 # ruff, then the layer rules of pyproject.toml's [tool.importlinter] contracts.

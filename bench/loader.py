@@ -7,7 +7,7 @@ folder first (raw mode, in a subprocess: FFCV's writer must not fork after a Loa
 All three loaders do the same training augmentation -- random crop with 4 px zero padding and a
 horizontal flip -- and deliver normalised float batches (B, 3, 32, 32) on the device:
   baseline  torchvision Dataset (PIL images) + DataLoader, num_workers=2, RandomCrop/Flip/ToTensor/Normalize
-  ffcv      cifar_dist.data.FFCVLoader (compiled decode/translate/flip) + Normalize
+  ffcv      cifar_dist.data.FFCVLoader (compiled decode, then translate/flip on the device) + Normalize
   tensor    cifar_dist.data.TensorLoader (split resident on the device, batched crop/flip) + Normalize
 Each is timed over whole epochs after one warm-up epoch (FFCV compiles its pipeline then); the best
 epoch counts. Targets on a 2-core machine: ffcv >= 5x, tensor >= 8x the baseline.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -146,9 +147,9 @@ def ricap(x: torch.Tensor, y: torch.Tensor, beta: float, num_classes: int, smoot
     same loss scale as a clean one.
     """
     b, _, h, w = x.shape
-    dist = torch.distributions.Beta(torch.tensor(float(beta)), torch.tensor(float(beta)))
-    cw = int(round(w * float(dist.sample())))
-    ch = int(round(h * float(dist.sample())))
+    # box sizes and corners are host numbers (numpy's RNG, as timm's Mixup draws its lambda): no tensor per batch
+    cw = int(round(w * float(np.random.beta(beta, beta))))
+    ch = int(round(h * float(np.random.beta(beta, beta))))
     widths, heights = [cw, w - cw, cw, w - cw], [ch, ch, h - ch, h - ch]
     out = torch.empty_like(x)
     target = torch.zeros(b, num_classes, device=x.device)
@@ -158,8 +159,8 @@ def ricap(x: torch.Tensor, y: torch.Tensor, beta: float, num_classes: int, smoot
         if kw_ == 0 or kh == 0:
             continue
         perm = torch.randperm(b, device=x.device)
-        x0 = int(torch.randint(0, w - kw_ + 1, (1,)))
-        y0 = int(torch.randint(0, h - kh + 1, (1,)))
+        x0 = int(np.random.randint(0, w - kw_ + 1))
+        y0 = int(np.random.randint(0, h - kh + 1))
         oy, ox = corners[k]
         out[:, :, oy : oy + kh, ox : ox + kw_] = x[perm, :, y0 : y0 + kh, x0 : x0 + kw_]
         target += (kw_ * kh) / (w * h) * smooth_one_hot(y[perm], num_classes, smoothing)
@@ -223,7 +224,7 @@ class BatchMixer:
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.cfg
-        r = float(torch.rand(()))
+        r = float(np.random.random())  # a host draw (numpy's RNG, like timm's Mixup): no tensor read per batch
         if r < c.ricap_prob:
             return ricap(x, y, c.ricap_beta, self.num_classes, c.label_smoothing)
         if self.mixup is not None and r < c.ricap_prob + c.mixup_prob + c.cutmix_prob:

@@ -47,9 +47,9 @@ class DataConfig:
 @dataclass(frozen=True)
 class AugConfig:
     crop_padding: int = 4  # pixels of padding for the random crop (0 = no crop)
-    crop_pad: str = "zeros"  # zeros | reflect: how the crop pads (reflect: tensor loader only)
+    crop_pad: str = "zeros"  # zeros | reflect: how the crop pads (either loader)
     flip: bool = True  # random horizontal flip, p = 0.5
-    flip_mode: str = "random"  # random | alternating: one random flip, mirrored every other epoch (tensor loader)
+    flip_mode: str = "random"  # random | alternating: one random flip, mirrored every other epoch (either loader)
     cutout: int = 0  # side in pixels of one zeroed square (0 = off)
     cutout_prob: float = 1.0  # probability that an image gets the cutout square
     autoaugment: bool = False  # torchvision AutoAugment, CIFAR10 policy, per image on uint8

@@ -6,12 +6,13 @@ of shape (B, 3, 32, 32) on the target device (already cropped/flipped/cut out fo
 (`Normalize`): moving uint8 moves 4x fewer bytes to the GPU, and uint8-only augmentations
 (AutoAugment) can run in between.
 
-- `TensorLoader` reads a split once into one uint8 tensor on the device and augments whole batches
-  with tensor ops. The fastest path for CIFAR-sized data, deterministic per (seed, epoch, step),
-  which makes mid-epoch resume bit-exact, and the fallback where FFCV's loader cannot run.
-- `FFCVLoader` wraps `ffcv.loader.Loader` (random translate, flip, optional cutout in FFCV's
-  compiled pipeline). Its augmentation draws come from numba's RNG, so a resumed epoch matches
-  the data order but not the exact crops.
+- `TensorLoader` reads a split once into one uint8 tensor on the device. The fastest path for
+  CIFAR-sized data, and the fallback where FFCV's loader cannot run.
+- `FFCVLoader` wraps `ffcv.loader.Loader` (decoding in FFCV's compiled pipeline, batches moved to
+  the device by its `ToDevice`).
+Both augment training batches on the device with one piece of code, `DeviceAugment` (crop with zero or
+reflect padding, random or alternating flip, cutout), deterministic per (seed, epoch, step, rank), so
+the two loaders are the same recipe and a resumed epoch gets the same crops.
 
 Sharding: with `world_size` processes each rank sees a disjoint shard; training drops the
 ragged tail so every rank takes the same number of steps (`drop_last`).
@@ -66,9 +67,9 @@ class Augment:
     """What a training loader does to each uint8 batch: random crop, flip, cutout."""
 
     crop_padding: int = 0  # shift up to this many pixels (0 = no crop)
-    crop_pad: str = "zeros"  # zeros | reflect (reflect: tensor loader only)
+    crop_pad: str = "zeros"  # zeros | reflect
     flip: bool = False  # left-right flip
-    flip_mode: str = "random"  # random (p = 0.5 per image and epoch) | alternating (tensor loader only)
+    flip_mode: str = "random"  # random (p = 0.5 per image and epoch) | alternating (see DeviceAugment)
     cutout_size: int = 0  # side of one square filled with cutout_fill (0 = off)
     cutout_prob: float = 1.0
     cutout_fill: tuple[int, ...] = (0, 0, 0)
@@ -294,6 +295,47 @@ def cutout(x: torch.Tensor, size: int, prob: float, fill: torch.Tensor, g: torch
     return torch.where(mask, fill.view(1, -1, 1, 1).to(x.dtype), x)
 
 
+class DeviceAugment:
+    """The training augmentation of both loaders, on the device, on uint8 (B, C, H, W) batches: a crop of the
+    padded image (shift up to `crop_padding` px; zeros or reflect), a left-right flip (random, or alternating:
+    one random flip per image drawn once from the seed, mirrored every other epoch, so each image is seen
+    both ways in every pair of epochs), then cutout. The draws of a batch are a pure function of (seed, epoch,
+    step, rank) and, for alternating flips, of each image's position in the split (`rows`): the tensor loader
+    and the FFCV loader give the same images the same augmentation, and a resumed epoch is bit-exact.
+    """
+
+    def __init__(self, aug: Augment, n: int, seed: int, rank: int, device: torch.device):
+        """`n`: images in the split (alternating flips are drawn for each)."""
+        self.aug, self.seed, self.rank, self.device = aug, seed, rank, torch.device(device)
+        self.base_flips = None
+        if aug.flip and aug.flip_mode == "alternating":
+            g = torch.Generator().manual_seed(seed * 7919 + 104_729)
+            self.base_flips = (torch.rand(n, generator=g) < 0.5).to(self.device)
+        self.cutout_fill = torch.tensor(aug.cutout_fill, dtype=torch.uint8, device=self.device)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.aug.crop_padding or self.aug.flip or self.aug.cutout_size)
+
+    @property
+    def needs_rows(self) -> bool:
+        """Whether `__call__` reads `rows` (alternating flips)."""
+        return self.base_flips is not None
+
+    def __call__(self, x: torch.Tensor, rows: torch.Tensor | None, epoch: int, step: int) -> torch.Tensor:
+        """x: uint8 (B, C, H, W) on the device; rows: (B,) positions of its images in the split, on the device."""
+        a = self.aug
+        if not self.active:
+            return x
+        g = batch_generator(self.seed, epoch, step, self.rank, x.device)
+        if a.crop_padding or a.flip:
+            flip = a.flip if self.base_flips is None else self.base_flips[rows] ^ bool(epoch % 2)
+            x = crop_flip(x, a.crop_padding, flip, g, a.crop_pad)
+        if a.cutout_size:
+            x = cutout(x, a.cutout_size, a.cutout_prob, self.cutout_fill, g)
+        return x
+
+
 class TensorLoader:
     """A split resident on the device as one uint8 tensor, augmented batch-wise.
 
@@ -316,13 +358,7 @@ class TensorLoader:
         self.train = order.train
         self.seed, self.rank, self.world_size = order.seed, order.rank, order.world_size
         self.drop_last = order.drops_last
-        # Alternating flip: every image gets one random flip (drawn once from the seed) on even epochs
-        # and the opposite on odd epochs, so each image is seen both ways in every pair of epochs.
-        self.base_flips = None
-        if aug.flip and aug.flip_mode == "alternating":
-            g = torch.Generator().manual_seed(self.seed * 7919 + 104_729)
-            self.base_flips = (torch.rand(len(self.labels), generator=g) < 0.5).to(self.device)
-        self.cutout_fill = torch.tensor(aug.cutout_fill, dtype=torch.uint8, device=self.device)
+        self.augment = DeviceAugment(aug, len(self.labels), self.seed, self.rank, self.device)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -357,18 +393,13 @@ class TensorLoader:
             sel = idx[step * self.batch_size : (step + 1) * self.batch_size]
             x, y = self.images[sel], self.labels[sel]
             if self.train:
-                g = batch_generator(self.seed, self.epoch, step, self.rank, self.device)
-                a = self.aug
-                if a.crop_padding or a.flip:
-                    flip = a.flip if self.base_flips is None else self.base_flips[sel] ^ bool(self.epoch % 2)
-                    x = crop_flip(x, a.crop_padding, flip, g, a.crop_pad)
-                if a.cutout_size:
-                    x = cutout(x, a.cutout_size, a.cutout_prob, self.cutout_fill, g)
+                x = self.augment(x, sel, self.epoch, step)
             yield x, y
 
 
-def ffcv_pipelines(device: torch.device, train: bool, aug: Augment) -> tuple[list, list]:
-    """FFCV's image and label pipelines; both end with `ToDevice(device)`, so batches land on the device.
+def ffcv_pipelines(device: torch.device) -> tuple[list, list]:
+    """FFCV's image and label pipelines: decode, then `ToDevice(device)`, so batches land on the device
+    unaugmented (training augmentation runs there, in `DeviceAugment`, the tensor loader's own code).
 
     `ToTorchImage` comes BEFORE `ToDevice`: placed after it, `ToTorchImage(channels_last=False)` asks FFCV for
     a buffer without a device (a pinned host buffer) and copies the device batch back into it, so on a GPU the
@@ -378,20 +409,10 @@ def ffcv_pipelines(device: torch.device, train: bool, aug: Augment) -> tuple[lis
     """
     from ffcv.fields.basics import IntDecoder
     from ffcv.fields.rgb_image import SimpleRGBImageDecoder
-    from ffcv.transforms import (
-        Cutout,
-        RandomHorizontalFlip,
-        RandomTranslate,
-        Squeeze,
-        ToDevice,
-        ToTensor,
-        ToTorchImage,
-    )
+    from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
 
-    image_ops: list = [SimpleRGBImageDecoder()]
-    if train:
-        image_ops += _ffcv_augment(aug, RandomHorizontalFlip, RandomTranslate, Cutout)
-    image_ops += [ToTensor(), ToTorchImage(channels_last=False), ToDevice(device, non_blocking=True)]
+    image_ops = [SimpleRGBImageDecoder(), ToTensor(), ToTorchImage(channels_last=False),
+                 ToDevice(device, non_blocking=True)]
     label_ops = [IntDecoder(), ToTensor(), Squeeze(), ToDevice(device, non_blocking=True)]
     return image_ops, label_ops
 
@@ -399,9 +420,10 @@ def ffcv_pipelines(device: torch.device, train: bool, aug: Augment) -> tuple[lis
 class FFCVLoader:
     """FFCV's compiled loader over a .beton file, with the same interface as `TensorLoader`.
 
-    The pipeline decodes, random-translates with zero padding, flips and (optionally) cuts out in
-    FFCV's JIT-compiled code, then moves uint8 NCHW batches to the device. Sharding across ranks is
-    FFCV's `distributed=True` (reads torch.distributed's rank and world size).
+    The pipeline decodes in FFCV's JIT-compiled code and moves uint8 NCHW batches to the device; a training
+    batch is then augmented there by `DeviceAugment`, exactly as the tensor loader does it (same crop, pad
+    mode, flip mode and cutout; same draws for the same image at the same epoch and step). Sharding across
+    ranks is FFCV's `distributed=True` (reads torch.distributed's rank and world size).
     """
 
     def __init__(self, split: Split, *, batch_size: int, device: torch.device | str = "cpu", order: Order = Order(),
@@ -410,7 +432,11 @@ class FFCVLoader:
         from ffcv.loader import Loader, OrderOption
 
         self.device = torch.device(device)
-        image_ops, label_ops = ffcv_pipelines(self.device, order.train, aug)
+        image_ops, label_ops = ffcv_pipelines(self.device)
+        self.train, self.batch_size = order.train, batch_size
+        self.indices = None if split.indices is None else np.asarray(split.indices)
+        n = num_rows(split.path) if self.indices is None else len(self.indices)
+        self.augment = DeviceAugment(aug, n, order.seed, order.rank, self.device)
         self.loader = Loader(
             str(split.path),
             batch_size=batch_size,
@@ -436,30 +462,30 @@ class FFCVLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.iter_from(0)
 
+    def _positions(self) -> torch.Tensor | None:
+        """Positions in the split of this epoch's images, in FFCV's batch order, on the device (one copy per
+        epoch); None when the augmentation does not need them. Call before `iter(self.loader)`, which moves
+        FFCV's epoch on."""
+        if not (self.train and self.augment.needs_rows):
+            return None
+        order = np.asarray(self.loader.next_traversal_order())  # rows of the file; batch s = order[s*B:(s+1)*B]
+        if self.indices is not None:
+            where = np.full(int(self.indices.max()) + 1, -1, dtype=np.int64)
+            where[self.indices] = np.arange(len(self.indices))
+            order = where[order]
+        return torch.as_tensor(order.astype(np.int64)).to(self.device)
+
     def iter_from(self, start_step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        positions = self._positions()
         it = iter(self.loader)
         torch.set_num_threads(compute_threads())
+        b = self.batch_size
         for step, (x, y) in enumerate(it):
             if step >= start_step:
+                if self.train:
+                    rows = None if positions is None else positions[step * b : step * b + len(y)]
+                    x = self.augment(x, rows, self.epoch, step)
                 yield x, y.long()
-
-
-def _ffcv_augment(aug: Augment, flip_op, translate_op, cutout_op) -> list:
-    """FFCV's compiled ops for `aug`; options only the tensor loader has are input errors."""
-    for key, value, plain in (("crop_pad", aug.crop_pad, "zeros"), ("flip_mode", aug.flip_mode, "random")):
-        if value != plain:
-            raise DataError(f"--aug.{key}: expected {plain} with --data.loader=ffcv (or --data.loader=tensor), "
-                            f"found {value}")
-    ops: list = []
-    if aug.flip:
-        ops.append(flip_op())
-    if aug.crop_padding:
-        ops.append(translate_op(padding=aug.crop_padding, fill=(0, 0, 0)))
-    if aug.cutout_size:
-        if aug.cutout_prob < 1.0:
-            raise DataError("--aug.cutout_prob: the ffcv loader cuts out every image; use 1.0 or data.loader=tensor")
-        ops.append(cutout_op(aug.cutout_size, tuple(int(v) for v in aug.cutout_fill)))
-    return ops
 
 
 class Normalize(torch.nn.Module):

@@ -19,6 +19,9 @@ from torch import nn
 
 
 class LookaheadEMA:
+    """Build it from the placed model (after `accelerator.prepare`): the slow copy is made on the model's
+    device, and a sync refuses weights that have since moved to another device."""
+
     def __init__(self, model: nn.Module, total_steps: int, every: int = 5, base: float = 0.95**5):
         self.model, self.total_steps, self.every, self.base = model, max(int(total_steps), 1), int(every), float(base)
         self.slow = {k: v.detach().clone() for k, v in self._floats().items()}

@@ -6,7 +6,8 @@ test_acc), `state.json` as its checkpoint (epoch and step), paused.json at run.s
 result.json at the end (exit 0). SIGTERM/SIGUSR1 save the checkpoint mid-epoch and exit 3; a resume goes on
 from the saved step, so every epoch is logged once. The accuracy is a fixed function of the learning rate
 and the epoch (best near lr = 1e-3). FAKE_STEP_S (default 0.02) is the time of one of 5 steps per epoch;
-FAKE_STARTED, when set, is a file touched once the first step has run.
+FAKE_STARTED, when set, is a file touched once the first step has run. FAKE_EXIT=N makes it print 25 numbered
+lines ("fake line 1" ... "fake line 25") and exit N at once (a trainer that dies on start-up).
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ STEPS = 5
 
 
 def main(argv: list[str]) -> int:
+    if os.environ.get("FAKE_EXIT"):
+        for i in range(1, 26):
+            print(f"fake line {i}", flush=True)
+        return int(os.environ["FAKE_EXIT"])
     flags = dict(a[2:].split("=", 1) for a in argv if a.startswith("--") and "=" in a)
     run_dir = Path(flags["run.out_dir"]) / flags["run.name"]
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -20,15 +20,14 @@ def declared(ops, state):
     return state, steps
 
 
-@pytest.mark.parametrize("train", [True, False])
-def test_ffcv_pipelines_end_on_the_requested_device_without_a_host_buffer_after_it(train):
+def test_ffcv_pipelines_end_on_the_requested_device_without_a_host_buffer_after_it():
     """Declared for cuda:0 on a machine without one: the last op is ToDevice, and no op reading a device
-    batch asks for a buffer elsewhere (the old order's ToTorchImage asked for a host buffer and copied back)."""
+    batch asks for a buffer elsewhere (the old order's ToTorchImage asked for a host buffer and copied back).
+    Training and evaluation share the pipeline: training augmentation runs after it, on the device."""
     from ffcv.pipeline.state import State
 
     cuda = torch.device("cuda", 0)
-    aug = Augment(crop_padding=4, flip=True, cutout_size=8, cutout_fill=(125, 123, 114))
-    image_ops, label_ops = ffcv_pipelines(cuda, train, aug)
+    image_ops, label_ops = ffcv_pipelines(cuda)
     decoded = State(jit_mode=True, device=torch.device("cpu"), shape=(32, 32, 3), dtype=np.dtype("u1"))
     start = State(jit_mode=True, device=torch.device("cpu"), shape=None, dtype=np.dtype("u1"))
     for ops, state in ((image_ops[1:], decoded), (label_ops, start)):  # image_ops[0], the decoder, needs a file
@@ -79,6 +78,60 @@ def host_syncs(fn) -> list[str]:
     with Record():
         fn()
     return seen
+
+
+@pytest.mark.parametrize("over", [{}, {"run.ema": True, "loss.mixup_prob": 0.5, "loss.mixup_alpha": 1.0,
+                                       "loss.ricap_prob": 0.3, "optim.grad_clip": 1.0}], ids=["fast", "ema_mixers"])
+def test_training_steps_have_no_host_sync(tiny_data, over):
+    """`fast` (tensor loader, reflect crops, alternating flips, lookahead-EMA) built by the engine: the aten ops of
+    whole epochs of training steps include nothing that makes the host wait for the device (no .item(), no
+    tensor from host data, no data-dependent output size). The loss and the sums stay on the device."""
+    from cifar_dist.engine import TrainState, train_one_epoch
+    from cifar_dist.engine.session import build_loaders, build_parts, init_from_data, make_accelerator
+    from cifar_dist.models import build_model
+    from cifar_dist.presets import resolve
+
+    data_dir, name = tiny_data
+    cfg = resolve("fast", None, {"data.dir": str(data_dir), "data.name": name, "run.global_batch_size": 50,
+                                 "model.widths": [8, 16, 16], "optim.ema_lookahead": 2, **over})
+    acc, per_device = make_accelerator(cfg)
+    model = build_model(cfg.model, 10)
+    loaders = build_loaders(cfg, acc, per_device)
+    init_from_data(model, cfg.data, loaders.train_rows, n=100)
+    parts, _ = build_parts(cfg, acc, model, len(loaders.train), 0.5, 10)
+    sums, state = torch.zeros(3, dtype=torch.float64), TrainState()
+
+    def epochs():
+        for epoch in range(2):
+            loaders.train.set_epoch(epoch)
+            state.step_in_epoch = 0
+            train_one_epoch(parts, loaders.train, state, sums, lambda step, loss: None)
+
+    assert host_syncs(epochs) == []
+    assert state.global_step == 2 * len(loaders.train) == 16 and float(sums[2]) == 2 * 400 // 50 * 50
+
+
+def test_launch_time_is_the_launchers_start_under_accelerate_launch(tmp_path):
+    """first_step_s counts from the `accelerate launch` process's start (its interpreter start-up included);
+    a process started directly counts from its own start."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    probe = tmp_path / "probe.py"
+    probe.write_text("import psutil\nfrom cifar_dist.engine.devices import launch_time\n"
+                     "me, parent = psutil.Process(), psutil.Process().parent()\n"
+                     "print(launch_time() - me.create_time(), launch_time() - parent.create_time())\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    direct = subprocess.run([sys.executable, str(probe)], capture_output=True, text=True, env=env, timeout=120)
+    assert [float(v) for v in direct.stdout.split()][0] == 0.0, direct.stderr
+    launched = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                               str(REPO / "launch" / "1gpu.yaml"), str(probe)], capture_output=True, text=True,
+                              env=env, timeout=300, cwd=tmp_path)
+    own, launcher = (float(v) for v in launched.stdout.split())
+    assert own < 0 and launcher == 0.0, launched.stdout + launched.stderr[-2000:]
 
 
 def test_affine_augmentation_has_no_host_sync():

@@ -156,3 +156,79 @@ def test_crop_flip_cutout_ops():
     assert holes.max() == 64 and holes.min() >= 16  # 8x8 inside, at least a quarter when clipped at a corner
     assert torch.equal(out[:, 1][out[:, 0] == 1], torch.full_like(out[:, 1][out[:, 0] == 1], 2))
     assert torch.equal(cutout(img, 8, 0.0, fill, g), img)
+
+
+@pytest.mark.parametrize("aug", [
+    Augment(crop_padding=2, crop_pad="reflect", flip=True, flip_mode="alternating"),  # the `fast` recipe's
+    Augment(crop_padding=4, flip=True, cutout_size=8, cutout_prob=0.5, cutout_fill=(125, 123, 114)),
+], ids=["reflect_alternating", "zeros_random_cutout"])
+def test_ffcv_and_tensor_loaders_give_the_same_images_the_same_augmentation(tiny_data, arrays, aug):
+    """FFCV's batches (which images: read from an unaugmented FFCV loader with the same order, matched by their
+    pixels) come out exactly as the tensor loader's augmentation makes them, epoch after epoch, on a sub-split
+    (positions in the split, not rows of the file, key the alternating flips)."""
+    train, _ = beton_paths(*tiny_data)
+    x_np, y_np = arrays["train"]
+    rows = np.sort(np.random.default_rng(0).choice(len(y_np), 240, replace=False))
+    position = {img.tobytes(): i for i, img in enumerate(x_np[rows])}
+    assert len(position) == len(rows)  # every image is unique: pixels identify it
+    order = Order(train=True, seed=3)
+    tensor = TensorLoader(x_np[rows], y_np[rows], batch_size=32, order=order, aug=aug)
+    ffcv = FFCVLoader(Split(train, rows), batch_size=32, num_workers=1, order=order, aug=aug)
+    plain = FFCVLoader(Split(train, rows), batch_size=32, num_workers=1, order=order)
+    for epoch in (0, 1, 2):
+        ffcv.set_epoch(epoch)
+        plain.set_epoch(epoch)
+        n = 0
+        for step, ((x, y), (raw, y_raw)) in enumerate(zip(ffcv, plain)):
+            pos = torch.tensor([position[img.tobytes()] for img in raw.permute(0, 2, 3, 1).contiguous().numpy()])
+            assert torch.equal(y, y_raw) and torch.equal(y, torch.as_tensor(y_np[rows])[pos])
+            expected = tensor.augment(raw, pos, epoch, step)
+            assert torch.equal(x, expected), f"epoch {epoch} step {step}: FFCV's batch is not the tensor loader's"
+            assert not torch.equal(x, raw)  # it was augmented
+            n += len(y)
+        assert n == len(ffcv) * 32 == 224
+
+
+def test_alternating_flips_mirror_each_image_every_other_epoch_on_the_ffcv_loader(tiny_data, arrays):
+    """Without crops, each image comes out of epoch 1 as the mirror of what it was in epoch 0, and about half the
+    images are flipped in each epoch (a check on pixels, independent of the shared code)."""
+    train, _ = beton_paths(*tiny_data)
+    x_np, _ = arrays["train"]
+    original = {img.tobytes(): i for i, img in enumerate(x_np)}
+    mirrored = {img[:, ::-1].tobytes(): i for i, img in enumerate(x_np)}
+    loader = FFCVLoader(Split(train), batch_size=50, num_workers=1, order=Order(train=True, seed=5),
+                        aug=Augment(flip=True, flip_mode="alternating"))
+    flipped = []
+    for epoch in (0, 1):
+        loader.set_epoch(epoch)
+        now = {}
+        for x, _ in loader:
+            for img in x.permute(0, 2, 3, 1).contiguous().numpy():
+                b = img.tobytes()
+                assert (b in original) != (b in mirrored)
+                now[original.get(b, mirrored.get(b))] = b in mirrored
+        flipped.append(now)
+    assert flipped[0].keys() == flipped[1].keys() and len(flipped[0]) == 400
+    assert all(flipped[0][i] != flipped[1][i] for i in flipped[0])
+    assert 150 < sum(flipped[0].values()) < 250
+
+
+def test_fast_preset_trains_on_the_ffcv_loader(tiny_data, tmp_path):
+    """`--preset=fast --data.loader=ffcv` is the same recipe (reflect crop, alternating flip), not a refusal: a
+    tiny cut trains to the end on the CPU."""
+    from cifar_dist.engine.loop import train
+    from cifar_dist.presets import resolve
+    from tests.helpers import read_json
+
+    data_dir, name = tiny_data
+    cfg = resolve("fast", None, {"data.loader": "ffcv", "data.dir": str(data_dir), "data.name": name,
+                                 "data.num_workers": 1, "data.limit_test": 100, "run.epochs": 2,
+                                 "run.global_batch_size": 100, "run.eval_batch_size": 100, "model.widths": [8, 16, 16],
+                                 "run.out_dir": str(tmp_path), "run.name": "fast_ffcv", "run.progress": False})
+    assert (cfg.aug.crop_pad, cfg.aug.flip_mode) == ("reflect", "alternating")
+    assert train(cfg) == 0
+    result = read_json(tmp_path / "fast_ffcv" / "result.json")
+    assert result["status"] == "finished" and result["epochs"] == 2
+    assert 0.0 <= result["final"]["test_acc_tta"] <= 100.0
+    # the timings a GPU run reports: training seconds (device synchronised) and launch to the first step
+    assert 0 < result["train_s"] <= result["wall_s"] and result["first_step_s"] > 0  # (launch: this process's start)

@@ -100,6 +100,31 @@ def configure_backends(device: torch.device, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = not deterministic
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait until `device` has run everything queued on it (a no-op on the CPU). For timings that must include the
+    device's work; called once per epoch and once at the first step, never per step."""
+    if device.type not in ("cpu", "meta"):
+        torch.accelerator.synchronize(device)
+
+
+def launch_time() -> float:
+    """When this run was launched, in epoch seconds: the start of the `accelerate launch` / torchrun process that
+    started this one (walking up through launchers), else of this process."""
+    import psutil
+
+    proc = psutil.Process()
+    start = proc.create_time()
+    try:
+        for parent in proc.parents():
+            cmd = " ".join(parent.cmdline())
+            if not any(k in cmd for k in ("accelerate", "torchrun", "torch.distributed.run")):
+                break
+            start = parent.create_time()
+    except psutil.Error:  # a parent we may not inspect: the launch is as far up as we could see
+        pass
+    return start
+
+
 def use_sync_bn(setting: bool | None, world: int, per_device: int) -> bool:
     """`--model.sync_bn`: true/false as set; unset (None) = on when more than one process trains on fewer than
     `SYNC_BN_BELOW` images per device. Never with one process (there is nothing to sync)."""

@@ -113,8 +113,12 @@ def _test_with_tta(s: Session, model) -> tuple[dict, dict]:
     return plain, (_eval(s, model, s.loaders.test, s.cfg.run.tta) if s.cfg.run.tta != "none" else plain)
 
 
-def finish(s: Session, status: str) -> dict[str, Any]:
-    """Final evaluations (final and best weights, with TTA), result.json, hparams, confusion matrix."""
+def finish(s: Session, status: str, first_step_s: float | None = None) -> dict[str, Any]:
+    """Final evaluations (final and best weights, with TTA), result.json, hparams, confusion matrix.
+
+    result.json's timings: `train_s`, the training seconds of all epochs (device synchronised at each epoch's
+    end, evaluation excluded); `first_step_s`, seconds from this session's launch to the end of its first
+    optimizer step (start-up, data loading, compilation included); `wall_s`, the whole run."""
     state, acc, ema = s.state, s.accelerator, s.parts.ema
     plain = eval_model(acc, s.parts.model)
     final, final_tta = _test_with_tta(s, plain)
@@ -136,6 +140,8 @@ def finish(s: Session, status: str) -> dict[str, Any]:
         "params": s.n_params, "world_size": acc.num_processes, "final": res_final, "best": best,
         "images_per_s": float(np.mean(ips)) if ips else None,
         "wall_s": state.wall_seconds,
+        "train_s": float(sum(row["epoch_s"] for row in rows if "epoch_s" in row)) if rows else None,
+        "first_step_s": first_step_s,
     }
     if acc.is_main_process:
         log_final(s, result, final["confusion"])

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from cifar_dist.config import Config
+from cifar_dist.engine import devices
 from cifar_dist.engine.checkpoint import TrainState
 from cifar_dist.engine.devices import eval_model
 from cifar_dist.engine.evaluate import evaluate_epoch, finish, summary_line
@@ -65,6 +66,8 @@ def train_one_epoch(parts: StepParts, loader, state: TrainState, sums: torch.Ten
             if p.lookahead is not None:
                 p.lookahead.step(state.global_step)
             on_step(step, loss.detach())
+    devices.synchronize(sums.device)  # the epoch's time includes the device's queued work (one wait per epoch)
+    state.train_seconds += time.perf_counter() - t_last
 
 
 def train(cfg: Config, resume: str = "none") -> int:
@@ -94,7 +97,7 @@ def train(cfg: Config, resume: str = "none") -> int:
     state.wall_seconds = monitor.wall_seconds()
     if s.parts.lookahead is not None:  # the closing full sync: the weights become their slow average
         s.parts.lookahead.finish()
-    result = finish(s, status)
+    result = finish(s, status, first_step_s=monitor.first_step_s)
     if acc.is_main_process:  # acc.print would print once per node
         print(summary_line(s, result), flush=True)
     s.logger.close()

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from cifar_dist.engine import checkpoint as ckpt
+from cifar_dist.engine import devices
 from cifar_dist.engine.session import Session
 from cifar_dist.errors import EXIT_NONFINITE, EXIT_STOPPED
 
@@ -63,6 +64,7 @@ class Monitor:
     flag: SignalFlag
     started: float = field(default_factory=time.time)  # this session's start, wall clock
     bar: Any = None  # tqdm bar of the current epoch (main process, run.progress)
+    first_step_s: float | None = None  # seconds from the launch to the end of this session's first step
 
     def __post_init__(self):
         self.earlier = self.s.state.wall_seconds  # wall time of the run's earlier sessions
@@ -93,6 +95,9 @@ class Monitor:
     def on_step(self, step: int, loss: torch.Tensor) -> None:
         """After optimizer step `step` of the epoch (loss: this process's mean loss of the step)."""
         s, r, state = self.s, self.s.cfg.run, self.s.state
+        if self.first_step_s is None:  # once per session: wait for the device, so the step is really done
+            devices.synchronize(s.accelerator.device)
+            self.first_step_s = time.time() - devices.launch_time()
         if self.bar is not None:
             self.bar.update(s.accelerator.gradient_accumulation_steps)
         g = state.global_step

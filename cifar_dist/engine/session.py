@@ -195,17 +195,19 @@ def build_parts(cfg: Config, accelerator, model: torch.nn.Module, steps_per_epoc
         model = devices.convert_sync_bn(model, accelerator.device)  # before prepare (DDP)
     optimizer = build_optimizer(model, o, peak_lr)
     schedule = Schedule(optimizer, cfg.sched, peak_lr, steps_per_epoch, r.epochs)
-    ema = ModelEmaV3(model, decay=r.ema_decay, use_warmup=r.ema_warmup) if r.ema else None
+    model, optimizer = accelerator.prepare(model, optimizer)  # moves the model to accelerator.device
+    # Whatever copies the weights is made from the PLACED model, so its tensors (and timm's EMA generator)
+    # live where the model lives; copied earlier they stayed on the CPU while the model went to the GPU.
+    placed = accelerator.unwrap_model(model)
+    ema = ModelEmaV3(placed, decay=r.ema_decay, use_warmup=r.ema_warmup) if r.ema else None
     lookahead = None
     if o.ema_lookahead:
-        lookahead = LookaheadEMA(model, total_steps=steps_per_epoch * r.epochs, every=o.ema_lookahead,
+        lookahead = LookaheadEMA(placed, total_steps=steps_per_epoch * r.epochs, every=o.ema_lookahead,
                                  base=o.ema_lookahead_decay)
-    model, optimizer = accelerator.prepare(model, optimizer)
     if cfg.model.compile:
         model = devices.compile_model(model)  # after DDP; evaluation runs devices.eval_model (uncompiled)
     schedule.optimizer = optimizer
     if ema is not None:
-        ema.module.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
     accelerator.register_for_checkpointing(schedule)  # onecycle's scheduler state (the others save {})
     if lookahead is not None:
