@@ -120,6 +120,10 @@ def open_session(cfg: Config, resume: str = "none") -> Session:
     from accelerate.utils import set_seed
 
     accelerator, per_device = make_accelerator(cfg)
+    run_dir = Path(cfg.run.out_dir) / cfg.run.name
+    take_lock(run_dir, accelerator)  # one writer per run directory, before any data is read or file written
+    devices.check_shared_run_dir(accelerator, run_dir)  # every rank sees run_dir, or all stop here (exit 2)
+    ckpt.check_start(accelerator, run_dir, resume)  # one run, one folder
     classes = class_names(cfg.data)
     model = build_model(cfg.model, len(classes))  # options checked, budget kept, channels-last if asked
     n_params = count_params(model)
@@ -134,10 +138,7 @@ def open_session(cfg: Config, resume: str = "none") -> Session:
     peak_lr = scaled_lr(cfg.optim, cfg.run.global_batch_size)
     parts, normalize = build_parts(cfg, accelerator, model, len(loaders.train) // cfg.optim.accum_steps, peak_lr,
                                    len(classes))
-    run_dir = Path(cfg.run.out_dir) / cfg.run.name
-    devices.check_shared_run_dir(accelerator, run_dir)  # every rank sees run_dir, or all stop here (exit 2)
     sums = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # see train_one_epoch
-    take_lock(run_dir, accelerator)  # one writer per run directory, before anything in it is read or written
     resumed = ckpt.resume(parts, run_dir, resume, cfg)
     state = ckpt.TrainState() if resumed is None else resumed
     if resumed is not None:
