@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import pickle
 import random
 import shutil
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,34 @@ class TrainState:
         self.epoch, self.step_in_epoch = self.epoch + 1, 0
         self.loss_sum = self.correct = self.train_seconds = 0.0
         self.seen = 0
+
+
+def train_state(data: Any, loader_steps: int) -> TrainState:
+    """TrainState from train_state.json's object, checked field by field against its meaning (types,
+    ranges, the position against this run's `loader_steps` per epoch); ValueError says what is wrong."""
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object, found {type(data).__name__}")
+    want = {f.name: type(f.default) if f.default is not MISSING else list for f in fields(TrainState)}
+    unknown = sorted(set(data) - set(want))
+    if unknown:
+        raise ValueError(f"unknown key {unknown[0]!r}")
+    for key, value in data.items():
+        numbers = value if want[key] is list else [value]
+        if (want[key] is list and not isinstance(value, list)) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers):
+            raise ValueError(f"{key}: expected {'a list of numbers' if want[key] is list else 'a number'}, "
+                             f"found {value!r}")
+        if want[key] is int and not isinstance(value, int):
+            raise ValueError(f"{key}: expected an integer, found {value!r}")
+        if not all(math.isfinite(v) and v >= 0 for v in numbers) and key != "best_val_acc":
+            raise ValueError(f"{key}: expected a finite value >= 0, found {value!r}")
+    state = TrainState(**data)
+    if state.step_in_epoch > loader_steps:
+        raise ValueError(f"step_in_epoch: expected at most {loader_steps} (this run's steps per epoch), "
+                         f"found {state.step_in_epoch}")
+    if state.best_epoch > state.epoch + 1:
+        raise ValueError(f"best_epoch: expected at most epoch + 1 = {state.epoch + 1}, found {state.best_epoch}")
+    return state
 
 
 # ------------------------------------------------------------------------------------------ the parts
@@ -273,7 +302,8 @@ def read(path: Path, parts) -> Snapshot:
     meta = _read(path / META, _json_load)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("world_size"), int):
         raise CheckpointError(f"{path / META}: not a checkpoint of format {FORMAT} (found {str(meta)[:80]})")
-    state = _read(path / STATE, lambda p: TrainState(**_json_load(p)))
+    steps = parts.schedule.steps_per_epoch * acc.gradient_accumulation_steps  # loader steps per epoch
+    state = _read(path / STATE, lambda p: train_state(_json_load(p), steps))
     tensors = {MODEL: _read(path / MODEL, _safetensors_load)}
     tensors.update({f"{k}.pt": _read(path / f"{k}.pt", _torch_load) for k in stateful_parts(parts)})
     rng = None
