@@ -442,7 +442,8 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"--{key}: expected a finite number, found {value!r}")
     for key, (ok, expected) in RULES.items():
         if not ok(flat[key]):
-            raise ConfigError(f"--{key}: expected {expected}, found {flat[key]!r}")
+            found = repr(flat[key])
+            raise ConfigError(f"--{key}: expected {expected}, found {found[:60]}{'...' if len(found) > 60 else ''}")
     return cfg
 
 

@@ -507,6 +507,39 @@ def _(c):
     return c.train("--data.val_size=400"), "--data.val_size: expected fewer than the 400 training images"
 
 
+# Values no run can use (issue 19): refused when the config is resolved, before any folder exists (the
+# whole table of rules is tested row by row in tests/test_config.py).
+VALUE_CASES = [
+    ("optim.accum_steps", "0", "expected an integer >= 1"),
+    ("run.global_batch_size", "0", "expected an integer >= 1"),
+    ("run.eval_every", "0", "expected an integer >= 1"),
+    ("run.eval_batch_size", "0", "expected an integer >= 1"),
+    ("data.resolution", "0", "expected an integer >= 1"),
+    ("data.mean", "[0.5,0.5]", "expected 3 values in [0, 1]"),
+    ("loss.label_smoothing", "1.5", "expected a smoothing epsilon in [0, 1)"),
+    ("run.seed", "99999999999", "expected an integer in [0, 2**31)"),
+    ("run.name", "r" * 300, "expected a run directory name (non-empty, not . or .., no /, at most 255 bytes)"),
+    ("run.name", "", "expected a run directory name"),
+    ("run.name", "a/b", "expected a run directory name"),
+    ("run.ema_decay", "2", "expected a decay in [0, 1]"),
+    ("aug.cutout_prob", "5", "expected a probability in [0, 1]"),
+    ("run.epochs", "0", "expected an integer >= 1"),
+    ("optim.lr", "nan", "expected a finite number"),
+    ("optim.lr", "inf", "expected a finite number"),
+]
+
+
+def _value_case(key: str, value: str, needle: str, i: int) -> None:
+    @case(f"train-value-{key}-{i}", entry="python -m cifar_dist.train" if i % 2 else "cifar-dist")
+    def _(c):
+        argv = [a for a in c.train() if not a.startswith(f"--{key}=")] + [f"--{key}={value}"]
+        return (argv if i % 2 else ["train", *argv]), f"--{key}: {needle}"
+
+
+for _i, (_key, _value, _needle) in enumerate(VALUE_CASES):
+    _value_case(_key, _value, _needle, _i)
+
+
 def _copy_data(c: Ctx, name: str) -> Path:
     src, tiny = c.data
     d = c.tmp / name
