@@ -979,9 +979,9 @@ def finished_run(tmp_path_factory, tiny_data):
 
 
 def _unlocked(snap: dict[str, tuple]) -> dict[str, tuple]:
-    """A run directory's snapshot without its bookkeeping: lock files (a resume may take the run's lock) and
-    status.json (the trainer records its exit status, 2 included, in an existing run directory)."""
-    return {p: v for p, v in snap.items() if "lock" not in Path(p).name.lower() and Path(p).name != STATUS_FILE}
+    """A run directory's snapshot without its lock file (a resume takes the run's lock, and .lock names the
+    holder); status.json is compared too: a refusal never rewrites it."""
+    return {p: v for p, v in snap.items() if "lock" not in Path(p).name.lower()}
 
 
 def _resume_case(finished_run, tiny_data, tmp_path, spoil: Callable[[Path], None], *extra: str):
@@ -1107,3 +1107,128 @@ def test_nan_before_any_checkpoint_claims_no_checkpoint(tiny_data, tmp_path):
     assert p.returncode == 4, p.stderr[-3000:]
     assert "non-finite loss" in p.stderr
     assert (tmp_path / "nan" / "checkpoints" / "last").is_dir() or "checkpoint kept" not in p.stderr
+
+
+# ------------------------------------------------------------------------------------------ run folders (issue 19)
+# A refused command changes nothing: each row copies one tiny finished run (1 epoch, validation split, EMA:
+# checkpoints/last and checkpoints/best), spoils it, runs the trainer in-process and compares the folder's
+# names, sizes, mtimes and hashes before and after. Only `.lock` may change: it names the last process that
+# held the run's lock (the lock itself is an OS lock on the directory).
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_data):
+    out = tmp_path_factory.mktemp("tiny_run")
+    p = run_session(trainer(tiny_data, out, "base", "--data.val_size=100"), cwd=out)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert (out / "base" / "checkpoints" / "best" / "model.pt").is_file()
+    return out / "base"
+
+
+def _edit_json(path: Path, **changes) -> None:
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+def _other_weights(path: Path) -> None:
+    import torch
+
+    buf = __import__("io").BytesIO()
+    torch.save({"model": {"fc.weight": torch.zeros(3, 3)}, "epoch": 1, "val_acc": 50.0}, buf)
+    path.write_bytes(buf.getvalue())
+
+
+LAST = Path("checkpoints") / "last"
+STATE_JSON = LAST / "train_state.json"
+# id -> (spoil the run folder, extra flags, the text the one error line must hold)
+RUN_FOLDER_CASES: dict[str, tuple[Callable[[Path], None], list[str], str]] = {
+    "fresh-run-into-a-finished-run": (lambda d: None, ["--resume=none"],
+                                      "holds a run already (config.yaml, metrics.jsonl, result.json, checkpoints"),
+    "fresh-run-names-resume-and-a-free-name": (lambda d: (d.parent / "base-2").mkdir(), [],
+                                               "--resume=auto continues it, or choose a free name such as "
+                                               "--run.name=base-3"),
+    "resume-with-a-changed-lr": (lambda d: None, ["--resume=auto", "--optim.lr=0.5"],
+                                 "these keys cannot change on resume"),
+    "metrics-bad-first-line": (lambda d: (d / "metrics.jsonl").write_text("garbage\n" + (d / "metrics.jsonl").read_text()),
+                               ["--resume=auto"], "metrics.jsonl:1: expected one JSON object per line"),
+    "best-model-truncated": (lambda d: (d / "checkpoints/best/model.pt").write_bytes(
+        (d / "checkpoints/best/model.pt").read_bytes()[:500]), ["--resume=auto"], "best/model.pt: cannot load"),
+    "best-model-of-another-model": (lambda d: _other_weights(d / "checkpoints/best/model.pt"), ["--resume=auto"],
+                                    "best/model.pt: does not fit this run"),
+    "train-state-negative-epoch": (lambda d: _edit_json(d / STATE_JSON, epoch=-5), ["--resume=auto"],
+                                   "train_state.json: cannot load (ValueError: epoch: expected a finite value >= 0"),
+    "train-state-epoch-a-string": (lambda d: _edit_json(d / STATE_JSON, epoch="1"), ["--resume=auto"],
+                                   "train_state.json: cannot load (ValueError: epoch: expected a number, found '1')"),
+    "train-state-step-past-the-epoch": (lambda d: _edit_json(d / STATE_JSON, step_in_epoch=10**9), ["--resume=auto"],
+                                        "step_in_epoch: expected at most 3 (this run's steps per epoch)"),
+    "train-state-unknown-key": (lambda d: _edit_json(d / STATE_JSON, epochs=3), ["--resume=auto"],
+                                "train_state.json: cannot load (ValueError: unknown key 'epochs')"),
+    "finished-run-without-checkpoints": (lambda d: shutil.rmtree(d / "checkpoints"), ["--resume=auto"],
+                                         "holds a finished run (result.json) but no checkpoint to resume from"),
+}
+
+
+@pytest.mark.parametrize("spoil, flags, needle", list(RUN_FOLDER_CASES.values()), ids=list(RUN_FOLDER_CASES))
+def test_a_refused_command_leaves_the_run_folder_as_it_was(spoil, flags, needle, tiny_run, tiny_data, tmp_path,
+                                                           capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "base"
+    shutil.copytree(tiny_run, run_dir)
+    spoil(run_dir)
+    assert json.loads((run_dir / STATUS_FILE).read_text())["state"] == "finished"
+    before = _no_lock(snapshot(tmp_path))
+    capsys.readouterr()
+    argv = trainer(tiny_data, tmp_path, "base", "--data.val_size=100", "--run.epochs=2", *flags)[3:]
+    rc = train_main(argv)
+    out, err = capsys.readouterr()
+    assert rc == 2, (out[-2000:], err[-2000:])
+    assert_one_error_line(err, needle)
+    assert changes(before, _no_lock(snapshot(tmp_path))) == []  # status.json and result.json included
+
+
+def _no_lock(snap: dict[str, tuple]) -> dict[str, tuple]:
+    return {p: v for p, v in snap.items() if Path(p).name != ".lock"}
+
+
+def test_a_refused_fresh_run_leaves_no_folder(tiny_data, tmp_path, capsys, monkeypatch):
+    """The lock creates the run folder before any data is read; a refusal before the run wrote anything
+    (here: a data folder without the .beton files) removes it again."""
+    monkeypatch.chdir(tmp_path)
+    rc = train_main(trainer((tmp_path / "nodata", "tiny"), tmp_path, "new")[3:])
+    assert rc == 2
+    assert_one_error_line(capsys.readouterr().err, "tiny_train.beton: file not found")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+LOCK_HOLDER = """
+import sys, time
+from pathlib import Path
+from cifar_dist.engine.rundir import lock_run_dir
+lock_run_dir(Path(sys.argv[1]))
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_deleting_the_lock_file_lets_no_second_trainer_in(tiny_run, tiny_data, tmp_path, capsys, monkeypatch):
+    """The lock is flock on the run directory: with `.lock` deleted, a second trainer is still refused, in
+    one line, before it reads any data, and leaves the live run's status.json alone."""
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "base"
+    shutil.copytree(tiny_run, run_dir)
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(run_dir)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        (run_dir / ".lock").unlink()
+        before = snapshot(tmp_path)
+        capsys.readouterr()
+        # a data folder that does not exist: a trainer that read data before the lock would name it instead
+        argv = trainer((tmp_path / "nodata", "tiny"), tmp_path, "base", "--resume=auto")[3:]
+        assert train_main(argv) == 2
+        assert_one_error_line(capsys.readouterr().err, f"{run_dir}: in use by another run")
+        assert changes(before, snapshot(tmp_path)) == []
+    finally:
+        holder.kill()
+        holder.wait()
