@@ -701,6 +701,26 @@ def _(c):
     return ["sweep", "resolve", str(c.spec()), "-"], "cifar-dist sweep resolve: unexpected argument '-'"
 
 
+SEARCH_SPEC = ("name: srch\npreset: smoke\nfixed:\n  data.dir: data\n  data.val_size: 100\nsearch:\n  pruner: asha\n"
+               "  objective: val_acc\n  trials: 2\n  epochs: {min: 1, max: 2, reduction_factor: 2}\n"
+               "  sampler: random\n  seed: 0\ngrid:\n  optim.lr: [1e-3, 2e-3]\n")
+
+
+@case("sweep-status-corrupt-study-journal")
+def _(c):
+    p = c.spec(SEARCH_SPEC)
+    c.write("runs/srch/study.journal", '{"op_code": 0, "worker_id": "x", "study_name": "srch", "directions": [1]}\n'
+                                       '{garbage\n{"op_code": 0}\n')
+    return ["sweep", "status", str(p)], "runs/srch/study.journal: expected an Optuna journal of this search, found a damaged"
+
+
+@case("sweep-status-study-journal-of-nonsense-ops")
+def _(c):
+    p = c.spec(SEARCH_SPEC)
+    c.write("runs/srch/study.journal", '{"op_code": 99}\n')
+    return ["sweep", "status", str(p)], "runs/srch/study.journal: expected an Optuna journal of this search"
+
+
 # ------------------------------------------------------------------------------------------ report
 
 
@@ -1232,3 +1252,51 @@ def test_deleting_the_lock_file_lets_no_second_trainer_in(tiny_run, tiny_data, t
     finally:
         holder.kill()
         holder.wait()
+
+
+SWEEP_LOCK_HOLDER = """
+import sys, time
+from pathlib import Path
+from cifar_dist.sweep import lock_sweep
+lock_sweep(Path(sys.argv[1]))
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_second_local_runner_of_one_sweep_is_one_line(tmp_path, capsys, monkeypatch):
+    """One lock per sweep folder: a second `sweep run --local` exits 2 in one line naming the first runner,
+    before it writes anything or starts any trainer."""
+    monkeypatch.chdir(tmp_path)
+    spec = Ctx(tmp_path, None).spec()
+    assert cli_main(["sweep", "plan", str(spec)]) == 0
+    sweep_dir = tmp_path / "runs" / "small"
+    holder = subprocess.Popen([sys.executable, "-c", SWEEP_LOCK_HOLDER, str(sweep_dir)], stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before, procs = snapshot(tmp_path), our_processes()
+        capsys.readouterr()
+        assert cli_main(["sweep", "run", str(spec), "--local"]) == 2
+        assert_one_error_line(capsys.readouterr().err, "runs/small: another `sweep run --local` of this sweep is "
+                                                      f"running (pid {holder.pid})")
+        assert changes(before, snapshot(tmp_path)) == []
+        assert our_processes() - procs == set()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_report_on_a_full_disk_is_one_line_and_writes_nothing(small_tmpfs, capsys):
+    ctx = Ctx(small_tmpfs, None)
+    for seed in range(3):
+        ctx.run_dir(GOOD_ROW, json.dumps({"status": "finished", "final": {"test_acc": 40.0 + seed}, "best": {}}),
+                    rel=f"sweep/c000-s{seed}")
+    st = os.statvfs(small_tmpfs)
+    (small_tmpfs / "filler").write_bytes(b"\0" * (st.f_bavail * st.f_frsize - 8192))  # 8 kB left
+    before = snapshot(small_tmpfs)
+    capsys.readouterr()
+    assert cli_main(["report", str(small_tmpfs / "sweep")]) == 2
+    assert_one_error_line(capsys.readouterr().err, "disk full")
+    after = snapshot(small_tmpfs)
+    assert [c for c in changes(before, after) if not c.endswith("report_plots")] == []  # at most an empty folder
