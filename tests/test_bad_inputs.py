@@ -1300,3 +1300,49 @@ def test_report_on_a_full_disk_is_one_line_and_writes_nothing(small_tmpfs, capsy
     assert_one_error_line(capsys.readouterr().err, "disk full")
     after = snapshot(small_tmpfs)
     assert [c for c in changes(before, after) if not c.endswith("report_plots")] == []  # at most an empty folder
+
+
+# ------------------------------------------------------------------------------------------ Ctrl-C (issue 19)
+
+
+def _launch_cmd(launch: str, flags: list[str]) -> list[str]:
+    if launch == "python":
+        return [sys.executable, "-m", "cifar_dist.train", *flags]
+    config = "1gpu.yaml" if launch == "accelerate-1-process" else "cpu.yaml"
+    # --quiet: the one-process launcher's own CalledProcessError traceback for a non-zero status (README)
+    return accelerate_launch(config, *(["--quiet"] if launch == "accelerate-1-process" else [])) + flags
+
+
+@pytest.mark.parametrize("launch", [
+    "python", pytest.param("accelerate-1-process", marks=pytest.mark.slow),
+    pytest.param("accelerate-2-processes", marks=pytest.mark.slow)])
+def test_ctrl_c_saves_a_checkpoint_exits_3_and_resumes(launch, tiny_data, tmp_path):
+    """SIGINT to the whole process group, as a terminal's Ctrl-C sends it: the trainer(s) checkpoint and exit 3
+    with one line, no traceback, status.json says "stopped", and --resume=auto goes on with one run's rows."""
+    flags = trainer(tiny_data, tmp_path, "int", "--run.epochs=500", "--run.log_every_steps=1")[3:]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen(_launch_cmd(launch, flags), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        metrics, deadline = tmp_path / "int" / "metrics.jsonl", time.monotonic() + 300
+        while not metrics.is_file() and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert p.poll() is None and metrics.is_file(), "the run did not finish its first epoch"
+        os.killpg(p.pid, signal.SIGINT)
+        out, err = p.communicate(timeout=240)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    # the launchers' own statuses (README): 1 for any non-zero trainer, or 130 when their Ctrl-C handling ran
+    assert p.returncode in {"python": {3}, "accelerate-1-process": {1, 130}, "accelerate-2-processes": {130}}[launch], err
+    assert "Traceback" not in err, err[-3000:]
+    stops = [ln for ln in err.splitlines() if ln.startswith("stopped by signal")]
+    assert len(stops) == 1 and "resume with --resume=auto" in stops[0], err[-3000:]
+    status = json.loads((tmp_path / "int" / STATUS_FILE).read_text())
+    assert (status["exit"], status["state"]) == (3, "stopped")
+    assert (tmp_path / "int" / "checkpoints" / "last" / "checkpoint.json").is_file()
+    done = len(metrics.read_text().splitlines())
+    again = run_session(trainer(tiny_data, tmp_path, "int", f"--run.epochs={done + 1}", "--resume=auto"), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [json.loads(ln)["epoch"] for ln in metrics.read_text().splitlines()] == list(range(1, done + 2))
