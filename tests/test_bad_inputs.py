@@ -1346,3 +1346,35 @@ def test_ctrl_c_saves_a_checkpoint_exits_3_and_resumes(launch, tiny_data, tmp_pa
     again = run_session(trainer(tiny_data, tmp_path, "int", f"--run.epochs={done + 1}", "--resume=auto"), cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert [json.loads(ln)["epoch"] for ln in metrics.read_text().splitlines()] == list(range(1, done + 2))
+
+
+@pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("when", ["reading", "writing"])
+def test_a_signal_to_prepare_leaves_no_temporaries(sig, status, when, tmp_path):
+    """Ctrl-C or SIGTERM while `prepare` reads its source or writes the .beton files: one line, exit 130 / 143
+    (README), no temporaries, no output files and no process left."""
+    archive, _ = make_cifar10_archive(tmp_path, per_batch=1000, n_test=1000)
+    out = tmp_path / "data"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen([sys.executable, "-m", "cifar_dist", "prepare", str(archive), "--out", str(out),
+                          "--num_workers", "1"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while p.poll() is None and time.monotonic() < deadline:
+            seen = list(out.glob(".*.tmp-*")) if out.is_dir() else []
+            if (when == "writing" and seen) or (when == "reading" and out.is_dir() and not seen):
+                break
+            time.sleep(0.01)
+        assert p.poll() is None, f"prepare ended before it was {when}"
+        os.killpg(p.pid, sig)  # a terminal's Ctrl-C reaches the whole group; SIGTERM as a scheduler sends it
+        out_text, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    assert p.returncode == status, err[-3000:]
+    assert_one_error_line(err, f"stopped by {sig.name}; no output files were changed")
+    assert not list(out.glob("*")) if out.is_dir() else True, sorted(p.name for p in out.iterdir())
+    time.sleep(1)
+    assert not session_processes(p.pid)
