@@ -549,6 +549,39 @@ def _copy_data(c: Ctx, name: str) -> Path:
     return d
 
 
+@case("train-torn-manifest")
+def _(c):
+    d = _copy_data(c, "torn")
+    p = d / "tiny_manifest.json"
+    p.write_bytes(p.read_bytes()[:40])
+    return ["train", *c.train(f"--data.dir={d}")], f"{p}: expected the JSON manifest `cifar-dist prepare` writes"
+
+
+@case("train-manifest-class-names-not-a-list", entry="python -m cifar_dist.train")
+def _(c):
+    d = _copy_data(c, "names")
+    p = d / "tiny_manifest.json"
+    p.write_text(json.dumps({**json.loads(p.read_text()), "class_names": "cat,dog"}))
+    return c.train(f"--data.dir={d}"), f"{p}: expected an object with class_names, a non-empty list of names"
+
+
+@case("train-manifest-names-3-classes-of-10")
+def _(c):
+    d = _copy_data(c, "three")
+    p = d / "tiny_manifest.json"
+    p.write_text(json.dumps({**json.loads(p.read_text()), "class_names": ["a", "b", "c"]}))
+    return ["train", *c.train(f"--data.dir={d}")], \
+        f"{d / 'tiny_train.beton'}: expected labels 0..2 (the 3 classes of {p}), found labels 0..9"
+
+
+@case("train-beton-with-more-classes-than-the-manifest", entry="python -m cifar_dist.train")
+def _(c):
+    d = _copy_data(c, "more")
+    p = d / "tiny_manifest.json"
+    p.write_text(json.dumps({**json.loads(p.read_text()), "class_names": [f"c{i}" for i in range(9)]}))
+    return c.train(f"--data.dir={d}"), f"{d / 'tiny_train.beton'}: expected labels 0..8 (the 9 classes of {p})"
+
+
 @case("train-truncated-beton")
 def _(c):
     d = _copy_data(c, "trunc")

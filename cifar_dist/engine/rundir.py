@@ -51,7 +51,7 @@ RUN_FILES = ("config.yaml", "metrics.jsonl", "result.json", "checkpoints", "paus
 @dataclass
 class _Held:
     fd: int  # the open, flock-ed directory (or .lock file where the file system cannot lock directories)
-    created: bool  # the directory did not exist before this process locked it
+    created: list[Path]  # the directory and its parents that did not exist before this lock, deepest first
     begun: bool = False  # the session has started writing the directory (mark_begun)
 
 
@@ -99,7 +99,10 @@ def lock_run_dir(run_dir: Path) -> None:
     key = str(run_dir.resolve())
     if key in _HELD:  # this process holds it already (a second session in one process)
         return
-    created = not run_dir.is_dir()
+    created, p = [], run_dir.absolute()
+    while not p.exists() and p != p.parent:
+        created.append(p)
+        p = p.parent
     with disk_errors(run_dir):
         run_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -150,7 +153,10 @@ def end_run(run_dir: Path, exit_status: int) -> None:
         refused = exit_status == EXIT_BAD_INPUT and not held.begun
         if refused and held.created and {p.name for p in run_dir.iterdir()} <= {LOCK_FILE}:
             (run_dir / LOCK_FILE).unlink(missing_ok=True)
-            run_dir.rmdir()
+            for d in held.created:  # the run directory, then the parents made for it, while empty
+                if any(d.iterdir()):
+                    break
+                d.rmdir()
         elif not (refused and (run_dir / STATUS_FILE).exists()):
             write_status(run_dir, exit_status)
     except OSError:  # a full disk: the error already reported says so; the exit status still tells

@@ -17,6 +17,7 @@ from cifar_dist.augment import BatchMixer, TrainTransform
 from cifar_dist.config import Config, ConfigError, DataConfig, dump_yaml
 from cifar_dist.data import (
     Augment,
+    DataError,
     FFCVLoader,
     Normalize,
     Order,
@@ -179,9 +180,18 @@ def make_accelerator(cfg: Config):
 
 
 def class_names(d: DataConfig) -> list[str]:
-    """The dataset's class names from its manifest (a missing .beton is reported before any work)."""
-    beton_paths(d.dir, d.name)
-    return read_manifest(d.dir, d.name).get("class_names") or [str(i) for i in range(10)]
+    """The dataset's class names from its manifest (a missing .beton is reported before any work); every
+    label of both files must name one of them (DataError naming the file)."""
+    paths = beton_paths(d.dir, d.name)
+    names = read_manifest(d.dir, d.name).get("class_names") or [str(i) for i in range(10)]
+    for path in paths:
+        labels = read_labels(path)
+        if labels.size and (labels.min() < 0 or labels.max() >= len(names)):
+            manifest = Path(d.dir) / f"{d.name}_manifest.json"
+            source = f"the {len(names)} classes of {manifest}" if manifest.is_file() else "10 classes: no manifest"
+            raise DataError(f"{path}: expected labels 0..{len(names) - 1} ({source}), found labels "
+                            f"{labels.min()}..{labels.max()}")
+    return names
 
 
 def build_parts(cfg: Config, accelerator, model: torch.nn.Module, steps_per_epoch: int, peak_lr: float,
