@@ -9,7 +9,8 @@ Layout of `runs/<name>/`:
     checkpoints/best   model.pt: weights of the best validation epoch
     paused.json        {"epoch", "epochs"}: the session stopped at run.stop_after (removed when a session starts)
     result.json        written when the run has finished (removed while a resumed session runs)
-    .lock              held by the run that writes here (cifar_dist.engine.rundir)
+    .lock              names the process holding the run's lock, a flock on this directory (cifar_dist.engine.rundir)
+    status.json        the exit status, written by the lock holder (cifar_dist.run_status)
 Only the main process writes here. After a resume, metrics.jsonl and the events hold exactly what was
 logged up to the checkpoint, then this session's rows and points.
 """
