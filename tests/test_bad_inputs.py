@@ -1449,3 +1449,20 @@ def test_make_run_twice_keeps_one_run(tiny_run, tiny_data, tmp_path, capsys, mon
     assert (run_dir / "metrics.jsonl").read_text() == rows
     assert json.loads((run_dir / "result.json").read_text())["status"] == "finished"
     assert len(list(run_dir.glob("events.out.tfevents.*"))) == len(list(tiny_run.glob("events.out.tfevents.*")))
+
+
+def test_a_loss_that_diverges_before_the_first_checkpoint(tiny_data, tmp_path, capsys, monkeypatch):
+    """One line, exit 4, result.json with status "diverged" (a sweep counts the run and never retrains it),
+    status.json "nonfinite", and no checkpoint claimed."""
+    monkeypatch.chdir(tmp_path)
+    argv = trainer(tiny_data, tmp_path, "nan", "--optim.name=sgd", "--optim.lr=1e30", "--run.log_every_steps=1",
+                   "--run.epochs=2")[3:]
+    capsys.readouterr()
+    assert train_main(argv) == 4
+    err = capsys.readouterr().err
+    assert_one_error_line(err, "non-finite loss in epoch 1")
+    assert "no checkpoint was saved yet" in err and not (tmp_path / "nan" / "checkpoints" / "last").exists()
+    result = json.loads((tmp_path / "nan" / "result.json").read_text())
+    assert result["status"] == "diverged" and result["epochs"] == 0
+    assert isinstance(result["final"]["test_acc"], float)
+    assert json.loads((tmp_path / "nan" / STATUS_FILE).read_text())["state"] == "nonfinite"

@@ -21,7 +21,7 @@ from cifar_dist.engine.devices import eval_model
 from cifar_dist.engine.evaluate import evaluate_epoch, finish, summary_line
 from cifar_dist.engine.monitor import Monitor, SignalFlag, StopRun
 from cifar_dist.engine.session import Session, StepParts, open_session
-from cifar_dist.errors import EXIT_OK
+from cifar_dist.errors import EXIT_NONFINITE, EXIT_OK
 
 
 def train_one_epoch(parts: StepParts, loader, state: TrainState, sums: torch.Tensor,
@@ -85,6 +85,9 @@ def train(cfg: Config, resume: str = "none") -> int:
                           f"(best {state.best_val_acc:.2f} at epoch {state.best_epoch})")
                 break
     except StopRun as e:
+        if e.status == EXIT_NONFINITE:  # an outcome all the same: result.json says "diverged" (a sweep keeps it)
+            state.wall_seconds = monitor.wall_seconds()
+            finish(s, "diverged")
         s.logger.close(e.status)
         if acc.is_main_process:
             print(str(e), file=sys.stderr, flush=True)
