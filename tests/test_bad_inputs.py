@@ -1466,3 +1466,43 @@ def test_a_loss_that_diverges_before_the_first_checkpoint(tiny_data, tmp_path, c
     assert result["status"] == "diverged" and result["epochs"] == 0
     assert isinstance(result["final"]["test_acc"], float)
     assert json.loads((tmp_path / "nan" / STATUS_FILE).read_text())["state"] == "nonfinite"
+
+
+@pytest.mark.parametrize("directory_lockable", [True, False], ids=["flock-on-the-directory", "fallback-lock-file"])
+def test_the_run_lock_is_held_by_the_kernel_not_by_a_file(directory_lockable, tmp_path, monkeypatch):
+    """Another open of the locked object cannot take it, and `.lock` names the holder; where a file system
+    cannot flock a directory, the .lock file is locked and rewritten in place (its inode stays the locked one)."""
+    import fcntl
+    import stat
+
+    from cifar_dist.engine import rundir
+
+    real = fcntl.flock
+
+    def flock(fd, op):
+        if not directory_lockable and stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(95, "Operation not supported")
+        return real(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    run_dir = tmp_path / "runs" / "r"
+    rundir.lock_run_dir(run_dir)
+    try:
+        target = run_dir if directory_lockable else run_dir / ".lock"
+        fd = os.open(target, os.O_RDONLY)
+        try:
+            with pytest.raises(BlockingIOError):
+                real(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            assert os.fstat(fd).st_ino == os.stat(target).st_ino
+        finally:
+            os.close(fd)
+        assert json.loads((run_dir / ".lock").read_text()) == {"pid": os.getpid(), "host": socket.gethostname()}
+        with pytest.raises(rundir.RunDirError, match="in use by another run"):  # a second holder in this process
+            held = rundir._HELD.pop(str(run_dir.resolve()))
+            try:
+                rundir.lock_run_dir(run_dir)
+            finally:
+                rundir._HELD[str(run_dir.resolve())] = held
+    finally:
+        rundir.end_run(run_dir, 2)  # refused before anything was written: the folders it made are removed
+    assert not (tmp_path / "runs").exists()

@@ -29,7 +29,7 @@ import yaml
 
 from cifar_dist.config import flatten
 from cifar_dist.errors import EXIT_BAD_INPUT, InputError
-from cifar_dist.files import atomic_write_text, read_json_or_none
+from cifar_dist.files import read_json_or_none
 from cifar_dist.run_status import STATUS_FILE, write_status
 
 LOCK_FILE = ".lock"
@@ -73,13 +73,14 @@ def disk_errors(path: Path | str, after: str = "") -> Iterator[None]:
             from None
 
 
-def _lock_fd(run_dir: Path) -> int:
+def _lock_fd(run_dir: Path) -> tuple[int, bool]:
     """An open descriptor of the run directory, flock-ed exclusively (BlockingIOError when another process
-    holds it). Where a file system cannot flock a directory (some NFS setups), the .lock file is locked."""
+    holds it), and False. Where a file system cannot flock a directory (some NFS setups), the .lock file is
+    locked instead: its descriptor and True."""
     fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return fd
+        return fd, False
     except BlockingIOError:
         os.close(fd)
         raise
@@ -91,7 +92,7 @@ def _lock_fd(run_dir: Path) -> int:
     except BaseException:
         os.close(fd)
         raise
-    return fd
+    return fd, True
 
 
 def lock_run_dir(run_dir: Path) -> None:
@@ -106,7 +107,7 @@ def lock_run_dir(run_dir: Path) -> None:
     with disk_errors(run_dir):
         run_dir.mkdir(parents=True, exist_ok=True)
         try:
-            fd = _lock_fd(run_dir)
+            fd, on_file = _lock_fd(run_dir)
         except BlockingIOError:
             holder = read_json_or_none(run_dir / LOCK_FILE)
             holder = holder if isinstance(holder, dict) else {}
@@ -114,17 +115,19 @@ def lock_run_dir(run_dir: Path) -> None:
                               f"{holder.get('host', '?')}, lock {run_dir / LOCK_FILE}); wait for it to end or "
                               f"choose another --run.name") from None
     _HELD[key] = _Held(fd, created)
+    holder = (json.dumps({"pid": os.getpid(), "host": socket.gethostname()}) + "\n").encode()
     try:
-        with disk_errors(run_dir / LOCK_FILE):
-            atomic_write_text(run_dir / LOCK_FILE, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}) + "\n")
+        with disk_errors(run_dir / LOCK_FILE):  # in place: where the lock is on .lock, its inode must stay
+            out = fd if on_file else os.open(run_dir / LOCK_FILE, os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                os.ftruncate(out, 0)
+                os.pwrite(out, holder, 0)
+            finally:
+                if out != fd:
+                    os.close(out)
     except RunDirError:
         end_run(run_dir, EXIT_BAD_INPUT)
         raise
-
-
-def holds_lock(run_dir: Path) -> bool:
-    """Whether this process holds the run directory's lock (it owns the run)."""
-    return str(run_dir.resolve()) in _HELD
 
 
 def release_lock(run_dir: Path) -> None:
