@@ -1102,7 +1102,13 @@ def test_second_run_with_the_same_name_exits_2_naming_the_holder(tiny_data, tmp_
         assert {p: p.read_bytes() for p in watched if p.is_file()} == before
         os.killpg(first.pid, signal.SIGKILL)  # the kernel releases the lock of a killed run
         first.wait()
+        # the lock is free: this run gets past it, to the next refusal (one run, one folder: issue 19), and a
+        # free name trains
         p = run_session(trainer(tiny_data, tmp_path, "same", "--run.epochs=1", "--data.limit_train=200",
+                                "--data.val_size=0"), cwd=tmp_path)
+        assert p.returncode == 2, p.stderr[-3000:]
+        assert_one_error_line(p.stderr, f"{run_dir}: holds a run already")
+        p = run_session(trainer(tiny_data, tmp_path, "same-2", "--run.epochs=1", "--data.limit_train=200",
                                 "--data.val_size=0"), cwd=tmp_path)
         assert p.returncode == 0, p.stderr[-3000:]
     finally:
