@@ -46,7 +46,7 @@ data: setup
 
 run: data
 	$(BIN)/accelerate launch --config_file launch/$(LAUNCH).yaml $(if $(NPROC),--num_processes=$(NPROC)) -m cifar_dist.train \
-		--preset=$(PRESET) --data.dir=$(DATA_DIR) --data.name=$(DATA_NAME) $(RUN_ARGS)
+		--preset=$(PRESET) --data.dir=$(DATA_DIR) --data.name=$(DATA_NAME) --resume=auto $(RUN_ARGS)
 
 # ruff, then the layer rules of pyproject.toml's [tool.importlinter] contracts.
 lint: setup

@@ -89,8 +89,22 @@ def beton_paths(data_dir: str | Path, name: str) -> tuple[Path, Path]:
 
 
 def read_manifest(data_dir: str | Path, name: str) -> dict:
+    """The manifest `cifar-dist prepare` wrote beside the .beton files ({} without one); DataError naming it
+    when it is torn or its class_names is not a non-empty list of names."""
     p = Path(data_dir) / f"{name}_manifest.json"
-    return json.loads(p.read_text()) if p.is_file() else {}
+    if not p.is_file():
+        return {}
+    try:
+        manifest = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{p}: expected the JSON manifest `cifar-dist prepare` writes, found unreadable JSON "
+                        f"({getattr(e, 'msg', None) or e}); run `cifar-dist prepare` again") from None
+    names = manifest.get("class_names") if isinstance(manifest, dict) else None
+    if not isinstance(manifest, dict) or (names is not None and not (
+            isinstance(names, list) and names and all(isinstance(n, str) for n in names))):
+        raise DataError(f"{p}: expected an object with class_names, a non-empty list of names, found "
+                        f"{json.dumps(names if isinstance(manifest, dict) else manifest)[:60]}")
+    return manifest
 
 
 def num_rows(path: Path) -> int:

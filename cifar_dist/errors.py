@@ -9,7 +9,7 @@ from __future__ import annotations
 EXIT_OK = 0  # finished
 EXIT_FAILED = 1  # a crash (a bug, not an input)
 EXIT_BAD_INPUT = 2  # bad flag, file or spec; nothing written
-EXIT_STOPPED = 3  # stopped by SIGTERM/SIGUSR1 after saving a checkpoint (resume with --resume=auto)
+EXIT_STOPPED = 3  # stopped by SIGTERM/SIGUSR1/SIGINT after saving a checkpoint (resume with --resume=auto)
 EXIT_NONFINITE = 4  # stopped on a non-finite loss; the last good checkpoint is kept
 
 

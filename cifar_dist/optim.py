@@ -286,5 +286,17 @@ class Schedule:
         return {"onecycle": self.torch_sched.state_dict()} if self.torch_sched is not None else {}
 
     def load_state_dict(self, state: dict) -> None:
-        if self.torch_sched is not None:
-            self.torch_sched.load_state_dict(state["onecycle"])
+        """Restore `state_dict()`'s output; ValueError (before anything changes) for a state of other keys or
+        types, which torch's scheduler would take as it is and fail on later."""
+        if self.torch_sched is None:
+            return
+        mine = self.torch_sched.state_dict()
+        theirs = state.get("onecycle") if isinstance(state, dict) else None
+        # a key may be missing (another torch version): the fresh scheduler's value stays
+        if not isinstance(theirs, dict) or not theirs or set(theirs) - set(mine):
+            raise ValueError(f"expected the onecycle scheduler's state (keys {', '.join(sorted(mine))}), found "
+                             f"{sorted(theirs) if isinstance(theirs, dict) else type(theirs).__name__}")
+        bad = [k for k in theirs if mine[k] is not None and type(theirs[k]) is not type(mine[k])]
+        if bad:
+            raise ValueError(f"{bad[0]}: expected a {type(mine[bad[0]]).__name__}, found {theirs[bad[0]]!r:.40}")
+        self.torch_sched.load_state_dict(theirs)

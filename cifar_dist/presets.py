@@ -28,6 +28,7 @@ from cifar_dist.config import (
     SchedConfig,
     apply_overrides,
     load_yaml,
+    validate,
 )
 from cifar_dist.errors import did_you_mean
 
@@ -74,7 +75,7 @@ def resolve(
         cfg = apply_overrides(cfg, file_over)
     if overrides:
         cfg = apply_overrides(cfg, overrides)
-    return cfg
+    return validate(cfg)  # every value against its meaning, before anything runs
 
 
 @register_preset(reported_acc=89.28)

@@ -11,6 +11,6 @@ if __name__ == "__main__":
     exit_status = main()
     # Only exiting from here: ignore further stop signals (the scripts repeat theirs until the launcher is
     # gone), as Python resets the handlers it installed to SIG_DFL at exit and a late one would kill us.
-    for sig in (signal.SIGTERM, signal.SIGUSR1):
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)
     sys.exit(exit_status)

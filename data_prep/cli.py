@@ -7,13 +7,14 @@ anything is read or written (an unknown flag is one ``error:`` line and status 2
 
 `prepare` calls `write_beton`, prints a dataset summary table on stdout and returns an exit status —
 0 on success (also when the outputs were already up to date), 2 on a `DataPrepError` (one
-``error: <path>: expected ..., found ...`` line on stderr), 130 on Ctrl-C. Status lines go to stdout;
-progress bars (when enabled) to stderr.
+``error: <path>: expected ..., found ...`` line on stderr), 130 on Ctrl-C (SIGINT) and 143 on SIGTERM,
+each with one line and no temporaries left. Status lines go to stdout; progress bars (when enabled) to stderr.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -108,6 +109,7 @@ def prepare(
     a failed run leaves nothing behind, not even the output folder it created.
     """
     created = _missing_dirs(out)
+    term = _stop_on_sigterm()
     try:
         manifest = write_beton(
             str(source),
@@ -129,13 +131,38 @@ def prepare(
         sys.stdout.flush()
         print(f"error: {exc.one_line()}", file=sys.stderr, flush=True)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated): the writer removed its temporaries
         _remove_empty(created)
         sys.stdout.flush()
-        print("error: interrupted; no output files were changed", file=sys.stderr, flush=True)
-        return 130
+        signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
+        print(f"error: stopped by {signal.Signals(signum).name}; no output files were changed", file=sys.stderr,
+              flush=True)
+        return 128 + signum
+    finally:
+        if term is not None:
+            signal.signal(signal.SIGTERM, term)
     print(format_summary(manifest, out), flush=True)
     return 0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM during a conversion: unwinds like Ctrl-C, so every temporary is removed on the way out."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(signum)
+
+
+def _stop_on_sigterm():
+    """Make SIGTERM raise Terminated (main thread only); returns the previous handler to restore."""
+    try:
+        return signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread: signals stay as they are
+        return None
 
 
 def _missing_dirs(out: str | os.PathLike[str]) -> list[Path]:

@@ -507,6 +507,39 @@ def _(c):
     return c.train("--data.val_size=400"), "--data.val_size: expected fewer than the 400 training images"
 
 
+# Values no run can use (issue 19): refused when the config is resolved, before any folder exists (the
+# whole table of rules is tested row by row in tests/test_config.py).
+VALUE_CASES = [
+    ("optim.accum_steps", "0", "expected an integer >= 1"),
+    ("run.global_batch_size", "0", "expected an integer >= 1"),
+    ("run.eval_every", "0", "expected an integer >= 1"),
+    ("run.eval_batch_size", "0", "expected an integer >= 1"),
+    ("data.resolution", "0", "expected an integer >= 1"),
+    ("data.mean", "[0.5,0.5]", "expected 3 values in [0, 1]"),
+    ("loss.label_smoothing", "1.5", "expected a smoothing epsilon in [0, 1)"),
+    ("run.seed", "99999999999", "expected an integer in [0, 2**31)"),
+    ("run.name", "r" * 300, "expected a run directory name (non-empty, not . or .., no /, at most 255 bytes)"),
+    ("run.name", "", "expected a run directory name"),
+    ("run.name", "a/b", "expected a run directory name"),
+    ("run.ema_decay", "2", "expected a decay in [0, 1]"),
+    ("aug.cutout_prob", "5", "expected a probability in [0, 1]"),
+    ("run.epochs", "0", "expected an integer >= 1"),
+    ("optim.lr", "nan", "expected a finite number"),
+    ("optim.lr", "inf", "expected a finite number"),
+]
+
+
+def _value_case(key: str, value: str, needle: str, i: int) -> None:
+    @case(f"train-value-{key}-{i}", entry="python -m cifar_dist.train" if i % 2 else "cifar-dist")
+    def _(c):
+        argv = [a for a in c.train() if not a.startswith(f"--{key}=")] + [f"--{key}={value}"]
+        return (argv if i % 2 else ["train", *argv]), f"--{key}: {needle}"
+
+
+for _i, (_key, _value, _needle) in enumerate(VALUE_CASES):
+    _value_case(_key, _value, _needle, _i)
+
+
 def _copy_data(c: Ctx, name: str) -> Path:
     src, tiny = c.data
     d = c.tmp / name
@@ -514,6 +547,39 @@ def _copy_data(c: Ctx, name: str) -> Path:
     for p in src.glob(f"{tiny}_*"):
         shutil.copy2(p, d / p.name)
     return d
+
+
+@case("train-torn-manifest")
+def _(c):
+    d = _copy_data(c, "torn")
+    p = d / "tiny_manifest.json"
+    p.write_bytes(p.read_bytes()[:40])
+    return ["train", *c.train(f"--data.dir={d}")], f"{p}: expected the JSON manifest `cifar-dist prepare` writes"
+
+
+@case("train-manifest-class-names-not-a-list", entry="python -m cifar_dist.train")
+def _(c):
+    d = _copy_data(c, "names")
+    p = d / "tiny_manifest.json"
+    p.write_text(json.dumps({**json.loads(p.read_text()), "class_names": "cat,dog"}))
+    return c.train(f"--data.dir={d}"), f"{p}: expected an object with class_names, a non-empty list of names"
+
+
+@case("train-manifest-names-3-classes-of-10")
+def _(c):
+    d = _copy_data(c, "three")
+    p = d / "tiny_manifest.json"
+    p.write_text(json.dumps({**json.loads(p.read_text()), "class_names": ["a", "b", "c"]}))
+    return ["train", *c.train(f"--data.dir={d}")], \
+        f"{d / 'tiny_train.beton'}: expected labels 0..2 (the 3 classes of {p}), found labels 0..9"
+
+
+@case("train-beton-with-more-classes-than-the-manifest", entry="python -m cifar_dist.train")
+def _(c):
+    d = _copy_data(c, "more")
+    p = d / "tiny_manifest.json"
+    p.write_text(json.dumps({**json.loads(p.read_text()), "class_names": [f"c{i}" for i in range(9)]}))
+    return c.train(f"--data.dir={d}"), f"{d / 'tiny_train.beton'}: expected labels 0..8 (the 9 classes of {p})"
 
 
 @case("train-truncated-beton")
@@ -666,6 +732,26 @@ def _(c):
 @case("sweep-resolve-fire-separator")
 def _(c):
     return ["sweep", "resolve", str(c.spec()), "-"], "cifar-dist sweep resolve: unexpected argument '-'"
+
+
+SEARCH_SPEC = ("name: srch\npreset: smoke\nfixed:\n  data.dir: data\n  data.val_size: 100\nsearch:\n  pruner: asha\n"
+               "  objective: val_acc\n  trials: 2\n  epochs: {min: 1, max: 2, reduction_factor: 2}\n"
+               "  sampler: random\n  seed: 0\ngrid:\n  optim.lr: [1e-3, 2e-3]\n")
+
+
+@case("sweep-status-corrupt-study-journal")
+def _(c):
+    p = c.spec(SEARCH_SPEC)
+    c.write("runs/srch/study.journal", '{"op_code": 0, "worker_id": "x", "study_name": "srch", "directions": [1]}\n'
+                                       '{garbage\n{"op_code": 0}\n')
+    return ["sweep", "status", str(p)], "runs/srch/study.journal: expected an Optuna journal of this search, found a damaged"
+
+
+@case("sweep-status-study-journal-of-nonsense-ops")
+def _(c):
+    p = c.spec(SEARCH_SPEC)
+    c.write("runs/srch/study.journal", '{"op_code": 99}\n')
+    return ["sweep", "status", str(p)], "runs/srch/study.journal: expected an Optuna journal of this search"
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -946,9 +1032,9 @@ def finished_run(tmp_path_factory, tiny_data):
 
 
 def _unlocked(snap: dict[str, tuple]) -> dict[str, tuple]:
-    """A run directory's snapshot without its bookkeeping: lock files (a resume may take the run's lock) and
-    status.json (the trainer records its exit status, 2 included, in an existing run directory)."""
-    return {p: v for p, v in snap.items() if "lock" not in Path(p).name.lower() and Path(p).name != STATUS_FILE}
+    """A run directory's snapshot without its lock file (a resume takes the run's lock, and .lock names the
+    holder); status.json is compared too: a refusal never rewrites it."""
+    return {p: v for p, v in snap.items() if "lock" not in Path(p).name.lower()}
 
 
 def _resume_case(finished_run, tiny_data, tmp_path, spoil: Callable[[Path], None], *extra: str):
@@ -1016,7 +1102,13 @@ def test_second_run_with_the_same_name_exits_2_naming_the_holder(tiny_data, tmp_
         assert {p: p.read_bytes() for p in watched if p.is_file()} == before
         os.killpg(first.pid, signal.SIGKILL)  # the kernel releases the lock of a killed run
         first.wait()
+        # the lock is free: this run gets past it, to the next refusal (one run, one folder: issue 19), and a
+        # free name trains
         p = run_session(trainer(tiny_data, tmp_path, "same", "--run.epochs=1", "--data.limit_train=200",
+                                "--data.val_size=0"), cwd=tmp_path)
+        assert p.returncode == 2, p.stderr[-3000:]
+        assert_one_error_line(p.stderr, f"{run_dir}: holds a run already")
+        p = run_session(trainer(tiny_data, tmp_path, "same-2", "--run.epochs=1", "--data.limit_train=200",
                                 "--data.val_size=0"), cwd=tmp_path)
         assert p.returncode == 0, p.stderr[-3000:]
     finally:
@@ -1074,3 +1166,349 @@ def test_nan_before_any_checkpoint_claims_no_checkpoint(tiny_data, tmp_path):
     assert p.returncode == 4, p.stderr[-3000:]
     assert "non-finite loss" in p.stderr
     assert (tmp_path / "nan" / "checkpoints" / "last").is_dir() or "checkpoint kept" not in p.stderr
+
+
+# ------------------------------------------------------------------------------------------ run folders (issue 19)
+# A refused command changes nothing: each row copies one tiny finished run (1 epoch, validation split, EMA:
+# checkpoints/last and checkpoints/best), spoils it, runs the trainer in-process and compares the folder's
+# names, sizes, mtimes and hashes before and after. Only `.lock` may change: it names the last process that
+# held the run's lock (the lock itself is an OS lock on the directory).
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_data):
+    out = tmp_path_factory.mktemp("tiny_run")
+    p = run_session(trainer(tiny_data, out, "base", "--data.val_size=100"), cwd=out)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert (out / "base" / "checkpoints" / "best" / "model.pt").is_file()
+    return out / "base"
+
+
+def _edit_json(path: Path, **changes) -> None:
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+def _other_weights(path: Path) -> None:
+    import torch
+
+    buf = __import__("io").BytesIO()
+    torch.save({"model": {"fc.weight": torch.zeros(3, 3)}, "epoch": 1, "val_acc": 50.0}, buf)
+    path.write_bytes(buf.getvalue())
+
+
+LAST = Path("checkpoints") / "last"
+STATE_JSON = LAST / "train_state.json"
+# id -> (spoil the run folder, extra flags, the text the one error line must hold)
+RUN_FOLDER_CASES: dict[str, tuple[Callable[[Path], None], list[str], str]] = {
+    "fresh-run-into-a-finished-run": (lambda d: None, ["--resume=none"],
+                                      "holds a run already (config.yaml, metrics.jsonl, result.json, checkpoints"),
+    "fresh-run-names-resume-and-a-free-name": (lambda d: (d.parent / "base-2").mkdir(), [],
+                                               "--resume=auto continues it, or choose a free name such as "
+                                               "--run.name=base-3"),
+    "resume-with-a-changed-lr": (lambda d: None, ["--resume=auto", "--optim.lr=0.5"],
+                                 "these keys cannot change on resume"),
+    "metrics-bad-first-line": (lambda d: (d / "metrics.jsonl").write_text("garbage\n" + (d / "metrics.jsonl").read_text()),
+                               ["--resume=auto"], "metrics.jsonl:1: expected one JSON object per line"),
+    "best-model-truncated": (lambda d: (d / "checkpoints/best/model.pt").write_bytes(
+        (d / "checkpoints/best/model.pt").read_bytes()[:500]), ["--resume=auto"], "best/model.pt: cannot load"),
+    "best-model-of-another-model": (lambda d: _other_weights(d / "checkpoints/best/model.pt"), ["--resume=auto"],
+                                    "best/model.pt: does not fit this run"),
+    "train-state-negative-epoch": (lambda d: _edit_json(d / STATE_JSON, epoch=-5), ["--resume=auto"],
+                                   "train_state.json: cannot load (ValueError: epoch: expected a finite value >= 0"),
+    "train-state-epoch-a-string": (lambda d: _edit_json(d / STATE_JSON, epoch="1"), ["--resume=auto"],
+                                   "train_state.json: cannot load (ValueError: epoch: expected a number, found '1')"),
+    "train-state-step-past-the-epoch": (lambda d: _edit_json(d / STATE_JSON, step_in_epoch=10**9), ["--resume=auto"],
+                                        "step_in_epoch: expected at most 3 (this run's steps per epoch)"),
+    "train-state-unknown-key": (lambda d: _edit_json(d / STATE_JSON, epochs=3), ["--resume=auto"],
+                                "train_state.json: cannot load (ValueError: unknown key 'epochs')"),
+    "finished-run-without-checkpoints": (lambda d: shutil.rmtree(d / "checkpoints"), ["--resume=auto"],
+                                         "holds a finished run (result.json) but no checkpoint to resume from"),
+}
+
+
+@pytest.mark.parametrize("spoil, flags, needle", list(RUN_FOLDER_CASES.values()), ids=list(RUN_FOLDER_CASES))
+def test_a_refused_command_leaves_the_run_folder_as_it_was(spoil, flags, needle, tiny_run, tiny_data, tmp_path,
+                                                           capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "base"
+    shutil.copytree(tiny_run, run_dir)
+    spoil(run_dir)
+    assert json.loads((run_dir / STATUS_FILE).read_text())["state"] == "finished"
+    before = _no_lock(snapshot(tmp_path))
+    capsys.readouterr()
+    argv = trainer(tiny_data, tmp_path, "base", "--data.val_size=100", "--run.epochs=2", *flags)[3:]
+    rc = train_main(argv)
+    out, err = capsys.readouterr()
+    assert rc == 2, (out[-2000:], err[-2000:])
+    assert_one_error_line(err, needle)
+    assert changes(before, _no_lock(snapshot(tmp_path))) == []  # status.json and result.json included
+
+
+def _no_lock(snap: dict[str, tuple]) -> dict[str, tuple]:
+    return {p: v for p, v in snap.items() if Path(p).name != ".lock"}
+
+
+def test_a_refused_fresh_run_leaves_no_folder(tiny_data, tmp_path, capsys, monkeypatch):
+    """The lock creates the run folder before any data is read; a refusal before the run wrote anything
+    (here: a data folder without the .beton files) removes it again."""
+    monkeypatch.chdir(tmp_path)
+    rc = train_main(trainer((tmp_path / "nodata", "tiny"), tmp_path, "new")[3:])
+    assert rc == 2
+    assert_one_error_line(capsys.readouterr().err, "tiny_train.beton: file not found")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+LOCK_HOLDER = """
+import sys, time
+from pathlib import Path
+from cifar_dist.engine.rundir import lock_run_dir
+lock_run_dir(Path(sys.argv[1]))
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_deleting_the_lock_file_lets_no_second_trainer_in(tiny_run, tiny_data, tmp_path, capsys, monkeypatch):
+    """The lock is flock on the run directory: with `.lock` deleted, a second trainer is still refused, in
+    one line, before it reads any data, and leaves the live run's status.json alone."""
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "base"
+    shutil.copytree(tiny_run, run_dir)
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(run_dir)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        (run_dir / ".lock").unlink()
+        before = snapshot(tmp_path)
+        capsys.readouterr()
+        # a data folder that does not exist: a trainer that read data before the lock would name it instead
+        argv = trainer((tmp_path / "nodata", "tiny"), tmp_path, "base", "--resume=auto")[3:]
+        assert train_main(argv) == 2
+        assert_one_error_line(capsys.readouterr().err, f"{run_dir}: in use by another run")
+        assert changes(before, snapshot(tmp_path)) == []
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+SWEEP_LOCK_HOLDER = """
+import sys, time
+from pathlib import Path
+from cifar_dist.sweep import lock_sweep
+lock_sweep(Path(sys.argv[1]))
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_second_local_runner_of_one_sweep_is_one_line(tmp_path, capsys, monkeypatch):
+    """One lock per sweep folder: a second `sweep run --local` exits 2 in one line naming the first runner,
+    before it writes anything or starts any trainer."""
+    monkeypatch.chdir(tmp_path)
+    spec = Ctx(tmp_path, None).spec()
+    assert cli_main(["sweep", "plan", str(spec)]) == 0
+    sweep_dir = tmp_path / "runs" / "small"
+    holder = subprocess.Popen([sys.executable, "-c", SWEEP_LOCK_HOLDER, str(sweep_dir)], stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before, procs = snapshot(tmp_path), our_processes()
+        capsys.readouterr()
+        assert cli_main(["sweep", "run", str(spec), "--local"]) == 2
+        assert_one_error_line(capsys.readouterr().err, "runs/small: another `sweep run --local` of this sweep is "
+                                                      f"running (pid {holder.pid})")
+        assert changes(before, snapshot(tmp_path)) == []
+        assert our_processes() - procs == set()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_report_on_a_full_disk_is_one_line_and_writes_nothing(small_tmpfs, capsys):
+    ctx = Ctx(small_tmpfs, None)
+    for seed in range(3):
+        ctx.run_dir(GOOD_ROW, json.dumps({"status": "finished", "final": {"test_acc": 40.0 + seed}, "best": {}}),
+                    rel=f"sweep/c000-s{seed}")
+    st = os.statvfs(small_tmpfs)
+    (small_tmpfs / "filler").write_bytes(b"\0" * (st.f_bavail * st.f_frsize - 8192))  # 8 kB left
+    before = snapshot(small_tmpfs)
+    capsys.readouterr()
+    assert cli_main(["report", str(small_tmpfs / "sweep")]) == 2
+    assert_one_error_line(capsys.readouterr().err, "disk full")
+    after = snapshot(small_tmpfs)
+    assert [c for c in changes(before, after) if not c.endswith("report_plots")] == []  # at most an empty folder
+
+
+# ------------------------------------------------------------------------------------------ Ctrl-C (issue 19)
+
+
+def _launch_cmd(launch: str, flags: list[str]) -> list[str]:
+    if launch == "python":
+        return [sys.executable, "-m", "cifar_dist.train", *flags]
+    config = "1gpu.yaml" if launch == "accelerate-1-process" else "cpu.yaml"
+    # --quiet: the one-process launcher's own CalledProcessError traceback for a non-zero status (README)
+    return accelerate_launch(config, *(["--quiet"] if launch == "accelerate-1-process" else [])) + flags
+
+
+@pytest.mark.parametrize("launch", [
+    "python", pytest.param("accelerate-1-process", marks=pytest.mark.slow),
+    pytest.param("accelerate-2-processes", marks=pytest.mark.slow)])
+def test_ctrl_c_saves_a_checkpoint_exits_3_and_resumes(launch, tiny_data, tmp_path):
+    """SIGINT to the whole process group, as a terminal's Ctrl-C sends it: the trainer(s) checkpoint and exit 3
+    with one line, no traceback, status.json says "stopped", and --resume=auto goes on with one run's rows."""
+    flags = trainer(tiny_data, tmp_path, "int", "--run.epochs=500", "--run.log_every_steps=1")[3:]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen(_launch_cmd(launch, flags), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        metrics, deadline = tmp_path / "int" / "metrics.jsonl", time.monotonic() + 300
+        while not metrics.is_file() and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert p.poll() is None and metrics.is_file(), "the run did not finish its first epoch"
+        os.killpg(p.pid, signal.SIGINT)
+        out, err = p.communicate(timeout=240)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    # the launchers' own statuses (README): 1 for any non-zero trainer, or 130 when their Ctrl-C handling ran
+    assert p.returncode in {"python": {3}, "accelerate-1-process": {1, 130}, "accelerate-2-processes": {130}}[launch], err
+    assert "Traceback" not in err, err[-3000:]
+    stops = [ln for ln in err.splitlines() if ln.startswith("stopped by signal")]
+    assert len(stops) == 1 and "resume with --resume=auto" in stops[0], err[-3000:]
+    status = json.loads((tmp_path / "int" / STATUS_FILE).read_text())
+    assert (status["exit"], status["state"]) == (3, "stopped")
+    assert (tmp_path / "int" / "checkpoints" / "last" / "checkpoint.json").is_file()
+    done = len(metrics.read_text().splitlines())
+    again = run_session(trainer(tiny_data, tmp_path, "int", f"--run.epochs={done + 1}", "--resume=auto"), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [json.loads(ln)["epoch"] for ln in metrics.read_text().splitlines()] == list(range(1, done + 2))
+
+
+@pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("when", ["reading", "writing"])
+def test_a_signal_to_prepare_leaves_no_temporaries(sig, status, when, tmp_path):
+    """Ctrl-C or SIGTERM while `prepare` reads its source or writes the .beton files: one line, exit 130 / 143
+    (README), no temporaries, no output files and no process left."""
+    archive, _ = make_cifar10_archive(tmp_path, per_batch=1000, n_test=1000)
+    out = tmp_path / "data"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen([sys.executable, "-m", "cifar_dist", "prepare", str(archive), "--out", str(out),
+                          "--num_workers", "1"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while p.poll() is None and time.monotonic() < deadline:
+            seen = list(out.glob(".*.tmp-*")) if out.is_dir() else []
+            if (when == "writing" and seen) or (when == "reading" and out.is_dir() and not seen):
+                break
+            time.sleep(0.01)
+        assert p.poll() is None, f"prepare ended before it was {when}"
+        os.killpg(p.pid, sig)  # a terminal's Ctrl-C reaches the whole group; SIGTERM as a scheduler sends it
+        out_text, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    assert p.returncode == status, err[-3000:]
+    assert_one_error_line(err, f"stopped by {sig.name}; no output files were changed")
+    assert not list(out.glob("*")) if out.is_dir() else True, sorted(p.name for p in out.iterdir())
+    time.sleep(1)
+    assert not session_processes(p.pid)
+
+
+@pytest.mark.parametrize("state, needle", [
+    ({"onecycle": {"bogus": 1}}, "expected the onecycle scheduler's state"),
+    ({}, "expected the onecycle scheduler's state"),
+    ("last_epoch", "last_epoch: expected a int, found 'x'"),
+], ids=["unknown-key", "empty", "wrong-type"])
+def test_a_scheduler_state_of_nonsense_is_refused_before_it_is_applied(state, needle):
+    """A crafted scheduler.pt: refused by Schedule.load_state_dict (the resume turns the ValueError into one
+    line naming the file) instead of failing steps later inside torch's scheduler."""
+    import torch
+
+    from cifar_dist.config import SchedConfig
+    from cifar_dist.optim import Schedule
+
+    opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+    sched = Schedule(opt, SchedConfig(name="onecycle"), 0.1, 10, 3)
+    good = sched.state_dict()
+    if state == "last_epoch":
+        state = {"onecycle": {**good["onecycle"], "last_epoch": "x"}}
+    with pytest.raises(ValueError, match=needle):
+        sched.load_state_dict(state)
+    assert sched.state_dict() == good  # nothing applied
+    sched.load_state_dict(good)
+
+
+def test_make_run_twice_keeps_one_run(tiny_run, tiny_data, tmp_path, capsys, monkeypatch):
+    """`make run` passes --resume=auto: a second run of a finished run succeeds and no file holds two runs'
+    rows (metrics.jsonl keeps its one epoch)."""
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "base"
+    shutil.copytree(tiny_run, run_dir)
+    rows = (run_dir / "metrics.jsonl").read_text()
+    argv = trainer(tiny_data, tmp_path, "base", "--data.val_size=100", "--resume=auto")[3:]
+    assert train_main(argv) == 0, capsys.readouterr().err[-2000:]
+    assert (run_dir / "metrics.jsonl").read_text() == rows
+    assert json.loads((run_dir / "result.json").read_text())["status"] == "finished"
+    assert len(list(run_dir.glob("events.out.tfevents.*"))) == len(list(tiny_run.glob("events.out.tfevents.*")))
+
+
+def test_a_loss_that_diverges_before_the_first_checkpoint(tiny_data, tmp_path, capsys, monkeypatch):
+    """One line, exit 4, result.json with status "diverged" (a sweep counts the run and never retrains it),
+    status.json "nonfinite", and no checkpoint claimed."""
+    monkeypatch.chdir(tmp_path)
+    argv = trainer(tiny_data, tmp_path, "nan", "--optim.name=sgd", "--optim.lr=1e30", "--run.log_every_steps=1",
+                   "--run.epochs=2")[3:]
+    capsys.readouterr()
+    assert train_main(argv) == 4
+    err = capsys.readouterr().err
+    assert_one_error_line(err, "non-finite loss in epoch 1")
+    assert "no checkpoint was saved yet" in err and not (tmp_path / "nan" / "checkpoints" / "last").exists()
+    result = json.loads((tmp_path / "nan" / "result.json").read_text())
+    assert result["status"] == "diverged" and result["epochs"] == 0
+    assert isinstance(result["final"]["test_acc"], float)
+    assert json.loads((tmp_path / "nan" / STATUS_FILE).read_text())["state"] == "nonfinite"
+
+
+@pytest.mark.parametrize("directory_lockable", [True, False], ids=["flock-on-the-directory", "fallback-lock-file"])
+def test_the_run_lock_is_held_by_the_kernel_not_by_a_file(directory_lockable, tmp_path, monkeypatch):
+    """Another open of the locked object cannot take it, and `.lock` names the holder; where a file system
+    cannot flock a directory, the .lock file is locked and rewritten in place (its inode stays the locked one)."""
+    import fcntl
+    import stat
+
+    from cifar_dist.engine import rundir
+
+    real = fcntl.flock
+
+    def flock(fd, op):
+        if not directory_lockable and stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(95, "Operation not supported")
+        return real(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    run_dir = tmp_path / "runs" / "r"
+    rundir.lock_run_dir(run_dir)
+    try:
+        target = run_dir if directory_lockable else run_dir / ".lock"
+        fd = os.open(target, os.O_RDONLY)
+        try:
+            with pytest.raises(BlockingIOError):
+                real(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            assert os.fstat(fd).st_ino == os.stat(target).st_ino
+        finally:
+            os.close(fd)
+        assert json.loads((run_dir / ".lock").read_text()) == {"pid": os.getpid(), "host": socket.gethostname()}
+        with pytest.raises(rundir.RunDirError, match="in use by another run"):  # a second holder in this process
+            held = rundir._HELD.pop(str(run_dir.resolve()))
+            try:
+                rundir.lock_run_dir(run_dir)
+            finally:
+                rundir._HELD[str(run_dir.resolve())] = held
+    finally:
+        rundir.end_run(run_dir, 2)  # refused before anything was written: the folders it made are removed
+    assert not (tmp_path / "runs").exists()

@@ -209,12 +209,13 @@ def test_resume_checks_the_config_and_never_keeps_a_stale_result(tiny_data, fini
         assert change in said[0], said[0]
     assert [r["epoch"] for r in metrics(d)] == [1, 2]
 
-    # --resume=force accepts anything; this one diverges: exit 4, and the finished result.json is gone
+    # --resume=force accepts anything; this one diverges: exit 4, and the finished result.json is replaced by
+    # the diverged one (issue 19: a sweep counts a diverged run and never trains it again)
     p = run(train_cmd(tiny_data, tmp_path, "cfg", "--run.epochs=3", *BASE, "--run.tta=flip", "--data.num_workers=1",
                       "--optim.lr=1e30", "--resume=force"))
     assert p.returncode == 4, p.stderr[-2000:]
     assert "optim.lr" in p.stdout and "--resume=force" in p.stdout
-    assert not (d / "result.json").exists()
+    assert read_json(d / "result.json")["status"] == "diverged"
 
 
 def test_nan_before_any_checkpoint_says_there_is_none(tiny_data, tmp_path):
@@ -224,7 +225,7 @@ def test_nan_before_any_checkpoint_says_there_is_none(tiny_data, tmp_path):
     line = one_line(p.stderr)
     assert "non-finite loss" in line and "no checkpoint was saved yet" in line and "kept in" not in line, line
     assert not (tmp_path / "nan0" / "checkpoints" / "last").exists()
-    assert not (tmp_path / "nan0" / "result.json").exists()
+    assert read_json(tmp_path / "nan0" / "result.json")["status"] == "diverged"  # issue 19
 
 
 def test_torn_metrics_line_is_repaired_and_events_keep_every_point(tiny_data, finished_run, tmp_path):

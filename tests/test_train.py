@@ -147,7 +147,7 @@ def test_nonfinite_loss_stops_with_status_4_and_keeps_checkpoint(tiny_data, tmp_
                       "--run.checkpoint_every_steps=1"))
     assert p.returncode == 4, p.stderr[-2000:]
     assert "non-finite loss" in p.stderr and "last good checkpoint kept" in p.stderr
-    assert not (tmp_path / "nan" / "result.json").exists()
+    assert read_json(tmp_path / "nan" / "result.json")["status"] == "diverged"  # issue 19: a sweep counts it
     st = read_json(tmp_path / "nan" / "checkpoints" / "last" / "train_state.json")
     assert (st["epoch"], st["step_in_epoch"], st["global_step"]) == (0, 1, 1)
     assert math.isfinite(st["loss_sum"]) and st["seen"] == 100

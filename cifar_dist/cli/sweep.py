@@ -87,6 +87,7 @@ def run(grid: str, *, local: bool = True, parallel: int = 1, procs: int | None =
         procs = _env_procs()
     procs = _count("procs", procs)
     sweep = sweeps.load_sweep(grid)
+    sweeps.lock_sweep(sweep.dir)  # one local runner per sweep folder (exit 2 for a second), before any write
     sweeps.write_sweep_json(sweep)
     if sweep.spec.search is not None:
         return sweeps.run_local_search(sweep, parallel, procs)

@@ -15,10 +15,11 @@ One code path for every machine; the hardware lives in launch/*.yaml:
 Flags: --preset=NAME, --config=run.yaml, --section.key=value (e.g. --optim.lr=0.2), in that
 precedence; --print_config prints the resolved config and exits; --resume=auto continues from
 runs/<name>/checkpoints/last if the config is the same except for the keys that may change on resume
-(listed below); --resume=force resumes whatever changed; --resume=none (the default) starts afresh.
-One run per run directory at a time (a lock). Exit status: 0 done, 2 bad input (also a run directory
-in use, a checkpoint that does not load, a full disk), 3 stopped by SIGTERM/SIGUSR1 after saving a
-checkpoint, 4 stopped on a non-finite loss (the last good checkpoint is kept).
+(listed below); --resume=force resumes whatever changed; --resume=none (the default) starts afresh
+and refuses a run directory that holds another run (one run, one folder). One run per run directory
+at a time (an OS lock). Exit status: 0 done, 2 bad input (also a run directory in use or holding
+another run, a checkpoint that does not load, a full disk), 3 stopped by SIGTERM, SIGUSR1 or SIGINT
+(Ctrl-C) after saving a checkpoint, 4 stopped on a non-finite loss (the last good checkpoint is kept).
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from pathlib import Path
 from cifar_dist.cli.flags import run_command
 from cifar_dist.config import ConfigError, dump_yaml
 from cifar_dist.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, InputError
-from cifar_dist.run_status import write_status
 
 
 def run_cli(*, preset: str | None = None, config: str | None = None, resume: str = "none", print_config: bool = False,
@@ -40,6 +40,7 @@ def run_cli(*, preset: str | None = None, config: str | None = None, resume: str
     """Resolve the config from flags and train (or print the config); input errors raise InputError."""
     from cifar_dist.engine import train
     from cifar_dist.engine.checkpoint import RESUME_MODES
+    from cifar_dist.engine.rundir import end_run
     from cifar_dist.models import check_options
     from cifar_dist.presets import resolve
 
@@ -59,13 +60,9 @@ def run_cli(*, preset: str | None = None, config: str | None = None, resume: str
         status = EXIT_BAD_INPUT
         raise
     finally:
-        # The true status for the scripts (a launcher exits 1 for any failure); bad input before the
-        # run directory exists leaves no trace.
-        if run_dir.is_dir():
-            try:
-                write_status(run_dir, status)
-            except OSError:  # a full disk: the error already reported says so; the exit status still tells
-                pass
+        # The true status for the scripts (a launcher exits 1 for any failure), written only by the process
+        # that holds the run's lock (a no-op when the run ended normally: it recorded its status already).
+        end_run(run_dir, status)
 
 
 def config_help() -> str:

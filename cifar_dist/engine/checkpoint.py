@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import pickle
 import random
 import shutil
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ import numpy as np
 import torch
 
 from cifar_dist.config import Config, ConfigError, dump_yaml
-from cifar_dist.engine.rundir import agree, check_resume_config, disk_errors
+from cifar_dist.engine.rundir import agree, check_fresh, check_resume_config, disk_errors
 from cifar_dist.errors import InputError
 from cifar_dist.files import atomic_write_bytes
 
@@ -69,6 +70,34 @@ class TrainState:
         self.epoch, self.step_in_epoch = self.epoch + 1, 0
         self.loss_sum = self.correct = self.train_seconds = 0.0
         self.seen = 0
+
+
+def train_state(data: Any, loader_steps: int | None) -> TrainState:
+    """TrainState from train_state.json's object, checked field by field against its meaning (types,
+    ranges, the position against this run's `loader_steps` per epoch); ValueError says what is wrong."""
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object, found {type(data).__name__}")
+    want = {f.name: type(f.default) if f.default is not MISSING else list for f in fields(TrainState)}
+    unknown = sorted(set(data) - set(want))
+    if unknown:
+        raise ValueError(f"unknown key {unknown[0]!r}")
+    for key, value in data.items():
+        numbers = value if want[key] is list else [value]
+        if (want[key] is list and not isinstance(value, list)) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers):
+            raise ValueError(f"{key}: expected {'a list of numbers' if want[key] is list else 'a number'}, "
+                             f"found {value!r}")
+        if want[key] is int and not isinstance(value, int):
+            raise ValueError(f"{key}: expected an integer, found {value!r}")
+        if not all(math.isfinite(v) and v >= 0 for v in numbers) and key != "best_val_acc":
+            raise ValueError(f"{key}: expected a finite value >= 0, found {value!r}")
+    state = TrainState(**data)
+    if loader_steps is not None and state.step_in_epoch > loader_steps:
+        raise ValueError(f"step_in_epoch: expected at most {loader_steps} (this run's steps per epoch), "
+                         f"found {state.step_in_epoch}")
+    if state.best_epoch > state.epoch + 1:
+        raise ValueError(f"best_epoch: expected at most epoch + 1 = {state.epoch + 1}, found {state.best_epoch}")
+    return state
 
 
 # ------------------------------------------------------------------------------------------ the parts
@@ -196,6 +225,25 @@ def save_best(model: torch.nn.Module, ema, ckpt_dir: Path, epoch: int, val_acc: 
         atomic_write_bytes(best / "model.pt", _torch_bytes(payload))
 
 
+def _best_error(ckpt_dir: Path, model: torch.nn.Module) -> str:
+    """"" when best/model.pt is absent or holds this model's weights; else one line naming the file."""
+    path = ckpt_dir / BEST / "model.pt"
+    try:
+        saved = load_best(ckpt_dir)
+    except CheckpointError as e:
+        return str(e)
+    if saved is None:
+        return ""
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    weights = saved.get("model") if isinstance(saved, dict) else None
+    got = {k: tuple(getattr(v, "shape", ())) for k, v in weights.items()} if isinstance(weights, dict) else {}
+    if got != want:
+        diff = sorted(set(want) ^ set(got)) or sorted(k for k in want if want[k] != got[k])
+        return (f"{path}: does not fit this run (expected the weights of this model, found other keys or "
+                f"shapes: {', '.join(diff[:3])})")
+    return ""
+
+
 def load_best(ckpt_dir: Path) -> dict | None:
     p = ckpt_dir / BEST / "model.pt"
     return _read(p, _torch_load) if p.is_file() else None
@@ -278,7 +326,10 @@ def read(path: Path, parts) -> Snapshot:
     meta = _read(path / META, _json_load)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("world_size"), int):
         raise CheckpointError(f"{path / META}: not a checkpoint of format {FORMAT} (found {str(meta)[:80]})")
-    state = _read(path / STATE, lambda p: TrainState(**_json_load(p)))
+    # loader steps per epoch (unknown to parts without a Schedule, as in unit tests: then not checked)
+    steps = getattr(parts.schedule, "steps_per_epoch", None)
+    steps = None if steps is None else steps * getattr(acc, "gradient_accumulation_steps", 1)
+    state = _read(path / STATE, lambda p: train_state(_json_load(p), steps))
     tensors = {MODEL: _read(path / MODEL, _safetensors_load)}
     tensors.update({f"{k}.pt": _read(path / f"{k}.pt", _torch_load) for k in stateful_parts(parts)})
     rng = None
@@ -322,14 +373,31 @@ def last_kept(ckpt_dir: Path) -> str:
     return f"last good checkpoint kept in {last}" if last is not None else "no checkpoint was saved yet"
 
 
+def check_start(accelerator, run_dir: Path, mode: str) -> None:
+    """Before any data is read: `--resume` is known and the run directory may take this run (one run, one
+    folder: `cifar_dist.engine.rundir.check_fresh`); every process stops with the main process's error."""
+    if mode not in RESUME_MODES:
+        raise ConfigError(f"--resume: expected one of {', '.join(RESUME_MODES)}, found {mode!r}")
+    error = ""
+    if accelerator.is_main_process:
+        ckpt_dir = run_dir / "checkpoints"
+        try:
+            check_fresh(run_dir, mode, any(p.is_dir() for p in (ckpt_dir / LAST, ckpt_dir / OLD)))
+        except InputError as e:
+            error = str(e)
+    error = agree(accelerator, error)
+    if error:
+        raise CheckpointError(error)
+
+
 def resume(parts, run_dir: Path, mode: str, cfg: Config) -> TrainState | None:
     """`--resume`: "none" starts fresh; "auto" loads the newest checkpoint that loads, after checking the
     config against the run's config.yaml; "force" does the same whatever the config says."""
     if mode not in RESUME_MODES:
         raise ConfigError(f"--resume: expected one of {', '.join(RESUME_MODES)}, found {mode!r}")
     ckpt_dir, acc = run_dir / "checkpoints", parts.accelerator
-    candidates = [p for p in (ckpt_dir / LAST, ckpt_dir / OLD) if p.is_dir()] if mode != "none" else []
-    if not candidates:
+    candidates = [p for p in (ckpt_dir / LAST, ckpt_dir / OLD) if p.is_dir()]
+    if mode == "none" or not candidates:
         return None
     check_resume_config(run_dir, dump_yaml(cfg), mode == "force", acc.print)
     errors = []
@@ -342,9 +410,13 @@ def resume(parts, run_dir: Path, mode: str, cfg: Config) -> TrainState | None:
             error = str(e)
         error = agree(acc, error)
         if not error:
+            best = _best_error(ckpt_dir, plain_model(acc, parts.model)) if acc.is_main_process else ""
+            best = agree(acc, best)  # read at the end of the run: checked now, before anything is written
+            if best:
+                raise CheckpointError(f"{best}; remove it to resume without the best-epoch weights")
             if errors:
                 acc.print(f"resume: {errors[0]}; resumed from {path} instead")
             return snap.state
         errors.append(error)
     fallback = f"; {errors[1]}" if len(errors) > 1 else f"; no older checkpoint ({ckpt_dir / OLD}) to fall back to"
-    raise CheckpointError(errors[0] + fallback + "; --resume=none starts the run afresh")
+    raise CheckpointError(errors[0] + fallback + "; another --run.name starts the run afresh")

@@ -9,7 +9,8 @@ Layout of `runs/<name>/`:
     checkpoints/best   model.pt: weights of the best validation epoch
     paused.json        {"epoch", "epochs"}: the session stopped at run.stop_after (removed when a session starts)
     result.json        written when the run has finished (removed while a resumed session runs)
-    .lock              held by the run that writes here (cifar_dist.engine.rundir)
+    .lock              names the process holding the run's lock, a flock on this directory (cifar_dist.engine.rundir)
+    status.json        the exit status, written by the lock holder (cifar_dist.run_status)
 Only the main process writes here. After a resume, metrics.jsonl and the events hold exactly what was
 logged up to the checkpoint, then this session's rows and points.
 """
@@ -25,7 +26,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from cifar_dist.engine.rundir import disk_errors, release_lock
+from cifar_dist.engine.rundir import disk_errors, end_run, mark_begun, release_lock
 from cifar_dist.files import FileFormatError, atomic_write_json, atomic_write_text, read_json_or_none
 
 PAUSED = "paused.json"  # written when a session stops at run.stop_after
@@ -183,24 +184,37 @@ class RunLogger:
         with disk_errors(self.run_dir / "result.json"):
             atomic_write_json(self.run_dir / "result.json", result)
 
-    def close(self) -> None:
-        """Flush and close the events; let another run take the directory."""
+    def close(self, exit_status: int | None = None) -> None:
+        """Flush and close the events; record `exit_status` in status.json (when given) and let another run
+        take the directory."""
         if self.tb is not None:
             tb, self.tb = self.tb, None
             with disk_errors(self.run_dir / "events.out.tfevents.*"):
                 tb.close()
         if self.is_main:
-            release_lock(self.run_dir)
+            if exit_status is None:
+                release_lock(self.run_dir)
+            else:
+                end_run(self.run_dir, exit_status)
 
 
 def start_logger(run_dir: Path, is_main: bool, config_yaml: str, env: dict[str, Any], resumed=None,
                  say=print) -> RunLogger:
     """The logger of one session of a run: config, command and env written, a finished run's result.json
     removed (until this session finishes, the run has none). After a resume (`resumed`: the TrainState
-    loaded), metrics rows past its epoch are dropped and the events past its step with them."""
+    loaded), metrics rows past its epoch are dropped and the events past its step with them; a fresh start
+    (see `rundir.check_fresh`) drops the metrics and events of an attempt that saved no checkpoint. A bad
+    metrics.jsonl is refused before anything is changed."""
+    metrics = run_dir / "metrics.jsonl"
+    if is_main and resumed is not None and metrics.is_file():
+        repair_jsonl(metrics)  # FileFormatError (exit 2) while the run directory is as it was
     if is_main:
+        mark_begun(run_dir)
         with disk_errors(run_dir / "result.json"):
             (run_dir / "result.json").unlink(missing_ok=True)
+            if resumed is None:
+                for p in [metrics, *run_dir.glob("events.out.tfevents.*")]:
+                    p.unlink(missing_ok=True)
     logger = RunLogger(run_dir, is_main, resumed)
     if resumed is not None:
         logger.truncate_metrics(resumed.epoch, say)

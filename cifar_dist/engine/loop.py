@@ -1,7 +1,7 @@
 """The training loop: `train(cfg, resume)` runs a config to the end and returns the exit status.
 
 Exit statuses (cifar_dist.errors): 0 done (or paused at `run.stop_after`, see `pause`), 3 stopped by
-SIGTERM/SIGUSR1 after saving a checkpoint, 4 stopped on a non-finite loss (the last good checkpoint is
+SIGTERM/SIGUSR1/SIGINT after saving a checkpoint, 4 stopped on a non-finite loss (the last good checkpoint is
 kept). Bad input raises an `InputError` subclass (ConfigError, DataError) before anything is written; the
 command line turns it into status 2.
 """
@@ -22,7 +22,7 @@ from cifar_dist.engine.devices import eval_model
 from cifar_dist.engine.evaluate import evaluate_epoch, finish, summary_line
 from cifar_dist.engine.monitor import Monitor, SignalFlag, StopRun
 from cifar_dist.engine.session import Session, StepParts, open_session
-from cifar_dist.errors import EXIT_OK
+from cifar_dist.errors import EXIT_NONFINITE, EXIT_OK
 
 
 def train_one_epoch(parts: StepParts, loader, state: TrainState, sums: torch.Tensor,
@@ -88,7 +88,10 @@ def train(cfg: Config, resume: str = "none") -> int:
                           f"(best {state.best_val_acc:.2f} at epoch {state.best_epoch})")
                 break
     except StopRun as e:
-        s.logger.close()
+        if e.status == EXIT_NONFINITE:  # an outcome all the same: result.json says "diverged" (a sweep keeps it)
+            state.wall_seconds = monitor.wall_seconds()
+            finish(s, "diverged")
+        s.logger.close(e.status)
         if acc.is_main_process:
             print(str(e), file=sys.stderr, flush=True)
         acc.end_training()
@@ -100,7 +103,7 @@ def train(cfg: Config, resume: str = "none") -> int:
     result = finish(s, status, first_step_s=monitor.first_step_s)
     if acc.is_main_process:  # acc.print would print once per node
         print(summary_line(s, result), flush=True)
-    s.logger.close()
+    s.logger.close(EXIT_OK)
     acc.end_training()
     return EXIT_OK
 
@@ -134,7 +137,7 @@ def pause(s: Session) -> int:
     s.logger.pause(s.state.epoch, s.cfg.run.epochs)
     s.accelerator.print(f"paused after epoch {s.state.epoch} of {s.cfg.run.epochs} (run.stop_after); "
                         f"--resume=auto continues")
-    s.logger.close()
+    s.logger.close(EXIT_OK)
     s.accelerator.end_training()
     return EXIT_OK
 

@@ -30,11 +30,14 @@ class StopRun(Exception):
 
 
 class SignalFlag:
-    """Remembers that SIGTERM or SIGUSR1 arrived; the loop checks it between steps."""
+    """Remembers that SIGTERM, SIGUSR1 or SIGINT (Ctrl-C: the same stop, not a KeyboardInterrupt
+    traceback) arrived; the loop checks it between steps."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
     def __init__(self):
         self.signum = 0
-        for s in (signal.SIGTERM, signal.SIGUSR1):
+        for s in self.SIGNALS:
             signal.signal(s, self._handle)
 
     def _handle(self, signum, frame):
@@ -45,7 +48,7 @@ class SignalFlag:
 class Totals:
     """One stop check, summed over all processes."""
 
-    signalled: bool  # some process got SIGTERM or SIGUSR1
+    signalled: bool  # some process got SIGTERM, SIGUSR1 or SIGINT
     step_loss: float  # mean training loss of the latest step
     loss_sum: float  # this epoch so far: training loss x images
     correct: float  # this epoch so far: training images classified right

@@ -1,9 +1,12 @@
 """The run directory as a shared resource: one writer at a time, a config a resume may not silently change,
 and write errors (a full disk above all) as one line naming the file.
 
-- `take_lock(run_dir, accelerator)`: the main process holds `fcntl.flock` on `<run>/.lock` for the life of
-  the process (the kernel releases it on any exit, kill -9 included); a second run with the same directory
-  stops with one line naming the holder's pid and host.
+- `take_lock(run_dir, accelerator)`: the main process holds `fcntl.flock` on the run directory itself for
+  the life of the process (the kernel releases it on any exit, kill -9 included), before any data is read;
+  a second run with the same directory stops with one line naming the holder's pid and host (from
+  `<run>/.lock`, which only names the holder: deleting it lets no second run in). Only the holder writes
+  `status.json` (`end_run`); a run directory that the holder created and left empty is removed again.
+- `check_fresh(run_dir, mode)`: a run that starts afresh never writes into a directory holding another run.
 - `check_resume_config(run_dir, config_yaml, force, say)`: a resume under other values lists the keys that
   differ and stops, except for `MAY_CHANGE_ON_RESUME`; `--resume=force` accepts anything (and says what).
 - `disk_errors(path, after)`: an OSError while writing `path` becomes `RunDirError`, one line.
@@ -18,13 +21,16 @@ import os
 import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import yaml
 
 from cifar_dist.config import flatten
-from cifar_dist.errors import InputError
+from cifar_dist.errors import EXIT_BAD_INPUT, InputError
+from cifar_dist.files import read_json_or_none
+from cifar_dist.run_status import STATUS_FILE, write_status
 
 LOCK_FILE = ".lock"
 
@@ -38,7 +44,18 @@ MAY_CHANGE_ON_RESUME = (
     "data.dir", "data.num_workers", "model.compile",
 )
 
-_HELD: dict[str, IO[str]] = {}  # run directory -> its open, locked .lock file (kept for the process' life)
+# Files and folders that mean "a run was here" (a fresh run refuses such a directory: one run, one folder).
+RUN_FILES = ("config.yaml", "metrics.jsonl", "result.json", "checkpoints", "paused.json")
+
+
+@dataclass
+class _Held:
+    fd: int  # the open, flock-ed directory (or .lock file where the file system cannot lock directories)
+    created: list[Path]  # the directory and its parents that did not exist before this lock, deepest first
+    begun: bool = False  # the session has started writing the directory (mark_begun)
+
+
+_HELD: dict[str, _Held] = {}  # run directory -> its lock, kept for the process' life (or until end_run)
 
 
 class RunDirError(InputError):
@@ -56,39 +73,116 @@ def disk_errors(path: Path | str, after: str = "") -> Iterator[None]:
             from None
 
 
+def _lock_fd(run_dir: Path) -> tuple[int, bool]:
+    """An open descriptor of the run directory, flock-ed exclusively (BlockingIOError when another process
+    holds it), and False. Where a file system cannot flock a directory (some NFS setups), the .lock file is
+    locked instead: its descriptor and True."""
+    fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return fd, False
+    except BlockingIOError:
+        os.close(fd)
+        raise
+    except OSError:
+        os.close(fd)
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, True
+
+
 def lock_run_dir(run_dir: Path) -> None:
-    """Hold an exclusive lock on <run_dir>/.lock until the process ends; RunDirError if another process has it."""
+    """Hold an exclusive lock on `run_dir` until the process ends; RunDirError if another process has it."""
     key = str(run_dir.resolve())
     if key in _HELD:  # this process holds it already (a second session in one process)
         return
-    with disk_errors(run_dir / LOCK_FILE):
+    created, p = [], run_dir.absolute()
+    while not p.exists() and p != p.parent:
+        created.append(p)
+        p = p.parent
+    with disk_errors(run_dir):
         run_dir.mkdir(parents=True, exist_ok=True)
-        f = open(run_dir / LOCK_FILE, "a+")  # noqa: SIM115 -- kept open: the lock lives as long as the file
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
         try:
-            holder = json.loads(f.read() or "{}")
-        except ValueError:
-            holder = {}
-        f.close()
-        raise RunDirError(f"{run_dir}: in use by another run (pid {holder.get('pid', '?')} on host "
-                          f"{holder.get('host', '?')}, lock {run_dir / LOCK_FILE}); wait for it to end or choose "
-                          f"another --run.name") from None
-    with disk_errors(run_dir / LOCK_FILE):
-        f.seek(0)
-        f.truncate()
-        f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}) + "\n")
-        f.flush()
-    _HELD[key] = f
+            fd, on_file = _lock_fd(run_dir)
+        except BlockingIOError:
+            holder = read_json_or_none(run_dir / LOCK_FILE)
+            holder = holder if isinstance(holder, dict) else {}
+            raise RunDirError(f"{run_dir}: in use by another run (pid {holder.get('pid', '?')} on host "
+                              f"{holder.get('host', '?')}, lock {run_dir / LOCK_FILE}); wait for it to end or "
+                              f"choose another --run.name") from None
+    _HELD[key] = _Held(fd, created)
+    holder = (json.dumps({"pid": os.getpid(), "host": socket.gethostname()}) + "\n").encode()
+    try:
+        with disk_errors(run_dir / LOCK_FILE):  # in place: where the lock is on .lock, its inode must stay
+            out = fd if on_file else os.open(run_dir / LOCK_FILE, os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                os.ftruncate(out, 0)
+                os.pwrite(out, holder, 0)
+            finally:
+                if out != fd:
+                    os.close(out)
+    except RunDirError:
+        end_run(run_dir, EXIT_BAD_INPUT)
+        raise
 
 
 def release_lock(run_dir: Path) -> None:
     """Let another run take the directory (the end of a run in a process that goes on)."""
-    f = _HELD.pop(str(run_dir.resolve()), None)
-    if f is not None:
-        f.close()  # closing the only descriptor releases the flock
+    held = _HELD.pop(str(run_dir.resolve()), None)
+    if held is not None:
+        os.close(held.fd)  # closing the only descriptor releases the flock
+
+
+def mark_begun(run_dir: Path) -> None:
+    """The session starts writing the run directory: from here on its end is always recorded."""
+    held = _HELD.get(str(run_dir.resolve()))
+    if held is not None:
+        held.begun = True
+
+
+def end_run(run_dir: Path, exit_status: int) -> None:
+    """The owner's last word on a run directory: record `exit_status` in status.json and release the lock.
+    Nothing happens without the lock. A refusal (bad input) before the session wrote anything changes
+    nothing: a directory this process created for it (only .lock in it) is removed, and an existing
+    status.json is kept (one is written only where none is, for the scripts that removed it before the start)."""
+    held = _HELD.get(str(run_dir.resolve()))
+    if held is None:
+        return
+    try:
+        refused = exit_status == EXIT_BAD_INPUT and not held.begun
+        if refused and held.created and {p.name for p in run_dir.iterdir()} <= {LOCK_FILE}:
+            (run_dir / LOCK_FILE).unlink(missing_ok=True)
+            for d in held.created:  # the run directory, then the parents made for it, while empty
+                if any(d.iterdir()):
+                    break
+                d.rmdir()
+        elif not (refused and (run_dir / STATUS_FILE).exists()):
+            write_status(run_dir, exit_status)
+    except OSError:  # a full disk: the error already reported says so; the exit status still tells
+        pass
+    finally:
+        release_lock(run_dir)
+
+
+def check_fresh(run_dir: Path, mode: str, has_checkpoint: bool) -> None:
+    """One run, one folder. `--resume=none` refuses a directory that holds another run's files; with
+    `--resume=auto|force` and no checkpoint (an attempt stopped before its first one) the run starts afresh
+    and replaces that attempt's metrics and events, unless the directory holds a finished run's result.json.
+    The refusal names `--resume=auto` and a free name."""
+    found = [n for n in RUN_FILES if (run_dir / n).exists()]
+    found += ["events.out.tfevents.*"] if any(run_dir.glob("events.out.tfevents.*")) else []
+    if not found or (mode != "none" and (has_checkpoint or "result.json" not in found)):
+        return
+    free = next(f"{run_dir.name}-{i}" for i in range(2, 10**6) if not (run_dir.parent / f"{run_dir.name}-{i}").exists())
+    if mode == "none":
+        raise RunDirError(f"{run_dir}: holds a run already ({', '.join(found)}); --resume=auto continues it, or "
+                          f"choose a free name such as --run.name={free}")
+    raise RunDirError(f"{run_dir}: holds a finished run (result.json) but no checkpoint to resume from "
+                      f"({run_dir / 'checkpoints' / 'last'}); choose a free name such as --run.name={free}")
 
 
 def agree(accelerator, message: str) -> str:

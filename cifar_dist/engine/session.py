@@ -17,6 +17,7 @@ from cifar_dist.augment import BatchMixer, TrainTransform
 from cifar_dist.config import Config, ConfigError, DataConfig, dump_yaml
 from cifar_dist.data import (
     Augment,
+    DataError,
     FFCVLoader,
     Normalize,
     Order,
@@ -121,6 +122,10 @@ def open_session(cfg: Config, resume: str = "none") -> Session:
     from accelerate.utils import set_seed
 
     accelerator, per_device = make_accelerator(cfg)
+    run_dir = Path(cfg.run.out_dir) / cfg.run.name
+    take_lock(run_dir, accelerator)  # one writer per run directory, before any data is read or file written
+    devices.check_shared_run_dir(accelerator, run_dir)  # every rank sees run_dir, or all stop here (exit 2)
+    ckpt.check_start(accelerator, run_dir, resume)  # one run, one folder
     classes = class_names(cfg.data)
     model = build_model(cfg.model, len(classes))  # options checked, budget kept, channels-last if asked
     n_params = count_params(model)
@@ -135,10 +140,7 @@ def open_session(cfg: Config, resume: str = "none") -> Session:
     peak_lr = scaled_lr(cfg.optim, cfg.run.global_batch_size)
     parts, normalize = build_parts(cfg, accelerator, model, len(loaders.train) // cfg.optim.accum_steps, peak_lr,
                                    len(classes))
-    run_dir = Path(cfg.run.out_dir) / cfg.run.name
-    devices.check_shared_run_dir(accelerator, run_dir)  # every rank sees run_dir, or all stop here (exit 2)
     sums = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # see train_one_epoch
-    take_lock(run_dir, accelerator)  # one writer per run directory, before anything in it is read or written
     resumed = ckpt.resume(parts, run_dir, resume, cfg)
     state = ckpt.TrainState() if resumed is None else resumed
     if resumed is not None:
@@ -179,9 +181,18 @@ def make_accelerator(cfg: Config):
 
 
 def class_names(d: DataConfig) -> list[str]:
-    """The dataset's class names from its manifest (a missing .beton is reported before any work)."""
-    beton_paths(d.dir, d.name)
-    return read_manifest(d.dir, d.name).get("class_names") or [str(i) for i in range(10)]
+    """The dataset's class names from its manifest (a missing .beton is reported before any work); every
+    label of both files must name one of them (DataError naming the file)."""
+    paths = beton_paths(d.dir, d.name)
+    names = read_manifest(d.dir, d.name).get("class_names") or [str(i) for i in range(10)]
+    for path in paths:
+        labels = read_labels(path)
+        if labels.size and (labels.min() < 0 or labels.max() >= len(names)):
+            manifest = Path(d.dir) / f"{d.name}_manifest.json"
+            source = f"the {len(names)} classes of {manifest}" if manifest.is_file() else "10 classes: no manifest"
+            raise DataError(f"{path}: expected labels 0..{len(names) - 1} ({source}), found labels "
+                            f"{labels.min()}..{labels.max()}")
+    return names
 
 
 def build_parts(cfg: Config, accelerator, model: torch.nn.Module, steps_per_epoch: int, peak_lr: float,

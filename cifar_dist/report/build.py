@@ -3,10 +3,11 @@ then report.md (which links the plots), each file through a temporary name."""
 
 from __future__ import annotations
 
+import errno
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cifar_dist.files import atomic_write_bytes, atomic_write_text
 from cifar_dist.report.load import ReportError, load_results
 from cifar_dist.report.metrics import METRICS
 from cifar_dist.report.plots import figure_png, sweep_figures
@@ -52,14 +53,29 @@ def build_report(path: str | Path, out: str | Path | None = None, metric: str | 
 
 
 def write_report(report: Report) -> list[Path]:
-    """Write the plots, then results.csv, then report.md (which links the plots); return the paths."""
-    written = []
-    for name, data in report.plots.items():
-        p = report.out_dir / PLOTS_DIR / name
-        atomic_write_bytes(p, data)
-        written.append(p)
-    for name, text in (("results.csv", report.csv), ("report.md", report.markdown)):
-        atomic_write_text(report.out_dir / name, text)
-        written.append(report.out_dir / name)
-    return written
+    """Write the plots, results.csv and report.md (which links the plots); return the paths. Every file goes
+    to a temporary name first and all are renamed only once all are written: a write error (a full disk) is
+    one line (ReportError) and leaves the earlier report and no temporaries."""
+    files = {report.out_dir / PLOTS_DIR / name: data for name, data in report.plots.items()}
+    files[report.out_dir / "results.csv"] = report.csv.encode()
+    files[report.out_dir / "report.md"] = report.markdown.encode()
+    tmps: list[Path] = []
+    path = report.out_dir
+    try:
+        for path, data in files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmps.append(path.with_name(f".{path.name}.tmp-{os.getpid()}"))
+            with open(tmps[-1], "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+    except OSError as e:
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
+        what = "disk full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "cannot write"
+        raise ReportError(f"{path}: {what} ({e.strerror or e}); nothing of this report was written, an earlier "
+                          f"report is unchanged") from None
+    for tmp, path in zip(tmps, files):
+        os.replace(tmp, path)
+    return list(files)
 

@@ -82,7 +82,7 @@ study. Rules: cifar_dist.sweep.study and cifar_dist.sweep.worker.
 """
 
 
-from cifar_dist.sweep.local import local_command, run_local, run_local_search
+from cifar_dist.sweep.local import local_command, lock_sweep, run_local, run_local_search
 from cifar_dist.sweep.plan import (
     RUN_NAME,
     STUDY_FILE,
@@ -137,7 +137,7 @@ __all__ = [
     "Cell", "REPO", "RUN_NAME", "Run", "STUDY_FILE", "SWEEP_FILE", "SWEEP_SCRIPT", "Search", "Spec", "SpecError",
     "Sweep", "TASK_FILE", "TRIAL_FILE", "all_rungs", "array_ranges", "bracket_rungs", "check_unchanged", "costs",
     "count_model_params", "describe", "draw", "expand", "flag_value", "is_finished", "last_metrics", "load_spec",
-    "load_sweep", "load_trials", "local_command", "n_brackets", "open_study", "plan_text", "read_record",
+    "load_sweep", "load_trials", "local_command", "lock_sweep", "n_brackets", "open_study", "plan_text", "read_record",
     "read_sweep_json", "resolve_task", "run_local", "run_local_search", "run_name", "run_state", "run_worker",
     "sbatch_command", "search_finished", "squeue_tasks", "status_rows", "status_text", "submit", "sweep_record",
     "trial_flags", "trial_name", "trial_rows", "write_sweep_json", "write_task",

@@ -5,6 +5,7 @@ SIGINT/SIGTERM are forwarded as SIGTERM, so each trainer saves a checkpoint and 
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shlex
 import signal
@@ -14,12 +15,39 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cifar_dist.errors import EXIT_FAILED, EXIT_OK, EXIT_STOPPED
-from cifar_dist.files import read_json_or_none
+from cifar_dist.errors import EXIT_FAILED, EXIT_OK, EXIT_STOPPED, InputError
+from cifar_dist.files import atomic_write_json, read_json_or_none
 from cifar_dist.run_status import STATUS_FILE, read_status
 from cifar_dist.sweep.plan import Run, Sweep, describe, is_finished
 from cifar_dist.sweep.slurm import REPO
 from cifar_dist.sweep.status import write_task
+
+RUNNER_FILE = ".local_runner.json"  # names the local runner that holds the sweep folder's lock
+_LOCKED: dict[str, int] = {}  # sweep folder -> its open, flock-ed descriptor (kept for the process' life)
+
+
+class SweepBusy(InputError):
+    """Another local runner holds the sweep folder."""
+
+
+def lock_sweep(sweep_dir: Path) -> None:
+    """One local runner per sweep folder: an OS lock (flock) on the folder itself, held until the process
+    ends; a second runner stops with one line naming the first (from RUNNER_FILE) before it starts anything."""
+    key = str(sweep_dir.resolve())
+    if key in _LOCKED:
+        return
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(sweep_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        holder = read_json_or_none(sweep_dir / RUNNER_FILE)
+        pid = holder.get("pid", "?") if isinstance(holder, dict) else "?"
+        raise SweepBusy(f"{sweep_dir}: another `sweep run --local` of this sweep is running (pid {pid}); wait for it "
+                        f"to end (or stop it: it checkpoints its runs) and run again") from None
+    _LOCKED[key] = fd
+    atomic_write_json(sweep_dir / RUNNER_FILE, {"pid": os.getpid()}, indent=None)
 
 
 def local_command(flags: list[str], procs: int, port: int) -> list[str]:

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cifar_dist.errors import InputError
 from cifar_dist.files import atomic_write_text, pid_alive, read_json_or_none
 from cifar_dist.sweep.plan import STUDY_FILE, Sweep
 from cifar_dist.sweep.search import bracket_of, suggest
@@ -69,7 +70,22 @@ def storage(sweep: Sweep):
 
     path = study_path(sweep)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileSymlinkLock(str(path))))
+    return _replayed(path, lambda: JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileSymlinkLock(str(path)))))
+
+
+class StudyError(InputError):
+    """The study journal cannot be replayed; the message names it."""
+
+
+def _replayed(path: Path, make):
+    """`make()` (a JournalStorage, which replays the journal when built), or StudyError naming the journal."""
+    try:
+        return make()
+    except Exception as e:  # noqa: BLE001 -- optuna fails a damaged journal in many ways (JSON, asserts, keys)
+        why = (str(e).strip().splitlines() or [""])[0][:120]
+        raise StudyError(f"{path}: expected an Optuna journal of this search, found a damaged one "
+                         f"({type(e).__name__}{': ' + why if why else ''}); move it aside to start the search "
+                         f"afresh") from None
 
 
 def make_sampler(search: Search, number: int = 0):
@@ -115,7 +131,8 @@ def load_trials(sweep_dir: Path, name: str) -> list[Any] | None:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        study = optuna.load_study(study_name=name, storage=JournalStorage(JournalFileBackend(str(path))))
+        study = optuna.load_study(study_name=name,
+                                  storage=_replayed(path, lambda: JournalStorage(JournalFileBackend(str(path)))))
     except KeyError:  # the file exists, the study is not created yet
         return []
     return study.get_trials(deepcopy=False)
