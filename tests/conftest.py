@@ -21,8 +21,8 @@ def pytest_configure(config):
 
 # pytest-timeout: pyproject's `timeout` (300 s) holds for every test; a longer limit is given here, by what the
 # test waits on, unless the test carries its own @pytest.mark.timeout. Whichever test first needs a session
-# fixture builds it inside its own limit, hence the fixtures' rows. Each limit is several times the test's
-# time on a loaded 2-core machine: it catches hangs, not slowness (the durations table shows that).
+# fixture builds it inside its own limit, hence the fixtures' rows. The limits catch hangs, not slowness: each
+# is well above what its tests took on a loaded 2-core machine (the durations table at the end of a run).
 FIXTURE_TIMEOUTS = {"real_cifar10": 1800, "slurm_cluster": 1800, "slurm_two_nodes": 1800, "real_sweep": 1200}
 SLOW_TIMEOUT = 900  # s, tests marked slow (real data, several trainer processes)
 
