@@ -84,7 +84,7 @@ def prepare(
       --labels         CIFAR-100 label set: fine = 100 classes, coarse = 20 superclasses. Example: --labels coarse
       --force          rewrite even if the existing manifest shows the outputs are up to date. Example: --force
       --verify         re-read the written files and check counts, labels and pixels against the source (raw: exact; jpg: mean abs difference bound); with up-to-date outputs, checks them and their sha256. Example: --verify
-      --num_workers    processes for decoding source images and for FFCV's writer. Example: --num_workers 4
+      --num_workers    threads decoding source images, processes of FFCV's writer. Example: --num_workers 4
       --md5            expected md5 of the source archive; a mismatch is an error (downloads of the official archives are always checked). Example: --md5 c58f30108f718f92721af3b95e74349a
       --cache_dir      where downloads are cached (default: $CIFAR_DIST_CACHE or ~/.cache/cifar_dist). Example: --cache_dir /scratch/cache
       --progress       progress bars on stderr (default none: only when stderr is a terminal); --noprogress turns them off. Example: --noprogress

@@ -1,7 +1,12 @@
 """Reader of image-folder trees ``train/<class>/*`` + ``test/<class>/*``, as a folder or a tar archive.
 
-Images (any format PIL reads, 32x32) are decoded by a process pool while the tree is still being
-listed or the archive read. Class names are the sorted folder names of train/. The rows of each
+Images (any format PIL reads, 32x32) are decoded by a thread pool while the tree is still being
+listed or the archive read: threads, not forked processes, because the caller may already run threads
+(a test session, a training process) and a forked worker can inherit one of their locks held and wait on
+it forever. PIL's decoders and zlib release the GIL, so the threads still decode in parallel. Each chunk
+of images has a deadline (DECODE_DEADLINE), so a stuck decoder is an error, not a hang.
+
+Class names are the sorted folder names of train/. The rows of each
 split are the files in class-major order (classes sorted, files sorted by name) permuted by
 ``numpy.random.default_rng(ORDER_SEED).permutation(n)``: a class-sorted file would make every
 first-N subset one or two classes, while the official archives are already mixed. The manifest
@@ -14,6 +19,7 @@ import io
 import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from multiprocessing.pool import ThreadPool
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +31,8 @@ from .archives import iter_members, open_tar, read_member
 from .arrays import SIDE, SPLITS, SourceData, SplitArrays
 from .errors import DataPrepError
 
-DECODE_CHUNK = 500  # images per task sent to a decoding worker
+DECODE_CHUNK = 500  # images per task sent to a decoding thread
+DECODE_DEADLINE = 300.0  # s one chunk may take once the caller waits for it (~0.05 s idle: a huge margin)
 ORDER_SEED = 0  # seed of the permutation every image-folder split is written in
 FOLDER_ORDER = {"shuffled": True, "seed": ORDER_SEED}  # as recorded in the manifest
 
@@ -86,7 +93,7 @@ def _build_tree(
 def _decode_chunk(chunk: Sequence[tuple[str, str | bytes]]) -> tuple[np.ndarray, dict[int, Problem]]:
     """Decode images to (k, 32, 32, 3) uint8 RGB; describe each bad one instead of raising.
 
-    A payload is the file's bytes or its path. Runs in pool workers, hence no exceptions.
+    A payload is the file's bytes or its path. Runs in pool threads, hence no exceptions.
     """
     out = np.zeros((len(chunk), SIDE, SIDE, 3), dtype=np.uint8)
     problems: dict[int, Problem] = {}
@@ -117,17 +124,17 @@ def _decode_chunk(chunk: Sequence[tuple[str, str | bytes]]) -> tuple[np.ndarray,
 
 
 class _Decoder:
-    """Decode (key, payload) items in a process pool while the caller is still producing them.
+    """Decode (key, payload) items in a thread pool while the caller is still producing them.
 
     Use as a context manager; `add` items, then `finish` returns (key -> row, images, key -> problem).
-    With one worker, decoding happens inline.
+    With one worker, decoding happens inline. The pool's threads are daemons: one stuck past
+    DECODE_DEADLINE is left behind with the error and cannot keep the process from exiting.
     """
 
     def __init__(self, num_workers: int, progress: bool, total: int | None = None) -> None:
-        self.pool = None
+        self.pool: ThreadPool | None = None
         if num_workers > 1 and (total is None or total > DECODE_CHUNK):
-            methods = multiprocessing.get_all_start_methods()
-            self.pool = multiprocessing.get_context("fork" if "fork" in methods else None).Pool(num_workers)
+            self.pool = ThreadPool(num_workers)
         self.bar = tqdm(total=total, unit="img", desc="decode images", disable=not progress)
         self.buffer: list[tuple[str, str | bytes]] = []
         self.pending: list[tuple[list[str], Any]] = []
@@ -137,8 +144,7 @@ class _Decoder:
 
     def __exit__(self, *exc: object) -> None:
         if self.pool is not None:
-            self.pool.terminate()
-            self.pool.join()
+            self.pool.terminate()  # never joins a worker thread that is still busy
         self.bar.close()
 
     def add(self, key: str, payload: str | bytes) -> None:
@@ -157,13 +163,24 @@ class _Decoder:
             self.pending.append((keys, self.pool.apply_async(_decode_chunk, (self.buffer,))))
         self.buffer = []
 
+    @staticmethod
+    def _wait(keys: list[str], result: Any) -> tuple[np.ndarray, dict[int, Problem]]:
+        try:
+            return result.get(timeout=DECODE_DEADLINE)
+        except multiprocessing.TimeoutError:
+            raise DataPrepError(
+                keys[0],
+                f"{len(keys)} images from here on decoded within {DECODE_DEADLINE:g} s",
+                "their decoding thread still busy (a stuck image decoder)",
+            ) from None
+
     def finish(self) -> tuple[dict[str, int], np.ndarray, dict[str, Problem]]:
         self._flush()
         index: dict[str, int] = {}
         arrays: list[np.ndarray] = []
         problems: dict[str, Problem] = {}
         for keys, result in self.pending:
-            arr, probs = result if self.pool is None else result.get()
+            arr, probs = result if self.pool is None else self._wait(keys, result)
             if self.pool is not None:
                 self.bar.update(len(keys))
             for i, key in enumerate(keys):
@@ -245,7 +262,7 @@ def read_image_folder_tar(
     """Read a tar (optionally compressed) of an image-folder tree in one streaming pass.
 
     The tree may sit at the top of the archive or under exactly one top-level folder. Images are
-    decoded by a process pool while the archive is still being read; problems are reported after the
+    decoded by a thread pool while the archive is still being read; problems are reported after the
     tree's layout has been validated, for the first bad image in class-major order.
     """
     path = Path(path)

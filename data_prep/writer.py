@@ -54,7 +54,7 @@ class PrepOptions:
         labels: "fine" or "coarse" (CIFAR-100 only).
         force: rewrite even when the outputs are up to date.
         verify: re-read the written files and compare them with the source.
-        num_workers: processes for decoding source images and for FFCV's writer.
+        num_workers: threads decoding source images, processes of FFCV's writer.
         cache_dir: where downloads are cached (default `download.default_cache_dir()`).
         md5: expected md5 of a local archive or download (downloads of the official archives are
             always checked against the published md5).

@@ -1,6 +1,43 @@
+import os
+
 import pytest
 
 from tests.helpers import write_tiny_betons
+
+# With pytest-xdist (`pytest -n 2 --dist loadgroup`), the tests that share one expensive session fixture run
+# in one worker, so each worker does not build its own copy: one SLURM group for both local clusters, one
+# for the real-data conversion, one for the trained sweep of test_report and test_tensorboard. The first
+# fixture a test needs (directly or through another fixture) names its group.
+XDIST_GROUPS = {"slurm_cluster": "slurm", "slurm_two_nodes": "slurm", "real_cifar10": "real_cifar10",
+                "real_sweep": "real_sweep"}
+
+
+def pytest_configure(config):
+    # An xdist worker leads a process group of its own: the tests that look for processes left in their
+    # process group (test_bad_inputs) must not see the other worker's trainers.
+    if os.environ.get("PYTEST_XDIST_WORKER") and os.getpgrp() != os.getpid():
+        os.setpgid(0, 0)
+
+
+# pytest-timeout: pyproject's `timeout` (300 s) holds for every test; a longer limit is given here, by what the
+# test waits on, unless the test carries its own @pytest.mark.timeout. Whichever test first needs a session
+# fixture builds it inside its own limit, hence the fixtures' rows. The limits catch hangs, not slowness: each
+# is well above what its tests took on a loaded 2-core machine (the durations table at the end of a run).
+FIXTURE_TIMEOUTS = {"real_cifar10": 1800, "slurm_cluster": 1800, "slurm_two_nodes": 1800, "real_sweep": 1200}
+SLOW_TIMEOUT = 900  # s, tests marked slow (real data, several trainer processes)
+
+
+def pytest_collection_modifyitems(config, items):
+    timeouts = config.pluginmanager.hasplugin("timeout")
+    for item in items:
+        group = next((g for f, g in XDIST_GROUPS.items() if f in item.fixturenames), None)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+        if timeouts and item.get_closest_marker("timeout") is None:
+            limits = [t for f, t in FIXTURE_TIMEOUTS.items() if f in item.fixturenames]
+            limits += [SLOW_TIMEOUT] if item.get_closest_marker("slow") else []
+            if limits:
+                item.add_marker(pytest.mark.timeout(max(limits)))
 
 
 @pytest.fixture(scope="session")

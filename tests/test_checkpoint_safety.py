@@ -108,6 +108,7 @@ def test_a_crafted_pickle_in_any_checkpoint_file_never_runs(finished_run, tmp_pa
         ckpt.read(d / "checkpoints" / ".last.old", fake_parts())  # the fallback is untouched
 
 
+@pytest.mark.timeout(900)  # 241 s on a loaded 2-core machine
 def test_resume_falls_back_to_last_old_or_stops_with_one_line(tiny_data, finished_run, tmp_path):
     marker = tmp_path / "PWNED"
     # one bad file in `last`: the resume says so in one line and continues from .last.old
@@ -160,6 +161,7 @@ def test_compiled_and_ddp_wrapped_models_save_plain_keys():
 # ------------------------------------------------------------------------------------ one writer
 
 
+@pytest.mark.timeout(900)  # 234 s on a loaded 2-core machine
 def test_two_runs_with_one_name_the_second_exits_2_and_kill_9_frees_the_lock(tiny_data, tmp_path):
     cmd = train_cmd(tiny_data, tmp_path, "busy", "--run.epochs=200", "--run.global_batch_size=20")
     first = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -189,6 +191,7 @@ def test_two_runs_with_one_name_the_second_exits_2_and_kill_9_frees_the_lock(tin
 # ------------------------------------------------------------------------------------ resume checks
 
 
+@pytest.mark.timeout(900)  # 102 s on a loaded 2-core machine
 def test_resume_checks_the_config_and_never_keeps_a_stale_result(tiny_data, finished_run, tmp_path):
     d = copy_run(finished_run, tmp_path, "cfg")
     p = run(train_cmd(tiny_data, tmp_path, "cfg", "--run.epochs=1", *BASE, "--optim.lr=0.5", "--loss.label_smoothing=0.1",
@@ -321,6 +324,7 @@ def test_disk_full_in_checkpoint_metrics_and_result_keeps_what_was_there(small_d
         GradientState._reset_state()
 
 
+@pytest.mark.timeout(900)  # 62 s on a loaded 2-core machine
 def test_disk_full_during_a_run_exits_2_with_one_line_and_resumes(tiny_data, small_disk):
     cmd = train_cmd(tiny_data, small_disk, "full", "--run.epochs=40", "--run.global_batch_size=20",
                     "--run.checkpoint_every_steps=1", "--run.ema=true")

@@ -346,6 +346,7 @@ def test_node_local_run_directory_stops_every_rank_with_one_line_and_a_shared_on
     assert shared.stdout.count("done: ") == 1, shared.stdout[-2000:]
 
 
+@pytest.mark.timeout(900)  # 75 s on a loaded 2-core machine
 def test_cli_stops_where_gpus_show_but_cuda_is_unusable_and_falls_back_where_none_show(tiny_data, tmp_path):
     """The trainer's command line: CUDA_VISIBLE_DEVICES=0 without a usable GPU stops with one line, exit 2, before
     any file is written; on this machine as it is, bf16 from the launcher's environment trains in fp32 after one
