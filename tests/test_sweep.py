@@ -350,7 +350,7 @@ BAD_SPECS = [
      "zip.optm.lr: unknown section 'optm'; expected one of data, aug, model, optim, sched, loss, run"),
     ("wrong value type", BASE + "grid:\n  run.epochs: [3, three]\n", "grid.run.epochs: expected an integer, found 'three'"),
     ("value outside the choices", BASE + "grid:\n  optim.name: [sgd, lion]\n",
-     "grid.optim.name: expected one of sgd, adam, adamw, adamax, found 'lion'"),
+     "grid.optim.name: expected one of sgd, adam, adamw, adamax, muon, found 'lion'"),
     ("unknown preset", "name: bad\npreset: seed999\n", "preset: unknown preset 'seed999'; expected one of"),
     ("model option the model lacks", BASE + "grid:\n  model.c1: [20]\n",
      "candidate 0 (model.c1=20): model option 'c1' is not accepted by simple_cnn"),
