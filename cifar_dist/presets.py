@@ -297,8 +297,8 @@ def fast_muon() -> Config:
     - no lookahead EMA. Label smoothing 0.2, augmentation, whitening stem and TTA are `fast`'s.
     Measured on the shared JPEG mirror (1 process, fp32, CPU; bench/results/fast_muon-e2.json, git d3f98f9):
     83.28 +- 0.21 % at 2 epochs, 84.00 +- 0.45 % with TTA (seeds 0 and 1), where `fast` gets 80.00 +- 0.58 %
-    (81.03 +- 0.44 %) at 2 epochs; at 8 epochs, seed 0: 89.72 % (90.75 % with TTA; bench/results/fast_muon-e8.json,
-    git d26f942), where `fast` needs 10 epochs for 89.68 % (90.55 %).
+    (81.03 +- 0.44 %) at 2 epochs; at 8 epochs 89.68 +- 0.06 % (90.75 +- 0.00 % with TTA; seeds 0 and 1,
+    bench/results/fast_muon-e8*.json, git d26f942), where `fast` needs 10 epochs for 89.68 % (90.55 %).
     """
     return apply_overrides(fast(), {
         "optim.name": "muon", "optim.muon_lr": 0.24, "optim.muon_momentum": 0.6, "optim.muon_nesterov": True,
