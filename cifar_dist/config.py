@@ -166,6 +166,7 @@ class SchedConfig:
     onecycle_pct: float = 0.3  # onecycle: fraction of steps spent rising
     onecycle_div: float = 25.0  # onecycle: initial lr = peak / div
     onecycle_final_div: float = 1e4  # onecycle: final lr = initial / final_div
+    stop_decay: bool = False  # a group that stops at an epoch (whitening bias) falls linearly from the peak to 0 there
 
 
 @dataclass(frozen=True)

@@ -197,8 +197,10 @@ class Schedule:
 
     The schedulers drive one internal single-group optimizer at the peak lr; `set(step)` reads its lr
     and gives every real group that lr times the group's "lr_scale" (0 from its "stop_epoch" on, see
-    `param_groups`). cosine and step are timm's (`CosineLRScheduler`, `StepLRScheduler`, in updates via
-    `step_update` or, with `per_epoch`, in epochs via `step`): functions of the step. onecycle is torch's
+    `param_groups`; with `stop_decay` such a group's lr instead falls linearly from the peak to 0 at its
+    stop epoch, whatever the schedule). cosine and step are timm's (`CosineLRScheduler`,
+    `StepLRScheduler`, in updates via `step_update` or, with `per_epoch`, in epochs via `step`): functions
+    of the step. onecycle is torch's
     stateful `OneCycleLR`, advanced one `step()` per optimizer step; its state is in `state_dict()`, so
     register the schedule for checkpointing (`accelerator.register_for_checkpointing(schedule)`) and a
     resume continues it exactly. linear warms up from `warmup_start` x peak to the peak over
@@ -273,7 +275,10 @@ class Schedule:
         epoch = step // max(self.steps_per_epoch, 1)
         for g in self.optimizer.param_groups:
             stopped = "stop_epoch" in g and epoch >= g["stop_epoch"]
-            g["lr"] = 0.0 if stopped else lr * g.get("lr_scale", 1.0)
+            own = lr
+            if "stop_epoch" in g and self.cfg.stop_decay:  # its own line from the peak to 0 at its stop
+                own = self.peak_lr * max(0.0, 1.0 - step / max(g["stop_epoch"] * self.steps_per_epoch, 1))
+            g["lr"] = 0.0 if stopped else own * g.get("lr_scale", 1.0)
         return lr
 
     def lr_at(self, step: int) -> float:

@@ -307,7 +307,7 @@ def fast_muon() -> Config:
         "optim.decoupled": True, "optim.weight_decay": 0.0157, "optim.bias_lr_scale": 1.0,
         "optim.head_lr_scale": 1 / 64, "optim.ema_lookahead": 0,
         "sched.name": "linear", "sched.warmup_frac": 0.0, "sched.warmup_start": 1.0, "sched.min_lr_ratio": 0.0,
-        "run.name": "fast_muon", "run.epochs": 8, "run.global_batch_size": 2000,
+        "sched.stop_decay": True, "run.name": "fast_muon", "run.epochs": 8, "run.global_batch_size": 2000,
     })
 
 

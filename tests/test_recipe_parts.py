@@ -142,3 +142,25 @@ def test_decoupled_hyperparameters_bias_lr_scale_and_frozen_groups():
     assert whiten["lr"] == pytest.approx(peak) and bn_bias["lr"] == pytest.approx(64 * peak)
     sched.set(30)  # epoch 3: the whitening bias stops
     assert whiten["lr"] == 0.0 and bn_bias["lr"] == pytest.approx(64 * peak) and sched.lr == pytest.approx(peak)
+
+
+def test_stop_decay_gives_a_stopping_group_its_own_line_to_zero():
+    """`--sched.stop_decay` (fast_muon): the whitening bias falls from the peak to 0 at its stop epoch
+    while the other groups follow the schedule."""
+    from cifar_dist.config import OptimConfig, SchedConfig
+    from cifar_dist.optim import Schedule, build_optimizer
+
+    model = create_model("airbench", whiten=3)
+    opt = build_optimizer(model, OptimConfig(name="sgd", lr=2.0, momentum=0.9, bias_lr_scale=4.0), 2.0)
+    by_name = {id(p): n for n, p in model.named_parameters()}
+    groups = {tuple(sorted(by_name[id(p)] for p in g["params"]))[0]: g for g in opt.param_groups}
+    whiten, bn_bias = groups["stem.0.bias"], groups["blocks.0.bn1.bias"]
+    cfg = SchedConfig(name="linear", warmup_start=1.0, min_lr_ratio=0.0, stop_decay=True)
+    sched = Schedule(opt, cfg, 2.0, steps_per_epoch=10, epochs=8)  # 80 steps, the whitening bias stops at 30
+    for step, own, rest in [(0, 2.0, 2.0), (15, 1.0, 2.0 * (1 - 15 / 80)), (29, 2.0 / 30, 2.0 * (1 - 29 / 80)),
+                            (30, 0.0, 2.0 * (1 - 30 / 80)), (79, 0.0, 2.0 / 80)]:
+        assert sched.set(step) == pytest.approx(rest)
+        assert whiten["lr"] == pytest.approx(own) and bn_bias["lr"] == pytest.approx(4 * rest)
+    off = Schedule(opt, SchedConfig(name="linear", warmup_start=1.0, min_lr_ratio=0.0), 2.0, 10, 8)
+    off.set(15)
+    assert whiten["lr"] == pytest.approx(2.0 * (1 - 15 / 80))  # without it: the schedule, then 0 at epoch 3
