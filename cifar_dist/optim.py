@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import warnings
+import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -192,86 +193,100 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, lr: float) -> torc
     return opt
 
 
-class Schedule:
-    """Sets the optimizer's lr for each global optimizer step, through the schedulers' public APIs.
+@dataclass(frozen=True)
+class Span:
+    """Where a schedule runs, counted in its units: optimizer steps, or epochs with `per_epoch`."""
 
-    The schedulers drive one internal single-group optimizer at the peak lr; `set(step)` reads its lr
-    and gives every real group that lr times the group's "lr_scale" (0 from its "stop_epoch" on, see
-    `param_groups`; with `stop_decay` such a group's lr instead falls linearly from the peak to 0 at its
-    stop epoch, whatever the schedule). cosine and step are timm's (`CosineLRScheduler`,
-    `StepLRScheduler`, in updates via `step_update` or, with `per_epoch`, in epochs via `step`): functions
-    of the step. onecycle is torch's
-    stateful `OneCycleLR`, advanced one `step()` per optimizer step; its state is in `state_dict()`, so
-    register the schedule for checkpointing (`accelerator.register_for_checkpointing(schedule)`) and a
-    resume continues it exactly. linear warms up from `warmup_start` x peak to the peak over
-    `warmup_frac` of the run (or `warmup_epochs`), then falls linearly to `min_lr_ratio` x peak at the
-    last step (the airbench schedule: 0.23, 0.2, 0.07). constant is the peak lr.
-    """
+    unit: int  # units per epoch
+    total: int  # units of the run
+    warmup: int  # warm-up units, before the schedule proper
+
+    @staticmethod
+    def of(cfg: SchedConfig, steps_per_epoch: int, epochs: int) -> Span:
+        unit = 1 if cfg.per_epoch else steps_per_epoch
+        total = epochs * unit
+        return Span(unit, total, int(round(cfg.warmup_frac * total if cfg.warmup_frac else cfg.warmup_epochs * unit)))
+
+
+def _warmup(t: int, span: Span, cfg: SchedConfig) -> float:
+    return cfg.warmup_start + t * (1.0 - cfg.warmup_start) / span.warmup
+
+
+def cosine_factor(t: int, span: Span, cfg: SchedConfig) -> float:
+    """Warm-up, then half a cosine from the peak to `min_lr_ratio` over `period_epochs` (default: the rest of
+    the run), then the floor (timm's CosineLRScheduler with warmup_prefix and one cycle)."""
+    if t < span.warmup:
+        return _warmup(t, span, cfg)
+    period = int(round(cfg.period_epochs * span.unit)) if cfg.period_epochs else max(span.total - span.warmup, 1)
+    t -= span.warmup
+    if t >= period:
+        return cfg.min_lr_ratio
+    return cfg.min_lr_ratio + 0.5 * (1.0 - cfg.min_lr_ratio) * (1.0 + math.cos(math.pi * t / period))
+
+
+def step_factor(t: int, span: Span, cfg: SchedConfig) -> float:
+    """Warm-up, then x `step_gamma` every `step_epochs` (timm's StepLRScheduler with warmup_prefix)."""
+    if t < span.warmup:
+        return _warmup(t, span, cfg)
+    return cfg.step_gamma ** ((t - span.warmup) // (cfg.step_epochs * span.unit))
+
+
+def onecycle_factor(t: int, span: Span, cfg: SchedConfig) -> float:
+    """Half a cosine from 1 / `onecycle_div` up to the peak over `onecycle_pct` of the run, then half a cosine
+    down to that / `onecycle_final_div` at its last unit, held after it (torch's OneCycleLR without momentum
+    cycling; no warm-up)."""
+    total = max(span.total, 2)
+    t = min(t, total - 1)
+    start, low = 1.0 / cfg.onecycle_div, 1.0 / (cfg.onecycle_div * cfg.onecycle_final_div)
+    rise_end = cfg.onecycle_pct * total - 1  # the unit of the peak (fractional, as torch places it)
+    if t <= rise_end:
+        begin, end, frm, to = 0.0, rise_end, start, 1.0
+    else:
+        begin, end, frm, to = rise_end, total - 1, 1.0, low
+    pct = (t - begin) / (end - begin) if end > begin else 1.0  # a phase of no length is at its end
+    return to + (frm - to) / 2.0 * (math.cos(math.pi * pct) + 1.0)
+
+
+def linear_factor(t: int, span: Span, cfg: SchedConfig) -> float:
+    """From `warmup_start` up to the peak over the warm-up, then down to `min_lr_ratio` at the last unit (the
+    airbench schedule: 0.23, 0.2, 0.07)."""
+    return float(np.interp(t, [0.0, float(span.warmup), float(max(span.total, span.warmup + 1))],
+                           [cfg.warmup_start, 1.0, cfg.min_lr_ratio]))
+
+
+def constant_factor(t: int, span: Span, cfg: SchedConfig) -> float:
+    """The peak throughout."""
+    return 1.0
+
+
+SCHEDULES = {"cosine": cosine_factor, "step": step_factor, "onecycle": onecycle_factor, "linear": linear_factor,
+             "constant": constant_factor}  # name -> lr factor of the unit t
+
+
+def lr_factor(cfg: SchedConfig, steps_per_epoch: int, epochs: int, global_step: int) -> float:
+    """The lr of optimizer step `global_step` (0-based) as a fraction of the peak: a function of the step alone."""
+    t = global_step // steps_per_epoch if cfg.per_epoch else global_step
+    return SCHEDULES[cfg.name](t, Span.of(cfg, steps_per_epoch, epochs), cfg)
+
+
+class Schedule:
+    """Sets the optimizer's lr for each global optimizer step: the peak x `lr_factor(step)` x each group's
+    "lr_scale" (0 from its "stop_epoch" on, see `param_groups`; with `stop_decay` such a group's lr instead
+    falls linearly from the peak to 0 at its stop epoch, whatever the schedule). It holds no state: a resume
+    needs only the global step."""
 
     def __init__(self, optimizer, cfg: SchedConfig, peak_lr: float, steps_per_epoch: int, epochs: int):
-        from timm.scheduler import CosineLRScheduler, StepLRScheduler
-
         self.cfg, self.optimizer, self.peak_lr = cfg, optimizer, peak_lr
         self.steps_per_epoch, self.epochs = steps_per_epoch, epochs
-        self.driver = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=peak_lr)
-        self.driver.param_groups[0]["initial_lr"] = peak_lr  # the schedulers read their peak from it
-        unit = 1 if cfg.per_epoch else steps_per_epoch  # schedule units per epoch
-        total = epochs * unit
-        warmup = int(round(cfg.warmup_frac * total if cfg.warmup_frac else cfg.warmup_epochs * unit))
-        self.torch_sched = None
-        self.timm_sched = None
-        self.linear = None
-        if cfg.name == "cosine":
-            period = int(round(cfg.period_epochs * unit)) if cfg.period_epochs else max(total - warmup, 1)
-            self.timm_sched = CosineLRScheduler(
-                self.driver, t_initial=period, lr_min=peak_lr * cfg.min_lr_ratio, warmup_t=warmup,
-                warmup_lr_init=peak_lr * cfg.warmup_start, warmup_prefix=True, t_in_epochs=cfg.per_epoch,
-            )
-        elif cfg.name == "step":
-            self.timm_sched = StepLRScheduler(
-                self.driver, decay_t=cfg.step_epochs * unit, decay_rate=cfg.step_gamma, warmup_t=warmup,
-                warmup_lr_init=peak_lr * cfg.warmup_start, warmup_prefix=True, t_in_epochs=cfg.per_epoch,
-            )
-        elif cfg.name == "onecycle":
-            self.torch_sched = torch.optim.lr_scheduler.OneCycleLR(
-                self.driver, max_lr=peak_lr, total_steps=max(total, 2), pct_start=cfg.onecycle_pct,
-                div_factor=cfg.onecycle_div, final_div_factor=cfg.onecycle_final_div, cycle_momentum=False,
-            )
-        elif cfg.name == "linear":
-            self.linear = ([0.0, float(warmup), float(max(total, warmup + 1))],
-                           [cfg.warmup_start, 1.0, cfg.min_lr_ratio])
         self.set(0)
 
-    def _base_lr(self, step: int) -> float:
-        """The schedule's lr at optimizer step `step` before any group's scale; moves the scheduler."""
-        t = step // self.steps_per_epoch if self.cfg.per_epoch else step
-        if self.timm_sched is not None and self.cfg.per_epoch:
-            self.timm_sched.step(t)
-        elif self.timm_sched is not None:
-            self.timm_sched.step_update(t)
-        elif self.torch_sched is not None:
-            target = min(t, self.torch_sched.total_steps - 1)
-            if target < self.torch_sched.last_epoch:
-                raise ValueError(f"onecycle schedule is at step {self.torch_sched.last_epoch}, cannot go back "
-                                 f"to {step}")
-            with warnings.catch_warnings():  # replaying after a resume precedes this process's first step
-                warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler.step\(\)` before")
-                while self.torch_sched.last_epoch < target:
-                    self.torch_sched.step()
-            return float(self.torch_sched.get_last_lr()[0])  # restored with its state after a resume
-        elif self.linear is not None:
-            return self.peak_lr * float(np.interp(t, *self.linear))
-        else:
-            return self.peak_lr
-        return float(self.driver.param_groups[0]["lr"])
+    def lr_at(self, step: int) -> float:
+        """The schedule's lr at optimizer step `step`, before any group's scale."""
+        return self.peak_lr * lr_factor(self.cfg, self.steps_per_epoch, self.epochs, step)
 
     def set(self, step: int) -> float:
-        """Give the optimizer's groups the lr of optimizer step `step` (0-based); return the schedule's lr.
-
-        onecycle only moves forward: it is stepped up to `step` (clamped to its last step), so a resume
-        without its saved state replays the steps, which gives the same lr (OneCycleLR is closed form).
-        """
-        lr = self.lr = self._base_lr(step)  # `lr`: the schedule's latest value (what the logs show)
+        """Give the optimizer's groups the lr of optimizer step `step` (0-based); return the schedule's lr."""
+        lr = self.lr = self.lr_at(step)  # `lr`: the schedule's latest value (what the logs show)
         epoch = step // max(self.steps_per_epoch, 1)
         for g in self.optimizer.param_groups:
             stopped = "stop_epoch" in g and epoch >= g["stop_epoch"]
@@ -280,28 +295,3 @@ class Schedule:
                 own = self.peak_lr * max(0.0, 1.0 - step / max(g["stop_epoch"] * self.steps_per_epoch, 1))
             g["lr"] = 0.0 if stopped else own * g.get("lr_scale", 1.0)
         return lr
-
-    def lr_at(self, step: int) -> float:
-        """The lr at optimizer step `step`, read from a fresh copy of this schedule (this one is left alone)."""
-        dummy = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=self.peak_lr)
-        return Schedule(dummy, self.cfg, self.peak_lr, self.steps_per_epoch, self.epochs).set(step)
-
-    def state_dict(self) -> dict:
-        """The onecycle scheduler's state (the other schedules are functions of the step: nothing to save)."""
-        return {"onecycle": self.torch_sched.state_dict()} if self.torch_sched is not None else {}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restore `state_dict()`'s output; ValueError (before anything changes) for a state of other keys or
-        types, which torch's scheduler would take as it is and fail on later."""
-        if self.torch_sched is None:
-            return
-        mine = self.torch_sched.state_dict()
-        theirs = state.get("onecycle") if isinstance(state, dict) else None
-        # a key may be missing (another torch version): the fresh scheduler's value stays
-        if not isinstance(theirs, dict) or not theirs or set(theirs) - set(mine):
-            raise ValueError(f"expected the onecycle scheduler's state (keys {', '.join(sorted(mine))}), found "
-                             f"{sorted(theirs) if isinstance(theirs, dict) else type(theirs).__name__}")
-        bad = [k for k in theirs if mine[k] is not None and type(theirs[k]) is not type(mine[k])]
-        if bad:
-            raise ValueError(f"{bad[0]}: expected a {type(mine[bad[0]]).__name__}, found {theirs[bad[0]]!r:.40}")
-        self.torch_sched.load_state_dict(theirs)

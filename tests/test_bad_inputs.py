@@ -1420,30 +1420,6 @@ def test_a_signal_to_prepare_leaves_no_temporaries(sig, status, when, tmp_path):
     assert not session_processes(p.pid)
 
 
-@pytest.mark.parametrize("state, needle", [
-    ({"onecycle": {"bogus": 1}}, "expected the onecycle scheduler's state"),
-    ({}, "expected the onecycle scheduler's state"),
-    ("last_epoch", "last_epoch: expected a int, found 'x'"),
-], ids=["unknown-key", "empty", "wrong-type"])
-def test_a_scheduler_state_of_nonsense_is_refused_before_it_is_applied(state, needle):
-    """A crafted scheduler.pt: refused by Schedule.load_state_dict (the resume turns the ValueError into one
-    line naming the file) instead of failing steps later inside torch's scheduler."""
-    import torch
-
-    from cifar_dist.config import SchedConfig
-    from cifar_dist.optim import Schedule
-
-    opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
-    sched = Schedule(opt, SchedConfig(name="onecycle"), 0.1, 10, 3)
-    good = sched.state_dict()
-    if state == "last_epoch":
-        state = {"onecycle": {**good["onecycle"], "last_epoch": "x"}}
-    with pytest.raises(ValueError, match=needle):
-        sched.load_state_dict(state)
-    assert sched.state_dict() == good  # nothing applied
-    sched.load_state_dict(good)
-
-
 def test_make_run_twice_keeps_one_run(tiny_run, tiny_data, tmp_path, capsys, monkeypatch):
     """`make run` passes --resume=auto: a second run of a finished run succeeds and no file holds two runs'
     rows (metrics.jsonl keeps its one epoch)."""

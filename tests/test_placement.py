@@ -31,20 +31,8 @@ QUICK = {"data.limit_train": 96, "data.limit_test": 40, "data.val_size": 0, "run
          "data.loader": "tensor"}
 
 
-def tensors_in(obj, seen=None):
-    """Every tensor reachable from a state dict, list, dict or tuple."""
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            yield from tensors_in(v)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            yield from tensors_in(v)
-
-
 def held(parts, normalize, loaders, sums) -> dict[str, torch.Tensor]:
-    """name -> every tensor the training parts hold (model, optimizer state, EMA, lookahead, schedule, transform,
+    """name -> every tensor the training parts hold (model, optimizer state, EMA, lookahead, transform,
     mixer, loss, loaders, epoch sums)."""
     out: dict[str, torch.Tensor] = {}
     model = parts.accelerator.unwrap_model(parts.model, keep_torch_compile=False)
@@ -67,8 +55,6 @@ def held(parts, normalize, loaders, sums) -> dict[str, torch.Tensor]:
         out.update({f"ema.{k}": v for k, v in parts.ema.module.state_dict().items()})
     if parts.lookahead is not None:
         out.update({f"lookahead.{k}": v for k, v in parts.lookahead.slow.items()})
-    for i, t in enumerate(tensors_in(parts.schedule.state_dict())):
-        out[f"schedule.{i}"] = t
     for owner, module in (("transform", parts.transform), ("normalize", normalize), ("criterion", parts.criterion)):
         out.update({f"{owner}.{k}": v for k, v in module.state_dict().items()})
     mix = parts.mixer.mixup

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cifar_dist.config import SchedConfig
-from cifar_dist.optim import Schedule
+from cifar_dist.optim import Schedule, lr_factor
 
 
 def _driver(peak: float) -> torch.optim.Optimizer:
@@ -94,5 +94,17 @@ def test_a_schedule_is_a_function_of_the_step_alone():
     cfg, peak, steps_per_epoch, epochs = CASES["onecycle"]
     forward = Schedule(_driver(peak), cfg, peak, steps_per_epoch, epochs)
     lrs = [forward.set(s) for s in range(steps_per_epoch * epochs)]
+    back_and_forth = Schedule(_driver(peak), cfg, peak, steps_per_epoch, epochs)
     for s in (40, 3, 54, 0, 17):
         assert Schedule(_driver(peak), cfg, peak, steps_per_epoch, epochs).set(s) == lrs[s]
+        assert back_and_forth.set(s) == lrs[s] == peak * lr_factor(cfg, steps_per_epoch, epochs, s)
+
+
+def test_a_rise_of_no_length_starts_at_the_peak():
+    """onecycle_pct x steps = 1 puts the peak at step 0: torch's OneCycleLR divides 0 by 0 there; here the
+    rise is over at once and the fall runs its full length."""
+    cfg = SchedConfig(name="onecycle", onecycle_pct=0.1)
+    with pytest.raises(ZeroDivisionError):
+        torch.optim.lr_scheduler.OneCycleLR(_driver(1.0), max_lr=1.0, total_steps=10, pct_start=0.1)
+    assert lr_factor(cfg, 10, 1, 0) == 1.0
+    assert lr_factor(cfg, 10, 1, 9) == pytest.approx(1 / (25 * 1e4))

@@ -46,7 +46,7 @@ def untimed(rows: list[dict]) -> list[dict]:
 
 
 # Exercises every piece of state a resume must restore: weights, Adam moments, EMA, the numpy RNG
-# behind timm's Mixup, the torch RNG, the onecycle scheduler, the position in the epoch and the epoch's
+# behind timm's Mixup, the torch RNG, the onecycle lr (from the step alone), the position in the epoch and the epoch's
 # running sums. Every step is logged, so the TensorBoard series must survive the resume point by point.
 RESUME_ARGS = ["--run.epochs=3", "--run.global_batch_size=20", "--run.checkpoint_every_steps=1", "--run.ema=true",
                "--loss.mixup_prob=0.5", "--loss.mixup_alpha=0.4", "--model.dropout=0.1", "--sched.name=onecycle",

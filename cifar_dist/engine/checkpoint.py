@@ -3,9 +3,10 @@
 `checkpoints/last/` holds everything a resume needs, each part in a format that is data only:
     model.safetensors    weights of the unwrapped model (no DDP `module.`, no compile `_orig_mod.` prefix),
                          so a run resumes with another number of processes or with --model.compile toggled
-    optimizer.pt, scheduler.pt, ema.pt, lookahead.pt, scaler.pt, registered_<i>.pt
+    optimizer.pt, ema.pt, lookahead.pt, scaler.pt
                          state dicts (torch.save; read back with torch.load(weights_only=True), which
-                         refuses any pickled object other than tensors and plain containers)
+                         refuses any pickled object other than tensors and plain containers); the files
+                         are read by name, so another file (the scheduler.pt of older checkpoints) is ignored
     rng_<rank>.pt        RNG states of process <rank>: torch (and CUDA) as uint8 tensors, numpy's key as a
                          tensor, python's as plain lists of ints
     train_state.json     TrainState: epoch, position in it, running sums, best accuracy, early-stop history
@@ -110,16 +111,11 @@ def plain_model(accelerator, model: torch.nn.Module) -> torch.nn.Module:
 
 
 def stateful_parts(parts) -> dict[str, Any]:
-    """Everything with a state dict besides the model, by file stem: optimizer, scheduler, EMA, the fp16
-    scaler and any other object registered with `accelerator.register_for_checkpointing`."""
-    acc = parts.accelerator
-    named = {"optimizer": parts.optimizer, "scheduler": parts.schedule, "ema": parts.ema,
-             "lookahead": getattr(parts, "lookahead", None), "scaler": getattr(acc, "scaler", None)}
-    out = {k: v for k, v in named.items() if v is not None}
-    known = {id(v) for v in out.values()}
-    extra = [o for o in getattr(acc, "_custom_objects", []) if id(o) not in known]
-    out.update({f"registered_{i}": o for i, o in enumerate(extra)})
-    return out
+    """Everything with a state dict besides the model, by file stem: optimizer, EMA, lookahead, the fp16
+    scaler. The schedule is a function of the global step (in train_state.json): nothing to save."""
+    named = {"optimizer": parts.optimizer, "ema": parts.ema, "lookahead": getattr(parts, "lookahead", None),
+             "scaler": getattr(parts.accelerator, "scaler", None)}
+    return {k: v for k, v in named.items() if v is not None}
 
 
 def rng_state() -> dict[str, Any]:

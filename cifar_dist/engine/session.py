@@ -218,11 +218,6 @@ def build_parts(cfg: Config, accelerator, model: torch.nn.Module, steps_per_epoc
     if cfg.model.compile:
         model = devices.compile_model(model)  # after DDP; evaluation runs devices.eval_model (uncompiled)
     schedule.optimizer = optimizer
-    if ema is not None:
-        accelerator.register_for_checkpointing(ema)
-    accelerator.register_for_checkpointing(schedule)  # onecycle's scheduler state (the others save {})
-    if lookahead is not None:
-        accelerator.register_for_checkpointing(lookahead)
     d = cfg.data
     normalize = Normalize(d.mean, d.std, d.resolution, cfg.model.channels_last).to(accelerator.device)
     transform = TrainTransform(cfg.aug, normalize)
