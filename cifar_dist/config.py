@@ -511,12 +511,6 @@ def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
-def model_options(m: ModelConfig) -> dict[str, Any]:
-    """The model options that are set, as keyword arguments for `create_model` (checked values come from
-    `cifar_dist.models.check_options`)."""
-    return dict(m.options)
-
-
 __all__ = [
     "Config",
     "ConfigError",
@@ -533,5 +527,4 @@ __all__ = [
     "to_dict",
     "flatten",
     "dump_yaml",
-    "model_options",
 ]

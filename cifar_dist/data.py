@@ -282,16 +282,6 @@ def crop_flip(x: torch.Tensor, padding: int, flip: bool | torch.Tensor, g: torch
     return torch.gather(src, 2, index.reshape(b, 1, h * w).expand(b, c, h * w)).view(b, c, h, w)
 
 
-def random_crop(x: torch.Tensor, padding: int, g: torch.Generator) -> torch.Tensor:
-    """Zero-pad (B, C, H, W) by `padding` and take one random HxW crop per image."""
-    return x if padding <= 0 else crop_flip(x, padding, False, g)
-
-
-def random_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Flip each image left-right with probability 0.5."""
-    return crop_flip(x, 0, True, g)
-
-
 def cutout(x: torch.Tensor, size: int, prob: float, fill: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """Fill one size x size square per image with `fill` (C,), centred anywhere, clipped at borders."""
     if size <= 0 or prob <= 0:

@@ -50,7 +50,3 @@ class SourceData:
         """The split called `name` ("train" or "test")."""
         return {"train": self.train, "test": self.test}[name]
 
-
-def class_counts(split: SplitArrays, num_classes: int) -> list[int]:
-    """Number of images per label index."""
-    return np.bincount(split.labels, minlength=num_classes).astype(int).tolist()

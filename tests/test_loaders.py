@@ -14,9 +14,8 @@ from cifar_dist.data import (
     Split,
     TensorLoader,
     beton_paths,
+    crop_flip,
     cutout,
-    random_crop,
-    random_flip,
     read_images,
     train_val_split,
 )
@@ -138,15 +137,14 @@ def test_train_val_split_is_seeded_and_disjoint():
 def test_crop_flip_cutout_ops():
     g = torch.Generator().manual_seed(0)
     x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
-    same = random_crop(x, 0, g)
-    assert same is x
-    c = random_crop(x, 2, g)
+    assert torch.equal(crop_flip(x, 0, False, g), x)  # no padding, no flip: the images as they are
+    c = crop_flip(x, 2, False, g)
     assert c.shape == x.shape
     # every crop is a shifted window of the zero-padded image
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
     for i in range(2):
         assert any(torch.equal(c[i], padded[i, :, oy:oy + 8, ox:ox + 8]) for oy in range(5) for ox in range(5))
-    f = random_flip(x, torch.Generator().manual_seed(1))
+    f = crop_flip(x, 0, True, torch.Generator().manual_seed(1))
     for i in range(2):
         assert torch.equal(f[i], x[i]) or torch.equal(f[i], x[i].flip(2))
     img = torch.full((64, 3, 32, 32), 200, dtype=torch.uint8)

@@ -22,7 +22,7 @@ from cifar_dist.models import (
     options_help,
     register_model,
 )
-from cifar_dist.models.info import format_table, model_table, print_models, receptive_field
+from cifar_dist.models.info import format_table, measure, model_table, print_models
 
 # Trainable parameters at num_classes=10 with default options. A new registry entry must add a line here.
 PINNED_PARAMS = {
@@ -352,9 +352,9 @@ def test_receptive_field_takes_max_over_residual_branches():
     # only 7+2=9 at stage 2), so the RF must stay 49 rather than grow.
     for k in (1, 3):
         model = create_model("resnet18_cifar", blocks=(1, 1, 1, 1), width=8, shortcut_kernel=k)
-        assert receptive_field(model, 32) == 49
+        assert measure(model, 32)[1] == 49
     model = create_model("timm:resnet18")  # ImageNet ResNet-18: the well-known 435
-    assert receptive_field(model, 64) == 435
+    assert measure(model, 64)[1] == 435
     assert model.training  # the probe restores the module's mode
 
 

@@ -70,7 +70,6 @@ def test_every_seed_has_a_preset_and_reported_figure():
 
 @pytest.mark.parametrize("preset", sorted(EXPECTED))
 def test_seed_preset_carries_the_seed_recipe(preset):
-    from cifar_dist.config import model_options
     from cifar_dist.models import count_params, create_model
 
     cfg = resolve(preset)
@@ -79,7 +78,7 @@ def test_seed_preset_carries_the_seed_recipe(preset):
         if key != "params":
             assert get(cfg, key) == pytest.approx(value), key
     assert cfg.data.mean == KUANGLIU_MEAN and cfg.data.std == KUANGLIU_STD
-    assert count_params(create_model(cfg.model.name, **model_options(cfg.model))) == exp["params"]
+    assert count_params(create_model(cfg.model.name, **cfg.model.options)) == exp["params"]
     doc = PRESETS[preset].__doc__
     assert "Fixes of the seed's bugs" in doc and f"{REPORTED[preset]:.2f} %" in doc
 

@@ -152,16 +152,6 @@ def measure(model: torch.nn.Module, input_size: int) -> tuple[int, int]:
     return counter.get_total_flops() // 2, max(rf_mode.max_rf)
 
 
-def receptive_field(model: torch.nn.Module, input_size: int) -> int:
-    """Theoretical receptive field in pixels at a square ``input_size`` input (see ``measure``)."""
-    return measure(model, input_size)[1]
-
-
-def count_macs(model: torch.nn.Module, input_size: int) -> int:
-    """Multiply-accumulates of one image at a square ``input_size`` input (see ``measure``)."""
-    return measure(model, input_size)[0]
-
-
 def model_table(names: Iterable[str] | None = None) -> list[dict[str, Any]]:
     """One row per model (default: every registered model, sorted).
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cifar_dist.config import ConfigError, flatten, model_options, to_dict
+from cifar_dist.config import ConfigError, flatten, to_dict
 from cifar_dist.files import atomic_write_text, read_json_or_none
 from cifar_dist.presets import resolve
 from cifar_dist.sweep.search import corners, objective_problem
@@ -143,7 +143,7 @@ def _resolve_cell(spec: Spec, n: int, over: dict[str, Any]):
 
 def _params(spec: Spec, n: int, cfg, over: dict[str, Any]) -> int:
     try:
-        return count_model_params(cfg.model.name, model_options(cfg.model))
+        return count_model_params(cfg.model.name, dict(cfg.model.options))
     except ValueError as e:  # an option the model does not take, an unknown model
         raise SpecError(f"{spec.path}: candidate {n} ({describe(over)}): {e}") from e
 
