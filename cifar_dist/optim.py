@@ -31,8 +31,13 @@ def scaled_lr(cfg: OptimConfig, global_batch_size: int) -> float:
     return cfg.lr * (global_batch_size / cfg.ref_batch_size) ** power
 
 
+_NORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm,
+          torch.nn.InstanceNorm1d, torch.nn.InstanceNorm2d, torch.nn.InstanceNorm3d, torch.nn.GroupNorm,
+          torch.nn.LayerNorm)
+
+
 def _is_norm(module: torch.nn.Module) -> bool:
-    return isinstance(module, (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm))
+    return isinstance(module, _NORMS)
 
 
 def _head_params(model: torch.nn.Module) -> set[int]:

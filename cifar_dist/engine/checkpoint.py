@@ -106,8 +106,10 @@ def train_state(data: Any, loader_steps: int | None) -> TrainState:
 
 def plain_model(accelerator, model: torch.nn.Module) -> torch.nn.Module:
     """The model without DDP and torch.compile wrappers (its state dict keys have no prefixes)."""
+    from accelerate.utils import extract_model_from_parallel
+
     m = accelerator.unwrap_model(model, keep_torch_compile=False)
-    return getattr(m, "_orig_mod", m)
+    return extract_model_from_parallel(m, keep_torch_compile=False)  # a model compiled before DDP wrapped it
 
 
 def stateful_parts(parts) -> dict[str, Any]:
@@ -213,8 +215,11 @@ def _write_files(parts, tmp: Path, state: TrainState, keep: str) -> None:
 def save_best(model: torch.nn.Module, ema, ckpt_dir: Path, epoch: int, val_acc: float) -> None:
     """Weights of the best validation epoch (and its EMA), written atomically to best/model.pt (keys without
     the compile prefix, like `last`)."""
+    from accelerate.utils import extract_model_from_parallel
+
     best = ckpt_dir / BEST
-    payload = {"model": getattr(model, "_orig_mod", model).state_dict(), "epoch": epoch, "val_acc": val_acc}
+    payload = {"model": extract_model_from_parallel(model, keep_torch_compile=False).state_dict(), "epoch": epoch,
+               "val_acc": val_acc}
     if ema is not None:
         payload["ema"] = ema.module.state_dict()
     with disk_errors(best / "model.pt", f"the previous {best / 'model.pt'} is intact"):

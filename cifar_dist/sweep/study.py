@@ -110,14 +110,22 @@ def make_pruner(search: Search):
 
 
 def open_study(sweep: Sweep):
-    """Create or load the sweep's study (named after the sweep)."""
+    """Create or load the sweep's study (named after the sweep); returns (study, the storage it is kept in):
+    the storage's public API addresses a trial by id (`trial_id`), which the study keeps to itself."""
     import optuna
 
     search = sweep.spec.search
     assert search is not None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.create_study(storage=storage(sweep), study_name=sweep.spec.name, direction=search.direction,
-                               sampler=make_sampler(search), pruner=make_pruner(search), load_if_exists=True)
+    store = storage(sweep)
+    study = optuna.create_study(storage=store, study_name=sweep.spec.name, direction=search.direction,
+                                sampler=make_sampler(search), pruner=make_pruner(search), load_if_exists=True)
+    return study, store
+
+
+def trial_id(study, store, number: int) -> int:
+    """The storage's id of trial `number` of `study` (what `optuna.trial.Trial(study, id)` takes)."""
+    return store.get_trial_id_from_study_id_trial_number(store.get_study_id_from_name(study.study_name), number)
 
 
 def load_trials(sweep_dir: Path, name: str) -> list[Any] | None:
@@ -203,7 +211,7 @@ def _counted(trials: list[Any]) -> int:
     return sum("rejected" not in t.user_attrs for t in trials)
 
 
-def _new_trial(study, sweep: Sweep, me: str, check_budget) -> Claim | None:
+def _new_trial(study, store, sweep: Sweep, me: str, check_budget) -> Claim | None:
     """study.ask() with the trial's own sampler; None when the budget rejected the draw (told FAIL)."""
     import optuna
 
@@ -221,15 +229,17 @@ def _new_trial(study, sweep: Sweep, me: str, check_budget) -> Claim | None:
     trial.set_user_attr("bracket", bracket_of(search, sweep.spec.name, trial.number))
     run_dir = sweep.dir / trial_name(trial.number, sweep.spec.seeds[0])
     run_dir.mkdir(parents=True, exist_ok=True)
-    record = _lease({"trial": trial.number, "trial_id": trial._trial_id, "overrides": over,
+    tid = trial_id(study, store, trial.number)
+    record = _lease({"trial": trial.number, "trial_id": tid, "overrides": over,
                      "bracket": bracket_of(search, sweep.spec.name, trial.number)}, me, "new")
     write_record(run_dir, record)
-    return Claim(trial.number, trial._trial_id, run_dir, over, record["token"], "new")
+    return Claim(trial.number, tid, run_dir, over, record["token"], "new")
 
 
-def claim(study, sweep: Sweep, me: str, queue, check_budget) -> Claim | str:
+def claim(study, store, sweep: Sweep, me: str, queue, check_budget) -> Claim | str:
     """Under the claims lock: a Claim, or "wait" (other live workers hold the open trials) or "done".
-    `queue`: as for `lease_is_stale`; `check_budget(overrides)`: why a draw is outside the spec's budget."""
+    `study, store`: from `open_study`; `queue`: as for `lease_is_stale`; `check_budget(overrides)`: why a
+    draw is outside the spec's budget."""
     import optuna
 
     search = sweep.spec.search
@@ -244,7 +254,7 @@ def claim(study, sweep: Sweep, me: str, queue, check_budget) -> Claim | str:
         record = read_record(run_dir)
         if not record:  # its worker died between ask and the record (both happen under this lock): no run
             reason = "its worker died before the trial started"
-            study._storage.set_trial_user_attr(t._trial_id, "rejected", reason)
+            store.set_trial_user_attr(trial_id(study, store, t.number), "rejected", reason)
             study.tell(t.number, state=optuna.trial.TrialState.FAIL)
             continue
         mine = record.get("worker") == me
@@ -259,11 +269,12 @@ def claim(study, sweep: Sweep, me: str, queue, check_budget) -> Claim | str:
             study.tell(t.number, state=optuna.trial.TrialState.FAIL)
             continue
         write_record(run_dir, new)
-        return Claim(t.number, t._trial_id, run_dir, record.get("overrides") or {}, new["token"], how)
+        return Claim(t.number, trial_id(study, store, t.number), run_dir, record.get("overrides") or {},
+                     new["token"], how)
     for _ in range(100):
         if _counted(study.get_trials(deepcopy=False)) >= search.trials:
             break
-        got = _new_trial(study, sweep, me, check_budget)
+        got = _new_trial(study, store, sweep, me, check_budget)
         if got is not None:
             return got
     return "wait" if live else "done"

@@ -104,6 +104,7 @@ class Worker:
                     "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
         self.env.pop(LAUNCH_ENV, None)
         self.check_budget = budget_check(sweep)
+        self.store = None  # the study's storage, once `run` opened the study
 
     def say(self, text: str) -> None:
         print(f"worker {self.me}: {text}", flush=True)
@@ -119,7 +120,7 @@ class Worker:
         """Report every logged epoch the trial has not seen yet; return the metrics rows."""
         path = c.dir / "metrics.jsonl"
         rows = read_jsonl(path) if path.is_file() else []
-        seen = trial.study._storage.get_trial(c.trial_id).intermediate_values
+        seen = self.store.get_trial(c.trial_id).intermediate_values
         for row in rows:
             value = row.get(self.search.objective)
             if row["epoch"] not in seen and isinstance(value, (int, float)):
@@ -209,14 +210,14 @@ class Worker:
             time.sleep(POLL_S)
 
     def run(self) -> int:
-        study = open_study(self.sweep)
+        study, self.store = open_study(self.sweep)
         if self.sweep.spec.constraints:  # import and build once outside the claims lock (it breaks after 30 s)
             self.check_budget({})
         failures = 0
         while not self.stop:
             with claims_lock(self.sweep):
                 queue = functools.cache(lambda: squeue_tasks(self.sweep.spec.name))  # once per claim, if needed
-                got = claim(study, self.sweep, self.me, queue, self.check_budget)
+                got = claim(study, self.store, self.sweep, self.me, queue, self.check_budget)
             if got == "done":
                 self.say("no trial left")
                 return EXIT_OK
