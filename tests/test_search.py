@@ -20,7 +20,7 @@ from cifar_dist import sweep
 from cifar_dist.cli.sweep import main as sweep_main
 from cifar_dist.sweep.search import trial_epochs
 from cifar_dist.sweep.spec import load_spec
-from cifar_dist.sweep.study import lease_is_stale
+from cifar_dist.sweep.study import claim, claims_lock, lease_is_stale, open_study
 from tests.helpers import REPO
 from tests.slurm_cluster import slurm_cluster  # noqa: F401  (session fixture)
 
@@ -231,6 +231,26 @@ def test_a_preempted_slurm_lease_waits_for_its_task():
     running = {"lease": "running", "worker": "local-1", "host": "elsewhere", "pid": 1, "heartbeat": time.time()}
     assert not lease_is_stale(running, search, None)
     assert lease_is_stale({**running, "heartbeat": time.time() - 4 * search.heartbeat}, search, None)
+
+
+def test_a_trial_asked_but_never_started_is_failed_and_the_next_one_claimed(tmp_path):
+    """A worker that died between study.ask() and writing trial.json leaves a RUNNING trial without a run: the
+    next claim marks it failed with the reason (through the storage's public API, by the trial's id there)
+    and asks a new trial, whose lease names the same id the study gives it."""
+    import optuna
+
+    sw = sweep.load_sweep(search_spec(tmp_path, trials=2), count=False)
+    study, store = open_study(sw)
+    orphan = study.ask()
+    with claims_lock(sw):
+        got = claim(study, store, sw, "local-0", None, lambda over: "")
+    trials = study.get_trials(deepcopy=False)
+    assert trials[0].state == optuna.trial.TrialState.FAIL
+    assert trials[0].user_attrs["rejected"] == "its worker died before the trial started"
+    assert got.number == 1 == trials[1].number and orphan.number == 0 and got.how == "new"
+    assert store.get_trial(got.trial_id).number == 1 and sweep.read_record(got.dir)["trial_id"] == got.trial_id
+    optuna.trial.Trial(study, got.trial_id).report(0.5, 1)  # the worker's reports reach trial 1
+    assert study.get_trials(deepcopy=False)[1].intermediate_values == {1: 0.5}
 
 
 def load_spec_like():
