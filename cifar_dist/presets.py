@@ -28,9 +28,9 @@ from cifar_dist.config import (
     SchedConfig,
     apply_overrides,
     load_yaml,
-    validate,
 )
 from cifar_dist.errors import did_you_mean
+from cifar_dist.rules import validate
 
 PRESETS: dict[str, Callable[[], Config]] = {}
 

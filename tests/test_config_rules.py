@@ -1,12 +1,13 @@
-"""The table of value rules (`cifar_dist.config.RULES`), row by row: each row refuses the values no run can
+"""The table of value rules (`cifar_dist.rules.RULES`), row by row: each row refuses the values no run can
 use with one line naming the key, and accepts the values at its edges; every preset passes the table."""
 
 from __future__ import annotations
 
 import pytest
 
-from cifar_dist.config import RULES, Config, ConfigError, validate
+from cifar_dist.config import Config, ConfigError
 from cifar_dist.presets import PRESETS, resolve
+from cifar_dist.rules import RULES, validate
 
 # key -> (values the row refuses, values at its edges it accepts)
 ROWS: dict[str, tuple[list, list]] = {

@@ -5,16 +5,17 @@
 
 Modules: `session` (accelerator, model, loaders, resume, run directory, banner), `loop` (`train`,
 `train_one_epoch`), `monitor` (between-step checks, checkpoints, stop signals), `evaluate` (split,
-epoch-end and final evaluations), `checkpoint` (atomic checkpoints, TrainState), `logs` (RunLogger).
+epoch-end and final evaluations), `checkpoint` (atomic checkpoints), `train_state` (TrainState: where a run
+stands), `logs` (RunLogger).
 The engine never imports the command line (`cifar_dist.cli`); it raises `InputError` subclasses.
 """
 
-from cifar_dist.engine.checkpoint import TrainState
 from cifar_dist.engine.evaluate import evaluate, should_stop_early
 from cifar_dist.engine.logs import RunLogger
 from cifar_dist.engine.loop import train, train_one_epoch
 from cifar_dist.engine.monitor import StopRun
 from cifar_dist.engine.session import Session, StepParts, open_session
+from cifar_dist.engine.train_state import TrainState
 
 __all__ = [
     "RunLogger",

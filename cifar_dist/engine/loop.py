@@ -17,11 +17,11 @@ import torch
 
 from cifar_dist.config import Config
 from cifar_dist.engine import devices
-from cifar_dist.engine.checkpoint import TrainState
 from cifar_dist.engine.devices import eval_model
 from cifar_dist.engine.evaluate import evaluate_epoch, finish, summary_line
 from cifar_dist.engine.monitor import Monitor, SignalFlag, StopRun
 from cifar_dist.engine.session import Session, StepParts, open_session
+from cifar_dist.engine.train_state import TrainState
 from cifar_dist.errors import EXIT_NONFINITE, EXIT_OK
 
 
