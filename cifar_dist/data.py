@@ -10,9 +10,8 @@ of shape (B, 3, 32, 32) on the target device (already cropped/flipped/cut out fo
   CIFAR-sized data, and the fallback where FFCV's loader cannot run.
 - `FFCVLoader` wraps `ffcv.loader.Loader` (decoding in FFCV's compiled pipeline, batches moved to
   the device by its `ToDevice`).
-Both augment training batches on the device with one piece of code, `DeviceAugment` (crop with zero or
-reflect padding, random or alternating flip, cutout), deterministic per (seed, epoch, step, rank), so
-the two loaders are the same recipe and a resumed epoch gets the same crops.
+Both augment training batches on the device with `cifar_dist.augment.DeviceAugment` (crop, flip, cutout,
+drawn per (seed, epoch, step, rank)): the two loaders are one recipe, and a resumed epoch gets the same crops.
 
 Sharding: with `world_size` processes each rank sees a disjoint shard; training drops the
 ragged tail so every rank takes the same number of steps (`drop_last`).
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cifar_dist.augment import Augment, DeviceAugment
 from cifar_dist.errors import InputError
 
 
@@ -60,19 +60,6 @@ class Order:
     @property
     def drops_last(self) -> bool:
         return self.train if self.drop_last is None else self.drop_last
-
-
-@dataclass(frozen=True)
-class Augment:
-    """What a training loader does to each uint8 batch: random crop, flip, cutout."""
-
-    crop_padding: int = 0  # shift up to this many pixels (0 = no crop)
-    crop_pad: str = "zeros"  # zeros | reflect
-    flip: bool = False  # left-right flip
-    flip_mode: str = "random"  # random (p = 0.5 per image and epoch) | alternating (see DeviceAugment)
-    cutout_size: int = 0  # side of one square filled with cutout_fill (0 = off)
-    cutout_prob: float = 1.0
-    cutout_fill: tuple[int, ...] = (0, 0, 0)
 
 
 def beton_paths(data_dir: str | Path, name: str) -> tuple[Path, Path]:
@@ -235,109 +222,6 @@ def compute_threads() -> int:
         return int(env)
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
     return max(1, usable_cpus() // local)
-
-
-def batch_generator(seed: int, epoch: int, step: int, rank: int, device: torch.device) -> torch.Generator:
-    """A generator seeded by (seed, epoch, step, rank): augmentation draws do not depend on history."""
-    mixed = (seed * 1_000_003 + epoch * 10_007 + step * 101 + rank) % (2**63 - 1)
-    g = torch.Generator(device=device)
-    g.manual_seed(mixed)
-    return g
-
-
-def _reflect(i: torch.Tensor, n: int) -> torch.Tensor:
-    """Mirror indices that fall outside [0, n) back inside (edge pixel not repeated)."""
-    i = i.abs()
-    return torch.where(i >= n, 2 * (n - 1) - i, i)
-
-
-def crop_flip(x: torch.Tensor, padding: int, flip: bool | torch.Tensor, g: torch.Generator,
-              pad_mode: str = "zeros") -> torch.Tensor:
-    """Per image: a random crop of the padded image (shift up to `padding` px) and a left-right flip.
-    x: (B, C, H, W), any dtype; returns the same shape.
-
-    `flip`: True = each image flipped with probability 0.5, a (B,) bool tensor = exactly those images.
-    `pad_mode`: "zeros" pads with 0, "reflect" mirrors the image at its border.
-    Both are one `gather` on the flattened images: each output pixel reads the input pixel its
-    (shift, flip) maps it to. One pass over the batch, no per-image Python, no host sync.
-    """
-    b, c, h, w = x.shape
-    p = max(padding, 0)
-    dev = x.device
-    oy = torch.randint(0, 2 * p + 1, (b,), device=dev, generator=g) - p
-    ox = torch.randint(0, 2 * p + 1, (b,), device=dev, generator=g) - p
-    cols = torch.arange(w, device=dev).expand(b, w)
-    if isinstance(flip, torch.Tensor) or flip:
-        flipped = flip if isinstance(flip, torch.Tensor) else torch.rand(b, device=dev, generator=g) < 0.5
-        cols = torch.where(flipped[:, None], cols.flip(1), cols)  # (B, W)
-    rows = torch.arange(h, device=dev)[None, :, None] + oy[:, None, None]  # (B, H, 1)
-    cols = cols[:, None, :] + ox[:, None, None]  # (B, 1, W)
-    if pad_mode == "reflect":
-        src, width = x.reshape(b, c, -1), w
-        rows, cols = _reflect(rows, h), _reflect(cols, w)
-    else:  # zeros: read from the zero-padded image
-        src, width = F.pad(x, (p, p, p, p)).reshape(b, c, -1), w + 2 * p
-        rows, cols = rows + p, cols + p
-    index = rows * width + cols  # (B, H, W)
-    return torch.gather(src, 2, index.reshape(b, 1, h * w).expand(b, c, h * w)).view(b, c, h, w)
-
-
-def cutout(x: torch.Tensor, size: int, prob: float, fill: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Fill one size x size square per image with `fill` (C,), centred anywhere, clipped at borders."""
-    if size <= 0 or prob <= 0:
-        return x
-    b, _, h, w = x.shape
-    cy = torch.randint(0, h, (b,), device=x.device, generator=g)
-    cx = torch.randint(0, w, (b,), device=x.device, generator=g)
-    on = torch.rand(b, device=x.device, generator=g) < prob
-    ys = torch.arange(h, device=x.device)[None, :]
-    xs = torch.arange(w, device=x.device)[None, :]
-    y0, x0 = (cy - size // 2)[:, None], (cx - size // 2)[:, None]
-    in_y = (ys >= y0) & (ys < y0 + size)
-    in_x = (xs >= x0) & (xs < x0 + size)
-    mask = (in_y[:, :, None] & in_x[:, None, :] & on[:, None, None])[:, None]
-    return torch.where(mask, fill.view(1, -1, 1, 1).to(x.dtype), x)
-
-
-class DeviceAugment:
-    """The training augmentation of both loaders, on the device, on uint8 (B, C, H, W) batches: a crop of the
-    padded image (shift up to `crop_padding` px; zeros or reflect), a left-right flip (random, or alternating:
-    one random flip per image drawn once from the seed, mirrored every other epoch, so each image is seen
-    both ways in every pair of epochs), then cutout. The draws of a batch are a pure function of (seed, epoch,
-    step, rank) and, for alternating flips, of each image's position in the split (`rows`): the tensor loader
-    and the FFCV loader give the same images the same augmentation, and a resumed epoch is bit-exact.
-    """
-
-    def __init__(self, aug: Augment, n: int, seed: int, rank: int, device: torch.device):
-        """`n`: images in the split (alternating flips are drawn for each)."""
-        self.aug, self.seed, self.rank, self.device = aug, seed, rank, torch.device(device)
-        self.base_flips = None
-        if aug.flip and aug.flip_mode == "alternating":
-            g = torch.Generator().manual_seed(seed * 7919 + 104_729)
-            self.base_flips = (torch.rand(n, generator=g) < 0.5).to(self.device)
-        self.cutout_fill = torch.tensor(aug.cutout_fill, dtype=torch.uint8, device=self.device)
-
-    @property
-    def active(self) -> bool:
-        return bool(self.aug.crop_padding or self.aug.flip or self.aug.cutout_size)
-
-    @property
-    def needs_rows(self) -> bool:
-        """Whether `__call__` reads `rows` (alternating flips)."""
-        return self.base_flips is not None
-
-    def __call__(self, x: torch.Tensor, rows: torch.Tensor | None, epoch: int, step: int) -> torch.Tensor:
-        """x: uint8 (B, C, H, W) on the device; rows: (B,) positions of its images in the split, on the device."""
-        a = self.aug
-        if not self.active:
-            return x
-        g = batch_generator(self.seed, epoch, step, self.rank, x.device)
-        if a.crop_padding or a.flip:
-            flip = a.flip if self.base_flips is None else self.base_flips[rows] ^ bool(epoch % 2)
-            x = crop_flip(x, a.crop_padding, flip, g, a.crop_pad)
-        if a.cutout_size:
-            x = cutout(x, a.cutout_size, a.cutout_prob, self.cutout_fill, g)
-        return x
 
 
 class TensorLoader:

@@ -6,16 +6,14 @@ import numpy as np
 import pytest
 import torch
 
+from cifar_dist.augment import Augment, crop_flip, cutout
 from cifar_dist.data import (
-    Augment,
     FFCVLoader,
     Normalize,
     Order,
     Split,
     TensorLoader,
     beton_paths,
-    crop_flip,
-    cutout,
     read_images,
     train_val_split,
 )

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from cifar_dist.data import Augment, Order, TensorLoader, crop_flip
+from cifar_dist.augment import Augment, crop_flip
+from cifar_dist.data import Order, TensorLoader
 from cifar_dist.lookahead import LookaheadEMA
 from cifar_dist.models import count_params, create_model
 from cifar_dist.models.airbench import patch_whitening

@@ -13,10 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from cifar_dist.augment import BatchMixer, TrainTransform
+from cifar_dist.augment import Augment, BatchMixer, TrainTransform
 from cifar_dist.config import Config, ConfigError, DataConfig, dump_yaml
 from cifar_dist.data import (
-    Augment,
     DataError,
     FFCVLoader,
     Normalize,
