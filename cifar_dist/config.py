@@ -2,23 +2,21 @@
 
 Precedence, lowest first: dataclass defaults < preset < YAML file < command-line flags
 (`cifar_dist.presets.resolve`).
-Every override is checked against the field it targets: an unknown key, a wrong type or a value
-outside the allowed choices raises `ConfigError`, whose message is one line naming the key, what
-was expected and what was found. The CLI turns that into exit status 2.
+Every override is checked against the field it targets (`cifar_dist.overrides`): an unknown key, a wrong
+type or a value outside the allowed choices raises `ConfigError`, whose message is one line naming the
+key, what was expected and what was found. The CLI turns that into exit status 2.
 """
 
 from __future__ import annotations
 
-import types
-import typing
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields, is_dataclass, replace
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from cifar_dist.errors import InputError, did_you_mean
+from cifar_dist.errors import InputError
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # per-channel mean of CIFAR-10 train, in [0, 1]
 KUANGLIU_STD = (0.2023, 0.1994, 0.2010)  # the std most CIFAR repos copy (not the true std)
@@ -232,152 +230,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(key: str, tp: Any, value: Any) -> Any:
-    """Check `value` against the annotation `tp`; return it in canonical form or raise ConfigError."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        if isinstance(value, str) and value.lower() in ("none", "null") and type(None) in args:
-            return None
-        return _coerce(key, inner[0], value)
-    if tp is Any:  # an option with neither annotation nor typed default: kept as given
-        return value
-    if origin in (tuple, list, Sequence):
-        if isinstance(value, str):
-            try:
-                value = yaml.safe_load(value if value.strip().startswith("[") else f"[{value}]")
-            except yaml.YAMLError as e:
-                raise ConfigError(f"{key}: expected a list of numbers, found {value!r}") from e
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, found {value!r}")
-        elem = args[0] if args else Any
-        return tuple(_coerce(key, elem, v) for v in value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        raise ConfigError(f"{key}: expected true or false, found {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected an integer, found {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.replace("_", ""))
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected an integer, found {value!r}")
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a number, found {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected a number, found {value!r}")
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{key}: expected a string, found {value!r}")
-    raise ConfigError(f"{key}: unsupported field type {_type_name(tp)}")
-
-
-def _field_types(cls: type) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in fields(cls)}
-
-
-def _check(key: str, value: Any) -> None:
-    choices = CHOICES.get(key.lstrip("-"))
-    if choices and value not in choices:
-        raise ConfigError(f"{key}: expected one of {', '.join(choices)}, found {value!r}{did_you_mean(value, choices)}")
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
-        raise ConfigError(f"{key}: expected a value >= 0, found {value!r}")
-
-
-def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
-    """Return `cfg` with dotted-key overrides applied, e.g. {"optim.lr": 0.2, "run.epochs": 3}.
-
-    Keys may also be nested dicts ({"optim": {"lr": 0.2}}), as a YAML file gives them. A `model.*` key
-    that is not a ModelConfig field is a model option: kept as given here and checked against the model
-    by `cifar_dist.models.check_options`. When `model.name` changes, the old model's options are dropped.
-    """
-    flat: dict[str, Any] = {}
-    for k, v in overrides.items():
-        if isinstance(v, dict) and "." not in k and k in _field_types(Config):
-            for kk, vv in v.items():
-                flat[f"{k}.{kk}"] = vv
-        else:
-            flat[k] = v
-    sections = {name: getattr(cfg, name) for name in _field_types(Config) if is_dataclass(getattr(cfg, name))}
-    top: dict[str, Any] = {}
-    changes: dict[str, dict[str, Any]] = {}
-    options: dict[str, Any] = {}
-    for key, value in flat.items():
-        key = key.replace("-", "_")
-        if "." not in key:
-            if key == "preset":
-                top[key] = str(value)
-                continue
-            raise ConfigError(
-                f"--{key}: unknown option; expected --section.key=value with section one of "
-                f"{', '.join(sections)}"
-            )
-        section, _, name = key.partition(".")
-        if section not in sections:
-            raise ConfigError(f"--{key}: unknown section {section!r}; expected one of {', '.join(sections)}"
-                              f"{did_you_mean(section, sections)}")
-        types_ = _field_types(type(sections[section]))
-        if section == "model" and (name not in types_ or name == "options"):
-            options.update(_option_items(key, name, value))
-            continue
-        if name not in types_:
-            raise ConfigError(f"--{key}: unknown key; {section} has {', '.join(types_)}"
-                              f"{did_you_mean(name, types_, f'--{section}.')}")
-        coerced = _coerce(f"--{key}", types_[name], value)
-        _check(f"--{key}", coerced)
-        changes.setdefault(section, {})[name] = coerced
-    model_changes = changes.get("model", {})
-    if options or "name" in model_changes:
-        renamed = model_changes.get("name", cfg.model.name) != cfg.model.name
-        kept = {} if renamed else dict(cfg.model.options)
-        changes.setdefault("model", {})["options"] = ModelOptions({**kept, **options})
-    new_sections = {s: replace(sections[s], **c) for s, c in changes.items()}
-    return replace(cfg, **new_sections, **top)
-
-
-def _option_items(key: str, name: str, value: Any) -> dict[str, Any]:
-    """`model.<option>` -> {option: value}; `model.options` (a mapping, as nested YAML gives it) -> itself."""
-    if name != "options":
-        return {name: value}
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"--{key}: expected a mapping of model options, found {value!r}")
-    return dict(value)
-
-
-def coerce_value(key: str, tp: Any, value: Any) -> Any:
-    """`value` converted to the type `tp` and range-checked as a config field is; ConfigError naming `key`."""
-    coerced = _coerce(key, tp, value)
-    _check(key, coerced)
-    return coerced
-
-
 def load_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
@@ -438,8 +290,6 @@ __all__ = [
     "SchedConfig",
     "LossConfig",
     "RunConfig",
-    "apply_overrides",
-    "coerce_value",
     "to_dict",
     "flatten",
     "dump_yaml",

@@ -26,10 +26,10 @@ from cifar_dist.config import (
     OptimConfig,
     RunConfig,
     SchedConfig,
-    apply_overrides,
     load_yaml,
 )
 from cifar_dist.errors import did_you_mean
+from cifar_dist.overrides import apply_overrides
 from cifar_dist.rules import validate
 
 PRESETS: dict[str, Callable[[], Config]] = {}

@@ -16,11 +16,11 @@ from cifar_dist.config import (
     LossConfig,
     OptimConfig,
     SchedConfig,
-    apply_overrides,
 )
 from cifar_dist.engine import should_stop_early
 from cifar_dist.models import check_options
 from cifar_dist.optim import Schedule, build_optimizer, param_groups, scaled_lr
+from cifar_dist.overrides import apply_overrides
 from cifar_dist.presets import resolve
 
 

@@ -11,7 +11,7 @@ import torch
 import yaml
 from torch import nn
 
-from cifar_dist.config import Config, ConfigError, ModelConfig, apply_overrides, dump_yaml
+from cifar_dist.config import Config, ConfigError, ModelConfig, dump_yaml
 from cifar_dist.models import (
     MODEL_REGISTRY,
     build_model,
@@ -23,6 +23,7 @@ from cifar_dist.models import (
     register_model,
 )
 from cifar_dist.models.info import format_table, measure, model_table, print_models
+from cifar_dist.overrides import apply_overrides
 
 # Trainable parameters at num_classes=10 with default options. A new registry entry must add a line here.
 PINNED_PARAMS = {

@@ -15,10 +15,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from cifar_dist.config import ConfigError, ModelConfig, ModelOptions, coerce_value
+from cifar_dist.config import ConfigError, ModelConfig, ModelOptions
 from cifar_dist.models.layers import dirac_init_
 from cifar_dist.models.registry import MODEL_REGISTRY, TIMM_PREFIX, count_params, create_model, get_entry
 from cifar_dist.models.timm_models import TIMM_OPTION_TYPES
+from cifar_dist.overrides import coerce_value
 
 
 def check_options(m: ModelConfig) -> ModelConfig:

@@ -20,8 +20,8 @@ from typing import Any
 import yaml
 
 from cifar_dist.config import ConfigError, flatten
-from cifar_dist.config import coerce_value as coerce
 from cifar_dist.errors import InputError
+from cifar_dist.overrides import coerce_value as coerce
 from cifar_dist.resources import locate
 
 SPEC_KEYS = ("name", "preset", "out_dir", "fixed", "grid", "zip", "random", "seeds", "constraints", "parallel",
