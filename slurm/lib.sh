@@ -103,3 +103,11 @@ wait_child() {  # until CHILD is gone; RC = its exit status (never loops on wait
 recorded_status() {  # the exit status the trainer recorded in $1/status.json; empty when none
     sed -n 's/.*"exit": *\([0-9][0-9]*\).*/\1/p' "$1/status.json" 2>/dev/null | head -n 1
 }
+
+requeued_by_slurm() {  # true when SLURM is requeueing this job (scontrol requeue, preemption with requeue): the
+                       # job's Restarts count is already above the one this attempt started with
+    local n
+    [[ -n ${SLURM_JOB_ID:-} ]] || return 1
+    n=$(scontrol show job "$SLURM_JOB_ID" 2>/dev/null | sed -n 's/.*Restarts=\([0-9][0-9]*\).*/\1/p' | head -n 1)
+    [[ -n $n ]] && (( n > ${SLURM_RESTART_COUNT:-0} ))
+}
