@@ -6,8 +6,16 @@
 #   launchers (`accelerate launch`, its torchrun agent, the 1-process Popen path, which forwards nothing)
 #   never die of a stop signal and stay until their trainers end. The trainer installs its own USR1/TERM
 #   handler (cifar_dist.train), which replaces the inherited SIG_IGN; it then saves a checkpoint at its
-#   next check and exits 3. TORCHELASTIC_SIGNALS_TO_HANDLE leaves TERM out, so torchrun keeps it ignored
-#   too instead of killing its workers (no SignalException traceback on a cancel).
+#   next check and exits 3.
+# - torchrun's agent (inside `accelerate launch` for 2+ processes) installs its own handler for each signal
+#   of its --signals-to-handle option (torch 2.14 default SIGTERM,SIGINT,SIGHUP,SIGQUIT) when it starts its
+#   workers, which replaces the inherited SIG_IGN: on TERM it would log "Received 15 death signal, shutting
+#   down workers", TERM its workers and exit 143. That option's default is read from PET_SIGNALS_TO_HANDLE
+#   (torch's argparse `env` action); torch/distributed/launcher/api.py then overwrites
+#   TORCHELASTIC_SIGNALS_TO_HANDLE with the option's value, so setting that variable has no effect.
+#   PET_SIGNALS_TO_HANDLE below leaves TERM out: the agent keeps TERM ignored, and TERM reaches the trainers
+#   only from whoever sent it (slurmstepd sends a cancel's or requeue's TERM to every process of the job).
+#   tests/test_slurm_cluster2.py reads the agent's /proc/PID/status (SigIgn/SigCgt) to check it.
 # - The batch shell's trap sends USR1 to the trainers themselves (sweep.sh: every process below the
 #   launcher that runs cifar_dist.train and has a USR1 handler; train.sh: `scancel --signal=USR1 JOB`,
 #   which slurmstepd delivers to every process of the job steps on every node, not to the batch shell)
@@ -18,7 +26,7 @@
 #   `wait PID` on an already reaped child returns the old status again, not 127), then read the true
 #   status from <run_dir>/status.json (the launcher exits 1 for a trainer that exited 3).
 
-export TORCHELASTIC_SIGNALS_TO_HANDLE=${TORCHELASTIC_SIGNALS_TO_HANDLE:-SIGINT,SIGHUP,SIGQUIT}
+export PET_SIGNALS_TO_HANDLE=${PET_SIGNALS_TO_HANDLE:-SIGINT,SIGHUP,SIGQUIT}  # torchrun: leave TERM ignored
 # torchrun's grace between TERM and SIGKILL for its workers (default 30 s) must cover a checkpoint plus an
 # evaluation; SLURM's own KillWait still bounds it on a cancel.
 export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-900}

@@ -386,3 +386,38 @@ def test_train_sh_refuses_a_bad_flag_with_one_line_before_starting_any_node(  # 
     assert len(errors) == 1 and errors[0].startswith("error: --optim.lrr: unknown key"), lines
     assert [(r["JobState"], r["ExitCode"]) for r in _jobcomp(slurm_two_nodes, job)] == [("FAILED", "2:0")]
     assert not (tmp_path / "bad" / "status.json").exists()
+
+
+SIGNAL_PROBE = """\
+import json, os, sys
+def dispositions(pid):
+    with open(f"/proc/{pid}/status") as f:
+        fields = dict(line.rstrip("\\n").split(":\\t", 1) for line in f if ":\\t" in line)
+    return {k: int(fields[k], 16) for k in ("SigIgn", "SigCgt")}
+if os.environ.get("RANK", "0") == "0":
+    with open(sys.argv[1], "w") as f:
+        json.dump({"agent": dispositions(os.getppid()), "worker": dispositions(os.getpid())}, f)
+"""
+
+
+def test_torchrun_agent_started_as_the_scripts_do_leaves_term_and_usr1_ignored(tmp_path):
+    """The launcher the scripts start (slurm/lib.sh's environment and start_child: USR1 and TERM ignored) with
+    2 CPU processes: torchrun's agent (the `accelerate launch` process, parent of the workers) must neither
+    catch TERM nor USR1 (bits 14 and 9 of /proc/PID/status SigCgt) but keep them ignored (SigIgn), so a
+    cancel or requeue reaches only the trainers and the agent prints no "Received 15 death signal"."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(SIGNAL_PROBE)
+    out = tmp_path / "signals.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TORCHELASTIC_", "PET_"))}
+    script = ('PY="$1"; SCRIPT=probe; source slurm/lib.sh; start_child "$PY" -m accelerate.commands.launch --quiet '
+              '--config_file launch/cpu.yaml --num_processes 2 --main_process_port "$2" "$3" "$4"; wait_child; exit $RC')
+    port = str(20000 + os.getpid() % 20000)
+    done = subprocess.run(["bash", "-c", script, "probe", sys.executable, port, str(probe), str(out)], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(out.read_text())
+    term, usr1 = 1 << (signal.SIGTERM - 1), 1 << (signal.SIGUSR1 - 1)
+    agent, worker = found["agent"], found["worker"]
+    assert (agent["SigCgt"] & term, agent["SigIgn"] & term) == (0, term), agent
+    assert (agent["SigCgt"] & usr1, agent["SigIgn"] & usr1) == (0, usr1), agent
+    assert worker["SigIgn"] & (term | usr1) == term | usr1, worker  # until the trainer installs its handler
