@@ -367,3 +367,20 @@ def test_gloo_sync_batchnorm_matches_batchnorm_on_one_rank_without_warnings(tmp_
         torch.testing.assert_close(synced.running_mean, plain.running_mean)
     finally:
         dist.destroy_process_group()
+
+
+def test_resume_at_the_next_asha_rung_is_not_reported_as_a_config_change(tmp_path):
+    """A search resumes each trial with the next rung's --run.stop_after: nothing to report. Another key that
+    may change (run.epochs) is still reported, with the stop_after change left out of the line."""
+    import yaml
+
+    from cifar_dist.engine.rundir import check_resume_config
+
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"run": {"epochs": 4, "stop_after": 1, "seed": 0}}))
+    said: list[str] = []
+    check_resume_config(tmp_path, yaml.safe_dump({"run": {"epochs": 4, "stop_after": 2, "seed": 0}}), False,
+                        said.append)
+    assert said == []
+    check_resume_config(tmp_path, yaml.safe_dump({"run": {"epochs": 6, "stop_after": 2, "seed": 0}}), False,
+                        said.append)
+    assert said == ["resume: config changed: run.epochs 4 -> 6"]
