@@ -153,8 +153,11 @@ if [[ $worker == 1 ]]; then  # the launcher above trains each trial; the worker 
         cmd+=(--worker="task-$INDEX")
     fi
     echo "sweep.sh: search worker ${JOB/none/task-$INDEX}; trainer launcher: $CIFAR_DIST_LAUNCH"
+    unset CIFAR_DIST_STOP_EXIT_0  # the worker reads its trials' exit status 3
 else
     cmd+=("${train_args[@]}" "${cpu_flags[@]}")
+    # A stopped trainer exits 0 (the true 3 is in status.json): no launcher failure report over a normal stop.
+    export CIFAR_DIST_STOP_EXIT_0=1
 fi
 echo "sweep.sh: $run_name: usable GPUs $gpus (allocated ${SLURM_GPUS_ON_NODE:-0}, CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-})"
 echo "sweep.sh: $(quote "${cmd[@]}")"

@@ -68,7 +68,10 @@ PY=${CIFAR_DIST_PYTHON:-python}
 SCRIPT=train.sh
 source "$ROOT/slurm/lib.sh"
 
-stop_trainers() {  # USR1 to every process of the job's steps on every node (the batch shell excluded)
+stop_trainers() {  # USR1 to every process of the job's steps on every node (the batch shell excluded); after
+                   # a TERM nothing: slurmstepd has sent TERM to every process of the job already, and the job,
+                   # ending, refuses signals ("Invalid job id specified")
+    if [[ $STOP == TERM ]]; then return 0; fi
     scancel --signal=USR1 "$SLURM_JOB_ID" || echo "train.sh: scancel --signal=USR1 $SLURM_JOB_ID failed" >&2
 }
 trap 'on_stop USR1' USR1
@@ -97,8 +100,12 @@ fi
 
 # One launcher per node: the same command everywhere, with the node's own $SLURM_NODEID as machine rank;
 # it ignores USR1 and TERM (slurmstepd starts tasks with default dispositions), its trainers catch them.
-node_cmd='trap "" USR1 TERM; exec "$0" -m accelerate.commands.launch --quiet --machine_rank "$SLURM_NODEID" "$@"'
-srun_cmd=(srun --nodes="$nodes" --ntasks-per-node=1 --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}"
+# The log shows rank 0 of node 0 only: the other nodes' standard output (their banner and epoch lines, the
+# same as node 0's) goes to /dev/null; their standard error (errors, tracebacks) stays.
+node_cmd='trap "" USR1 TERM; if [ "$SLURM_NODEID" != 0 ]; then exec >/dev/null; fi
+exec "$0" -m accelerate.commands.launch --quiet --machine_rank "$SLURM_NODEID" "$@"'
+export CIFAR_DIST_STOP_EXIT_0=1  # a stopped trainer exits 0 (its 3 is in status.json): no srun/torchrun report
+srun_cmd=(srun --quiet --nodes="$nodes" --ntasks-per-node=1 --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}"
           --kill-on-bad-exit=1 bash -c "$node_cmd" "$PY"
           --config_file "$ROOT/launch/multi_node.yaml" --num_machines "$nodes"
           --num_processes "$(( nodes * per_node ))" --main_process_ip "$main_addr" --main_process_port "$port"
@@ -147,6 +154,11 @@ if [[ -n ${SLURM_JOB_ID:-} ]] && [[ $STOP == USR1 || ( -z $STOP && $status == 3 
     exit 3
 fi
 if [[ $STOP == TERM ]]; then
+    if requeued_by_slurm; then  # scontrol requeue JOB, or a preemption that requeues
+        echo "train.sh: stopped by SIGTERM (exit $status); SLURM requeued job $SLURM_JOB_ID: its next start" \
+             "resumes from the checkpoint"
+        exit 0
+    fi
     echo "train.sh: stopped by SIGTERM (exit $status); submit again to resume"
     exit 3
 fi

@@ -421,3 +421,63 @@ def test_torchrun_agent_started_as_the_scripts_do_leaves_term_and_usr1_ignored(t
     assert (agent["SigCgt"] & term, agent["SigIgn"] & term) == (0, term), agent
     assert (agent["SigCgt"] & usr1, agent["SigIgn"] & usr1) == (0, usr1), agent
     assert worker["SigIgn"] & (term | usr1) == term | usr1, worker  # until the trainer installs its handler
+
+
+NOISE = ("Invalid job id", "scancel --signal", "death signal", "Exited with exit code", "FAILED", "exitcode",
+         "Traceback", "FutureWarning", "config changed", "srun: ")  # srun --quiet: no "Job step aborted" etc.
+
+
+def _train_sh_2procs(cluster: Cluster, data, out: Path, name: str) -> str:
+    """sbatch slurm/train.sh on the one-node cluster: srun -> accelerate launch -> torchrun, 2 CPU processes."""
+    data_dir, data_name = data
+    env = {**os.environ, "SLURM_CONF": str(cluster.conf), "CIFAR_DIST_CPU_PROCS": "2",
+           "CIFAR_DIST_PYTHON": sys.executable}
+    return _sbatch(cluster, "--nodes=1", "--gpus-per-node=0", "--cpus-per-task=2", "--time=10",
+                   f"--output={out}/{name}-%j.out", "slurm/train.sh", "--preset=smoke", f"--data.dir={data_dir}",
+                   f"--data.name={data_name}", "--data.val_size=100", "--run.epochs=4", "--run.global_batch_size=10",
+                   "--run.progress=false", f"--run.out_dir={out}", f"--run.name={name}", env=env)
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize("how", ["scancel", "scontrol requeue"])
+def test_train_sh_cancel_and_requeue_logs_say_one_line_without_launcher_noise(
+        how, slurm_cluster, tiny_data, tmp_path):  # noqa: F811
+    """`scancel JOB` and `scontrol requeue JOB` (preemption by hand) on a 2-process torchrun job: the trainers
+    checkpoint; the log ends with one train.sh line saying what happened (written before the requeue) and holds
+    no bogus scancel error, no torchrun FAILED report or "death signal", no srun exit-code line, no warning."""
+    run = tmp_path / "q"
+    with pytest.MonkeyPatch.context() as mp:
+        _use_cluster(mp, slurm_cluster)
+        job = _train_sh_2procs(slurm_cluster, tiny_data, tmp_path, "q")
+        log = tmp_path / f"q-{job}.out"
+        try:
+            _wait_for(lambda: (run / "metrics.jsonl").is_file(), "the first epoch", timeout=TIMEOUT, poll=0.05)
+            slurm_cluster.run(*how.split(), job)
+            _wait_for(lambda: "train.sh: stopped by SIGTERM" in log.read_text(), "the closing line", timeout=90)
+        finally:
+            if how != "scancel":
+                slurm_cluster.run("scancel", job, check=False)
+        _wait_job(slurm_cluster, job, tmp_path, timeout=90)
+    text = log.read_text().split("attempt 2")[0]
+    lines = text.splitlines()
+    assert not [ln for ln in lines if any(n in ln for n in NOISE)], text
+    assert sum(ln.startswith("cifar_dist: smoke | ") for ln in lines) == 1, text
+    assert re.search(r"stopped by signal at epoch \d step \d+; checkpoint saved", text), text
+    closing = {"scancel": "train.sh: stopped by SIGTERM (exit 3); submit again to resume",
+               "scontrol requeue": f"train.sh: stopped by SIGTERM (exit 3); SLURM requeued job {job}: its next "
+                                   "start resumes from the checkpoint"}[how]
+    assert closing in lines, text
+    assert json.loads((run / "status.json").read_text())["exit"] == 3
+
+
+@pytest.mark.parametrize("sinfo, parallel, expected", [
+    ("n1|debug*|2|(null)\n", 2, ["--cpus-per-task=1"]),  # 2 tasks on one 2-CPU node: 1 CPU each, both run
+    ("n1|debug*|2|(null)\n", 1, ["--cpus-per-task=2"]),
+    ("n1|debug*|2|(null)\nn2|debug*|2|(null)\n", 2, ["--cpus-per-task=2"]),  # one task per node
+    ("n1|debug*|8|(null)\n", 3, ["--cpus-per-task=2"]),  # 8 // 3 = 2: fits, the CPU default caps it
+    ("n1|debug*|4|(null)\n", 8, ["--cpus-per-task=1"]),  # never below 1 (the rest wait for a slot)
+    ("g1|gpu*|32|gpu:a100:4\n", 8, ["--gpus-per-node=1", "--cpus-per-task=8"]),  # 4 GPUs: 4 at once, 32 // 4
+    ("g1|gpu*|16|gpu:a100:4\n", 4, ["--gpus-per-node=1", "--cpus-per-task=4"]),
+])
+def test_task_cpus_let_parallel_tasks_fit_on_the_nodes(sinfo, parallel, expected):
+    assert task_resources([], sinfo, parallel) == expected

@@ -57,7 +57,7 @@ def sbatch_command(sweep: Sweep, indices: list[int], parallel: int, extra: list[
         cmd.append(f"--export=ALL,CIFAR_DIST_ROOT={REPO}")
     given = [*sweep.spec.sbatch, *(extra or [])]
     # GPUs only where the partition has them, never more CPUs than a node has (sweep.sh asks for neither)
-    cmd += [*sbatch_resources(given), *given, _display_path(SWEEP_SCRIPT), str(sweep.spec.path)]
+    cmd += [*sbatch_resources(given, parallel), *given, _display_path(SWEEP_SCRIPT), str(sweep.spec.path)]
     return cmd
 
 
