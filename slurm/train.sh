@@ -55,6 +55,23 @@ if (( $# == 0 )); then
     echo "usage: sbatch [--nodes=N] slurm/train.sh --preset=NAME --run.name=NAME [--section.key=value ...]" >&2
     exit 2
 fi
+if [[ -z ${SLURM_JOB_ID:-} && ${CIFAR_DIST_DRY_RUN:-0} != 1 ]]; then
+    # Run by hand, not by sbatch: say in one line how to submit it on this cluster. The #SBATCH lines above ask
+    # for 8 GPUs per node, which a partition without GPU gres refuses ("Invalid generic resource").
+    if command -v sinfo >/dev/null 2>&1 && parts=$(sinfo -h -o '%P|%c|%G' 2>/dev/null) && [[ -n $parts ]]; then
+        default=$(grep -m 1 '^[^|]*\*|' <<< "$parts" || head -n 1 <<< "$parts")
+        IFS='|' read -r part cpus gres <<< "$default"
+        if [[ $gres == *gpu* ]]; then
+            echo "train.sh: submit it: sbatch [--nodes=N] [--gpus-per-node=G] slurm/train.sh $*" >&2
+        else
+            echo "train.sh: submit it: partition ${part%\*} has no GPUs, so override the #SBATCH GPU request:" \
+                 "sbatch --nodes=N --gpus-per-node=0 --cpus-per-task=${cpus%+} slurm/train.sh $*" >&2
+        fi
+    else
+        echo "train.sh: submit it with sbatch (no SLURM here): sbatch [--nodes=N] slurm/train.sh $*" >&2
+    fi
+    exit 2
+fi
 ROOT=${CIFAR_DIST_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}
 if [[ ! -f $ROOT/launch/cpu.yaml ]]; then
     echo "train.sh: $ROOT has no launch/cpu.yaml (not the cifar_dist repository or share/cifar_dist); set CIFAR_DIST_ROOT" >&2
@@ -102,22 +119,26 @@ fi
 # it ignores USR1 and TERM (slurmstepd starts tasks with default dispositions), its trainers catch them.
 # The log shows rank 0 of node 0 only: the other nodes' standard output (their banner and epoch lines, the
 # same as node 0's) goes to /dev/null; their standard error (errors, tracebacks) stays.
-node_cmd='trap "" USR1 TERM; if [ "$SLURM_NODEID" != 0 ]; then exec >/dev/null; fi
-exec "$0" -m accelerate.commands.launch --quiet --machine_rank "$SLURM_NODEID" "$@"'
+node_cmd='trap "" USR1 TERM; if [ "$SLURM_NODEID" != 0 ]; then exec >/dev/null; fi; exec "$0" -m accelerate.commands.launch --quiet --machine_rank "$SLURM_NODEID" "$@"'
 export CIFAR_DIST_STOP_EXIT_0=1  # a stopped trainer exits 0 (its 3 is in status.json): no srun/torchrun report
 srun_cmd=(srun --quiet --nodes="$nodes" --ntasks-per-node=1 --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}"
           --kill-on-bad-exit=1 bash -c "$node_cmd" "$PY"
           --config_file "$ROOT/launch/multi_node.yaml" --num_machines "$nodes"
           --num_processes "$(( nodes * per_node ))" --main_process_ip "$main_addr" --main_process_port "$port"
           "${precision[@]}" -m cifar_dist.train "$@" "${cpu_flags[@]}" --resume=auto)
-echo "train.sh: $nodes node(s) x $per_node process(es) ($gpus usable GPUs per node), main $main_addr:$port (node $first)"
-echo "train.sh: $(quote "${srun_cmd[@]}")"
+say_plan() {
+    echo "train.sh: $nodes node(s) x $per_node process(es) ($gpus usable GPUs per node), main $main_addr:$port (node $first)"
+    echo "train.sh: $(quote "${srun_cmd[@]}")"
+}
 if [[ ${CIFAR_DIST_DRY_RUN:-0} == 1 ]]; then
+    say_plan
     exit 0
 fi
 
-# The run directory, from the resolved config; a bad flag stops here with the trainer's one-line error.
+# The run directory, from the resolved config; a bad flag stops here with the trainer's one-line error (and
+# nothing else: the plan is printed once the flags are good).
 config=$("$PY" -m cifar_dist.train "$@" --print_config) || exit 2
+say_plan
 run_dir=$("$PY" -c 'import os, sys, yaml
 run = yaml.safe_load(sys.stdin)["run"]
 print(os.path.join(str(run["out_dir"]), str(run["name"])))' <<< "$config") || exit 2

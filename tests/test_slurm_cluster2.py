@@ -184,6 +184,11 @@ def test_train_sh_on_two_nodes_runs_world_size_2(two_node_reference, slurm_two_n
     assert "train.sh: 2 node(s) x 1 process(es) (0 usable GPUs per node), main 127.0.0.1:" in r.log
     assert f"(node {slurm_two_nodes.nodes[0]})" in r.log
     assert "processes 2 (DistributedType.MULTI_CPU" in r.log
+    # rank 0 of node 0 only: one banner, one line per epoch, no launcher noise
+    lines = r.log.splitlines()
+    assert sum(ln.startswith("cifar_dist: smoke | ") for ln in lines) == 1, r.log
+    assert [ln.split()[0] for ln in lines if ln.startswith("epoch=")] == ["epoch=1", "epoch=2", "epoch=3"], r.log
+    assert not [ln for ln in lines if any(n in ln for n in NOISE)], r.log
     env = json.loads((r.run / "env.json").read_text())
     assert env["world_size"] == 2
     result = json.loads((r.run / "result.json").read_text())
@@ -384,6 +389,7 @@ def test_train_sh_refuses_a_bad_flag_with_one_line_before_starting_any_node(  # 
     lines = (tmp_path / f"bad-{job}.out").read_text().splitlines()
     errors = [ln for ln in lines if not ln.startswith("train.sh: ")]
     assert len(errors) == 1 and errors[0].startswith("error: --optim.lrr: unknown key"), lines
+    assert lines == errors, lines  # the srun plan is printed only once the flags are good
     assert [(r["JobState"], r["ExitCode"]) for r in _jobcomp(slurm_two_nodes, job)] == [("FAILED", "2:0")]
     assert not (tmp_path / "bad" / "status.json").exists()
 
@@ -481,3 +487,18 @@ def test_train_sh_cancel_and_requeue_logs_say_one_line_without_launcher_noise(
 ])
 def test_task_cpus_let_parallel_tasks_fit_on_the_nodes(sinfo, parallel, expected):
     assert task_resources([], sinfo, parallel) == expected
+
+
+@pytest.mark.slurm
+def test_train_sh_run_by_hand_on_a_gpu_less_cluster_says_what_to_pass(slurm_two_nodes):  # noqa: F811
+    """Its #SBATCH lines ask for GPUs, which this cluster refuses at submit: run outside a job, train.sh says in
+    one line (from sinfo) how to submit it here, exit 2, and starts nothing."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "CIFAR_DIST_"))}
+    env["SLURM_CONF"] = str(slurm_two_nodes.conf)
+    out = subprocess.run(["bash", "slurm/train.sh", "--preset=smoke", "--run.name=x"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert (out.returncode, out.stdout) == (2, "")
+    assert out.stderr == ("train.sh: submit it: partition debug has no GPUs, so override the #SBATCH GPU request: "
+                          "sbatch --nodes=N --gpus-per-node=0 --cpus-per-task=1 slurm/train.sh --preset=smoke "
+                          "--run.name=x\n")
+    assert slurm_two_nodes.jobs() == []
