@@ -502,3 +502,17 @@ def test_train_sh_run_by_hand_on_a_gpu_less_cluster_says_what_to_pass(slurm_two_
                           "sbatch --nodes=N --gpus-per-node=0 --cpus-per-task=1 slurm/train.sh --preset=smoke "
                           "--run.name=x\n")
     assert slurm_two_nodes.jobs() == []
+
+
+def test_sweep_sh_creates_the_sweeps_log_folder(tmp_path):
+    """SLURM fails a task whose --output folder is missing without a line of log: the first task of an array
+    submitted by hand (no `plan`/`submit`) makes runs/<sweep>/slurm/ for the others."""
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"name: logs\npreset: smoke\nout_dir: {tmp_path / 'runs'}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "CIFAR_DIST_", "SBATCH_"))}
+    env.update(CIFAR_DIST_PYTHON=sys.executable, CIFAR_DIST_ROOT=str(REPO), CIFAR_DIST_DRY_RUN="1",
+               CIFAR_DIST_GPUS="0")
+    out = subprocess.run(["bash", str(REPO / "slurm" / "sweep.sh"), str(spec), "0"], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "runs" / "logs" / "slurm").is_dir()
