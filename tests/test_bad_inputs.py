@@ -603,7 +603,12 @@ def _(c):
 
 @case("sweep-no-command")
 def _(c):
-    return ["sweep"], "cifar-dist sweep: expected a command (plan, submit, status, run, resolve, worker), found nothing"
+    return ["sweep"], "cifar-dist sweep: expected a command (plan, submit, status, preempt, run, resolve, worker), found nothing"
+
+
+@case("sweep-preempt-bad-task")
+def _(c):
+    return ["sweep", "preempt", str(c.spec()), "x"], "TASK: expected an array index (an integer >= 0), found 'x'"
 
 
 @case("sweep-unknown-command")
