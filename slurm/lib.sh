@@ -6,7 +6,9 @@
 #   launchers (`accelerate launch`, its torchrun agent, the 1-process Popen path, which forwards nothing)
 #   never die of a stop signal and stay until their trainers end. The trainer installs its own USR1/TERM
 #   handler (cifar_dist.train), which replaces the inherited SIG_IGN; it then saves a checkpoint at its
-#   next check and exits 3.
+#   next check and exits 3 -- or 0 where the script sets CIFAR_DIST_STOP_EXIT_0=1 (the 3 is in status.json):
+#   torchrun and srun take any other status for a crash and print failure reports ("FAILED ... exitcode: 3",
+#   "task 0: Exited with exit code 1") over a normal stop, and torchrun would stop the ranks still saving.
 # - torchrun's agent (inside `accelerate launch` for 2+ processes) installs its own handler for each signal
 #   of its --signals-to-handle option (torch 2.14 default SIGTERM,SIGINT,SIGHUP,SIGQUIT) when it starts its
 #   workers, which replaces the inherited SIG_IGN: on TERM it would log "Received 15 death signal, shutting
@@ -24,11 +26,11 @@
 #   exiting (Python would reset its handler to SIG_DFL at exit, and a late USR1 would kill it).
 # - The scripts wait until the command is gone (a loop on the pid, never on `wait`'s status: bash 5.2's
 #   `wait PID` on an already reaped child returns the old status again, not 127), then read the true
-#   status from <run_dir>/status.json (the launcher exits 1 for a trainer that exited 3).
+#   status from <run_dir>/status.json (the launcher's own status says only "failed or not").
 
 export PET_SIGNALS_TO_HANDLE=${PET_SIGNALS_TO_HANDLE:-SIGINT,SIGHUP,SIGQUIT}  # torchrun: leave TERM ignored
-# torchrun's grace between TERM and SIGKILL for its workers (default 30 s) must cover a checkpoint plus an
-# evaluation; SLURM's own KillWait still bounds it on a cancel.
+# torchrun's grace between TERM and SIGKILL when it stops its workers (a failed rank; INT, HUP, QUIT) must
+# cover a checkpoint plus an evaluation; SLURM's own KillWait still bounds it on a cancel.
 export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-900}
 RESIGNAL=10  # seconds between two rounds of stop_trainers while the command runs (a script may lower it)
 

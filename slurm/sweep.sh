@@ -36,7 +36,8 @@
 # - The shell sends USR1 to the trainer processes themselves, every process below the training command
 #   that runs cifar_dist.train (torchrun starts its workers in sessions of their own, so a process-group
 #   signal would miss them); the launchers ignore USR1 and TERM (slurm/lib.sh). The trainers save a
-#   checkpoint at their next check and exit 3; after the command has ended the task requeues itself
+#   checkpoint at their next check and stop with status 3 (recorded in status.json; the process exits 0 under
+#   CIFAR_DIST_STOP_EXIT_0, see slurm/lib.sh); after the command has ended the task requeues itself
 #   (scontrol requeue <array job>_<task>) and the next attempt resumes from the checkpoint.
 # - TERM (scancel, or SLURM preempting or requeueing the job on its own) goes from slurmstepd to every
 #   process of the job; the trainers checkpoint the same way (within KillWait), the launchers wait for

@@ -35,7 +35,8 @@
 #   `scancel --signal=USR1 --batch JOB`). The shell passes it on with `scancel --signal=USR1 JOB`, which
 #   slurmstepd delivers to every process of the job's steps on every node (not to the batch shell): the
 #   trainers catch it, the launchers ignore it (slurm/lib.sh). Every trainer saves its part of the
-#   checkpoint at the next check and exits 3; when the step has ended the job requeues itself and the
+#   checkpoint at the next check and stops with status 3 (status.json; the process exits 0, see
+#   slurm/lib.sh); when the step has ended the job requeues itself and the
 #   next start resumes. The shell repeats the USR1 every 10 s until the step ends (a trainer still
 #   starting up ignores it). The shell never signals srun: srun turns a TERM into a step kill (SIGKILL
 #   after KillWait), which would lose the checkpoint.
