@@ -42,10 +42,12 @@
 #   after KillWait), which would lose the checkpoint.
 # - `--signal=USR1@120` (no `B:`) also works: SLURM then signals the step processes directly, the
 #   trainers stop with status 3, and the script requeues on that recorded status.
-# - TERM (scancel, preemption) reaches every process of the job from slurmstepd: the trainers checkpoint
-#   the same way within KillWait, and the job does not requeue itself.
+# - TERM (scancel, preemption, `scontrol requeue JOB` = preemption by hand) reaches every process of the job
+#   from slurmstepd: the trainers checkpoint the same way within KillWait, and the job does not requeue
+#   itself (a cancel stays a cancel; after a requeue, SLURM's, the last line says "SLURM requeued").
 # Exit status: the trainer's own, read from <run_dir>/status.json (rank 0 writes it; `accelerate launch`
-# and srun report 1 for any trainer failure); 0 after a requeue; 3 when stopped and not requeued.
+# and srun report 1 for any trainer failure); 0 after a requeue (its own or SLURM's); 3 when stopped and not
+# requeued.
 #
 # Environment (all optional): CIFAR_DIST_PYTHON, CIFAR_DIST_ROOT, CIFAR_DIST_CPU_PROCS, CIFAR_DIST_GPUS
 # (usable GPUs per node, skipping the torch check), CIFAR_DIST_PORT, CIFAR_DIST_DRY_RUN=1 (print the
