@@ -8,7 +8,10 @@ The files (``launch/*.yaml``, ``slurm/*.sh``, ``slurm/grids/*.yaml``) live in on
    ``[tool.setuptools.data-files]``), found through the files the distribution recorded.
 
 The first that holds ``launch/`` and ``slurm/`` wins. ``slurm/sweep.sh`` uses the same root
-(``CIFAR_DIST_ROOT``, which ``sweep submit`` exports).
+(``CIFAR_DIST_ROOT``, which ``sweep submit`` exports), so the scripts, launch files and code a command uses
+always come from one tree: the one its own code was imported from. ``checkout_warning`` says so in one line
+when the working directory is inside another checkout (an editable install's ``cifar-dist`` run from a
+second clone runs the first clone, scripts included).
 """
 
 from __future__ import annotations
@@ -65,3 +68,25 @@ def locate(user_path: str | Path) -> Path:
         return path
     shipped = root() / path
     return shipped if shipped.exists() else path
+
+
+def enclosing_checkout(start: Path) -> Path | None:
+    """The cifar_dist source checkout holding `start` (it or a parent with cifar_dist/__init__.py and
+    launch/cpu.yaml), or None."""
+    for d in (start, *start.parents):
+        if (d / "cifar_dist" / "__init__.py").is_file() and (d / _MARKER).is_file():
+            return d
+    return None
+
+
+def checkout_warning(cwd: Path | None = None) -> str | None:
+    """One warning line when the working directory lies in a checkout other than the one this code runs from
+    (its scripts and launch files are the running code's, not the directory's); None otherwise."""
+    try:
+        here = enclosing_checkout((cwd or Path.cwd()).resolve())
+    except OSError:
+        return None
+    if here is None or here == SOURCE_ROOT:
+        return None
+    return (f"warning: cifar-dist runs the cifar_dist of {SOURCE_ROOT} (with its slurm/ and launch/), not this "
+            f"checkout {here}; to use this one run `python -m cifar_dist ...` here or `pip install -e {here}`")

@@ -6,8 +6,18 @@
 #   launchers (`accelerate launch`, its torchrun agent, the 1-process Popen path, which forwards nothing)
 #   never die of a stop signal and stay until their trainers end. The trainer installs its own USR1/TERM
 #   handler (cifar_dist.train), which replaces the inherited SIG_IGN; it then saves a checkpoint at its
-#   next check and exits 3. TORCHELASTIC_SIGNALS_TO_HANDLE leaves TERM out, so torchrun keeps it ignored
-#   too instead of killing its workers (no SignalException traceback on a cancel).
+#   next check and exits 3 -- or 0 where the script sets CIFAR_DIST_STOP_EXIT_0=1 (the 3 is in status.json):
+#   torchrun and srun take any other status for a crash and print failure reports ("FAILED ... exitcode: 3",
+#   "task 0: Exited with exit code 1") over a normal stop, and torchrun would stop the ranks still saving.
+# - torchrun's agent (inside `accelerate launch` for 2+ processes) installs its own handler for each signal
+#   of its --signals-to-handle option (torch 2.14 default SIGTERM,SIGINT,SIGHUP,SIGQUIT) when it starts its
+#   workers, which replaces the inherited SIG_IGN: on TERM it would log "Received 15 death signal, shutting
+#   down workers", TERM its workers and exit 143. That option's default is read from PET_SIGNALS_TO_HANDLE
+#   (torch's argparse `env` action); torch/distributed/launcher/api.py then overwrites
+#   TORCHELASTIC_SIGNALS_TO_HANDLE with the option's value, so setting that variable has no effect.
+#   PET_SIGNALS_TO_HANDLE below leaves TERM out: the agent keeps TERM ignored, and TERM reaches the trainers
+#   only from whoever sent it (slurmstepd sends a cancel's or requeue's TERM to every process of the job).
+#   tests/test_slurm_cluster2.py reads the agent's /proc/PID/status (SigIgn/SigCgt) to check it.
 # - The batch shell's trap sends USR1 to the trainers themselves (sweep.sh: every process below the
 #   launcher that runs cifar_dist.train and has a USR1 handler; train.sh: `scancel --signal=USR1 JOB`,
 #   which slurmstepd delivers to every process of the job steps on every node, not to the batch shell)
@@ -16,11 +26,11 @@
 #   exiting (Python would reset its handler to SIG_DFL at exit, and a late USR1 would kill it).
 # - The scripts wait until the command is gone (a loop on the pid, never on `wait`'s status: bash 5.2's
 #   `wait PID` on an already reaped child returns the old status again, not 127), then read the true
-#   status from <run_dir>/status.json (the launcher exits 1 for a trainer that exited 3).
+#   status from <run_dir>/status.json (the launcher's own status says only "failed or not").
 
-export TORCHELASTIC_SIGNALS_TO_HANDLE=${TORCHELASTIC_SIGNALS_TO_HANDLE:-SIGINT,SIGHUP,SIGQUIT}
-# torchrun's grace between TERM and SIGKILL for its workers (default 30 s) must cover a checkpoint plus an
-# evaluation; SLURM's own KillWait still bounds it on a cancel.
+export PET_SIGNALS_TO_HANDLE=${PET_SIGNALS_TO_HANDLE:-SIGINT,SIGHUP,SIGQUIT}  # torchrun: leave TERM ignored
+# torchrun's grace between TERM and SIGKILL when it stops its workers (a failed rank; INT, HUP, QUIT) must
+# cover a checkpoint plus an evaluation; SLURM's own KillWait still bounds it on a cancel.
 export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-900}
 RESIGNAL=10  # seconds between two rounds of stop_trainers while the command runs (a script may lower it)
 
@@ -102,4 +112,12 @@ wait_child() {  # until CHILD is gone; RC = its exit status (never loops on wait
 
 recorded_status() {  # the exit status the trainer recorded in $1/status.json; empty when none
     sed -n 's/.*"exit": *\([0-9][0-9]*\).*/\1/p' "$1/status.json" 2>/dev/null | head -n 1
+}
+
+requeued_by_slurm() {  # true when SLURM is requeueing this job (scontrol requeue, preemption with requeue): the
+                       # job's Restarts count is already above the one this attempt started with
+    local n
+    [[ -n ${SLURM_JOB_ID:-} ]] || return 1
+    n=$(scontrol show job "$SLURM_JOB_ID" 2>/dev/null | sed -n 's/.*Restarts=\([0-9][0-9]*\).*/\1/p' | head -n 1)
+    [[ -n $n ]] && (( n > ${SLURM_RESTART_COUNT:-0} ))
 }

@@ -28,17 +28,21 @@
 # processes (default 1 = plain python; 2+ = launch/cpu.yaml).
 #
 # Signals, who gets what:
-# - `--signal=B:USR1@120` sends USR1 to this batch shell 120 s before the time limit (by hand:
-#   `scancel --signal=USR1 --batch JOB_TASK`). Without `B:` SLURM would signal only job steps, and this
+# - `--signal=B:USR1@120` sends USR1 to this batch shell 120 s before the time limit. (By hand, use
+#   `cifar-dist sweep preempt GRID TASK`, i.e. `scontrol requeue JOB_TASK`: the TERM case below. On SLURM
+#   22.05 `scancel --signal=USR1 --batch JOB_TASK` on an array with pending tasks, a %N limit, keeps
+#   re-sending USR1 for minutes and fails with "Job can not be altered now".) Without `B:` SLURM would signal only job steps, and this
 #   script starts none (the trainer runs inside the batch step), so nothing would arrive.
 # - The shell sends USR1 to the trainer processes themselves, every process below the training command
 #   that runs cifar_dist.train (torchrun starts its workers in sessions of their own, so a process-group
 #   signal would miss them); the launchers ignore USR1 and TERM (slurm/lib.sh). The trainers save a
-#   checkpoint at their next check and exit 3; after the command has ended the task requeues itself
+#   checkpoint at their next check and stop with status 3 (recorded in status.json; the process exits 0 under
+#   CIFAR_DIST_STOP_EXIT_0, see slurm/lib.sh); after the command has ended the task requeues itself
 #   (scontrol requeue <array job>_<task>) and the next attempt resumes from the checkpoint.
 # - TERM (scancel, or SLURM preempting or requeueing the job on its own) goes from slurmstepd to every
 #   process of the job; the trainers checkpoint the same way (within KillWait), the launchers wait for
-#   them, and the task does not requeue itself: a cancel stays a cancel, and SLURM requeues what it preempts.
+#   them, and the task does not requeue itself: a cancel stays a cancel, and SLURM requeues what it preempts
+#   or what `scontrol requeue` names (the log then says "SLURM requeued", and the task exits 0).
 # Status: the trainer's true exit status comes from <run>/status.json (`accelerate launch` itself exits 1
 # for any trainer failure); each attempt writes <run>/sweep_task.json (state running/done/preempted/failed,
 # exit = the trainer's status, or the launcher's when the trainer recorded none, e.g. 137 after SIGKILL)
@@ -114,7 +118,10 @@ echo "sweep.sh: $GRID index $INDEX, job $JOB on $(hostname -s), attempt $(( ${SL
 check_python
 resolved=$("$PY" -m cifar_dist sweep resolve "$GRID" "$INDEX" --shell) || exit 2
 worker=0
-eval "$resolved"  # run_name, run_dir, cell, seed, finished, train_args=(...); worker=1 for a search
+eval "$resolved"  # run_name, run_dir, cell, seed, finished, sweep_dir, train_args=(...); worker=1 for a search
+# The folder of the array's logs (sbatch --output=<sweep>/slurm/%A_%a.out): SLURM cannot open a task's log in a
+# folder that does not exist and fails the task without a line, so the first task to run makes it for the rest.
+mkdir -p "$sweep_dir/slurm"
 if [[ $finished == 1 ]]; then
     if [[ $worker == 1 ]]; then echo "sweep.sh: skip $run_name: the search has no trial left"; exit 0; fi
     echo "sweep.sh: skip $run_name: finished ($run_dir/result.json)"
@@ -147,8 +154,11 @@ if [[ $worker == 1 ]]; then  # the launcher above trains each trial; the worker 
         cmd+=(--worker="task-$INDEX")
     fi
     echo "sweep.sh: search worker ${JOB/none/task-$INDEX}; trainer launcher: $CIFAR_DIST_LAUNCH"
+    unset CIFAR_DIST_STOP_EXIT_0  # the worker reads its trials' exit status 3
 else
     cmd+=("${train_args[@]}" "${cpu_flags[@]}")
+    # A stopped trainer exits 0 (the true 3 is in status.json): no launcher failure report over a normal stop.
+    export CIFAR_DIST_STOP_EXIT_0=1
 fi
 echo "sweep.sh: $run_name: usable GPUs $gpus (allocated ${SLURM_GPUS_ON_NODE:-0}, CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-})"
 echo "sweep.sh: $(quote "${cmd[@]}")"
@@ -191,6 +201,11 @@ if [[ $STOP == USR1 ]]; then
 fi
 if [[ $STOP == TERM || $status == 3 ]]; then  # TERM, or a signal sent to the trainer itself
     write_task preempted "$status"
+    if [[ $STOP == TERM ]] && requeued_by_slurm; then  # scontrol requeue (cifar-dist sweep preempt), preemption
+        echo "sweep.sh: $run_name stopped by SIGTERM (exit $status); SLURM requeued $JOB: its next attempt" \
+             "resumes from the checkpoint"
+        exit 0
+    fi
     echo "sweep.sh: $run_name stopped by ${STOP:+SIG}${STOP:-a signal to the trainer} (exit $status);" \
          "resubmit (or SLURM's requeue) resumes it"
     exit 3

@@ -35,16 +35,19 @@
 #   `scancel --signal=USR1 --batch JOB`). The shell passes it on with `scancel --signal=USR1 JOB`, which
 #   slurmstepd delivers to every process of the job's steps on every node (not to the batch shell): the
 #   trainers catch it, the launchers ignore it (slurm/lib.sh). Every trainer saves its part of the
-#   checkpoint at the next check and exits 3; when the step has ended the job requeues itself and the
+#   checkpoint at the next check and stops with status 3 (status.json; the process exits 0, see
+#   slurm/lib.sh); when the step has ended the job requeues itself and the
 #   next start resumes. The shell repeats the USR1 every 10 s until the step ends (a trainer still
 #   starting up ignores it). The shell never signals srun: srun turns a TERM into a step kill (SIGKILL
 #   after KillWait), which would lose the checkpoint.
 # - `--signal=USR1@120` (no `B:`) also works: SLURM then signals the step processes directly, the
 #   trainers stop with status 3, and the script requeues on that recorded status.
-# - TERM (scancel, preemption) reaches every process of the job from slurmstepd: the trainers checkpoint
-#   the same way within KillWait, and the job does not requeue itself.
+# - TERM (scancel, preemption, `scontrol requeue JOB` = preemption by hand) reaches every process of the job
+#   from slurmstepd: the trainers checkpoint the same way within KillWait, and the job does not requeue
+#   itself (a cancel stays a cancel; after a requeue, SLURM's, the last line says "SLURM requeued").
 # Exit status: the trainer's own, read from <run_dir>/status.json (rank 0 writes it; `accelerate launch`
-# and srun report 1 for any trainer failure); 0 after a requeue; 3 when stopped and not requeued.
+# and srun report 1 for any trainer failure); 0 after a requeue (its own or SLURM's); 3 when stopped and not
+# requeued.
 #
 # Environment (all optional): CIFAR_DIST_PYTHON, CIFAR_DIST_ROOT, CIFAR_DIST_CPU_PROCS, CIFAR_DIST_GPUS
 # (usable GPUs per node, skipping the torch check), CIFAR_DIST_PORT, CIFAR_DIST_DRY_RUN=1 (print the
@@ -53,6 +56,23 @@ set -u
 
 if (( $# == 0 )); then
     echo "usage: sbatch [--nodes=N] slurm/train.sh --preset=NAME --run.name=NAME [--section.key=value ...]" >&2
+    exit 2
+fi
+if [[ -z ${SLURM_JOB_ID:-} && ${CIFAR_DIST_DRY_RUN:-0} != 1 ]]; then
+    # Run by hand, not by sbatch: say in one line how to submit it on this cluster. The #SBATCH lines above ask
+    # for 8 GPUs per node, which a partition without GPU gres refuses ("Invalid generic resource").
+    if command -v sinfo >/dev/null 2>&1 && parts=$(sinfo -h -o '%P|%c|%G' 2>/dev/null) && [[ -n $parts ]]; then
+        default=$(grep -m 1 '^[^|]*\*|' <<< "$parts" || head -n 1 <<< "$parts")
+        IFS='|' read -r part cpus gres <<< "$default"
+        if [[ $gres == *gpu* ]]; then
+            echo "train.sh: submit it: sbatch [--nodes=N] [--gpus-per-node=G] slurm/train.sh $*" >&2
+        else
+            echo "train.sh: submit it: partition ${part%\*} has no GPUs, so override the #SBATCH GPU request:" \
+                 "sbatch --nodes=N --gpus-per-node=0 --cpus-per-task=${cpus%+} slurm/train.sh $*" >&2
+        fi
+    else
+        echo "train.sh: submit it with sbatch (no SLURM here): sbatch [--nodes=N] slurm/train.sh $*" >&2
+    fi
     exit 2
 fi
 ROOT=${CIFAR_DIST_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}
@@ -68,7 +88,10 @@ PY=${CIFAR_DIST_PYTHON:-python}
 SCRIPT=train.sh
 source "$ROOT/slurm/lib.sh"
 
-stop_trainers() {  # USR1 to every process of the job's steps on every node (the batch shell excluded)
+stop_trainers() {  # USR1 to every process of the job's steps on every node (the batch shell excluded); after
+                   # a TERM nothing: slurmstepd has sent TERM to every process of the job already, and the job,
+                   # ending, refuses signals ("Invalid job id specified")
+    if [[ $STOP == TERM ]]; then return 0; fi
     scancel --signal=USR1 "$SLURM_JOB_ID" || echo "train.sh: scancel --signal=USR1 $SLURM_JOB_ID failed" >&2
 }
 trap 'on_stop USR1' USR1
@@ -97,20 +120,28 @@ fi
 
 # One launcher per node: the same command everywhere, with the node's own $SLURM_NODEID as machine rank;
 # it ignores USR1 and TERM (slurmstepd starts tasks with default dispositions), its trainers catch them.
-node_cmd='trap "" USR1 TERM; exec "$0" -m accelerate.commands.launch --quiet --machine_rank "$SLURM_NODEID" "$@"'
-srun_cmd=(srun --nodes="$nodes" --ntasks-per-node=1 --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}"
+# The log shows rank 0 of node 0 only: the other nodes' standard output (their banner and epoch lines, the
+# same as node 0's) goes to /dev/null; their standard error (errors, tracebacks) stays.
+node_cmd='trap "" USR1 TERM; if [ "$SLURM_NODEID" != 0 ]; then exec >/dev/null; fi; exec "$0" -m accelerate.commands.launch --quiet --machine_rank "$SLURM_NODEID" "$@"'
+export CIFAR_DIST_STOP_EXIT_0=1  # a stopped trainer exits 0 (its 3 is in status.json): no srun/torchrun report
+srun_cmd=(srun --quiet --nodes="$nodes" --ntasks-per-node=1 --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}"
           --kill-on-bad-exit=1 bash -c "$node_cmd" "$PY"
           --config_file "$ROOT/launch/multi_node.yaml" --num_machines "$nodes"
           --num_processes "$(( nodes * per_node ))" --main_process_ip "$main_addr" --main_process_port "$port"
           "${precision[@]}" -m cifar_dist.train "$@" "${cpu_flags[@]}" --resume=auto)
-echo "train.sh: $nodes node(s) x $per_node process(es) ($gpus usable GPUs per node), main $main_addr:$port (node $first)"
-echo "train.sh: $(quote "${srun_cmd[@]}")"
+say_plan() {
+    echo "train.sh: $nodes node(s) x $per_node process(es) ($gpus usable GPUs per node), main $main_addr:$port (node $first)"
+    echo "train.sh: $(quote "${srun_cmd[@]}")"
+}
 if [[ ${CIFAR_DIST_DRY_RUN:-0} == 1 ]]; then
+    say_plan
     exit 0
 fi
 
-# The run directory, from the resolved config; a bad flag stops here with the trainer's one-line error.
+# The run directory, from the resolved config; a bad flag stops here with the trainer's one-line error (and
+# nothing else: the plan is printed once the flags are good).
 config=$("$PY" -m cifar_dist.train "$@" --print_config) || exit 2
+say_plan
 run_dir=$("$PY" -c 'import os, sys, yaml
 run = yaml.safe_load(sys.stdin)["run"]
 print(os.path.join(str(run["out_dir"]), str(run["name"])))' <<< "$config") || exit 2
@@ -147,6 +178,11 @@ if [[ -n ${SLURM_JOB_ID:-} ]] && [[ $STOP == USR1 || ( -z $STOP && $status == 3 
     exit 3
 fi
 if [[ $STOP == TERM ]]; then
+    if requeued_by_slurm; then  # scontrol requeue JOB, or a preemption that requeues
+        echo "train.sh: stopped by SIGTERM (exit $status); SLURM requeued job $SLURM_JOB_ID: its next start" \
+             "resumes from the checkpoint"
+        exit 0
+    fi
     echo "train.sh: stopped by SIGTERM (exit $status); submit again to resume"
     exit 3
 fi

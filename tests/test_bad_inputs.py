@@ -603,7 +603,12 @@ def _(c):
 
 @case("sweep-no-command")
 def _(c):
-    return ["sweep"], "cifar-dist sweep: expected a command (plan, submit, status, run, resolve, worker), found nothing"
+    return ["sweep"], "cifar-dist sweep: expected a command (plan, submit, status, preempt, run, resolve, worker), found nothing"
+
+
+@case("sweep-preempt-bad-task")
+def _(c):
+    return ["sweep", "preempt", str(c.spec()), "x"], "TASK: expected an array index (an integer >= 0), found 'x'"
 
 
 @case("sweep-unknown-command")
@@ -1489,3 +1494,15 @@ def test_the_run_lock_is_held_by_the_kernel_not_by_a_file(directory_lockable, tm
     finally:
         rundir.end_run(run_dir, 2)  # refused before anything was written: the folders it made are removed
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("flag", ["--optim.lrr=0.1", "--resume=x", "--preset=nope", "--optim.lr=abc"])
+def test_a_bad_trainer_flag_is_refused_before_torch_is_imported(flag):
+    """Keys, types, choices, presets and --resume are checked before torch is imported (which takes seconds):
+    one line, exit 2, and torch never loaded (checked in the process itself, not by a timing)."""
+    code = ("import sys; from cifar_dist.cli.train import main; rc = main(sys.argv[1:]); "
+            "print('torch' in sys.modules, file=sys.stderr); sys.exit(rc)")
+    out = subprocess.run([sys.executable, "-c", code, flag], capture_output=True, text=True, timeout=60)
+    lines = out.stderr.splitlines()
+    assert out.returncode == 2 and len(lines) == 2 and lines[0].startswith("error: --"), out.stderr
+    assert lines[1] == "False", out.stderr

@@ -334,3 +334,52 @@ def test_timm_models_take_the_dropout_option():
 
     m = create_model("timm:resnet18", num_classes=10, dropout=0.3, cifar_stem=True)
     assert m.drop_rate == 0.3
+
+
+def test_gloo_sync_batchnorm_matches_batchnorm_on_one_rank_without_warnings(tmp_path):
+    """The CPU sync BatchNorm in a real 1-process gloo group: the same output, input gradient and running
+    stats as plain BatchNorm2d, and no warning at all (torch's deprecated distributed.nn all_reduce warned
+    FutureWarning twice per forward)."""
+    import warnings
+
+    import torch.distributed as dist
+
+    from cifar_dist.engine.devices import GlooSyncBatchNorm, convert_sync_bn
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        plain = torch.nn.BatchNorm2d(3)
+        synced = convert_sync_bn(torch.nn.Sequential(torch.nn.BatchNorm2d(3)), torch.device("cpu"))[0]
+        assert isinstance(synced, GlooSyncBatchNorm)
+        x = torch.randn(4, 3, 5, 5) * 3 + 1
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya = plain(xa)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            yb = synced(xb)
+            (yb * torch.arange(yb.numel()).view_as(yb)).sum().backward()
+        (ya * torch.arange(ya.numel()).view_as(ya)).sum().backward()
+        torch.testing.assert_close(yb, ya)
+        torch.testing.assert_close(xb.grad, xa.grad)
+        torch.testing.assert_close(synced.running_var, plain.running_var)
+        torch.testing.assert_close(synced.running_mean, plain.running_mean)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_resume_at_the_next_asha_rung_is_not_reported_as_a_config_change(tmp_path):
+    """A search resumes each trial with the next rung's --run.stop_after: nothing to report. Another key that
+    may change (run.epochs) is still reported, with the stop_after change left out of the line."""
+    import yaml
+
+    from cifar_dist.engine.rundir import check_resume_config
+
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"run": {"epochs": 4, "stop_after": 1, "seed": 0}}))
+    said: list[str] = []
+    check_resume_config(tmp_path, yaml.safe_dump({"run": {"epochs": 4, "stop_after": 2, "seed": 0}}), False,
+                        said.append)
+    assert said == []
+    check_resume_config(tmp_path, yaml.safe_dump({"run": {"epochs": 6, "stop_after": 2, "seed": 0}}), False,
+                        said.append)
+    assert said == ["resume: config changed: run.epochs 4 -> 6"]

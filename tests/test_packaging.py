@@ -57,3 +57,30 @@ def test_one_opencv_and_no_test_imports_outside_tests(pyproject):
     assert "opencv" not in deps  # ffcv brings opencv-python; a second cv2 package would overwrite it
     for path in [*REPO.glob("bench/*.py"), *REPO.glob("cifar_dist/**/*.py"), *REPO.glob("data_prep/**/*.py")]:
         assert "from tests" not in path.read_text() and "import tests" not in path.read_text(), path
+
+
+def test_cifar_dist_run_from_another_checkout_warns_in_one_line_and_uses_its_own_scripts(tmp_path):
+    """An editable install's `cifar-dist` started inside a second clone runs the first clone's code and scripts:
+    one warning line names both; `sweep plan` prints the running code's slurm/sweep.sh and CIFAR_DIST_ROOT."""
+    import os
+    import subprocess
+    import sys
+
+    other = tmp_path / "clone"
+    (other / "cifar_dist").mkdir(parents=True)
+    (other / "cifar_dist" / "__init__.py").write_text("")
+    (other / "launch").mkdir()
+    (other / "launch" / "cpu.yaml").write_text("")
+    (other / "spec.yaml").write_text(f"name: w\npreset: smoke\nout_dir: {tmp_path / 'runs'}\n")
+    root = resources.SOURCE_ROOT
+    entry = f"import sys; sys.path.insert(0, {str(root)!r}); from cifar_dist.cli import main; sys.exit(main())"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "CIFAR_DIST_"))}
+    out = subprocess.run([sys.executable, "-c", entry, "sweep", "plan", "spec.yaml"], cwd=other, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.splitlines() == [
+        f"warning: cifar-dist runs the cifar_dist of {root} (with its slurm/ and launch/), not this checkout "
+        f"{other}; to use this one run `python -m cifar_dist ...` here or `pip install -e {other}`"]
+    assert f"--export=ALL,CIFAR_DIST_ROOT={root} " in out.stdout and f" {root}/slurm/sweep.sh " in out.stdout
+    assert resources.checkout_warning(root / "tests") is None  # inside its own checkout: nothing to say
+    assert resources.checkout_warning(tmp_path) is None  # outside any checkout

@@ -246,6 +246,9 @@ sbatch: [--cpus-per-task=2, --gpus-per-node=0, --time=10]
     assert f"c000-s5 stopped (exit 3); requeueing {task} to resume from the checkpoint" in log
     assert f"index 0, job {task} on {slurm_cluster.node}, attempt 2" in log
     assert log.count("resumed at epoch") == 1
+    # a normal preemption of a torchrun task: no launcher failure report, no warning, no "config changed"
+    noise = ("FAILED", "exitcode", "Exited with exit code", "death signal", "Traceback", "Warning", "config changed")
+    assert not [ln for ln in log.splitlines() if any(n in ln for n in noise)], log
     assert f"resumed at epoch {stop.group(1)} step {stop.group(2)}" in log
     result = json.loads((run / "result.json").read_text())
     assert (result["epochs"], result["status"], result["world_size"]) == (3, "finished", 2)
@@ -276,3 +279,50 @@ def test_train_sh_runs_one_configuration_with_two_processes(slurm_cluster, tiny_
     assert "processes 2 (DistributedType.MULTI_CPU" in log
     result = json.loads((tmp_path / "runs" / "two" / "result.json").read_text())
     assert (result["world_size"], result["epochs"]) == (2, 1)
+
+
+def test_sweep_preempt_requeues_a_running_task_of_a_throttled_array_and_returns_at_once(
+        slurm_cluster, tiny_data, tmp_path):  # noqa: F811
+    """`cifar-dist sweep preempt SPEC 0` on a `%1` array whose task 1 is still pending (where SLURM 22.05's
+    `scancel --signal=USR1 --batch` keeps re-sending and fails): returns in seconds with one line, the trainer
+    saves a checkpoint mid-run, the task is requeued (the log says so) and its next attempt resumes."""
+    spec = _spec(tmp_path / "thr.yaml", "thr", tiny_data, """\
+  run.epochs: 3
+  run.global_batch_size: 10
+grid:
+  optim.lr: [1.0e-3, 2.0e-3]
+parallel: 1
+sbatch: [--cpus-per-task=1, --gpus-per-node=0, --time=10]
+""")
+    run = tmp_path / "runs" / "thr" / "c000-s0"
+    logs = tmp_path / "runs" / "thr" / "slurm"
+    with pytest.MonkeyPatch.context() as mp:
+        _use_cluster(mp, slurm_cluster)
+        rc, out = _sweep("submit", str(spec))
+        assert rc == 0, out
+        job = _job_id(out)
+        task = f"{job}_0"
+        try:
+            _wait_for(lambda: (run / "metrics.jsonl").is_file(), "the first epoch", poll=0.05)
+            assert f"{job}_1|PENDING" in slurm_cluster.jobs()  # the %1 limit holds task 1 back
+            start = time.monotonic()
+            rc, said = _sweep("preempt", str(spec), "0")
+            seconds = time.monotonic() - start
+            assert rc == 0, said
+            log = logs / f"{task}.out"
+            _wait_for(lambda: "SLURM requeued" in log.read_text(), "the first attempt to end", timeout=90)
+            state = json.loads((run / "checkpoints" / "last" / "train_state.json").read_text())
+            _wait_for(lambda: [slurm_cluster.start_now(task), "attempt 2" in log.read_text()][1],
+                      "the requeued attempt to start", timeout=120, poll=0.5)
+        finally:
+            slurm_cluster.run("scancel", job, check=False)
+    assert seconds < 5, seconds
+    assert said == (f"sweep thr: requeued {task} (c000-s0): its trainer got SIGTERM and saves a checkpoint; "
+                    "the task waits in the queue and its next attempt resumes from that checkpoint\n")
+    text = log.read_text()
+    first = text.split("attempt 2")[0]
+    assert re.search(r"stopped by signal at epoch \d step \d+; checkpoint saved", first), first
+    assert f"sweep.sh: c000-s0 stopped by SIGTERM (exit 3); SLURM requeued {task}: its next attempt resumes " \
+           "from the checkpoint" in first
+    assert state["epoch"] >= 1
+    assert json.loads((run / "sweep_task.json").read_text())["job"] == task

@@ -184,6 +184,11 @@ def test_train_sh_on_two_nodes_runs_world_size_2(two_node_reference, slurm_two_n
     assert "train.sh: 2 node(s) x 1 process(es) (0 usable GPUs per node), main 127.0.0.1:" in r.log
     assert f"(node {slurm_two_nodes.nodes[0]})" in r.log
     assert "processes 2 (DistributedType.MULTI_CPU" in r.log
+    # rank 0 of node 0 only: one banner, one line per epoch, no launcher noise
+    lines = r.log.splitlines()
+    assert sum(ln.startswith("cifar_dist: smoke | ") for ln in lines) == 1, r.log
+    assert [ln.split()[0] for ln in lines if ln.startswith("epoch=")] == ["epoch=1", "epoch=2", "epoch=3"], r.log
+    assert not [ln for ln in lines if any(n in ln for n in NOISE)], r.log
     env = json.loads((r.run / "env.json").read_text())
     assert env["world_size"] == 2
     result = json.loads((r.run / "result.json").read_text())
@@ -384,5 +389,130 @@ def test_train_sh_refuses_a_bad_flag_with_one_line_before_starting_any_node(  # 
     lines = (tmp_path / f"bad-{job}.out").read_text().splitlines()
     errors = [ln for ln in lines if not ln.startswith("train.sh: ")]
     assert len(errors) == 1 and errors[0].startswith("error: --optim.lrr: unknown key"), lines
+    assert lines == errors, lines  # the srun plan is printed only once the flags are good
     assert [(r["JobState"], r["ExitCode"]) for r in _jobcomp(slurm_two_nodes, job)] == [("FAILED", "2:0")]
     assert not (tmp_path / "bad" / "status.json").exists()
+
+
+SIGNAL_PROBE = """\
+import json, os, sys
+def dispositions(pid):
+    with open(f"/proc/{pid}/status") as f:
+        fields = dict(line.rstrip("\\n").split(":\\t", 1) for line in f if ":\\t" in line)
+    return {k: int(fields[k], 16) for k in ("SigIgn", "SigCgt")}
+if os.environ.get("RANK", "0") == "0":
+    with open(sys.argv[1], "w") as f:
+        json.dump({"agent": dispositions(os.getppid()), "worker": dispositions(os.getpid())}, f)
+"""
+
+
+def test_torchrun_agent_started_as_the_scripts_do_leaves_term_and_usr1_ignored(tmp_path):
+    """The launcher the scripts start (slurm/lib.sh's environment and start_child: USR1 and TERM ignored) with
+    2 CPU processes: torchrun's agent (the `accelerate launch` process, parent of the workers) must neither
+    catch TERM nor USR1 (bits 14 and 9 of /proc/PID/status SigCgt) but keep them ignored (SigIgn), so a
+    cancel or requeue reaches only the trainers and the agent prints no "Received 15 death signal"."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(SIGNAL_PROBE)
+    out = tmp_path / "signals.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TORCHELASTIC_", "PET_"))}
+    script = ('PY="$1"; SCRIPT=probe; source slurm/lib.sh; start_child "$PY" -m accelerate.commands.launch --quiet '
+              '--config_file launch/cpu.yaml --num_processes 2 --main_process_port "$2" "$3" "$4"; wait_child; exit $RC')
+    port = str(20000 + os.getpid() % 20000)
+    done = subprocess.run(["bash", "-c", script, "probe", sys.executable, port, str(probe), str(out)], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(out.read_text())
+    term, usr1 = 1 << (signal.SIGTERM - 1), 1 << (signal.SIGUSR1 - 1)
+    agent, worker = found["agent"], found["worker"]
+    assert (agent["SigCgt"] & term, agent["SigIgn"] & term) == (0, term), agent
+    assert (agent["SigCgt"] & usr1, agent["SigIgn"] & usr1) == (0, usr1), agent
+    assert worker["SigIgn"] & (term | usr1) == term | usr1, worker  # until the trainer installs its handler
+
+
+NOISE = ("Invalid job id", "scancel --signal", "death signal", "Exited with exit code", "FAILED", "exitcode",
+         "Traceback", "FutureWarning", "config changed", "srun: ")  # srun --quiet: no "Job step aborted" etc.
+
+
+def _train_sh_2procs(cluster: Cluster, data, out: Path, name: str) -> str:
+    """sbatch slurm/train.sh on the one-node cluster: srun -> accelerate launch -> torchrun, 2 CPU processes."""
+    data_dir, data_name = data
+    env = {**os.environ, "SLURM_CONF": str(cluster.conf), "CIFAR_DIST_CPU_PROCS": "2",
+           "CIFAR_DIST_PYTHON": sys.executable}
+    return _sbatch(cluster, "--nodes=1", "--gpus-per-node=0", "--cpus-per-task=2", "--time=10",
+                   f"--output={out}/{name}-%j.out", "slurm/train.sh", "--preset=smoke", f"--data.dir={data_dir}",
+                   f"--data.name={data_name}", "--data.val_size=100", "--run.epochs=4", "--run.global_batch_size=10",
+                   "--run.progress=false", f"--run.out_dir={out}", f"--run.name={name}", env=env)
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize("how", ["scancel", "scontrol requeue"])
+def test_train_sh_cancel_and_requeue_logs_say_one_line_without_launcher_noise(
+        how, slurm_cluster, tiny_data, tmp_path):  # noqa: F811
+    """`scancel JOB` and `scontrol requeue JOB` (preemption by hand) on a 2-process torchrun job: the trainers
+    checkpoint; the log ends with one train.sh line saying what happened (written before the requeue) and holds
+    no bogus scancel error, no torchrun FAILED report or "death signal", no srun exit-code line, no warning."""
+    run = tmp_path / "q"
+    with pytest.MonkeyPatch.context() as mp:
+        _use_cluster(mp, slurm_cluster)
+        job = _train_sh_2procs(slurm_cluster, tiny_data, tmp_path, "q")
+        log = tmp_path / f"q-{job}.out"
+        try:
+            _wait_for(lambda: (run / "metrics.jsonl").is_file(), "the first epoch", timeout=TIMEOUT, poll=0.05)
+            slurm_cluster.run(*how.split(), job)
+            _wait_for(lambda: "train.sh: stopped by SIGTERM" in log.read_text(), "the closing line", timeout=90)
+        finally:
+            if how != "scancel":
+                slurm_cluster.run("scancel", job, check=False)
+        _wait_job(slurm_cluster, job, tmp_path, timeout=90)
+    text = log.read_text().split("attempt 2")[0]
+    lines = text.splitlines()
+    assert not [ln for ln in lines if any(n in ln for n in NOISE)], text
+    assert sum(ln.startswith("cifar_dist: smoke | ") for ln in lines) == 1, text
+    assert re.search(r"stopped by signal at epoch \d step \d+; checkpoint saved", text), text
+    closing = {"scancel": "train.sh: stopped by SIGTERM (exit 3); submit again to resume",
+               "scontrol requeue": f"train.sh: stopped by SIGTERM (exit 3); SLURM requeued job {job}: its next "
+                                   "start resumes from the checkpoint"}[how]
+    assert closing in lines, text
+    assert json.loads((run / "status.json").read_text())["exit"] == 3
+
+
+@pytest.mark.parametrize("sinfo, parallel, expected", [
+    ("n1|debug*|2|(null)\n", 2, ["--cpus-per-task=1"]),  # 2 tasks on one 2-CPU node: 1 CPU each, both run
+    ("n1|debug*|2|(null)\n", 1, ["--cpus-per-task=2"]),
+    ("n1|debug*|2|(null)\nn2|debug*|2|(null)\n", 2, ["--cpus-per-task=2"]),  # one task per node
+    ("n1|debug*|8|(null)\n", 3, ["--cpus-per-task=2"]),  # 8 // 3 = 2: fits, the CPU default caps it
+    ("n1|debug*|4|(null)\n", 8, ["--cpus-per-task=1"]),  # never below 1 (the rest wait for a slot)
+    ("g1|gpu*|32|gpu:a100:4\n", 8, ["--gpus-per-node=1", "--cpus-per-task=8"]),  # 4 GPUs: 4 at once, 32 // 4
+    ("g1|gpu*|16|gpu:a100:4\n", 4, ["--gpus-per-node=1", "--cpus-per-task=4"]),
+])
+def test_task_cpus_let_parallel_tasks_fit_on_the_nodes(sinfo, parallel, expected):
+    assert task_resources([], sinfo, parallel) == expected
+
+
+@pytest.mark.slurm
+def test_train_sh_run_by_hand_on_a_gpu_less_cluster_says_what_to_pass(slurm_two_nodes):  # noqa: F811
+    """Its #SBATCH lines ask for GPUs, which this cluster refuses at submit: run outside a job, train.sh says in
+    one line (from sinfo) how to submit it here, exit 2, and starts nothing."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "CIFAR_DIST_"))}
+    env["SLURM_CONF"] = str(slurm_two_nodes.conf)
+    out = subprocess.run(["bash", "slurm/train.sh", "--preset=smoke", "--run.name=x"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert (out.returncode, out.stdout) == (2, "")
+    assert out.stderr == ("train.sh: submit it: partition debug has no GPUs, so override the #SBATCH GPU request: "
+                          "sbatch --nodes=N --gpus-per-node=0 --cpus-per-task=1 slurm/train.sh --preset=smoke "
+                          "--run.name=x\n")
+    assert slurm_two_nodes.jobs() == []
+
+
+def test_sweep_sh_creates_the_sweeps_log_folder(tmp_path):
+    """SLURM fails a task whose --output folder is missing without a line of log: the first task of an array
+    submitted by hand (no `plan`/`submit`) makes runs/<sweep>/slurm/ for the others."""
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"name: logs\npreset: smoke\nout_dir: {tmp_path / 'runs'}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "CIFAR_DIST_", "SBATCH_"))}
+    env.update(CIFAR_DIST_PYTHON=sys.executable, CIFAR_DIST_ROOT=str(REPO), CIFAR_DIST_DRY_RUN="1",
+               CIFAR_DIST_GPUS="0")
+    out = subprocess.run(["bash", str(REPO / "slurm" / "sweep.sh"), str(spec), "0"], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "runs" / "logs" / "slurm").is_dir()

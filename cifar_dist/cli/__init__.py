@@ -19,10 +19,12 @@ Exit status: 0 done, 2 bad input (one line starting with `error:`), others as th
 
 from __future__ import annotations
 
+import os
 import sys
 
 from cifar_dist.cli.flags import did_you_mean, run_command
 from cifar_dist.errors import EXIT_BAD_INPUT, EXIT_OK
+from cifar_dist.resources import checkout_warning
 
 USAGE = __doc__
 
@@ -70,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cifar-dist {version()}")
         return EXIT_OK
     cmd, rest = argv[0], argv[1:]
+    warning = None if "SLURM_JOB_ID" in os.environ else checkout_warning()  # jobs: the submit side said it
+    if warning:
+        print(warning, file=sys.stderr)
     if cmd == "prepare":  # the one conversion parser, shared with `python -m data_prep`
         from data_prep.cli import main as prepare_main
 

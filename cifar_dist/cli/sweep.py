@@ -1,4 +1,4 @@
-"""`cifar-dist sweep plan|submit|status|run|resolve|worker GRID ...`: the flags of the sweep commands.
+"""`cifar-dist sweep plan|submit|status|preempt|run|resolve|worker GRID ...`: the flags of the sweep commands.
 
 Each subcommand is a function with typed keyword arguments, run by the strict runner
 (`cifar_dist.cli.flags.run_command`): every flag is checked before anything is read or written.
@@ -71,6 +71,18 @@ def status(grid: str, *, json: bool = False) -> int:
     return EXIT_OK
 
 
+def preempt(grid: str, task: int) -> int:
+    """stop a running array task by hand: it saves a checkpoint, requeues and resumes later.
+
+    TASK: the array index (a search's worker number), as `sweep status` shows it. Runs `scontrol requeue
+    <array job>_<TASK>`, which works on arrays with pending tasks (a %N limit) and returns at once; SLURM
+    sends the task SIGTERM, the trainer checkpoints and the task goes back to the queue.
+    """
+    if isinstance(task, bool) or not isinstance(task, int) or task < 0:
+        raise FlagError(f"TASK: expected an array index (an integer >= 0), found {task!r}")
+    return sweeps.preempt(sweeps.load_sweep(grid, count=False), task)
+
+
 def run(grid: str, *, local: bool = True, parallel: int = 1, procs: int | None = None) -> int:
     """run the sweep on this machine, as subprocesses (same skip/resume rules as on SLURM).
 
@@ -106,7 +118,7 @@ def resolve(grid: str, index: int, *, shell: bool = False) -> int:
     """print the train flags of one array index (used by slurm/sweep.sh).
 
     INDEX: array index = cell position x len(seeds) + seed position. --shell: bash assignments
-    run_name, run_dir, cell, seed, finished, train_args=(...).
+    run_name, run_dir, cell, seed, finished, sweep_dir, train_args=(...).
     """
     if isinstance(index, bool) or not isinstance(index, int):
         raise FlagError(f"INDEX: expected an integer, found {index!r}")
@@ -139,7 +151,7 @@ def worker(grid: str, *, worker: str | None = None, procs: int | None = None) ->
     return sweeps.run_worker(sweep, worker, procs)
 
 
-COMMANDS = {"plan": plan, "submit": submit, "status": status, "run": run, "resolve": resolve, "worker": worker}
+COMMANDS = {"plan": plan, "submit": submit, "status": status, "preempt": preempt, "run": run, "resolve": resolve, "worker": worker}
 
 
 def usage() -> str:

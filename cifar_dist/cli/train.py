@@ -31,22 +31,25 @@ from dataclasses import replace
 from pathlib import Path
 
 from cifar_dist.cli.flags import run_command
-from cifar_dist.config import ConfigError, dump_yaml
+from cifar_dist.config import RESUME_MODES, ConfigError, dump_yaml
 from cifar_dist.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, InputError
 
 
 def run_cli(*, preset: str | None = None, config: str | None = None, resume: str = "none", print_config: bool = False,
             **overrides) -> int:
     """Resolve the config from flags and train (or print the config); input errors raise InputError."""
-    from cifar_dist.engine import train
-    from cifar_dist.engine.checkpoint import RESUME_MODES
-    from cifar_dist.engine.rundir import end_run
-    from cifar_dist.models import check_options
     from cifar_dist.presets import resolve
 
+    # Before torch is imported (seconds): the resume mode, presets, keys, types and choices. Model options
+    # need the model registry, which imports torch.
     if str(resume) not in RESUME_MODES:  # before anything runs or is written
         raise ConfigError(f"--resume: expected one of {', '.join(RESUME_MODES)}, found {resume!r}")
     cfg = resolve(preset, config, overrides)
+
+    from cifar_dist.engine import train
+    from cifar_dist.engine.rundir import end_run
+    from cifar_dist.models import check_options
+
     cfg = replace(cfg, model=check_options(cfg.model))  # model options against the builder, before any work
     if print_config:
         print(dump_yaml(cfg), end="")

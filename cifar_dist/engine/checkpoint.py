@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cifar_dist.config import Config, ConfigError, dump_yaml
+from cifar_dist.config import RESUME_MODES, Config, ConfigError, dump_yaml
 from cifar_dist.engine.rundir import agree, check_fresh, check_resume_config, disk_errors
 from cifar_dist.engine.train_state import TrainState, train_state
 from cifar_dist.errors import InputError
@@ -45,7 +45,6 @@ from cifar_dist.files import atomic_write_bytes
 LAST, BEST, OLD, TMP = "last", "best", ".last.old", ".last.tmp"
 META, MODEL, STATE = "checkpoint.json", "model.safetensors", "train_state.json"
 FORMAT = 2  # 1 was accelerate's save_state (pickles): not read any more
-RESUME_MODES = ("auto", "none", "force")
 
 
 class CheckpointError(InputError):

@@ -133,6 +133,25 @@ def use_sync_bn(setting: bool | None, world: int, per_device: int) -> bool:
     return per_device < SYNC_BN_BELOW if setting is None else bool(setting)
 
 
+class AllReduceSum(torch.autograd.Function):
+    """Differentiable sum over the process group: forward all-reduces x, backward all-reduces the gradient
+    (d sum_r x_r / d x_r = 1 on every rank). Ours because torch.distributed.nn.functional.all_reduce, which does
+    the same, warns (FutureWarning, deprecated) on every call."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
+        ctx.group = group
+        out = x.clone()  # all_reduce works in place
+        dist.all_reduce(out, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
 class GlooSyncBatchNorm:
     """Mixed into a BatchNorm's own class on the CPU, where torch's SyncBatchNorm cannot run (its kernels are
     CUDA-only and DDP refuses any SyncBatchNorm on a CPU module): in training, the batch statistics come from sums
@@ -153,16 +172,14 @@ class GlooSyncBatchNorm:
         return x
 
     def _gloo_forward(self, x: torch.Tensor) -> torch.Tensor:
-        from torch.distributed.nn.functional import all_reduce
-
         self._check_input_dim(x)
         group = self.process_group or dist.group.WORLD
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
-        sums = all_reduce(torch.cat([x.sum(dims), x.new_full((1,), x.numel() / x.shape[1])]), group=group)
+        sums = AllReduceSum.apply(torch.cat([x.sum(dims), x.new_full((1,), x.numel() / x.shape[1])]), group)
         n, mean = sums[-1], sums[:-1] / sums[-1]
         centred = x - mean.view(shape)
-        var = all_reduce(centred.pow(2).sum(dims), group=group) / n
+        var = AllReduceSum.apply(centred.pow(2).sum(dims), group) / n
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)

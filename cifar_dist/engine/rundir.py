@@ -44,6 +44,10 @@ MAY_CHANGE_ON_RESUME = (
     "data.dir", "data.num_workers", "model.compile",
 )
 
+# Keys a resume changes by design and reports nothing about: run.stop_after is where this session pauses (an
+# ASHA rung: each rung resumes the trial with the next one), not a change of the experiment.
+SESSION_KEYS = ("run.stop_after",)
+
 # Files and folders that mean "a run was here" (a fresh run refuses such a directory: one run, one folder).
 RUN_FILES = ("config.yaml", "metrics.jsonl", "result.json", "checkpoints", "paused.json")
 
@@ -227,7 +231,8 @@ def check_resume_config(run_dir: Path, config_yaml: str, force: bool, say: Calla
                           f"--resume=force resumes anyway") from None
     new = _flat_yaml(config_yaml)
     missing = object()
-    changed = sorted(k for k in old.keys() | new.keys() if old.get(k, missing) != new.get(k, missing))
+    changed = sorted(k for k in old.keys() | new.keys()
+                     if old.get(k, missing) != new.get(k, missing) and k not in SESSION_KEYS)
     if not changed:
         return
     text = ", ".join(f"{k} {_show(old.get(k, missing), missing)} -> {_show(new.get(k, missing), missing)}"

@@ -6,7 +6,9 @@ slurm/sweep.sh asks for nothing beyond SLURM's defaults (one CPU, no GPU), so it
 - `--gpus-per-node=1` only when the partition has nodes with GPUs (a cluster without GPU gres rejects
   any GPU request: "Invalid generic resource (gres) specification");
 - `--cpus-per-task=N` with N = GPU_TASK_CPUS beside a GPU, CPU_TASK_CPUS without one, never more than
-  the smallest node that could run the task has (a larger request is refused or pends forever).
+  the smallest node that could run the task has (a larger request is refused or pends forever), and small
+  enough that the sweep's `parallel` tasks fit on the partition's nodes at once (2 tasks on one 2-CPU node:
+  1 CPU each; asking 2 would run them one after the other).
 
 Options the spec's `sbatch:` list (or the command line) already gives win: a GPU option (--gpus*, -G,
 --gres) or a CPU option (--cpus-per-task, -c) there turns the matching default off (a GPU option asking
@@ -94,9 +96,11 @@ def _gpu_request(args: list[str]) -> int | None:
     return int(any(v.split(":")[-1].split("(")[0] not in ("0", "") for v in values))
 
 
-def task_resources(given: list[str], sinfo_text: str | None) -> list[str]:
+def task_resources(given: list[str], sinfo_text: str | None, parallel: int = 1) -> list[str]:
     """The sbatch options to add for one sweep task (see the module docstring); `given` are the options
-    the user's spec and command line already pass, `sinfo_text` the output of query_sinfo()."""
+    the user's spec and command line already pass, `sinfo_text` the output of query_sinfo(), `parallel` the
+    array tasks meant to run at once: spread over the partition's nodes, they must fit side by side, so the
+    CPU count is the smallest node's CPUs divided by the tasks each node gets (at least 1)."""
     nodes = parse_sinfo(sinfo_text or "")
     wanted = {p for v in _option_values(given, "partition", "p") for p in v.split(",") if p}
     nodes = [n for n in nodes if n.partition in wanted] if wanted else [n for n in nodes if n.default]
@@ -110,10 +114,14 @@ def task_resources(given: list[str], sinfo_text: str | None) -> list[str]:
     on_gpu = bool(gpu_nodes) and asked != 0
     if not (_option_values(given, "cpus-per-task", "c")):
         pool = gpu_nodes if on_gpu else nodes
-        out.append(f"--cpus-per-task={min(GPU_TASK_CPUS if on_gpu else CPU_TASK_CPUS, min(n.cpus for n in pool))}")
+        per_node = -(-max(parallel, 1) // len(pool))  # tasks each node runs at once
+        if on_gpu:  # one GPU each: a node never runs more tasks than it has GPUs
+            per_node = min(per_node, min(n.gpus for n in pool))
+        fit = max(1, min(n.cpus for n in pool) // per_node)
+        out.append(f"--cpus-per-task={min(GPU_TASK_CPUS if on_gpu else CPU_TASK_CPUS, fit)}")
     return out
 
 
-def sbatch_resources(given: list[str]) -> list[str]:
+def sbatch_resources(given: list[str], parallel: int = 1) -> list[str]:
     """task_resources() for this cluster (asks sinfo); [] where sinfo does not answer."""
-    return task_resources(given, query_sinfo())
+    return task_resources(given, query_sinfo(), parallel)

@@ -57,7 +57,7 @@ def sbatch_command(sweep: Sweep, indices: list[int], parallel: int, extra: list[
         cmd.append(f"--export=ALL,CIFAR_DIST_ROOT={REPO}")
     given = [*sweep.spec.sbatch, *(extra or [])]
     # GPUs only where the partition has them, never more CPUs than a node has (sweep.sh asks for neither)
-    cmd += [*sbatch_resources(given), *given, _display_path(SWEEP_SCRIPT), str(sweep.spec.path)]
+    cmd += [*sbatch_resources(given, parallel), *given, _display_path(SWEEP_SCRIPT), str(sweep.spec.path)]
     return cmd
 
 
@@ -225,7 +225,7 @@ def submit(sweep: Sweep, parallel: int, extra: list[str], dry_run: bool = False)
 
 def resolve_task(grid: str | Path, index: int, shell: bool = False) -> str:
     """The train flags of array index `index` (one line), or with `shell` the bash assignments sweep.sh
-    evaluates: run_name, run_dir, cell, seed, finished, train_args=(...). Writes sweep.json if missing."""
+    evaluates: run_name, run_dir, cell, seed, finished, sweep_dir, train_args=(...). Writes sweep.json if missing."""
     spec = load_spec(grid)
     record = read_sweep_json(Path(spec.out_dir) / spec.name)
     sweep_file_ok = bool(record) and record.get("spec_sha256") == spec.sha256
@@ -243,7 +243,8 @@ def resolve_task(grid: str | Path, index: int, shell: bool = False) -> str:
         return shlex.join(flags) + "\n"
     return "".join(f"{line}\n" for line in (
         f"run_name={shlex.quote(run.name)}", f"run_dir={shlex.quote(str(run.dir))}", f"cell={run.cell.cell}",
-        f"seed={run.seed}", f"finished={int(is_finished(run))}", f"train_args=({shlex.join(flags)})"))
+        f"seed={run.seed}", f"finished={int(is_finished(run))}", f"sweep_dir={shlex.quote(str(sweep.dir))}",
+        f"train_args=({shlex.join(flags)})"))
 
 
 def _resolve_worker(sweep: Sweep, index: int, shell: bool, write: bool) -> str:
@@ -258,4 +259,40 @@ def _resolve_worker(sweep: Sweep, index: int, shell: bool, write: bool) -> str:
     wdir = sweep.dir / "workers" / str(index)
     return "".join(f"{line}\n" for line in (
         f"run_name=worker-{index}", f"run_dir={shlex.quote(str(wdir))}", "cell=search", f"seed={sweep.spec.seeds[0]}",
-        f"finished={int(search_finished(sweep))}", "worker=1", f"train_args=({shlex.join(args)})"))
+        f"finished={int(search_finished(sweep))}", "worker=1", f"sweep_dir={shlex.quote(str(sweep.dir))}",
+        f"train_args=({shlex.join(args)})"))
+
+
+def preempt(sweep: Sweep, task: int) -> int:
+    """Preempt array task `task` of this sweep by hand: `scontrol requeue <array job>_<task>`; one line says
+    what happened. SLURM sends TERM to every process of the task (the trainer saves a checkpoint and exits 3,
+    within KillWait), puts the task back in the queue and starts it again later; that attempt resumes.
+
+    Why not USR1: on SLURM 22.05, `scancel --signal=USR1 [--batch|--full]` on a running task of an array
+    that still has pending tasks (a `%N` limit) delivers the signal, then reports "Job can not be altered
+    now", re-sends it every few seconds until the task ends and exits non-zero; `scontrol requeue` returns
+    at once on any array."""
+    queue = squeue_tasks(sweep.spec.name)
+    if queue is None:
+        print("error: squeue did not answer (is this a SLURM login node?)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    job, state = queue["by_index"].get(task, (None, None))
+    what = "worker" if sweep.spec.search is not None else "task"
+    if job is None or state not in RUNNING_STATES:
+        found = f"it is {state}" if job else "no such task in squeue"
+        print(f"error: sweep {sweep.spec.name}: {what} {task}: expected a running array task, found {found} "
+              f"(see cifar-dist sweep status {sweep.spec.path})", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    runs = {r.index: r.name for r in sweep.runs} if sweep.spec.search is None else {}
+    label = f"{job} ({runs[task]})" if task in runs else job
+    try:
+        out = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        print(f"error: scontrol requeue {job}: {e}", file=sys.stderr)
+        return 1
+    if out.returncode:
+        print(f"error: scontrol requeue {job} failed: {(out.stderr or out.stdout).strip()}", file=sys.stderr)
+        return 1
+    print(f"sweep {sweep.spec.name}: requeued {label}: its trainer got SIGTERM and saves a checkpoint; the task "
+          f"waits in the queue and its next attempt resumes from that checkpoint")
+    return EXIT_OK
