@@ -846,6 +846,7 @@ def _(c):
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=c.marks) for c in CASES])
+@pytest.mark.slow
 def test_bad_input(case: Case, tmp_path, request, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for k, v in case.env.items():
@@ -1234,6 +1235,7 @@ RUN_FOLDER_CASES: dict[str, tuple[Callable[[Path], None], list[str], str]] = {
 
 
 @pytest.mark.parametrize("spoil, flags, needle", list(RUN_FOLDER_CASES.values()), ids=list(RUN_FOLDER_CASES))
+@pytest.mark.slow
 def test_a_refused_command_leaves_the_run_folder_as_it_was(spoil, flags, needle, tiny_run, tiny_data, tmp_path,
                                                            capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -1361,6 +1363,7 @@ def _launch_cmd(launch: str, flags: list[str]) -> list[str]:
 @pytest.mark.parametrize("launch", [
     "python", pytest.param("accelerate-1-process", marks=pytest.mark.slow),
     pytest.param("accelerate-2-processes", marks=pytest.mark.slow)])
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_exits_3_and_resumes(launch, tiny_data, tmp_path):
     """SIGINT to the whole process group, as a terminal's Ctrl-C sends it: the trainer(s) checkpoint and exit 3
     with one line, no traceback, status.json says "stopped", and --resume=auto goes on with one run's rows."""
@@ -1395,6 +1398,7 @@ def test_ctrl_c_saves_a_checkpoint_exits_3_and_resumes(launch, tiny_data, tmp_pa
 
 @pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("when", ["reading", "writing"])
+@pytest.mark.slow
 def test_a_signal_to_prepare_leaves_no_temporaries(sig, status, when, tmp_path):
     """Ctrl-C or SIGTERM while `prepare` reads its source or writes the .beton files: one line, exit 130 / 143
     (README), no temporaries, no output files and no process left."""

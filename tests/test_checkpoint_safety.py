@@ -139,6 +139,7 @@ def test_an_older_checkpoint_with_a_saved_schedule_or_other_objects_resumes(tiny
 
 
 @pytest.mark.timeout(900)  # 241 s on a loaded 2-core machine
+@pytest.mark.slow
 def test_resume_falls_back_to_last_old_or_stops_with_one_line(tiny_data, finished_run, tmp_path):
     marker = tmp_path / "PWNED"
     # one bad file in `last`: the resume says so in one line and continues from .last.old
@@ -192,6 +193,7 @@ def test_compiled_and_ddp_wrapped_models_save_plain_keys():
 
 
 @pytest.mark.timeout(900)  # 234 s on a loaded 2-core machine
+@pytest.mark.slow
 def test_two_runs_with_one_name_the_second_exits_2_and_kill_9_frees_the_lock(tiny_data, tmp_path):
     cmd = train_cmd(tiny_data, tmp_path, "busy", "--run.epochs=200", "--run.global_batch_size=20")
     first = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -222,6 +224,7 @@ def test_two_runs_with_one_name_the_second_exits_2_and_kill_9_frees_the_lock(tin
 
 
 @pytest.mark.timeout(900)  # 102 s on a loaded 2-core machine
+@pytest.mark.slow
 def test_resume_checks_the_config_and_never_keeps_a_stale_result(tiny_data, finished_run, tmp_path):
     d = copy_run(finished_run, tmp_path, "cfg")
     p = run(train_cmd(tiny_data, tmp_path, "cfg", "--run.epochs=1", *BASE, "--optim.lr=0.5", "--loss.label_smoothing=0.1",
@@ -251,6 +254,7 @@ def test_resume_checks_the_config_and_never_keeps_a_stale_result(tiny_data, fini
     assert read_json(d / "result.json")["status"] == "diverged"
 
 
+@pytest.mark.slow
 def test_nan_before_any_checkpoint_says_there_is_none(tiny_data, tmp_path):
     p = run(train_cmd(tiny_data, tmp_path, "nan0", "--run.epochs=2", "--optim.name=sgd", "--optim.lr=1e30",
                       "--run.log_every_steps=1"))
@@ -261,6 +265,7 @@ def test_nan_before_any_checkpoint_says_there_is_none(tiny_data, tmp_path):
     assert read_json(tmp_path / "nan0" / "result.json")["status"] == "diverged"  # issue 19
 
 
+@pytest.mark.slow
 def test_torn_metrics_line_is_repaired_and_events_keep_every_point(tiny_data, finished_run, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -282,6 +287,7 @@ def test_torn_metrics_line_is_repaired_and_events_keep_every_point(tiny_data, fi
     assert len(list(d.glob("events.out.tfevents.*"))) == 1  # this session's file (hparams included)
 
 
+@pytest.mark.slow
 def test_a_bad_line_inside_metrics_is_an_error_naming_it(tiny_data, finished_run, tmp_path):
     d = copy_run(finished_run, tmp_path, "midbad")
     text = (d / "metrics.jsonl").read_text()
@@ -355,6 +361,7 @@ def test_disk_full_in_checkpoint_metrics_and_result_keeps_what_was_there(small_d
 
 
 @pytest.mark.timeout(900)  # 62 s on a loaded 2-core machine
+@pytest.mark.slow
 def test_disk_full_during_a_run_exits_2_with_one_line_and_resumes(tiny_data, small_disk):
     cmd = train_cmd(tiny_data, small_disk, "full", "--run.epochs=40", "--run.global_batch_size=20",
                     "--run.checkpoint_every_steps=1", "--run.ema=true")

@@ -113,6 +113,7 @@ def test_cifar10_archive_raw_is_pixel_exact_with_full_manifest(tmp_path):
         assert manifest["files"][split]["sha256"] == hashlib.sha256(f.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_cifar10_batches_folder_and_its_parent_folder(tmp_path):
     expected = make_cifar10_dir(tmp_path / "src")
     for i, source in enumerate((tmp_path / "src" / "cifar-10-batches-py", tmp_path / "src")):
@@ -122,6 +123,7 @@ def test_cifar10_batches_folder_and_its_parent_folder(tmp_path):
         assert_betons_match(out, "cifar10", expected)
 
 
+@pytest.mark.slow
 def test_cifar100_fine_and_coarse_labels(tmp_path):
     fine, coarse = make_cifar100_dir(tmp_path / "src")
     archive = make_tar(tmp_path / "src" / "cifar-100-python", tmp_path / "cifar-100-python.tar.gz")
@@ -148,6 +150,7 @@ def test_image_folder_converts_modes_to_rgb_and_orders_classes(tmp_path):
 
 
 @pytest.mark.parametrize("arcname", ["", "cifar-tiny"], ids=["tree-at-top", "under-one-folder"])
+@pytest.mark.slow
 def test_image_folder_tar(tmp_path, arcname):
     expected = make_image_folder(tmp_path / "tree", n_train=3, n_test=2)
     (tmp_path / "tree" / "README.txt").write_text("ignored: not under train/ or test/\n")
@@ -159,6 +162,7 @@ def test_image_folder_tar(tmp_path, arcname):
     assert_betons_match(out, "tiny-folder", in_written_order(expected))
 
 
+@pytest.mark.slow
 def test_jpg_mode_with_verify(tmp_path):
     expected = in_written_order(
         make_image_folder(tmp_path / "tree", fmt="png", n_train=6, n_test=3)
@@ -184,6 +188,7 @@ def test_jpg_mode_with_verify(tmp_path):
         assert images.shape == expected.split(split)[0].shape
 
 
+@pytest.mark.slow
 def test_jpg_mode_on_smooth_images_is_close(tmp_path):
     expected = make_image_folder(tmp_path / "tree", fmt="png", n_train=4, n_test=2, seed=5)
     # overwrite with smooth content saved losslessly so the JPEG error is small and meaningful
@@ -206,6 +211,7 @@ def test_jpg_mode_on_smooth_images_is_close(tmp_path):
         np.testing.assert_array_equal(labels, expected.split(split)[1])
 
 
+@pytest.mark.slow
 def test_rerun_is_a_noop_and_force_or_new_options_rewrite(tmp_path):
     archive, expected = make_cifar10_archive(tmp_path)
     out = tmp_path / "out"
@@ -234,6 +240,7 @@ def test_rerun_is_a_noop_and_force_or_new_options_rewrite(tmp_path):
     assert all(f.stat().st_mtime_ns != after_force[f] for f in files)
 
 
+@pytest.mark.slow
 def test_changed_source_or_missing_beton_rewrites(tmp_path):
     expected = make_cifar10_dir(tmp_path / "src")
     src = tmp_path / "src" / "cifar-10-batches-py"
@@ -253,6 +260,7 @@ def test_changed_source_or_missing_beton_rewrites(tmp_path):
     np.testing.assert_array_equal(labels, expected.train_labels)
 
 
+@pytest.mark.slow
 def test_prepare_prints_summary_table_and_returns_0(tmp_path, capsys):
     archive, expected = make_cifar10_archive(tmp_path)
     rc = prepare(str(archive), out=str(tmp_path / "out"), num_workers=1, verify=True)
@@ -274,6 +282,7 @@ def test_prepare_prints_summary_table_and_returns_0(tmp_path, capsys):
     assert "verified" in captured.out
 
 
+@pytest.mark.slow
 def test_cli_subprocess_end_to_end_and_noop(tmp_path):
     archive, expected = make_cifar10_archive(tmp_path)
     out = tmp_path / "out"
@@ -340,6 +349,7 @@ def test_unknown_flag_converts_nothing(tmp_path, module, extra):
     assert time.monotonic() - started < 60  # refused before FFCV or the source was touched
 
 
+@pytest.mark.slow
 def test_progress_bars_when_requested(tmp_path, capsys):
     make_image_folder(tmp_path / "tree", n_train=2, n_test=1)
     assert prepare(str(tmp_path / "tree"), out=str(tmp_path / "out"), num_workers=1, progress=True) == 0
@@ -371,6 +381,7 @@ def http_dir(tmp_path):
     server.server_close()
 
 
+@pytest.mark.slow
 def test_download_to_cache_with_md5(tmp_path, http_dir):
     www, base = http_dir
     archive, expected = make_cifar10_archive(tmp_path)
@@ -643,6 +654,7 @@ def processes_mentioning(text: str) -> list[str]:
     return found
 
 
+@pytest.mark.slow
 def test_writer_worker_failure_is_an_error_not_a_hang(tmp_path):
     import resource
 
@@ -667,6 +679,7 @@ def test_writer_worker_failure_is_an_error_not_a_hang(tmp_path):
     assert processes_mentioning(str(tmp_path)) == []
 
 
+@pytest.mark.slow
 def test_disk_full_is_one_line_and_leaves_nothing(tmp_path):
     """A 30 MB tmpfs (the test mounts and unmounts it) fills up while the .beton files are written."""
     archive, _ = make_cifar10_archive(tmp_path, per_batch=40, n_test=40)
@@ -692,6 +705,7 @@ def test_writer_past_its_deadline_is_an_error_not_a_hang(tmp_path):
     assert processes_mentioning(str(tmp_path)) == []  # the writer's whole session was stopped
 
 
+@pytest.mark.slow
 def test_same_size_corruption_is_detected_and_rewritten(tmp_path):
     archive, expected = make_cifar10_archive(tmp_path)
     out = tmp_path / "out"
@@ -715,6 +729,7 @@ def test_same_size_corruption_is_detected_and_rewritten(tmp_path):
     assert any("up to date" in m for m in messages)
 
 
+@pytest.mark.slow
 def test_image_folder_is_written_shuffled_and_rerun_stays_idempotent(tmp_path):
     classes = tuple(f"class{i}" for i in range(10))
     expected = make_image_folder(tmp_path / "tree", classes=classes, n_train=10, n_test=4)
@@ -736,6 +751,7 @@ def test_image_folder_is_written_shuffled_and_rerun_stays_idempotent(tmp_path):
     assert {f: f.stat().st_mtime_ns for f in files} == before
 
 
+@pytest.mark.slow
 def test_verify_detects_a_corrupted_beton(tmp_path):
     from data_prep.sources import read_source, resolve_source
     from data_prep.writer import verify_split

@@ -44,6 +44,7 @@ def accuracy_line(stdout: str, prefix: str) -> float:
 
 
 @pytest.mark.parametrize("weights,part", [("best", "best"), ("last", "final")])
+@pytest.mark.slow
 def test_evaluate_prints_the_accuracy_the_run_recorded(cli, trained, weights, part):
     result = read_json(trained / "result.json")[part]
     p = cli("evaluate", trained, f"--weights={weights}")

@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from cifar_dist.presets import list_presets
 from tests.helpers import REPO
 
@@ -28,6 +30,7 @@ def rows(stdout: str) -> dict[str, str]:
     return {m.group(1): m.string for m in found if m and not m.string.startswith("gpu_check:")}
 
 
+@pytest.mark.slow
 def test_a_trainer_that_dies_at_once_ends_each_row_at_once_with_its_log_tail(tiny_data, tmp_path):
     env = {**os.environ, "FAKE_EXIT": "3", "CIFAR_DIST_PYTHON": sys.executable}
     t0 = time.monotonic()
@@ -49,6 +52,7 @@ def test_a_trainer_that_dies_at_once_ends_each_row_at_once_with_its_log_tail(tin
     assert p.stdout.rstrip().splitlines()[-1].startswith(f"gpu_check: {len(got)} of {len(got)} rows FAILED")
 
 
+@pytest.mark.slow
 def test_a_hung_trainer_is_stopped_at_its_rows_time_and_the_budget_ends_the_check(tiny_data, tmp_path):
     """Trainers that never finish: each row stops at --row_timeout_s, rows print as they end (the first arrives
     while the check still runs), and rows past the budget are reported as not run."""

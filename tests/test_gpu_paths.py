@@ -41,6 +41,7 @@ def test_ffcv_pipelines_end_on_the_requested_device_without_a_host_buffer_after_
 
 
 @pytest.mark.parametrize("train", [True, False])
+@pytest.mark.slow
 def test_ffcv_batches_are_on_the_requested_device(tiny_data, train):
     data_dir, name = tiny_data
     train_path, _ = beton_paths(data_dir, name)
@@ -82,6 +83,7 @@ def host_syncs(fn) -> list[str]:
 
 @pytest.mark.parametrize("over", [{}, {"run.ema": True, "loss.mixup_prob": 0.5, "loss.mixup_alpha": 1.0,
                                        "loss.ricap_prob": 0.3, "optim.grad_clip": 1.0}], ids=["fast", "ema_mixers"])
+@pytest.mark.slow
 def test_training_steps_have_no_host_sync(tiny_data, over):
     """`fast` (tensor loader, reflect crops, alternating flips, lookahead-EMA) built by the engine: the aten ops of
     whole epochs of training steps include nothing that makes the host wait for the device (no .item(), no
@@ -111,6 +113,7 @@ def test_training_steps_have_no_host_sync(tiny_data, over):
     assert state.global_step == 2 * len(loaders.train) == 16 and float(sums[2]) == 2 * 400 // 50 * 50
 
 
+@pytest.mark.slow
 def test_launch_time_is_the_launchers_start_under_accelerate_launch(tmp_path):
     """first_step_s counts from the `accelerate launch` process's start (its interpreter start-up included);
     a process started directly counts from its own start."""
@@ -247,6 +250,7 @@ def test_cudnn_benchmark_on_cuda_unless_deterministic(monkeypatch):
     assert torch.backends.cudnn.benchmark is False
 
 
+@pytest.mark.slow
 def test_compile_wraps_the_prepared_model_and_evaluation_never_recompiles():
     """Inductor for real on a tiny net through the session's own build_parts: training compiles once; evaluation
     at other batch sizes with 10 TTA views, and training again afterwards, add no graph."""
@@ -347,6 +351,7 @@ def test_node_local_run_directory_stops_every_rank_with_one_line_and_a_shared_on
 
 
 @pytest.mark.timeout(900)  # 75 s on a loaded 2-core machine
+@pytest.mark.slow
 def test_cli_stops_where_gpus_show_but_cuda_is_unusable_and_falls_back_where_none_show(tiny_data, tmp_path):
     """The trainer's command line: CUDA_VISIBLE_DEVICES=0 without a usable GPU stops with one line, exit 2, before
     any file is written; on this machine as it is, bf16 from the launcher's environment trains in fp32 after one
@@ -375,6 +380,7 @@ def test_cli_stops_where_gpus_show_but_cuda_is_unusable_and_falls_back_where_non
     assert "precision no" in p.stdout and p.stdout.count("done: ") == 1, p.stdout[-2000:]
 
 
+@pytest.mark.slow
 def test_gpu_check_says_no_gpu_and_exits_2(tmp_path):
     """bench/gpu_check.sh (and the Python it runs) on a machine without a usable GPU: one clear line, status 2."""
     import os

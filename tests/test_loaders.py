@@ -158,6 +158,7 @@ def test_crop_flip_cutout_ops():
     Augment(crop_padding=2, crop_pad="reflect", flip=True, flip_mode="alternating"),  # the `fast` recipe's
     Augment(crop_padding=4, flip=True, cutout_size=8, cutout_prob=0.5, cutout_fill=(125, 123, 114)),
 ], ids=["reflect_alternating", "zeros_random_cutout"])
+@pytest.mark.slow
 def test_ffcv_and_tensor_loaders_give_the_same_images_the_same_augmentation(tiny_data, arrays, aug):
     """FFCV's batches (which images: read from an unaugmented FFCV loader with the same order, matched by their
     pixels) come out exactly as the tensor loader's augmentation makes them, epoch after epoch, on a sub-split
@@ -209,6 +210,7 @@ def test_alternating_flips_mirror_each_image_every_other_epoch_on_the_ffcv_loade
     assert 150 < sum(flipped[0].values()) < 250
 
 
+@pytest.mark.slow
 def test_fast_preset_trains_on_the_ffcv_loader(tiny_data, tmp_path):
     """`--preset=fast --data.loader=ffcv` is the same recipe (reflect crop, alternating flip), not a refusal: a
     tiny cut trains to the end on the CPU."""

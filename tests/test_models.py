@@ -166,6 +166,7 @@ def test_simple_cnn_rejects_other_input_sizes_clearly():
 
 @pytest.mark.parametrize("shortcut_kernel", [1, 2, 3, 4])
 @pytest.mark.parametrize("size", [32, 28])  # 28 -> 14 -> 7 -> 4: an odd map meets the stride-2 shortcut
+@pytest.mark.slow
 def test_resnet18_cifar_shortcut_kernels_run_forward(shortcut_kernel, size):
     model = create_model(
         "resnet18_cifar", blocks=(1, 1, 1, 1), width=8, shortcut_kernel=shortcut_kernel, pool_size=None
@@ -322,6 +323,7 @@ def table():
     return model_table()
 
 
+@pytest.mark.slow
 def test_model_table_covers_registry(table):
     assert [r["name"] for r in table] == list_models()
     for row in table:

@@ -291,6 +291,7 @@ def config(preset: str, tiny_data, **over):
 
 
 @pytest.mark.parametrize("preset", list_presets())
+@pytest.mark.slow
 def test_every_preset_keeps_every_tensor_on_the_models_device(preset, tiny_data, tmp_path, monkeypatch, on_meta):
     assert run_everything(config(preset, tiny_data), tmp_path, monkeypatch, on_meta) == {}
 
@@ -322,6 +323,7 @@ OPTIONS = {
 
 
 @pytest.mark.parametrize("name", list(OPTIONS))
+@pytest.mark.slow
 def test_every_stateful_option_keeps_every_tensor_on_the_models_device(name, tiny_data, tmp_path, monkeypatch,
                                                                        on_meta):
     assert run_everything(config("smoke", tiny_data, **OPTIONS[name]), tmp_path, monkeypatch, on_meta) == {}

@@ -85,6 +85,7 @@ def test_seed_preset_carries_the_seed_recipe(preset):
 
 @pytest.mark.timeout(900)  # up to 155 s a preset on a loaded 2-core machine
 @pytest.mark.parametrize("preset", list_presets())
+@pytest.mark.slow
 def test_every_preset_trains_two_steps(preset, tiny_data, tmp_path):
     from accelerate.state import AcceleratorState, GradientState
 

@@ -262,6 +262,7 @@ def load_spec_like():
 # ------------------------------------------------------------------------------------------ workers (fake trainer)
 
 
+@pytest.mark.slow
 def test_four_workers_share_one_journal(tmp_path):
     """`sweep run --local --parallel 4` with a fast stand-in trainer: 16 trials, the journal intact."""
     spec = search_spec(tmp_path, trials=16, heartbeat=0.2)

@@ -460,6 +460,7 @@ def _normalise(text: str, tmp: Path) -> str:
     return text.replace(str(REPO), "<repo>").replace(str(tmp), "<tmp>").replace(f" on {HOST},", " on <host>,")
 
 
+@pytest.mark.slow
 def test_sweep_sh_launch_lines_match_reference(tmp_path):
     """slurm/sweep.sh (dry run) for each kind of node: CPU, CPU with 2 processes, 1 GPU, 4 GPUs, a finished run."""
     write_spec(tmp_path, SMALL.replace("seeds: 2", "seeds: [0, 1]"))
@@ -482,6 +483,7 @@ def test_sweep_sh_launch_lines_match_reference(tmp_path):
     check_reference("sweep_sh_dry_run.txt", text)
 
 
+@pytest.mark.slow
 def test_train_sh_srun_lines_match_reference(tmp_path):
     """slurm/train.sh (dry run): 2 nodes x 8 GPUs, and 1 CPU node with 2 processes."""
     conf = tmp_path / "slurm.conf"  # `scontrol show hostnames` only needs a parsable config

@@ -233,6 +233,7 @@ def text_of(acc, tag: str) -> str:
 
 
 @pytest.mark.parametrize("name", ["val", "tta"])
+@pytest.mark.slow
 def test_no_single_point_charts_and_val_loss(two_runs, name):
     run_dir, _ = two_runs[name]
     acc = events(run_dir)

@@ -19,6 +19,7 @@ def threads(prefix=(), **env):
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs a machine with 2 or more usable CPUs")
+@pytest.mark.slow
 def test_threads_follow_affinity_slurm_cpus_and_local_processes():
     cpus = len(os.sched_getaffinity(0))
     assert threads() == cpus

@@ -69,6 +69,7 @@ MUON_ARGS = [a for a in RECIPE_ARGS if not a.startswith(("--optim.ema_lookahead"
 
 @pytest.mark.parametrize("args", [RESUME_ARGS, RECIPE_ARGS, MUON_ARGS],
                          ids=["adam_mixup_ema_onecycle", "airbench_recipe", "muon_recipe"])
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_is_bit_exact(tiny_data, tmp_path, args):
     ref = run(train_cmd(tiny_data, tmp_path, "ref", *args))
     assert ref.returncode == 0, ref.stderr[-2000:]
@@ -119,6 +120,7 @@ def step_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
             if not t.startswith("epoch/images_per_s") and t not in ("epoch/epoch_s", "epoch/wall_s")}
 
 
+@pytest.mark.slow
 def test_sigterm_saves_checkpoint_exits_3_and_resume_finishes(tiny_data, tmp_path):
     cmd = train_cmd(tiny_data, tmp_path, "term", "--run.epochs=4", "--run.global_batch_size=20")
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -140,6 +142,7 @@ def test_sigterm_saves_checkpoint_exits_3_and_resume_finishes(tiny_data, tmp_pat
     assert [r["epoch"] for r in metrics(tmp_path / "term")] == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_with_status_4_and_keeps_checkpoint(tiny_data, tmp_path):
     # lr 1e30: step 1 is finite and checkpointed, its update blows the weights up, step 2's loss is not
     # finite. The run must stop before saving anything from step 2 on.
@@ -155,6 +158,7 @@ def test_nonfinite_loss_stops_with_status_4_and_keeps_checkpoint(tiny_data, tmp_
         assert torch.isfinite(w).all(), name
 
 
+@pytest.mark.slow
 def test_run_directory_explains_itself(tiny_data, tmp_path):
     p = run(train_cmd(tiny_data, tmp_path, "full", "--run.epochs=2", "--run.ema=true", "--run.tta=flip",
                       "--run.log_every_steps=1"))
@@ -210,6 +214,7 @@ def test_run_directory_explains_itself(tiny_data, tmp_path):
     (["--model.max_params=1000"], "--model.max_params: simple_cnn has 600,746 parameters"),
     (["stray"], "unexpected argument 'stray'"),
 ])
+@pytest.mark.slow
 def test_bad_input_one_line_exit_2(tiny_data, tmp_path, args, needle):
     p = run(train_cmd(tiny_data, tmp_path, "bad") + args)
     assert p.returncode == 2
