@@ -71,32 +71,38 @@ MUON_ARGS = [a for a in RECIPE_ARGS if not a.startswith(("--optim.ema_lookahead"
                          ids=["adam_mixup_ema_onecycle", "airbench_recipe", "muon_recipe"])
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_is_bit_exact(tiny_data, tmp_path, args):
-    ref = run(train_cmd(tiny_data, tmp_path, "ref", *args))
-    assert ref.returncode == 0, ref.stderr[-2000:]
+    # the uninterrupted reference trains beside the run that is killed: one core each
+    one_thread = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with open(tmp_path / "ref.err", "w") as ref_err:
+        ref = subprocess.Popen(train_cmd(tiny_data, tmp_path, "ref", *args), cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=ref_err, env=one_thread)
+    try:
+        cmd = train_cmd(tiny_data, tmp_path, "cut", *args)
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=one_thread)
+        state_file = tmp_path / "cut" / "checkpoints" / "last" / "train_state.json"
+        killed_at = None
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                st = json.loads(state_file.read_text())
+            except (OSError, ValueError):
+                st = None
+            if st and st["epoch"] == 1 and st["step_in_epoch"] >= 4:
+                proc.send_signal(signal.SIGKILL)
+                killed_at = st
+                break
+            time.sleep(0.02)
+        proc.wait(timeout=60)
+        assert killed_at is not None, "the run ended before it could be killed in epoch 2"
+        assert not (tmp_path / "cut" / "result.json").exists()
 
-    cmd = train_cmd(tiny_data, tmp_path, "cut", *args)
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    state_file = tmp_path / "cut" / "checkpoints" / "last" / "train_state.json"
-    killed_at = None
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            st = json.loads(state_file.read_text())
-        except (OSError, ValueError):
-            st = None
-        if st and st["epoch"] == 1 and st["step_in_epoch"] >= 4:
-            proc.send_signal(signal.SIGKILL)
-            killed_at = st
-            break
-        time.sleep(0.02)
-    proc.wait(timeout=60)
-    assert killed_at is not None, "the run ended before it could be killed in epoch 2"
-    assert not (tmp_path / "cut" / "result.json").exists()
-
-    resumed = run(cmd + ["--resume=auto"])
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resumed at epoch 2" in resumed.stdout
+        resumed = run(cmd + ["--resume=auto"])
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        assert "resumed at epoch 2" in resumed.stdout
+        assert ref.wait(timeout=300) == 0, (tmp_path / "ref.err").read_text()[-2000:]
+    finally:  # a failed assertion above must not leave the reference training
+        if ref.poll() is None:
+            ref.kill()
     a, b = weights(tmp_path / "ref"), weights(tmp_path / "cut")
     assert a.keys() == b.keys()
     for k in a:
