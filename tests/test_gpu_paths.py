@@ -3,6 +3,8 @@ the CPU fallback of GPU precision, SyncBatchNorm and the shared run directory un
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -367,13 +369,20 @@ def test_cli_stops_where_gpus_show_but_cuda_is_unusable_and_falls_back_where_non
            f"--run.out_dir={tmp_path}", "--run.progress=false", "--data.limit_train=400", "--data.limit_test=200"]
     base = {k: v for k, v in os.environ.items() if k not in GPU_ENV}
     base["OMP_NUM_THREADS"] = "1"
-    p = subprocess.run(cmd + ["--run.name=gpu_expected"], capture_output=True, text=True, timeout=300, cwd=REPO,
-                       env={**base, "CUDA_VISIBLE_DEVICES": "0"})
+    # the two cases run side by side (independent processes and folders)
+    stopped, fallback = (subprocess.Popen(cmd + [f"--run.name={name}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                          text=True, cwd=REPO, env={**base, **extra})
+                         for name, extra in (("gpu_expected", {"CUDA_VISIBLE_DEVICES": "0"}),
+                                             ("fallback", {"ACCELERATE_MIXED_PRECISION": "bf16"})))
+    out = {}
+    for name, proc in (("gpu_expected", stopped), ("fallback", fallback)):
+        stdout, stderr = proc.communicate(timeout=300)
+        out[name] = SimpleNamespace(returncode=proc.returncode, stdout=stdout, stderr=stderr)
+    p = out["gpu_expected"]
     assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr[-2000:]
     assert p.stderr.startswith("error: no usable GPU") and "--run.allow_cpu=true" in p.stderr
     assert not (tmp_path / "gpu_expected").exists()
-    p = subprocess.run(cmd + ["--run.name=fallback"], capture_output=True, text=True, timeout=300, cwd=REPO,
-                       env={**base, "ACCELERATE_MIXED_PRECISION": "bf16"})
+    p = out["fallback"]
     assert p.returncode == 0, p.stderr[-2000:]
     warnings = [line for line in p.stderr.splitlines() if line.startswith("warning: no usable GPU")]
     assert len(warnings) == 1 and "bf16" in warnings[0], p.stderr[-2000:]
