@@ -1425,7 +1425,9 @@ def test_a_signal_to_prepare_leaves_no_temporaries(sig, status, when, tmp_path):
     assert p.returncode == status, err[-3000:]
     assert_one_error_line(err, f"stopped by {sig.name}; no output files were changed")
     assert not list(out.glob("*")) if out.is_dir() else True, sorted(p.name for p in out.iterdir())
-    time.sleep(1)
+    deadline = time.monotonic() + 1  # the children the signal reached: gone within a second
+    while session_processes(p.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not session_processes(p.pid)
 
 

@@ -446,7 +446,7 @@ def test_slurm_array_with_a_preempted_worker(tmp_path, tiny_data, slurm_cluster)
     end = time.monotonic() + 2400
     while any(line.split("|")[0].split("_")[0] == job for line in slurm_cluster.jobs()):
         assert time.monotonic() < end, f"job {job} still queued: {slurm_cluster.jobs()}"
-        time.sleep(1)
+        time.sleep(0.3)
     log0 = (sweep_dir / "slurm" / f"{me}.out").read_text()
     assert "requeueing" in log0, log0
     assert log0.count("sweep.sh: search worker") == 2, log0  # the requeued attempt ran
