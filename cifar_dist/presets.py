@@ -293,12 +293,12 @@ def fast_muon() -> Config:
       (`--optim.head_lr_scale`; the record's 0.67 on a head whose logits are scaled by 1/256, which is
       1/64 of the bias lr for this net's 1/9 logit scale), weight decay 0.0157 per 1,024 examples
       (each step shrinks those weights by 2e-6 x batch = 0.004, times the schedule's factor);
-    - batch 2,000 for 8 epochs, the lr falling linearly from the peak to 0 with no warm-up;
+    - batch 2,000 for 8 epochs, the lr falling linearly from the peak to 0 with no warm-up; the whitening
+      bias's lr on a line of its own from the peak to 0 at epoch 3, where it stops (`--sched.stop_decay`);
     - no lookahead EMA. Label smoothing 0.2, augmentation, whitening stem and TTA are `fast`'s.
-    Measured on the shared JPEG mirror (1 process, fp32, CPU; bench/results/fast_muon-e2.json, git d3f98f9):
-    83.28 +- 0.21 % at 2 epochs, 84.00 +- 0.45 % with TTA (seeds 0 and 1), where `fast` gets 80.00 +- 0.58 %
-    (81.03 +- 0.44 %) at 2 epochs; at 8 epochs 89.68 +- 0.06 % (90.75 +- 0.00 % with TTA; seeds 0 and 1,
-    bench/results/fast_muon-e8*.json, git d26f942), where `fast` needs 10 epochs for 89.68 % (90.55 %).
+    Measured on the shared JPEG mirror (1 process, fp32, CPU; bench/results/fast_muon-e*-v2-s*.json, git 9643fd5):
+    at 8 epochs 89.80 +- 0.15 % (90.91 +- 0.23 % with TTA; seeds 0 and 1), where `fast` needs 10 epochs for
+    89.68 % (90.55 %); at 2 epochs 83.09 +- 0.11 % (84.03 +- 0.13 %), where `fast` gets 80.00 +- 0.58 % (81.03 +- 0.44 %).
     """
     return apply_overrides(fast(), {
         "optim.name": "muon", "optim.muon_lr": 0.24, "optim.muon_momentum": 0.6, "optim.muon_nesterov": True,
