@@ -872,11 +872,21 @@ def test_the_matrix_is_large_enough():
 
 
 def test_only_the_first_process_of_a_launcher_prints(monkeypatch, capsys):
-    """Under torchrun every process parses the flags: LOCAL_RANK 1 exits 2 without a word."""
+    """Under torchrun every process parses the flags: LOCAL_RANK 1 exits 2 without a word (after giving
+    LOCAL_RANK 0 the time to print: the wait is timed, and the launcher ends it when LOCAL_RANK 0 exits)."""
+    import time
+
+    from cifar_dist.cli import flags
+
+    monkeypatch.setattr(flags, "QUIET_RANK_WAIT_S", 0.5)
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setenv("RANK", "1")
+    t0 = time.monotonic()
     assert train_main(["--bogus=1"]) == 2
+    assert time.monotonic() - t0 >= 0.5
+    t0 = time.monotonic()
     assert train_main(["--help"]) == 0
+    assert time.monotonic() - t0 < 0.5  # no wait where nothing failed
     assert capsys.readouterr() == ("", "")
     monkeypatch.setenv("LOCAL_RANK", "0")
     assert train_main(["--bogus=1"]) == 2
@@ -991,15 +1001,20 @@ def accelerate_launch(config: str, *args: str) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("flags, needle", [
-    (["--bogus=1"], "cifar_dist.train: unknown flag --bogus"),
-    (["--preset=smoke", "--optim.lr=abc"], "--optim.lr: expected a number, found 'abc'"),
-], ids=["unknown-flag", "bad-value"])
-def test_accelerate_launch_two_processes_print_the_error_once(flags, needle, tmp_path):
+@pytest.mark.parametrize("flags, needle, late_s", [
+    (["--bogus=1"], "cifar_dist.train: unknown flag --bogus", 0),
+    (["--preset=smoke", "--optim.lr=abc"], "--optim.lr: expected a number, found 'abc'", 0),
+    (["--bogus=1"], "cifar_dist.train: unknown flag --bogus", 3),
+], ids=["unknown-flag", "bad-value", "unknown-flag-rank0-late"])
+def test_accelerate_launch_two_processes_print_the_error_once(flags, needle, late_s, tmp_path):
     """`accelerate launch` (torchrun) exits 1 with its ChildFailedError report whatever the children's
-    status (README); the children exit 2 and only LOCAL_RANK 0 prints the error line."""
+    status (README); the children exit 2 and only LOCAL_RANK 0 prints the error line, also when it starts
+    late (tests/late_start.py: the silent process waits for it instead of having it stopped unheard)."""
     before = snapshot(tmp_path)
-    p = run_session(accelerate_launch("cpu.yaml", *[]) + flags, cwd=tmp_path)
+    launch = accelerate_launch("cpu.yaml")
+    if late_s:
+        launch[launch.index("-m"):] = [str(REPO / "tests" / "late_start.py")]
+    p = run_session(launch + flags, cwd=tmp_path, CIFAR_DIST_TEST_LATE_S=str(late_s))
     errors = [ln for ln in p.stderr.splitlines() if ln.startswith("error: ")]
     assert len(errors) == 1 and needle in errors[0], p.stderr
     assert p.returncode == 1, p.stderr

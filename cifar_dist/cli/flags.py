@@ -10,7 +10,11 @@ is swallowed and turned into that one line too.
 
 Under a multi-process launch (`accelerate launch`, torchrun: LOCAL_RANK/RANK set) only the first
 process of each launcher (LOCAL_RANK 0) prints the error line or the help; the others exit with the
-same status silently, so a bad flag is reported once, not once per process.
+same status silently, so a bad flag is reported once, not once per process. An error found before the
+processes have met (a flag, a value: no process group yet) makes a silent process wait up to
+`QUIET_RANK_WAIT_S` before it exits: torchrun stops every process as soon as one fails, and a silent one
+that failed first would stop the reporting one before it printed (seen on a loaded machine). An error the
+processes found together (after the process group is up) needs no wait: they all exit at once.
 """
 
 from __future__ import annotations
@@ -20,10 +24,13 @@ import inspect
 import io
 import os
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
 from cifar_dist.errors import EXIT_BAD_INPUT, EXIT_OK, InputError, did_you_mean
+
+QUIET_RANK_WAIT_S = 30.0  # how long a silent process gives the reporting one to print and exit first
 
 
 class FlagError(InputError):
@@ -170,6 +177,8 @@ def run_command(fn: Callable[..., int | None], argv: list[str], prog: str,
     except InputError as e:
         if reports_errors():
             print(f"error: {e.one_line()}", file=sys.stderr, flush=True)
+        elif not _process_group_up():  # the launcher stops this one once the reporting one has exited
+            time.sleep(QUIET_RANK_WAIT_S)
         return EXIT_BAD_INPUT
 
 
@@ -177,6 +186,11 @@ def reports_errors() -> bool:
     """False in the second and later processes of a launcher (LOCAL_RANK, else RANK, set and not 0)."""
     rank = os.environ.get("LOCAL_RANK") or os.environ.get("RANK") or "0"
     return rank.strip() == "0"
+
+
+def _process_group_up() -> bool:
+    dist = sys.modules.get("torch.distributed")  # never imported here: flags are checked before torch is
+    return bool(dist is not None and dist.is_available() and dist.is_initialized())
 
 
 def _fire(fn: Callable[..., int | None], argv: list[str], prog: str) -> int:
