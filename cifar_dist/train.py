@@ -7,6 +7,20 @@ import sys
 from cifar_dist.cli.train import main
 from cifar_dist.errors import EXIT_STOPPED
 
+
+def leave(exit_status: int) -> None:
+    """End a trainer process that was one rank of several without the interpreter's teardown.
+
+    A DistributedDataParallel model keeps its process group alive after `destroy_process_group` (torch
+    2.14: the gloo loop and worker threads still run when the trainer returns), so the interpreter's and the
+    C++ runtime's teardown meet running gloo threads and, now and then, abort ("terminate called without an
+    active exception", SIGABRT) after a finished run; a launcher then reports the rank as failed. Everything
+    the run keeps is written and closed by the time `main` returns: flush the streams and leave at once."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_status)
+
+
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     exit_status = main()
@@ -18,4 +32,6 @@ if __name__ == "__main__":
     # gone), as Python resets the handlers it installed to SIG_DFL at exit and a late one would kill us.
     for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        leave(exit_status)
     sys.exit(exit_status)

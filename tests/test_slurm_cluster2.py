@@ -188,9 +188,7 @@ def test_train_sh_on_two_nodes_runs_world_size_2(two_node_reference, slurm_two_n
     lines = r.log.splitlines()
     assert sum(ln.startswith("cifar_dist: smoke | ") for ln in lines) == 1, r.log
     assert [ln.split()[0] for ln in lines if ln.startswith("epoch=")] == ["epoch=1", "epoch=2", "epoch=3"], r.log
-    # (no launcher-noise check here: after a finished 2-node run the second node's trainer has been seen to
-    # abort at interpreter exit, "terminate called without an active exception", once in two idle suites; the
-    # job still completes 0:0. The noise checks of preemption and cancel logs are in the one-node tests.)
+    assert not [ln for ln in lines if any(n in ln for n in NOISE)], r.log  # (a rank's teardown abort showed here)
     env = json.loads((r.run / "env.json").read_text())
     assert env["world_size"] == 2
     result = json.loads((r.run / "result.json").read_text())
@@ -432,7 +430,7 @@ def test_torchrun_agent_started_as_the_scripts_do_leaves_term_and_usr1_ignored(t
 
 
 NOISE = ("Invalid job id", "scancel --signal", "death signal", "Exited with exit code", "FAILED", "exitcode",
-         "Traceback", "FutureWarning", "config changed", "srun: ")  # srun --quiet: no "Job step aborted" etc.
+         "Traceback", "FutureWarning", "config changed", "srun: ", "terminate called")  # srun --quiet: no "Job step aborted" etc.
 
 
 def _train_sh_2procs(cluster: Cluster, data, out: Path, name: str) -> str:

@@ -240,6 +240,23 @@ def test_print_config_and_help():
     assert h.returncode == 0 and "--optim.lookahead_k=5" in h.stdout and "accelerate launch" in h.stdout
 
 
+@pytest.mark.parametrize("world_size", ["1", "2"])
+def test_a_rank_of_several_leaves_without_interpreter_teardown(world_size, tmp_path):
+    """One rank of several (WORLD_SIZE > 1) ends with os._exit after flushing: no atexit handler (the
+    interpreter's teardown, where DDP's still running gloo threads made a rank abort now and then) runs, and
+    the output piped to the launcher is whole. A lone process exits normally."""
+    marker = tmp_path / "teardown-ran"
+    (tmp_path / "sitecustomize.py").write_text(
+        f"import atexit, pathlib\natexit.register(pathlib.Path({str(marker)!r}).touch)\n")
+    env = {**os.environ, "WORLD_SIZE": world_size, "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"}
+    p = subprocess.run([sys.executable, "-m", "cifar_dist.train", "--help"], capture_output=True, text=True,
+                       timeout=120, cwd=REPO, env=env)
+    full = subprocess.run([sys.executable, "-m", "cifar_dist.train", "--help"], capture_output=True, text=True,
+                          timeout=120, cwd=REPO).stdout
+    assert p.returncode == 0 and p.stdout == full and len(full) > 2000, p.stderr
+    assert marker.exists() == (world_size == "1")
+
+
 @pytest.mark.slow
 def test_two_process_ddp_matches_one_process(tiny_data, tmp_path):
     """Real gloo DDP (2 processes) against one process with the same global batch: per-step losses."""
