@@ -296,8 +296,6 @@ class BatchMixer:
     """
 
     def __init__(self, loss: LossConfig, num_classes: int):
-        from timm.data import Mixup
-
         self.cfg, self.num_classes = loss, num_classes
         mix_total = loss.mixup_prob + loss.cutmix_prob
         if loss.ricap_prob + mix_total > 1 + 1e-9:
@@ -314,6 +312,8 @@ class BatchMixer:
                 raise ConfigError(f"--loss.{name}_alpha: expected > 0 when {name}_prob > 0, found {alpha}")
         self.mixup = None
         if mix_total > 0:
+            from timm.data import Mixup  # timm only where used (its import costs ~2 s of start-up)
+
             self.mixup = Mixup(
                 mixup_alpha=loss.mixup_alpha if loss.mixup_prob > 0 else 0.0,
                 cutmix_alpha=loss.cutmix_alpha if loss.cutmix_prob > 0 else 0.0,
@@ -334,13 +334,13 @@ class BatchMixer:
         Mixing on: soft targets, timm's SoftTargetCrossEntropy. Off: hard labels, with timm's
         LabelSmoothingCrossEntropy when label smoothing is set, else plain cross-entropy.
         """
+        if not (self.active or self.cfg.label_smoothing):
+            return torch.nn.CrossEntropyLoss()  # (importing timm costs ~2 s of start-up: only where used)
         from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
         if self.active:
             return SoftTargetCrossEntropy()
-        if self.cfg.label_smoothing:
-            return LabelSmoothingCrossEntropy(self.cfg.label_smoothing)
-        return torch.nn.CrossEntropyLoss()
+        return LabelSmoothingCrossEntropy(self.cfg.label_smoothing)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.cfg

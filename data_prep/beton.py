@@ -1,19 +1,19 @@
-"""Reading ``.beton`` files written by `data_prep` back, without an FFCV Loader, and verifying them.
+"""Reading ``.beton`` files written by `data_prep` back, without FFCV, and verifying them.
 
-`read_beton` / `read_labels` use ``ffcv.reader.Reader`` for the header, metadata and allocation table
-and copy (raw) or OpenCV-decode (jpg) the image bytes themselves: no Loader, so no JIT warm-up, no
-worker processes and no fork hazard. Importing FFCV sets torch's thread count to 1; `ffcv_modules`
-restores the previous value.
+`read_beton` / `read_labels` parse the file's header, field descriptors, metadata table and allocation
+table with numpy (the layout of FFCV's format version 2, `ffcv/types.py` and `ffcv/reader.py`) and copy
+(raw) or OpenCV-decode (jpg) the image bytes: importing FFCV costs a trainer ~3.5 s of start-up (its
+image field compiles a numba typed dict at import) and sets torch's thread count to 1; reading needs
+neither. `tests/test_data_prep.py` checks every array against ``ffcv.reader.Reader`` on the same files.
+Writing (`writer.py`) and the FFCV loader (`cifar_dist.data.FFCVLoader`) use FFCV itself.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import os
-import sys
 from pathlib import Path
-from types import ModuleType
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -22,24 +22,27 @@ from .errors import DataPrepError
 
 VERIFY_JPEG_SAMPLE = 2048  # images per split compared pixel-wise in jpg mode
 
+# FFCV's on-disk layout (format version 2), little-endian as FFCV writes it.
+BETON_VERSION = 2
+HEADER = np.dtype([("version", "<u2"), ("num_fields", "<u2"), ("page_size", "<u4"), ("num_samples", "<u8"),
+                   ("alloc_table_ptr", "<u8")], align=True)
+FIELD_DESC = np.dtype([("type_id", "<u1"), ("name", ("<u1", 16)), ("arguments", ("<u1", (1024,)))], align=True)
+ALLOC_ENTRY = np.dtype([("sample_id", "<u8"), ("ptr", "<u8"), ("size", "<u8")])
+# The fields data_prep writes: FFCV type id -> per-sample metadata (IntField: the value; RGBImageField: where
+# the image is and how it is stored, mode 0 jpg / 1 raw).
+FIELD_META = {1: ("IntField", np.dtype("<i8")),
+              2: ("RGBImageField", np.dtype([("mode", "<u1"), ("width", "<u2"), ("height", "<u2"),
+                                             ("data_ptr", "<u8")]))}
+EXPECTED_FIELDS = {"image": 2, "label": 1}
+READABLE = "a readable .beton file"
 
-def ffcv_modules() -> ModuleType:
-    """Import ffcv's writer, fields and reader, undoing its side effect on torch's thread count."""
-    threads = None
-    if "ffcv" not in sys.modules:
-        import torch
 
-        threads = torch.get_num_threads()
-    import ffcv
-    import ffcv.fields
-    import ffcv.reader
-    import ffcv.writer
+class Beton(NamedTuple):
+    """A parsed beton: per-sample image and label metadata, and the allocation table (sample, ptr, size)."""
 
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
-    return ffcv
+    images: np.ndarray
+    labels: np.ndarray
+    alloc_table: np.ndarray
 
 
 def ffcv_version() -> str:
@@ -50,30 +53,36 @@ def ffcv_version() -> str:
         return "unknown"
 
 
-def _open_beton(path: Path) -> tuple[Any, np.ndarray, np.ndarray]:
-    """Open a beton with ffcv.reader.Reader; return (reader, image metadata, label metadata)."""
-    ffcv = ffcv_modules()
+def open_beton(path: Path) -> Beton:
+    """Parse a beton's tables (not its image bytes); DataPrepError on anything but data_prep's two fields."""
     try:
-        reader = ffcv.reader.Reader(str(path))
-    except Exception as exc:  # the reader raises assorted types on a bad header
-        raise DataPrepError(
-            path, "a readable .beton file", f"an error ({type(exc).__name__}: {exc})"
-        ) from exc
-    names = list(reader.field_names)
-    if sorted(names) != ["image", "label"] or not isinstance(
-        reader.handlers["image"], ffcv.fields.RGBImageField
-    ):
-        raise DataPrepError(
-            path, "fields image (RGBImageField) and label (IntField)", f"fields {', '.join(names)}"
-        )
-    meta = reader.metadata
-    return reader, meta[f"f{names.index('image')}"], meta[f"f{names.index('label')}"]
+        size = path.stat().st_size
+        header = np.fromfile(path, dtype=HEADER, count=1)
+        if len(header) != 1:
+            raise DataPrepError(path, READABLE, f"{size} bytes, shorter than its header")
+        version, n_fields, n = (int(header[0][k]) for k in ("version", "num_fields", "num_samples"))
+        if version != BETON_VERSION:
+            raise DataPrepError(path, READABLE, f"format version {version} (FFCV's is {BETON_VERSION})")
+        descs = np.fromfile(path, dtype=FIELD_DESC, count=n_fields, offset=HEADER.itemsize)
+        names = [bytes(d["name"]).split(b"\0")[0].decode("ascii", "replace") for d in descs]
+        types = [int(d["type_id"]) for d in descs]
+        if len(descs) != n_fields or dict(zip(names, types)) != EXPECTED_FIELDS:
+            found = ", ".join(f"{name} ({FIELD_META.get(t, (f'type {t}',))[0]})" for name, t in zip(names, types))
+            raise DataPrepError(path, "fields image (RGBImageField) and label (IntField)", f"fields {found or 'none'}")
+        meta_type = np.dtype([("", FIELD_META[t][1]) for t in types], align=True)
+        meta = np.fromfile(path, dtype=meta_type, count=n, offset=HEADER.itemsize + descs.nbytes)
+        table_at = int(header[0]["alloc_table_ptr"])
+        table = np.fromfile(path, dtype=ALLOC_ENTRY, offset=table_at) if table_at <= size else None
+    except OSError as exc:
+        raise DataPrepError(path, READABLE, f"an error ({type(exc).__name__}: {exc})") from exc
+    if len(meta) != n or table is None or len(table) < n:
+        raise DataPrepError(path, READABLE, f"a truncated file ({size} bytes for {n} samples)")
+    return Beton(meta[f"f{names.index('image')}"], meta[f"f{names.index('label')}"], table)
 
 
 def read_labels(path: str | os.PathLike[str]) -> np.ndarray:
     """All labels (N,) int64 of a beton written here, straight from its metadata table."""
-    _, _, label_meta = _open_beton(Path(path))
-    return np.asarray(label_meta, dtype=np.int64).reshape(-1)
+    return np.asarray(open_beton(Path(path)).labels, dtype=np.int64).reshape(-1)
 
 
 def read_beton(
@@ -81,18 +90,19 @@ def read_beton(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read images (N, 32, 32, 3) uint8 RGB and labels (N,) int64 back from a beton written here.
 
-    Uses ``ffcv.reader.Reader`` for the header, metadata and allocation table and copies (raw) or
-    OpenCV-decodes (jpg) the image bytes itself: no Loader, no JIT, no worker processes.
+    Parses the tables with numpy and copies (raw) or OpenCV-decodes (jpg) the image bytes: no FFCV import,
+    no JIT, no worker processes.
     `indices` selects rows (default: all).
 
     Raises:
         DataPrepError: the file is not a beton with ``image`` (RGBImageField) and ``label`` fields.
     """
     path = Path(path)
-    reader, img_meta, label_meta = _open_beton(path)
+    beton = open_beton(path)
+    img_meta, label_meta = beton.images, beton.labels
     rows = np.arange(len(img_meta)) if indices is None else np.asarray(indices, dtype=np.int64)
     labels = np.asarray(label_meta[rows], dtype=np.int64).reshape(-1)
-    table = np.sort(reader.alloc_table, order="ptr")
+    table = np.sort(beton.alloc_table, order="ptr")
     data = np.memmap(path, dtype=np.uint8, mode="r")
     images = np.empty((len(rows), SIDE, SIDE, 3), dtype=np.uint8)
     cv2 = None

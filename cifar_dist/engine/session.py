@@ -197,8 +197,6 @@ def class_names(d: DataConfig) -> list[str]:
 def build_parts(cfg: Config, accelerator, model: torch.nn.Module, steps_per_epoch: int, peak_lr: float,
                 num_classes: int) -> tuple[StepParts, Normalize]:
     """Optimizer, schedule, EMA, the prepared (and maybe compiled) model, augmentation, mixer and loss."""
-    from timm.utils import ModelEmaV3
-
     r, o = cfg.run, cfg.optim
     world = accelerator.num_processes
     if devices.use_sync_bn(cfg.model.sync_bn, world, r.global_batch_size // (world * o.accum_steps)):
@@ -209,7 +207,11 @@ def build_parts(cfg: Config, accelerator, model: torch.nn.Module, steps_per_epoc
     # Whatever copies the weights is made from the PLACED model, so its tensors (and timm's EMA generator)
     # live where the model lives; copied earlier they stayed on the CPU while the model went to the GPU.
     placed = accelerator.unwrap_model(model)
-    ema = ModelEmaV3(placed, decay=r.ema_decay, use_warmup=r.ema_warmup) if r.ema else None
+    ema = None
+    if r.ema:
+        from timm.utils import ModelEmaV3  # timm only where used: importing it costs ~2 s of start-up
+
+        ema = ModelEmaV3(placed, decay=r.ema_decay, use_warmup=r.ema_warmup)
     lookahead = None
     if o.ema_lookahead:
         lookahead = LookaheadEMA(placed, total_steps=steps_per_epoch * r.epochs, every=o.ema_lookahead,
