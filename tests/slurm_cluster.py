@@ -52,6 +52,7 @@ APT_LINE = "apt-get install -y --no-install-recommends slurmctld slurmd slurm-cl
 
 SLURM_CONF = """\
 ClusterName=cifartest
+FirstJobId={first_job_id}
 SlurmctldHost={node}(127.0.0.1)
 SlurmctldPort={ctld_port}
 SlurmdPort={slurmd_port}
@@ -220,9 +221,12 @@ def _write_config(d: Path, host: str, nodes: list[str], cpus: int, gpus: int) ->
     else:  # several slurmd on this host: a port of its own each
         node_lines = "\n".join(f"NodeName={n} NodeHostname={host} NodeAddr=127.0.0.1 Port={_free_port()} CPUs={cpus} "
                                f"RealMemory=1000 {gres}State=UNKNOWN" for n in nodes)
+    # Job ids of their own per cluster: train.sh and sweep.sh derive a rendezvous port from the job id, and
+    # clusters started side by side (two in a session, parallel sessions) would all count from 1.
+    first_job_id = 1 + (os.getpid() * 7919 + len(nodes) * 2503) % 15000
     (d / "slurm.conf").write_text(SLURM_CONF.format(
         dir=d, node=host, node_lines=node_lines, node_list=",".join(nodes), gres_types=gres_types,
-        ctld_port=_free_port(), slurmd_port=_free_port()))
+        ctld_port=_free_port(), slurmd_port=_free_port(), first_job_id=first_job_id))
 
 
 @contextlib.contextmanager
