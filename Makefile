@@ -18,6 +18,9 @@ PRESET   ?= $(if $(filter cpu,$(LAUNCH)),seed003_simple_cnn,fast)
 NPROC    ?= $(if $(filter multi_gpu,$(LAUNCH)),$(shell $(BIN)/python -c 'import torch; print(torch.cuda.device_count())'),)
 RUN_ARGS ?= $(if $(filter cpu,$(LAUNCH)),--run.epochs=2,)
 PYTEST_ARGS ?=
+# `make test` runs the suite in two pytest-xdist workers (most tests wait on trainer, launcher and SLURM
+# processes); `make test XDIST=` runs it in one process.
+XDIST    ?= -n 2 --dist loadgroup
 
 APT_FFCV  := pkg-config g++ libturbojpeg0-dev libopencv-dev libgl1
 APT_SLURM := slurmctld slurmd slurm-client munge
@@ -54,7 +57,7 @@ lint: setup
 	$(BIN)/lint-imports
 
 test: setup test-sysdeps lint
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest $(XDIST) $(PYTEST_ARGS)
 
 # Everything but the slow real-data and multi-process tests.
 test-fast: setup lint

@@ -4,11 +4,13 @@ import pytest
 
 from tests.helpers import write_tiny_betons
 
-# With pytest-xdist (`pytest -n 2 --dist loadgroup`), the tests that share one expensive session fixture run
-# in one worker, so each worker does not build its own copy: one SLURM group for both local clusters, one
-# for the real-data conversion, one for the trained sweep of test_report and test_tensorboard. The first
-# fixture a test needs (directly or through another fixture) names its group.
-XDIST_GROUPS = {"slurm_cluster": "slurm", "slurm_two_nodes": "slurm", "real_cifar10": "real_cifar10",
+# Under pytest-xdist (`make test` runs `pytest -n 2 --dist loadgroup`), the tests that share one expensive
+# session fixture run in one worker, so no worker builds a copy of its own: one group per local SLURM cluster
+# (one node; two nodes), one for the real-data conversion, one for the trained sweep of test_report and
+# test_tensorboard. The first fixture a test needs (directly or through another fixture) names its group.
+# (One group for both clusters left one worker idle for 218 s at the end of a run while the other went
+# through every SLURM test.)
+XDIST_GROUPS = {"slurm_cluster": "slurm1", "slurm_two_nodes": "slurm2", "real_cifar10": "real_cifar10",
                 "real_sweep": "real_sweep"}
 
 
