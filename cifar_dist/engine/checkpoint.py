@@ -41,9 +41,11 @@ from cifar_dist.engine.rundir import agree, check_fresh, check_resume_config, di
 from cifar_dist.engine.train_state import TrainState, train_state
 from cifar_dist.errors import InputError
 from cifar_dist.files import atomic_write_bytes
+from cifar_dist.run_dir import CHECKPOINT_META as META
+from cifar_dist.run_dir import TRAIN_STATE as STATE
 
 LAST, BEST, OLD, TMP = "last", "best", ".last.old", ".last.tmp"
-META, MODEL, STATE = "checkpoint.json", "model.safetensors", "train_state.json"
+MODEL = "model.safetensors"
 FORMAT = 2  # 1 was accelerate's save_state (pickles): not read any more
 
 
