@@ -5,20 +5,18 @@ A run directory, `<out_dir>/<name>/` (the trainer's main process writes it: cifa
     env.json           package versions, git SHA, world size, device
     metrics.jsonl      one JSON object per finished epoch (`RunDir.metrics_rows`)
     events.out.tfevents.*   TensorBoard scalars, hparams, confusion matrix, parameter count
-    checkpoints/last   the resume state (cifar_dist.engine.checkpoint: checkpoint.json, train_state.json, ...);
-                       checkpoints/.last.old the one before; checkpoints/best: the best validation epoch's weights
-    paused.json        {"epoch", "epochs"}: the session stopped at run.stop_after (removed when a session starts)
-    result.json        written when the run has finished (removed while a resumed session runs): `is_finished`
+    checkpoints/last   the resume state (cifar_dist.engine.checkpoint: checkpoint.json, train_state.json,
+                       ...); checkpoints/.last.old the one before; checkpoints/best the best epoch's weights
+    paused.json        {"epoch", "epochs"}: the session stopped at run.stop_after (removed when one starts)
+    result.json        written when the run has finished (removed while a resumed session runs)
     .lock              names the process holding the run's lock (cifar_dist.engine.rundir)
-    status.json        the trainer's true exit status (`write_status`, below)
+    status.json        the trainer's true exit status (`RunDir.write_status`, below)
     sweep_task.json    a sweep's last attempt at the run (slurm/sweep.sh, the local runner)
     trial.json         a search trial's lease (cifar_dist.sweep.study)
-After a resume, metrics.jsonl and the events hold exactly what was logged up to the checkpoint, then this
-session's rows and points.
 
-A sweep folder, `<out_dir>/<sweep>/`: sweep.json (the cells and runs), study.journal (a search's Optuna study),
-.local_runner.json (the local runner holding the folder), and one run directory per run, `<cell>-s<seed>`
-(`RUN_NAME`; a search trial's is `t<nnn>-s<seed>`).
+A sweep folder, `<out_dir>/<sweep>/`: sweep.json (the cells and runs), study.journal (a search's Optuna
+study), .local_runner.json (the local runner holding the folder), and one run directory per run,
+`<cell>-s<seed>` (`RUN_NAME`; a search trial's is `t<nnn>-s<seed>`).
 
 status.json exists because a launcher hides the trainer's status: `accelerate launch` exits 1 whenever its
 trainer exits non-zero (torchrun reports a ChildFailedError), so a stop after a checkpoint (3) looks like a
@@ -40,11 +38,12 @@ from typing import Any
 from cifar_dist.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_NONFINITE, EXIT_OK, EXIT_STOPPED, InputError
 from cifar_dist.files import FileFormatError, atomic_write_json, read_json, read_json_or_none
 
-CONFIG, COMMAND, ENV, METRICS, RESULT = "config.yaml", "command.txt", "env.json", "metrics.jsonl", "result.json"
-STATUS_FILE, PAUSED, TASK_FILE, TRIAL_FILE = "status.json", "paused.json", "sweep_task.json", "trial.json"
+CONFIG, COMMAND, ENV = "config.yaml", "command.txt", "env.json"
+METRICS, RESULT, STATUS_FILE, PAUSED = "metrics.jsonl", "result.json", "status.json", "paused.json"
 CHECKPOINTS, EVENTS = "checkpoints", "events.out.tfevents.*"
+TASK_FILE, TRIAL_FILE = "sweep_task.json", "trial.json"  # a sweep's attempt at the run, a trial's lease
 CHECKPOINT_META, TRAIN_STATE = "checkpoint.json", "train_state.json"  # in a checkpoint folder
-SWEEP_FILE, STUDY_FILE, RUNNER_FILE = "sweep.json", "study.journal", ".local_runner.json"
+SWEEP_FILE, STUDY_FILE, RUNNER_FILE = "sweep.json", "study.journal", ".local_runner.json"  # in a sweep folder
 RUN_NAME = re.compile(r"^(?P<cell>.+)-s(?P<seed>\d+)$")  # a sweep's run directory: <cell>-s<seed>
 STATES = {EXIT_OK: "finished", EXIT_FAILED: "failed", EXIT_BAD_INPUT: "bad_input", EXIT_STOPPED: "stopped",
           EXIT_NONFINITE: "nonfinite"}
@@ -83,7 +82,8 @@ def read_jsonl(path: str | os.PathLike[str], on_torn_tail: Callable[[str], objec
         elif not isinstance(row, dict):
             raise FileFormatError(f"{path}:{i}: expected one JSON object per line, found {line[:60]!r}")
         elif int_key and not (isinstance(row.get(int_key), int) and not isinstance(row[int_key], bool)):
-            raise FileFormatError(f"{path}:{i}: expected an object with an integer \"{int_key}\", found {line[:60]!r}")
+            raise FileFormatError(f"{path}:{i}: expected an object with an integer \"{int_key}\", "
+                                  f"found {line[:60]!r}")
         else:
             rows.append(row)
     return rows
@@ -96,7 +96,8 @@ def _check_result(path: Path, res: Any) -> dict[str, Any]:
         if not isinstance(res.get(key), dict):
             raise FileFormatError(f"{path}: expected an object under {key!r}, found {res.get(key)!r}")
     if not isinstance(res["final"].get("test_acc"), (int, float)):
-        raise FileFormatError(f"{path}: expected a number at final.test_acc, found {res['final'].get('test_acc')!r}")
+        raise FileFormatError(f"{path}: expected a number at final.test_acc, "
+                              f"found {res['final'].get('test_acc')!r}")
     return res
 
 
