@@ -108,8 +108,9 @@ def open_run(run_dir: Path, weights: str = "auto", data_dir: str | None = None) 
     from cifar_dist.models import build_model
 
     cfg = load_run_config(run_dir, {"data.dir": data_dir} if data_dir else None)
-    which = choose_weights(run_dir / "checkpoints", weights)
-    state, info = ckpt.load_weights(run_dir / "checkpoints", which)
+    ckpt_dir = RunDir(run_dir).checkpoints
+    which = choose_weights(ckpt_dir, weights)
+    state, info = ckpt.load_weights(ckpt_dir, which)
     # One process here, whatever the run had: only the evaluation batch is used.
     cfg = replace(cfg, run=replace(cfg.run, global_batch_size=cfg.optim.accum_steps))
     accelerator, _ = make_accelerator(cfg)
