@@ -160,16 +160,15 @@ class RunDir:
         return rows[-1] if rows else None
 
     def read_result(self, strict: bool = False) -> dict[str, Any] | None:
-        """result.json (`final` and `best` objects, a number at final.test_acc), None while the run has not
-        finished. Another file: FileFormatError naming it when `strict`, else None."""
+        """result.json, None while the run has not finished. `strict` (the report): `final` and `best`
+        objects and a number at final.test_acc, else FileFormatError naming the file. Otherwise (status lines
+        of a run that may be half-written): the JSON object as it is, None for anything else."""
         if not self.is_finished:
             return None
-        try:
+        if strict:
             return _check_result(self.result, read_json(self.result))
-        except FileFormatError:
-            if strict:
-                raise
-            return None
+        res = read_json_or_none(self.result)
+        return res if isinstance(res, dict) else None
 
     def read_task(self) -> dict[str, Any]:
         """sweep_task.json ({} when missing or unreadable)."""

@@ -63,7 +63,8 @@ class TrainedRun:
     @property
     def recorded(self) -> dict[str, Any]:
         """result.json's test accuracies for these weights ({} when the run has not finished)."""
-        return (RunDir(self.run_dir).read_result() or {}).get("best" if self.weights == "best" else "final", {})
+        part = (RunDir(self.run_dir).read_result() or {}).get("best" if self.weights == "best" else "final")
+        return part if isinstance(part, dict) else {}
 
     def describe(self) -> str:
         """e.g. "best weights (epoch 3, validation accuracy 61.00%)"."""

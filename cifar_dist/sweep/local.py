@@ -59,11 +59,12 @@ def local_command(flags: list[str], procs: int, port: int) -> list[str]:
 
 def result_text(run_dir: Path) -> str:
     """": test acc 61.00%, best val acc 62.00% (epoch 2)" from a finished run's result.json ("" without one)."""
-    res = RunDir(run_dir).read_result()
-    if res is None:
+    res = RunDir(run_dir).read_result() or {}
+    final = res.get("final")
+    if not isinstance(final, dict) or not isinstance(final.get("test_acc"), (int, float)):
         return ""
-    text = f": test acc {res['final']['test_acc']:.2f}%"
-    best = res["best"]
+    text = f": test acc {final['test_acc']:.2f}%"
+    best = res.get("best") if isinstance(res.get("best"), dict) else {}
     if isinstance(best.get("val_acc"), (int, float)):
         text += f", best val acc {best['val_acc']:.2f}% (epoch {best.get('epoch')})"
     return text
@@ -101,7 +102,7 @@ class LocalRunner:
 
     def start(self, run: Run) -> None:
         run.dir.mkdir(parents=True, exist_ok=True)
-        run.files.status.unlink(missing_ok=True)  # an earlier launch's status is not this one's (as sweep.sh)
+        RunDir(run.dir).status.unlink(missing_ok=True)  # an earlier launch's status is not this one's (as sweep.sh)
         log_path = self.sweep.dir / "logs" / f"{run.name}.out"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         cmd = self.command(run)
@@ -118,7 +119,7 @@ class LocalRunner:
         for proc in [p for p in self.active if p.poll() is not None]:
             run = self.active.pop(proc)
             # the trainer's own status: a launcher of several processes exits 1 for any failure (3 included)
-            recorded = run.files.read_status()
+            recorded = RunDir(run.dir).read_status()  # run: a Run or a WorkerSlot
             code = recorded["exit"] if recorded else proc.returncode
             if self.succeeded(run, code):
                 self.done += 1

@@ -30,7 +30,7 @@ def _is_num(v: Any) -> bool:
 def write_task(run: Run, state: str, exit_status: int | None, job: str, pid: int) -> None:
     """Record the outcome of an attempt in <run>/sweep_task.json (same fields as slurm/sweep.sh writes)."""
     record = {"state": state, "exit": exit_status, "job": job, "host": _host(), "pid": pid, "time": int(time.time())}
-    atomic_write_text(run.files.task, json.dumps(record) + "\n")
+    atomic_write_text(RunDir(run.dir).task, json.dumps(record) + "\n")  # run: a Run or a local WorkerSlot
 
 
 def _queued_state(run: Run, task: dict[str, Any], queue: dict[str, Any]) -> tuple[str, str] | None:
