@@ -1,4 +1,4 @@
-"""Files every layer may write and read: atomic writes, JSON and JSON-lines readers, process checks.
+"""Files every layer may write and read: atomic writes, JSON readers, process checks (JSON lines: run_dir).
 
 A file written here is never seen half-written: the bytes go to a temporary name in the same folder,
 are flushed to disk, and the temporary is renamed over the target. A reader that meets a file it
@@ -62,41 +62,6 @@ def read_json_or_none(path: str | os.PathLike[str]) -> Any:
         return read_json(path)
     except FileFormatError:
         return None
-
-
-def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """One JSON object per non-blank line (missing file: no rows); `FileFormatError` names a bad line."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    rows = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise FileFormatError(f"{path}:{i}: expected one JSON object per line, found {line[:60]!r}") from None
-        if not isinstance(row, dict):
-            raise FileFormatError(f"{path}:{i}: expected a JSON object, found {line[:60]!r}")
-        rows.append(row)
-    return rows
-
-
-def last_jsonl_row(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The last parseable object of a JSON-lines file that may be being written (None if none)."""
-    try:
-        lines = Path(path).read_text().splitlines()
-    except (OSError, UnicodeDecodeError):
-        return None
-    for line in reversed(lines):
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict):
-            return row
-    return None
 
 
 def pid_alive(pid: Any) -> bool:

@@ -35,7 +35,7 @@ import pytest
 
 from cifar_dist.cli import main as cli_main
 from cifar_dist.cli.train import main as train_main
-from cifar_dist.run_status import STATUS_FILE
+from cifar_dist.run_dir import STATUS_FILE
 from tests.data_prep_helpers import make_cifar10_archive, make_cifar10_dir, make_image_folder, make_tar
 from tests.helpers import REPO
 from tests.helpers import small_tmpfs as mounted_tmpfs

@@ -18,6 +18,7 @@ import pytest
 
 from cifar_dist import sweep
 from cifar_dist.cli.sweep import main as sweep_main
+from cifar_dist.run_dir import RunDir, load_trials, trial_name
 from cifar_dist.sweep.search import trial_epochs
 from cifar_dist.sweep.spec import load_spec
 from cifar_dist.sweep.study import claim, claims_lock, lease_is_stale, open_study
@@ -80,21 +81,21 @@ def check_study(sweep_dir: Path, name: str, max_epochs: int) -> list:
     metrics.jsonl holds each epoch once and agrees with the values reported to the study."""
     lines = (sweep_dir / "study.journal").read_text().splitlines()
     assert all(isinstance(json.loads(line), dict) for line in lines)
-    trials = sweep.load_trials(sweep_dir, name)
+    trials = load_trials(sweep_dir, name)
     runs = sorted(p.name for p in sweep_dir.iterdir() if p.name.startswith("t") and p.is_dir())
-    assert runs == [sweep.trial_name(t.number, 0) for t in trials]  # study trial count == runs on disk
+    assert runs == [trial_name(t.number, 0) for t in trials]  # study trial count == runs on disk
     for t in trials:
         assert t.state.name in ("COMPLETE", "PRUNED"), (t.number, t.state)
-        rows = rows_of(sweep_dir / sweep.trial_name(t.number, 0))
+        rows = rows_of(sweep_dir / trial_name(t.number, 0))
         epochs = [r["epoch"] for r in rows]
         assert epochs == list(range(1, len(rows) + 1))
         assert sorted(t.intermediate_values) == epochs
         assert all(abs(t.intermediate_values[r["epoch"]] - r["val_acc"]) < 1e-9 for r in rows)
         if t.state.name == "COMPLETE":
-            assert len(rows) == max_epochs and (sweep_dir / sweep.trial_name(t.number, 0) / "result.json").is_file()
+            assert len(rows) == max_epochs and (sweep_dir / trial_name(t.number, 0) / "result.json").is_file()
         else:
             assert len(rows) < max_epochs
-            assert sweep.read_record(sweep_dir / sweep.trial_name(t.number, 0))["pruned_at"] == len(rows)
+            assert RunDir(sweep_dir / trial_name(t.number, 0)).read_trial()["pruned_at"] == len(rows)
     return trials
 
 
@@ -248,7 +249,7 @@ def test_a_trial_asked_but_never_started_is_failed_and_the_next_one_claimed(tmp_
     assert trials[0].state == optuna.trial.TrialState.FAIL
     assert trials[0].user_attrs["rejected"] == "its worker died before the trial started"
     assert got.number == 1 == trials[1].number and orphan.number == 0 and got.how == "new"
-    assert store.get_trial(got.trial_id).number == 1 and sweep.read_record(got.dir)["trial_id"] == got.trial_id
+    assert store.get_trial(got.trial_id).number == 1 and RunDir(got.dir).read_trial()["trial_id"] == got.trial_id
     optuna.trial.Trial(study, got.trial_id).report(0.5, 1)  # the worker's reports reach trial 1
     assert study.get_trials(deepcopy=False)[1].intermediate_values == {1: 0.5}
 
@@ -285,11 +286,11 @@ def test_four_workers_share_one_journal(tmp_path):
     md = (sweep_dir / "report.md").read_text()
     assert "## Study" in md and "Best trials" in md and "Pruned trials (the rung at which each stopped)" in md
     best = max((t for t in trials if t.state.name == "COMPLETE"), key=lambda t: t.value)
-    assert md.split("Best trials")[1].split("\n| ")[2].startswith(f"{sweep.trial_name(best.number, 0)} |")
+    assert md.split("Best trials")[1].split("\n| ")[2].startswith(f"{trial_name(best.number, 0)} |")
     assert "| optim.name=" not in md and "`optim.lr=" in md  # overrides shown per trial
     assert (sweep_dir / "report_plots" / "study.png").stat().st_size > 1000
     pruned = [t for t in trials if t.state.name == "PRUNED"][0]
-    run = sweep.trial_name(pruned.number, 0)
+    run = trial_name(pruned.number, 0)
     assert f"| {run} | {len(rows_of(sweep_dir / run))} |" in md
     assert list((sweep_dir / run).glob("events.out.tfevents.*"))  # HParams of a pruned trial
 
@@ -320,7 +321,7 @@ def test_a_stopped_worker_resumes_its_own_trial(tmp_path):
     first = proc.communicate(timeout=120)[0]
     assert proc.returncode == 3, first
     run_dir = tmp_path / "runs" / "srch" / "t000-s0"
-    record = sweep.read_record(run_dir)
+    record = RunDir(run_dir).read_trial()
     assert record["lease"] == "preempted" and record["worker"] == "w0"
     assert not (run_dir / "result.json").exists()
     second = subprocess.run([PY, "-m", "cifar_dist", "sweep", "worker", str(spec), "--worker=w0"],
@@ -339,7 +340,7 @@ def test_a_killed_worker_leaves_its_trial_to_another(tmp_path):
     proc = _start_worker(spec, "w0", fake_env(FAKE_STEP_S="0.2", FAKE_STARTED=str(started)))
     _wait_for(started, proc)
     run_dir = tmp_path / "runs" / "srch" / "t000-s0"
-    trainer = sweep.read_record(run_dir)["trainer_pid"]
+    trainer = RunDir(run_dir).read_trial()["trainer_pid"]
     proc.kill()
     proc.communicate(timeout=60)
     end = time.monotonic() + 60
@@ -350,7 +351,7 @@ def test_a_killed_worker_leaves_its_trial_to_another(tmp_path):
                            env=fake_env(FAKE_STEP_S="0.01"), capture_output=True, text=True, timeout=300)
     assert other.returncode == 0, other.stdout + other.stderr
     assert "trial 0 (taken over)" in other.stdout
-    record = sweep.read_record(run_dir)
+    record = RunDir(run_dir).read_trial()
     assert record["worker"] == "w1" and record["takeovers"] == 1 and record["state"] in ("complete", "pruned")
     check_study(tmp_path / "runs" / "srch", "srch", 4)
 
@@ -395,12 +396,12 @@ def test_local_asha_sweep_on_tiny_data(tmp_path, tiny_data, capsys):
     assert out.returncode == 0, out.stdout + "".join(p.read_text()[-3000:] for p in (sweep_dir / "logs").glob("*"))
     trials = check_study(sweep_dir, "srch", 4)
     assert len(trials) == 8
-    epochs = {t.number: len(rows_of(sweep_dir / sweep.trial_name(t.number, 0))) for t in trials}
+    epochs = {t.number: len(rows_of(sweep_dir / trial_name(t.number, 0))) for t in trials}
     pruned = [t for t in trials if t.state.name == "PRUNED"]
     assert pruned and all(epochs[t.number] < 4 for t in pruned)
     best = max((t for t in trials if t.state.name == "COMPLETE"), key=lambda t: t.value)
     assert epochs[best.number] == 4
-    assert (sweep_dir / sweep.trial_name(best.number, 0) / "result.json").is_file()
+    assert (sweep_dir / trial_name(best.number, 0) / "result.json").is_file()
     assert sum(epochs.values()) < unpruned
 
 
@@ -437,7 +438,7 @@ def test_slurm_array_with_a_preempted_worker(tmp_path, tiny_data, slurm_cluster)
     while target is None:  # task 0's worker holds a trial whose trainer is training
         assert time.monotonic() < end, f"task 0 never trained: {slurm_cluster.jobs()}"
         for run_dir in sorted(sweep_dir.glob("t*-s0")):
-            rec = sweep.read_record(run_dir)
+            rec = RunDir(run_dir).read_trial()
             if rec.get("worker") == me and rec.get("lease") == "running" and _segment_training(run_dir, sweep_dir
                                                                                                / "logs"):
                 target = run_dir
@@ -455,7 +456,7 @@ def test_slurm_array_with_a_preempted_worker(tmp_path, tiny_data, slurm_cluster)
     trial_log = (sweep_dir / "logs" / f"{target.name}.out").read_text()
     stop = re.search(r"stopped by signal at epoch (\d+) step (\d+)", trial_log)  # the trainer checkpointed
     assert stop and f"resumed at epoch {stop[1]} step {stop[2]}" in trial_log, trial_log  # and went on from there
-    record = sweep.read_record(target)
+    record = RunDir(target).read_trial()
     assert record["worker"] == me and record["lease"] == "released" and record["state"] in ("complete", "pruned")
     trials = check_study(sweep_dir, "srch", 3)  # each epoch once; study trial count == runs on disk
     assert len(trials) == 4

@@ -23,7 +23,7 @@ import pytest
 import torch
 import yaml
 
-from cifar_dist import run_status
+from cifar_dist.run_dir import RunDir
 from cifar_dist.sweep.cluster import gpu_count, parse_sinfo, task_resources
 from tests.helpers import REPO
 from tests.slurm_cluster import Cluster, slurm_cluster, slurm_two_nodes  # noqa: F401  (session fixtures)
@@ -77,15 +77,15 @@ def test_task_resources_follow_the_partition(given, sinfo, expected):
 
 def test_status_file_is_written_by_rank_0_only(tmp_path, monkeypatch):
     monkeypatch.setenv("RANK", "1")
-    run_status.write_status(tmp_path, 3)
-    assert run_status.read_status(tmp_path) is None
+    RunDir(tmp_path).write_status(3)
+    assert RunDir(tmp_path).read_status() is None
     monkeypatch.setenv("RANK", "0")
-    run_status.write_status(tmp_path, 3)
-    record = run_status.read_status(tmp_path)
+    RunDir(tmp_path).write_status(3)
+    record = RunDir(tmp_path).read_status()
     assert (record["exit"], record["state"]) == (3, "stopped")
     monkeypatch.delenv("RANK")  # a single process without a launcher
-    run_status.write_status(tmp_path, 0)
-    assert run_status.read_status(tmp_path)["state"] == "finished"
+    RunDir(tmp_path).write_status(0)
+    assert RunDir(tmp_path).read_status()["state"] == "finished"
     # one line the scripts can read with sed
     text = (tmp_path / "status.json").read_text()
     assert text.count("\n") == 1 and re.search(r'"exit": 0\b', text)
@@ -211,7 +211,7 @@ def test_two_node_job_preempted_mid_epoch_checkpoints_requeues_and_matches_unint
         try:
             _wait_for(lambda: (run / "metrics.jsonl").is_file(), "the first epoch", timeout=TIMEOUT, poll=0.05)
             slurm_two_nodes.run("scancel", "--signal=USR1", "--batch", job)
-            _wait_for(lambda: (run_status.read_status(run) or {}).get("exit") == 3, "the trainers to stop",
+            _wait_for(lambda: (RunDir(run).read_status() or {}).get("exit") == 3, "the trainers to stop",
                       timeout=120, poll=0.1)
             state = json.loads((run / "checkpoints" / "last" / "train_state.json").read_text())
             saved = sorted(p.name for p in (run / "checkpoints" / "last").glob("rng_*.pt"))

@@ -23,6 +23,7 @@ import pytest
 
 from cifar_dist import sweep
 from cifar_dist.cli.sweep import main as sweep_main
+from cifar_dist.run_dir import TASK_FILE
 from tests.helpers import REPO
 
 REFERENCE = Path(__file__).parent / "reference"
@@ -526,7 +527,7 @@ def _status_sweep(tmp_path: Path) -> sweep.Sweep:
 
 def _task(run: sweep.Run, **fields) -> None:
     run.dir.mkdir(parents=True, exist_ok=True)
-    (run.dir / sweep.TASK_FILE).write_text(json.dumps(fields))
+    (run.dir / TASK_FILE).write_text(json.dumps(fields))
 
 
 def test_status_states_from_files_and_squeue(tmp_path):
@@ -597,7 +598,7 @@ def test_local_runner_records_the_trainers_status_not_the_launchers(tmp_path, mo
     while runner.active:
         time.sleep(0.05)
         runner.reap()
-    tasks = [json.loads((r.dir / sweep.TASK_FILE).read_text()) for r in s.runs[:2]]
+    tasks = [json.loads((r.dir / TASK_FILE).read_text()) for r in s.runs[:2]]
     assert [(t["state"], t["exit"]) for t in tasks] == [("preempted", 3), ("preempted", 1)]
 
 
@@ -672,7 +673,7 @@ grid:
             proc.kill()
     assert proc.returncode == 3, first
     assert "got SIGINT: stopping the runs" in first
-    states = {json.loads((r / sweep.TASK_FILE).read_text())["state"] for r in runs}
+    states = {json.loads((r / TASK_FILE).read_text())["state"] for r in runs}
     assert states <= {"preempted", "done"} and "preempted" in states
     assert not (runs[0] / "result.json").exists()
 

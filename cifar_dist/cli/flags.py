@@ -22,13 +22,13 @@ from __future__ import annotations
 import contextlib
 import inspect
 import io
-import os
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 from cifar_dist.errors import EXIT_BAD_INPUT, EXIT_OK, InputError, did_you_mean
+from cifar_dist.run_dir import is_rank0
 
 QUIET_RANK_WAIT_S = 30.0  # how long a silent process gives the reporting one to print and exit first
 
@@ -169,23 +169,17 @@ def run_command(fn: Callable[..., int | None], argv: list[str], prog: str,
                 help_text: Callable[[], str] | None = None) -> int:
     """Check argv against fn, then call it through Fire; map input errors to one line and status 2."""
     if any(a in ("-h", "--help") for a in argv):
-        if reports_errors():
+        if is_rank0(local=True):
             sys.stdout.write(help_text() if help_text else signature_help(fn, prog))
         return EXIT_OK
     try:
         return _fire(fn, check_argv(fn, argv, prog), prog)
     except InputError as e:
-        if reports_errors():
+        if is_rank0(local=True):
             print(f"error: {e.one_line()}", file=sys.stderr, flush=True)
         elif not _process_group_up():  # the launcher stops this one once the reporting one has exited
             time.sleep(QUIET_RANK_WAIT_S)
         return EXIT_BAD_INPUT
-
-
-def reports_errors() -> bool:
-    """False in the second and later processes of a launcher (LOCAL_RANK, else RANK, set and not 0)."""
-    rank = os.environ.get("LOCAL_RANK") or os.environ.get("RANK") or "0"
-    return rank.strip() == "0"
 
 
 def _process_group_up() -> bool:

@@ -41,9 +41,12 @@ from cifar_dist.engine.rundir import agree, check_fresh, check_resume_config, di
 from cifar_dist.engine.train_state import TrainState, train_state
 from cifar_dist.errors import InputError
 from cifar_dist.files import atomic_write_bytes
+from cifar_dist.run_dir import CHECKPOINT_META as META
+from cifar_dist.run_dir import TRAIN_STATE as STATE
+from cifar_dist.run_dir import RunDir
 
 LAST, BEST, OLD, TMP = "last", "best", ".last.old", ".last.tmp"
-META, MODEL, STATE = "checkpoint.json", "model.safetensors", "train_state.json"
+MODEL = "model.safetensors"
 FORMAT = 2  # 1 was accelerate's save_state (pickles): not read any more
 
 
@@ -331,7 +334,7 @@ def check_start(accelerator, run_dir: Path, mode: str) -> None:
         raise ConfigError(f"--resume: expected one of {', '.join(RESUME_MODES)}, found {mode!r}")
     error = ""
     if accelerator.is_main_process:
-        ckpt_dir = run_dir / "checkpoints"
+        ckpt_dir = RunDir(run_dir).checkpoints
         try:
             check_fresh(run_dir, mode, any(p.is_dir() for p in (ckpt_dir / LAST, ckpt_dir / OLD)))
         except InputError as e:
@@ -346,7 +349,7 @@ def resume(parts, run_dir: Path, mode: str, cfg: Config) -> TrainState | None:
     config against the run's config.yaml; "force" does the same whatever the config says."""
     if mode not in RESUME_MODES:
         raise ConfigError(f"--resume: expected one of {', '.join(RESUME_MODES)}, found {mode!r}")
-    ckpt_dir, acc = run_dir / "checkpoints", parts.accelerator
+    ckpt_dir, acc = RunDir(run_dir).checkpoints, parts.accelerator
     candidates = [p for p in (ckpt_dir / LAST, ckpt_dir / OLD) if p.is_dir()]
     if mode == "none" or not candidates:
         return None

@@ -28,6 +28,7 @@ import torch.distributed as dist
 
 from cifar_dist.config import ConfigError
 from cifar_dist.files import atomic_write_text
+from cifar_dist.run_dir import is_rank0
 
 # Below this many images per device, BatchNorm statistics of one device are noisy enough to cost accuracy
 # (Wu & He, "Group Normalization", fig. 1: the error of BN grows below 32 images per batch and steeply below
@@ -51,10 +52,6 @@ def gpu_signs() -> list[str]:
     return signs
 
 
-def _is_rank0() -> bool:
-    return os.environ.get("RANK", "0") in ("", "0")
-
-
 def choose_precision(requested: str, allow_cpu: bool) -> str | None:
     """The `mixed_precision` to build the Accelerator with (None: the launcher's, as accelerate reads it).
 
@@ -73,7 +70,7 @@ def choose_precision(requested: str, allow_cpu: bool) -> str | None:
         )
     asked = os.environ.get("ACCELERATE_MIXED_PRECISION", "no") if explicit is None else explicit
     if asked in GPU_PRECISIONS:
-        if _is_rank0():
+        if is_rank0():
             source = "--run.mixed_precision" if explicit else "the launch file (ACCELERATE_MIXED_PRECISION)"
             print(f"warning: no usable GPU: mixed precision {asked} from {source} falls back to fp32 on the CPU "
                   f"(bf16/fp16 autocast is ~10x slower there)", file=sys.stderr, flush=True)

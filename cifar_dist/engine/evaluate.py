@@ -14,7 +14,6 @@ from cifar_dist.config import flatten, to_dict
 from cifar_dist.engine import checkpoint as ckpt
 from cifar_dist.engine.devices import eval_model
 from cifar_dist.engine.logs import confusion_figure
-from cifar_dist.files import read_jsonl
 
 if TYPE_CHECKING:
     from cifar_dist.engine.session import Session
@@ -135,7 +134,7 @@ def finish(s: Session, status: str, first_step_s: float | None = None) -> dict[s
         b, b_tta = _test_with_tta(s, best_model)
         best = {"epoch": state.best_epoch, "val_acc": state.best_val_acc, "test_acc": b["acc"],
                 "test_acc_tta": b_tta["acc"]}
-    rows = read_jsonl(s.logger.metrics_path) if acc.is_main_process else []
+    rows = s.logger.files.metrics_rows() if acc.is_main_process else []
     ips = [row["images_per_s"] for row in rows if "images_per_s" in row]
     result = {
         "name": s.cfg.run.name, "preset": s.cfg.preset, "status": status, "epochs": state.epoch,
@@ -191,4 +190,4 @@ def summary_line(s: Session, result: dict[str, Any]) -> str:
     tta = f" (tta {s.cfg.run.tta} {final['test_acc_tta']:.2f}%)" if s.cfg.run.tta != "none" else ""
     return (f"done: test acc {final['test_acc']:.2f}%{tta}, "
             + (f"best val epoch {result['best']['epoch']}" if s.loaders.val is not None else "no validation split")
-            + f", result in {s.run_dir / 'result.json'}")
+            + f", result in {s.logger.files.result}")

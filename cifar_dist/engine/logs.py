@@ -1,16 +1,6 @@
 """The run directory: it explains itself (config, command, versions, git SHA, metrics, events, result).
 
-Layout of `runs/<name>/`:
-    config.yaml        the resolved config          command.txt   the command line
-    env.json           package versions, git SHA, world size, device
-    metrics.jsonl      one JSON object per finished epoch
-    events.out.tfevents.*   TensorBoard scalars, hparams, confusion matrix, parameter count
-    checkpoints/last   the resume state (see cifar_dist.engine.checkpoint); .last.old the one before
-    checkpoints/best   model.pt: weights of the best validation epoch
-    paused.json        {"epoch", "epochs"}: the session stopped at run.stop_after (removed when a session starts)
-    result.json        written when the run has finished (removed while a resumed session runs)
-    .lock              names the process holding the run's lock, a flock on this directory (cifar_dist.engine.rundir)
-    status.json        the exit status, written by the lock holder (cifar_dist.run_status)
+`RunLogger` writes the files of `runs/<name>/` that `cifar_dist.run_dir` lists (its docstring has the layout).
 Only the main process writes here. After a resume, metrics.jsonl and the events hold exactly what was
 logged up to the checkpoint, then this session's rows and points.
 """
@@ -27,9 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from cifar_dist.engine.rundir import disk_errors, end_run, mark_begun, release_lock
-from cifar_dist.files import FileFormatError, atomic_write_json, atomic_write_text, read_json_or_none
-
-PAUSED = "paused.json"  # written when a session stops at run.stop_after
+from cifar_dist.files import atomic_write_json, atomic_write_text
+from cifar_dist.run_dir import RunDir, read_sweep_json
 
 
 def git_sha() -> str:
@@ -75,11 +64,11 @@ class RunLogger:
     its whole lines and result.json is never half-written."""
 
     def __init__(self, run_dir: Path, is_main: bool, resumed=None):
-        self.run_dir, self.is_main = run_dir, is_main
-        self.metrics_path = run_dir / "metrics.jsonl"
+        self.run_dir, self.is_main, self.files = run_dir, is_main, RunDir(run_dir)
+        self.metrics_path = self.files.metrics
         self.tb = None
         if is_main:
-            earlier = sorted(run_dir.glob("events.out.tfevents.*"))
+            earlier = self.files.event_files()
             _quiet_event_writer_errors()
             with disk_errors(run_dir):
                 run_dir.mkdir(parents=True, exist_ok=True)
@@ -97,10 +86,10 @@ class RunLogger:
         if not self.is_main:
             return
         command = " ".join([sys.executable, *sys.argv])
-        for name, text in (("config.yaml", config_yaml), ("command.txt", command + "\n"),
-                           ("env.json", json.dumps({**environment(), **extra_env}, indent=2) + "\n")):
-            with disk_errors(self.run_dir / name):
-                atomic_write_text(self.run_dir / name, text)
+        for path, text in ((self.files.config, config_yaml), (self.files.command, command + "\n"),
+                           (self.files.env, json.dumps({**environment(), **extra_env}, indent=2) + "\n")):
+            with disk_errors(path):
+                atomic_write_text(path, text)
         self.text("run/config", code_block(config_yaml), step)
         self.text("run/command", code_block(command), step)
 
@@ -109,10 +98,9 @@ class RunLogger:
         (a kill or a full disk in the middle of a write) is dropped with a message."""
         if not self.is_main or not self.metrics_path.is_file():
             return
-        rows, torn = repair_jsonl(self.metrics_path)
-        if torn:
-            say(f"resume: {self.metrics_path}: dropped an incomplete last line ({torn!r:.60}) left by an "
-                f"interrupted write")
+        rows = self.files.metrics_rows(on_torn_tail=lambda torn: say(
+            f"resume: {self.metrics_path}: dropped an incomplete last line ({torn!r:.60}) left by an "
+            f"interrupted write"))
         kept = [r for r in rows if r.get("epoch", 0) <= completed_epochs]
         with disk_errors(self.metrics_path):
             atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
@@ -128,11 +116,11 @@ class RunLogger:
 
     def _tb(self, method: str, *args, **kwargs) -> None:
         if self.tb is not None:
-            with disk_errors(self.run_dir / "events.out.tfevents.*"):
+            with disk_errors(self.files.events):
                 getattr(self.tb, method)(*args, **kwargs)
 
     def _write_events(self, events: list) -> None:
-        with disk_errors(self.run_dir / "events.out.tfevents.*"):
+        with disk_errors(self.files.events):
             for event in events:
                 self.tb.file_writer.event_writer.add_event(event)  # as it was: step and wall time kept
             self.tb.flush()
@@ -169,27 +157,27 @@ class RunLogger:
         for info in data.experiment.metric_infos:  # readable column titles
             info.display_name = metric_tags[info.name.tag]
         meta.content = data.SerializeToString()
-        with disk_errors(self.run_dir / "events.out.tfevents.*"):
+        with disk_errors(self.files.events):
             for summary in (experiment, start, end):
                 self.tb.file_writer.add_summary(summary)
 
     def pause(self, epoch: int, epochs: int) -> None:
         """paused.json: this session ended at run.stop_after after `epoch` of `epochs` epochs."""
         if self.is_main:
-            atomic_write_json(self.run_dir / PAUSED, {"epoch": epoch, "epochs": epochs})
+            atomic_write_json(self.files.paused, {"epoch": epoch, "epochs": epochs})
 
     def finish(self, result: dict[str, Any]) -> None:
         if not self.is_main:
             return
-        with disk_errors(self.run_dir / "result.json"):
-            atomic_write_json(self.run_dir / "result.json", result)
+        with disk_errors(self.files.result):
+            atomic_write_json(self.files.result, result)
 
     def close(self, exit_status: int | None = None) -> None:
         """Flush and close the events; record `exit_status` in status.json (when given) and let another run
         take the directory."""
         if self.tb is not None:
             tb, self.tb = self.tb, None
-            with disk_errors(self.run_dir / "events.out.tfevents.*"):
+            with disk_errors(self.files.events):
                 tb.close()
         if self.is_main:
             if exit_status is None:
@@ -205,44 +193,23 @@ def start_logger(run_dir: Path, is_main: bool, config_yaml: str, env: dict[str, 
     loaded), metrics rows past its epoch are dropped and the events past its step with them; a fresh start
     (see `rundir.check_fresh`) drops the metrics and events of an attempt that saved no checkpoint. A bad
     metrics.jsonl is refused before anything is changed."""
-    metrics = run_dir / "metrics.jsonl"
-    if is_main and resumed is not None and metrics.is_file():
-        repair_jsonl(metrics)  # FileFormatError (exit 2) while the run directory is as it was
+    files = RunDir(run_dir)
+    if is_main and resumed is not None:
+        files.metrics_rows(on_torn_tail=lambda torn: None)  # FileFormatError (exit 2) before any change
     if is_main:
         mark_begun(run_dir)
-        with disk_errors(run_dir / "result.json"):
-            (run_dir / "result.json").unlink(missing_ok=True)
+        with disk_errors(files.result):
+            files.result.unlink(missing_ok=True)
             if resumed is None:
-                for p in [metrics, *run_dir.glob("events.out.tfevents.*")]:
+                for p in [files.metrics, *files.event_files()]:
                     p.unlink(missing_ok=True)
     logger = RunLogger(run_dir, is_main, resumed)
     if resumed is not None:
         logger.truncate_metrics(resumed.epoch, say)
     if is_main:
-        (run_dir / PAUSED).unlink(missing_ok=True)  # a new session: no longer paused
+        files.paused.unlink(missing_ok=True)  # a new session: no longer paused
     logger.write_start(config_yaml, env, 0 if resumed is None else resumed.global_step)
     return logger
-
-
-def repair_jsonl(path: Path) -> tuple[list[dict[str, Any]], str]:
-    """The rows of a JSON-lines file and its torn last line ("" if none). A bad line before the last is
-    not a torn write: FileFormatError names it."""
-    lines = path.read_text().splitlines()
-    rows = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            row = None
-        if isinstance(row, dict):
-            rows.append(row)
-        elif i == len(lines):
-            return rows, line
-        else:
-            raise FileFormatError(f"{path}:{i}: expected one JSON object per line, found {line[:60]!r}")
-    return rows, ""
 
 
 def append_line(path: Path, line: str) -> None:
@@ -271,7 +238,7 @@ def hparam_keys(run_dir: Path, flat: dict[str, Any]) -> list[str]:
     """The keys a run shows in the HParams tab: the keys its sweep varies (the cells' override keys of
     <run>/../sweep.json when it lists the run, and run.seed when there are several seeds), then
     `HPARAMS_FIXED`."""
-    sweep = read_json_or_none(run_dir.parent / "sweep.json")
+    sweep = read_sweep_json(run_dir.parent)
     varied: list[str] = []
     runs = sweep.get("runs") if isinstance(sweep, dict) else None
     listed = isinstance(runs, list) and any(isinstance(r, dict) and r.get("run") == run_dir.name for r in runs)

@@ -30,7 +30,7 @@ import yaml
 from cifar_dist.config import flatten
 from cifar_dist.errors import EXIT_BAD_INPUT, InputError
 from cifar_dist.files import read_json_or_none
-from cifar_dist.run_status import STATUS_FILE, write_status
+from cifar_dist.run_dir import RESULT, RunDir
 
 LOCK_FILE = ".lock"
 
@@ -47,10 +47,6 @@ MAY_CHANGE_ON_RESUME = (
 # Keys a resume changes by design and reports nothing about: run.stop_after is where this session pauses (an
 # ASHA rung: each rung resumes the trial with the next one), not a change of the experiment.
 SESSION_KEYS = ("run.stop_after",)
-
-# Files and folders that mean "a run was here" (a fresh run refuses such a directory: one run, one folder).
-RUN_FILES = ("config.yaml", "metrics.jsonl", "result.json", "checkpoints", "paused.json")
-
 
 @dataclass
 class _Held:
@@ -164,8 +160,8 @@ def end_run(run_dir: Path, exit_status: int) -> None:
                 if any(d.iterdir()):
                     break
                 d.rmdir()
-        elif not (refused and (run_dir / STATUS_FILE).exists()):
-            write_status(run_dir, exit_status)
+        elif not (refused and RunDir(run_dir).status.exists()):
+            RunDir(run_dir).write_status(exit_status)
     except OSError:  # a full disk: the error already reported says so; the exit status still tells
         pass
     finally:
@@ -177,9 +173,8 @@ def check_fresh(run_dir: Path, mode: str, has_checkpoint: bool) -> None:
     `--resume=auto|force` and no checkpoint (an attempt stopped before its first one) the run starts afresh
     and replaces that attempt's metrics and events, unless the directory holds a finished run's result.json.
     The refusal names `--resume=auto` and a free name."""
-    found = [n for n in RUN_FILES if (run_dir / n).exists()]
-    found += ["events.out.tfevents.*"] if any(run_dir.glob("events.out.tfevents.*")) else []
-    if not found or (mode != "none" and (has_checkpoint or "result.json" not in found)):
+    found = RunDir(run_dir).traces()
+    if not found or (mode != "none" and (has_checkpoint or RESULT not in found)):
         return
     free = next(f"{run_dir.name}-{i}" for i in range(2, 10**6) if not (run_dir.parent / f"{run_dir.name}-{i}").exists())
     if mode == "none":
@@ -220,7 +215,7 @@ def _flat_yaml(text: str) -> dict[str, Any]:
 
 def check_resume_config(run_dir: Path, config_yaml: str, force: bool, say: Callable[[str], None]) -> None:
     """Compare the config this session resolved (`config_yaml`) with the one the run started with."""
-    path = run_dir / "config.yaml"
+    path = RunDir(run_dir).config
     try:
         old = _flat_yaml(path.read_text())
     except (OSError, ValueError, yaml.YAMLError) as e:

@@ -36,7 +36,7 @@ from cifar_dist.data import (
 from cifar_dist.engine import checkpoint as ckpt
 from cifar_dist.engine.evaluate import evaluate
 from cifar_dist.errors import InputError
-from cifar_dist.files import read_json_or_none
+from cifar_dist.run_dir import RunDir
 
 WEIGHTS = ("auto", "best", "last")
 IMAGE_SIDE = 32  # the stored image size of every .beton `cifar-dist prepare` writes
@@ -63,8 +63,7 @@ class TrainedRun:
     @property
     def recorded(self) -> dict[str, Any]:
         """result.json's test accuracies for these weights ({} when the run has not finished)."""
-        result = read_json_or_none(self.run_dir / "result.json")
-        part = (result or {}).get("best" if self.weights == "best" else "final") if isinstance(result, dict) else None
+        part = (RunDir(self.run_dir).read_result() or {}).get("best" if self.weights == "best" else "final")
         return part if isinstance(part, dict) else {}
 
     def describe(self) -> str:
@@ -81,7 +80,7 @@ def load_run_config(run_dir: Path, overrides: dict[str, Any] | None = None) -> C
 
     if not run_dir.is_dir():
         raise RunError(f"{run_dir}: not a run directory (no such folder)")
-    path = run_dir / "config.yaml"
+    path = RunDir(run_dir).config
     if not path.is_file():
         raise RunError(f"{path}: missing; expected the config.yaml every run writes when it starts")
     try:
@@ -110,8 +109,9 @@ def open_run(run_dir: Path, weights: str = "auto", data_dir: str | None = None) 
     from cifar_dist.models import build_model
 
     cfg = load_run_config(run_dir, {"data.dir": data_dir} if data_dir else None)
-    which = choose_weights(run_dir / "checkpoints", weights)
-    state, info = ckpt.load_weights(run_dir / "checkpoints", which)
+    ckpt_dir = RunDir(run_dir).checkpoints
+    which = choose_weights(ckpt_dir, weights)
+    state, info = ckpt.load_weights(ckpt_dir, which)
     # One process here, whatever the run had: only the evaluation batch is used.
     cfg = replace(cfg, run=replace(cfg.run, global_batch_size=cfg.optim.accum_steps))
     accelerator, _ = make_accelerator(cfg)

@@ -14,44 +14,16 @@ from typing import Any
 
 from cifar_dist.config import ConfigError, flatten, load_yaml
 from cifar_dist.errors import InputError
-from cifar_dist.files import read_json, read_jsonl
+from cifar_dist.files import read_json
 from cifar_dist.report.metrics import METRICS, Stat, hashable, summarize
-from cifar_dist.sweep import RUN_NAME, SWEEP_FILE
+from cifar_dist.run_dir import RUN_NAME, SWEEP_FILE, RunDir
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "result.json")
 # Config keys that differ between runs without being hyperparameters.
 NOT_HYPERPARAMETERS = {"run.name", "run.seed", "run.out_dir", "run.progress", "run.stop_after"}
 
 
 class ReportError(InputError):
     """Input the report cannot use; the message is one line naming the file."""
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def read_metrics_rows(path: Path) -> list[dict[str, Any]]:
-    """metrics.jsonl -> rows; every non-blank line must be a JSON object with an integer "epoch"."""
-    rows = read_jsonl(path)
-    bad = next((i for i, row in enumerate(rows) if not _is_int(row.get("epoch"))), None)
-    if bad is not None:
-        n, line = [(n, line) for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip()][bad]
-        raise ReportError(f"{path}:{n}: expected an object with an integer \"epoch\", found {line[:60]!r}")
-    return rows
-
-def _read_result(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    res = read_json(path)
-    if not isinstance(res, dict):
-        raise ReportError(f"{path}: expected a JSON object, found {type(res).__name__}")
-    for key in ("final", "best"):
-        if not isinstance(res.get(key), dict):
-            raise ReportError(f"{path}: expected an object under {key!r}, found {res.get(key)!r}")
-    if not isinstance(res["final"].get("test_acc"), (int, float)):
-        raise ReportError(f"{path}: expected a number at final.test_acc, found {res['final'].get('test_acc')!r}")
-    return res
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -123,15 +95,14 @@ class RunResult:
 
 
 def load_run(path: Path) -> RunResult:
-    env_path = path / "env.json"
-    env = read_json(env_path) if env_path.is_file() else {}
-    return RunResult(name=path.name, path=path, config=_read_config(path / "config.yaml"),
-               rows=read_metrics_rows(path / "metrics.jsonl"), result=_read_result(path / "result.json"),
-               env=env if isinstance(env, dict) else {})
+    files = RunDir(path)
+    env = read_json(files.env) if files.env.is_file() else {}
+    return RunResult(name=path.name, path=path, config=_read_config(files.config), rows=files.metrics_rows(),
+                     result=files.read_result(strict=True), env=env if isinstance(env, dict) else {})
 
 
 def is_run_dir(path: Path) -> bool:
-    return path.is_dir() and any((path / f).is_file() for f in RUN_FILES)
+    return RunDir(path).holds_run
 
 
 # --------------------------------------------------------------------------------------------- cells

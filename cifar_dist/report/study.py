@@ -11,7 +11,7 @@ from typing import Any
 from cifar_dist.report.load import ReportError, SweepResults
 from cifar_dist.report.metrics import fmt_value, hashable
 from cifar_dist.report.plots import _figure, _finish
-from cifar_dist.sweep import load_trials, read_record, trial_name
+from cifar_dist.run_dir import STUDY_FILE, RunDir, load_trials, trial_name
 
 STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
 
@@ -54,7 +54,7 @@ def load_study(sweep: SweepResults) -> StudyResults | None:
     try:
         trials = load_trials(sweep.path, str(sweep.info.get("name")))
     except Exception as e:  # an unreadable journal: one line naming it
-        raise ReportError(f"{Path(sweep.path) / 'study.journal'}: cannot read the study ({e})") from e
+        raise ReportError(f"{Path(sweep.path) / STUDY_FILE}: cannot read the study ({e})") from e
     seed = (sweep.info.get("seeds") or [0])[0]
     out = StudyResults(str(search.get("objective")), str(search.get("direction")), str(search.get("pruner")),
                        int(search.get("trials") or 0), int((search.get("epochs") or {}).get("max") or 0))
@@ -63,7 +63,7 @@ def load_study(sweep: SweepResults) -> StudyResults | None:
             out.rejected += 1
             continue
         name = trial_name(t.number, seed)
-        record = read_record(Path(sweep.path) / name)
+        record = RunDir(Path(sweep.path) / name).read_trial()
         state = STATES.get(t.state.name, t.state.name.lower())
         if state == "running" and record.get("lease") == "preempted":
             state = "preempted"

@@ -81,12 +81,8 @@ the trial of a worker that died is taken over. `sweep status` lists the trials; 
 study. Rules: cifar_dist.sweep.study and cifar_dist.sweep.worker.
 """
 
-
 from cifar_dist.sweep.local import local_command, lock_sweep, run_local, run_local_search
 from cifar_dist.sweep.plan import (
-    RUN_NAME,
-    STUDY_FILE,
-    SWEEP_FILE,
     Cell,
     Run,
     Sweep,
@@ -95,10 +91,7 @@ from cifar_dist.sweep.plan import (
     describe,
     expand,
     flag_value,
-    is_finished,
     load_sweep,
-    read_sweep_json,
-    run_name,
     sweep_record,
     write_sweep_json,
 )
@@ -115,31 +108,15 @@ from cifar_dist.sweep.slurm import (
     submit,
 )
 from cifar_dist.sweep.spec import Search, Spec, SpecError, draw, load_spec
-from cifar_dist.sweep.status import (
-    TASK_FILE,
-    last_metrics,
-    run_state,
-    status_rows,
-    status_text,
-    trial_rows,
-    write_task,
-)
-from cifar_dist.sweep.study import (
-    TRIAL_FILE,
-    load_trials,
-    open_study,
-    read_record,
-    search_finished,
-    trial_name,
-)
+from cifar_dist.sweep.status import run_state, status_rows, status_text, trial_rows, write_task
+from cifar_dist.sweep.study import open_study, search_finished
 from cifar_dist.sweep.worker import run_worker, trial_flags
 
 __all__ = [
-    "Cell", "REPO", "RUN_NAME", "Run", "STUDY_FILE", "SWEEP_FILE", "SWEEP_SCRIPT", "Search", "Spec", "SpecError",
-    "Sweep", "TASK_FILE", "TRIAL_FILE", "all_rungs", "array_ranges", "bracket_rungs", "check_unchanged", "costs",
-    "count_model_params", "describe", "draw", "expand", "flag_value", "is_finished", "last_metrics", "load_spec",
-    "load_sweep", "load_trials", "local_command", "lock_sweep", "n_brackets", "open_study", "plan_text", "preempt", "read_record",
-    "read_sweep_json", "resolve_task", "run_local", "run_local_search", "run_name", "run_state", "run_worker",
-    "sbatch_command", "search_finished", "squeue_tasks", "status_rows", "status_text", "submit", "sweep_record",
-    "trial_flags", "trial_name", "trial_rows", "write_sweep_json", "write_task",
+    "Cell", "REPO", "Run", "SWEEP_SCRIPT", "Search", "Spec", "SpecError", "Sweep", "all_rungs", "array_ranges",
+    "bracket_rungs", "check_unchanged", "costs", "count_model_params", "describe", "draw", "expand", "flag_value",
+    "load_spec", "load_sweep", "local_command", "lock_sweep", "n_brackets", "open_study", "plan_text", "preempt",
+    "resolve_task", "run_local", "run_local_search", "run_state", "run_worker", "sbatch_command", "search_finished",
+    "squeue_tasks", "status_rows", "status_text", "submit", "sweep_record", "trial_flags", "trial_rows",
+    "write_sweep_json", "write_task",
 ]

@@ -17,12 +17,11 @@ from pathlib import Path
 
 from cifar_dist.errors import EXIT_FAILED, EXIT_OK, EXIT_STOPPED, InputError
 from cifar_dist.files import atomic_write_json, read_json_or_none
-from cifar_dist.run_status import STATUS_FILE, read_status
-from cifar_dist.sweep.plan import Run, Sweep, describe, is_finished
+from cifar_dist.run_dir import RUNNER_FILE, RunDir
+from cifar_dist.sweep.plan import Run, Sweep, describe
 from cifar_dist.sweep.slurm import REPO
 from cifar_dist.sweep.status import write_task
 
-RUNNER_FILE = ".local_runner.json"  # names the local runner that holds the sweep folder's lock
 _LOCKED: dict[str, int] = {}  # sweep folder -> its open, flock-ed descriptor (kept for the process' life)
 
 
@@ -60,8 +59,8 @@ def local_command(flags: list[str], procs: int, port: int) -> list[str]:
 
 def result_text(run_dir: Path) -> str:
     """": test acc 61.00%, best val acc 62.00% (epoch 2)" from a finished run's result.json ("" without one)."""
-    res = read_json_or_none(run_dir / "result.json")
-    final = res.get("final") if isinstance(res, dict) else None
+    res = RunDir(run_dir).read_result() or {}
+    final = res.get("final")
     if not isinstance(final, dict) or not isinstance(final.get("test_acc"), (int, float)):
         return ""
     text = f": test acc {final['test_acc']:.2f}%"
@@ -99,11 +98,11 @@ class LocalRunner:
         return f"{run.name} ({describe(run.cell.overrides)}, seed {run.seed})"
 
     def succeeded(self, run: Run, returncode: int) -> bool:
-        return is_finished(run)
+        return run.files.is_finished
 
     def start(self, run: Run) -> None:
         run.dir.mkdir(parents=True, exist_ok=True)
-        (run.dir / STATUS_FILE).unlink(missing_ok=True)  # an earlier launch's status is not this one's (as sweep.sh)
+        RunDir(run.dir).status.unlink(missing_ok=True)  # an earlier launch's status is not this one's (as sweep.sh)
         log_path = self.sweep.dir / "logs" / f"{run.name}.out"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         cmd = self.command(run)
@@ -120,7 +119,7 @@ class LocalRunner:
         for proc in [p for p in self.active if p.poll() is not None]:
             run = self.active.pop(proc)
             # the trainer's own status: a launcher of several processes exits 1 for any failure (3 included)
-            recorded = read_status(run.dir)
+            recorded = RunDir(run.dir).read_status()  # run: a Run or a WorkerSlot
             code = recorded["exit"] if recorded else proc.returncode
             if self.succeeded(run, code):
                 self.done += 1
@@ -164,8 +163,8 @@ def run_local(sweep: Sweep, parallel: int, procs: int) -> int:
     runs = sweep.runs
     todo = []
     for run in runs:
-        if is_finished(run):
-            print(f"skip {run.name}: finished ({run.dir / 'result.json'})", flush=True)
+        if run.files.is_finished:
+            print(f"skip {run.name}: finished ({run.files.result})", flush=True)
         else:
             todo.append(run)
     print(f"sweep {sweep.spec.name}: {len(runs)} runs, {len(runs) - len(todo)} finished, running {len(todo)} "

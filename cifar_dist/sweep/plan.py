@@ -11,14 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from cifar_dist.config import ConfigError, flatten, to_dict
-from cifar_dist.files import atomic_write_text, read_json_or_none
+from cifar_dist.files import atomic_write_text
 from cifar_dist.presets import resolve
+from cifar_dist.run_dir import STUDY_FILE, SWEEP_FILE, RunDir, read_sweep_json, run_name
 from cifar_dist.sweep.search import corners, objective_problem
 from cifar_dist.sweep.spec import Spec, SpecError, bad, load_spec
-
-SWEEP_FILE = "sweep.json"  # <out_dir>/<name>/sweep.json: the cells and runs, for `cifar-dist report`
-STUDY_FILE = "study.journal"  # <out_dir>/<name>/study.journal: a search's Optuna study (journal storage)
-RUN_NAME = re.compile(r"^(?P<cell>.+)-s(?P<seed>\d+)$")  # a run directory: <cell>-s<seed>
 
 
 @dataclass(frozen=True)
@@ -42,6 +39,10 @@ class Run:
     seed: int
     name: str  # <cell>-s<seed>
     dir: Path  # <out_dir>/<sweep>/<name>
+
+    @property
+    def files(self) -> RunDir:
+        return RunDir(self.dir)
 
 
 @dataclass(frozen=True)
@@ -70,11 +71,6 @@ class Sweep:
         flags += [f"--{k}={flag_value(v)}" for k, v in over.items()]
         flags += [f"--run.out_dir={self.dir}", f"--run.name={run.name}", f"--run.seed={run.seed}", "--resume=auto"]
         return flags
-
-
-def run_name(cell: str, seed: int) -> str:
-    """The directory name of one run: <cell>-s<seed> (parsed back by RUN_NAME)."""
-    return f"{cell}-s{seed}"
 
 
 def flag_value(v: Any) -> str:
@@ -233,12 +229,6 @@ def search_record(spec: Spec) -> dict[str, Any]:
             "sampler": s.sampler, "seed": s.seed, "space": space, "study": STUDY_FILE}
 
 
-def read_sweep_json(sweep_dir: Path) -> dict[str, Any] | None:
-    """<sweep_dir>/sweep.json as written by `write_sweep_json`; None when missing or unreadable."""
-    record = read_json_or_none(sweep_dir / SWEEP_FILE)
-    return record if isinstance(record, dict) else None
-
-
 def write_sweep_json(sweep: Sweep) -> Path:
     """Write sweep.json, first refusing a changed spec that would give a started run another config."""
     path = sweep.dir / SWEEP_FILE
@@ -266,8 +256,3 @@ def check_unchanged(sweep: Sweep, old: dict[str, Any] | None) -> None:
         if was is not None and tuple(was) != now:
             raise bad(sweep.spec.path, c["cell"], f"the overrides {started[0].name} started with "
                       f"({describe(was[1] or {})}; or a new sweep name)", describe(c["overrides"]))
-
-
-def is_finished(run: Run) -> bool:
-    """A run with result.json is finished and never trained again."""
-    return (run.dir / "result.json").is_file()

@@ -16,16 +16,9 @@ from typing import Any
 
 from cifar_dist.errors import EXIT_BAD_INPUT, EXIT_OK
 from cifar_dist.resources import root
+from cifar_dist.run_dir import STUDY_FILE, read_sweep_json
 from cifar_dist.sweep.cluster import sbatch_resources
-from cifar_dist.sweep.plan import (
-    STUDY_FILE,
-    Sweep,
-    describe,
-    expand,
-    is_finished,
-    read_sweep_json,
-    write_sweep_json,
-)
+from cifar_dist.sweep.plan import Sweep, describe, expand, write_sweep_json
 from cifar_dist.sweep.search import bracket_rungs, costs, n_brackets
 from cifar_dist.sweep.spec import SpecError, load_spec
 from cifar_dist.sweep.study import search_finished
@@ -176,7 +169,7 @@ def _unsubmitted(sweep: Sweep, queue: dict[str, Any] | None, parallel: int) -> t
         queued_ix = set(queue["by_index"]) if queue is not None else set()
         return [i for i in range(parallel) if i not in queued_ix], 0, len(queued_ix & set(range(parallel)))
     for run in sweep.runs:
-        if is_finished(run):
+        if run.files.is_finished:
             finished += 1
         elif queue is not None and run.index in queue["by_index"]:
             queued += 1
@@ -243,7 +236,7 @@ def resolve_task(grid: str | Path, index: int, shell: bool = False) -> str:
         return shlex.join(flags) + "\n"
     return "".join(f"{line}\n" for line in (
         f"run_name={shlex.quote(run.name)}", f"run_dir={shlex.quote(str(run.dir))}", f"cell={run.cell.cell}",
-        f"seed={run.seed}", f"finished={int(is_finished(run))}", f"sweep_dir={shlex.quote(str(sweep.dir))}",
+        f"seed={run.seed}", f"finished={int(run.files.is_finished)}", f"sweep_dir={shlex.quote(str(sweep.dir))}",
         f"train_args=({shlex.join(flags)})"))
 
 

@@ -11,12 +11,11 @@ import socket
 import time
 from typing import Any
 
-from cifar_dist.files import atomic_write_text, last_jsonl_row, pid_alive, read_json_or_none
-from cifar_dist.sweep.plan import Run, Sweep, is_finished
+from cifar_dist.files import atomic_write_text, pid_alive
+from cifar_dist.run_dir import RunDir, load_trials, trial_name
+from cifar_dist.sweep.plan import Run, Sweep
 from cifar_dist.sweep.slurm import RUNNING_STATES
-from cifar_dist.sweep.study import load_trials, read_record, trial_name
 
-TASK_FILE = "sweep_task.json"  # written by slurm/sweep.sh and the local runner into the run directory
 STATES = ("done", "running", "pending", "failed")
 
 
@@ -28,20 +27,10 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _read_dict(path) -> dict[str, Any]:
-    value = read_json_or_none(path)
-    return value if isinstance(value, dict) else {}
-
-
 def write_task(run: Run, state: str, exit_status: int | None, job: str, pid: int) -> None:
     """Record the outcome of an attempt in <run>/sweep_task.json (same fields as slurm/sweep.sh writes)."""
     record = {"state": state, "exit": exit_status, "job": job, "host": _host(), "pid": pid, "time": int(time.time())}
-    atomic_write_text(run.dir / TASK_FILE, json.dumps(record) + "\n")
-
-
-def last_metrics(run: Run) -> dict[str, Any] | None:
-    """The last row of metrics.jsonl (None when there is none)."""
-    return last_jsonl_row(run.dir / "metrics.jsonl")
+    atomic_write_text(RunDir(run.dir).task, json.dumps(record) + "\n")  # run: a Run or a local WorkerSlot
 
 
 def _queued_state(run: Run, task: dict[str, Any], queue: dict[str, Any]) -> tuple[str, str] | None:
@@ -59,10 +48,10 @@ def _queued_state(run: Run, task: dict[str, Any], queue: dict[str, Any]) -> tupl
 
 def run_state(run: Run, queue: dict[str, Any] | None) -> tuple[str, str]:
     """(pending | running | done | failed, detail) of one run; the rules are in the package docstring."""
-    if is_finished(run):
+    if run.files.is_finished:
         return "done", ""
-    task = _read_dict(run.dir / TASK_FILE)
-    started = bool(task) or (run.dir / "metrics.jsonl").is_file() or (run.dir / "checkpoints").is_dir()
+    task = run.files.read_task()
+    started = bool(task) or run.files.metrics.is_file() or run.files.checkpoints.is_dir()
     if task.get("job") == "local" and task.get("host") == _host() and task.get("state") == "running":
         if pid_alive(task.get("pid")):
             return "running", "local"
@@ -88,13 +77,13 @@ def _metric_text(run: Run, state: str) -> tuple[str, str]:
     """(epoch k/E, last metric) for the status table."""
     epochs = run.cell.epochs
     if state == "done":  # the metric the report ranks by: best validation accuracy, else final test accuracy
-        res = _read_dict(run.dir / "result.json")
+        res = run.files.read_result() or {}
         best, acc = res.get("best") or {}, (res.get("final") or {}).get("test_acc")
         done = f"{res.get('epochs', epochs)}/{epochs}"
         if _is_num(best.get("val_acc")):
             return done, f"best_val_acc={best['val_acc']:.2f} (epoch {best.get('epoch')})"
         return done, f"test_acc={acc:.2f} (final)" if _is_num(acc) else ""
-    row = last_metrics(run)
+    row = run.files.last_metrics()
     if not row:
         return f"0/{epochs}", ""
     for key in ("val_acc", "test_acc", "train_loss"):
@@ -123,14 +112,14 @@ def trial_rows(sweep: Sweep) -> list[dict[str, Any]]:
     for t in trials:
         if "rejected" in t.user_attrs:
             continue
-        run_dir = sweep.dir / trial_name(t.number, sweep.spec.seeds[0])
-        record = read_record(run_dir)
+        run_dir = RunDir(sweep.dir / trial_name(t.number, sweep.spec.seeds[0]))
+        record = run_dir.read_trial()
         state = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed"}.get(t.state.name)
         if state is None:
             state = "preempted" if record.get("lease") == "preempted" else "running"
-        last = last_jsonl_row(run_dir / "metrics.jsonl") or {}
+        last = run_dir.last_metrics() or {}
         detail = {"pruned": f"pruned at epoch {record.get('pruned_at')}", "failed": str(record.get("reason", ""))}
-        rows.append({"trial": t.number, "run": run_dir.name, "state": state,
+        rows.append({"trial": t.number, "run": run_dir.path.name, "state": state,
                      "epoch": f"{last.get('epoch', 0)}/{search.max_epochs}",
                      "value": t.value if t.value is not None else last.get(search.objective),
                      "worker": record.get("worker"), "detail": detail.get(state, "")})

@@ -37,13 +37,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cifar_dist.errors import InputError
-from cifar_dist.files import atomic_write_text, pid_alive, read_json_or_none
-from cifar_dist.sweep.plan import STUDY_FILE, Sweep
+from cifar_dist.files import atomic_write_text, pid_alive
+from cifar_dist.run_dir import STUDY_FILE, RunDir, load_trials, replayed, trial_name
+from cifar_dist.sweep.plan import Sweep
 from cifar_dist.sweep.search import bracket_of, suggest
 from cifar_dist.sweep.spec import Search
 
-TRIAL_FILE = "trial.json"
 CLAIMS = "claims"  # <sweep>/claims.lock guards claims and lease renewals
 MAX_TAKEOVERS = 2  # a trial whose worker died more often than this is marked failed
 STALE_BEATS = 3  # a lease is stale after this many missed heartbeats
@@ -52,11 +51,6 @@ SLURM_WORKER = re.compile(r"\d+_\d+")
 
 def host() -> str:
     return socket.gethostname().split(".")[0]
-
-
-def trial_name(number: int, seed: int) -> str:
-    """The run directory of trial `number`: t<nnn>-s<seed> (a `<cell>-s<seed>` name for the report)."""
-    return f"t{number:03d}-s{seed}"
 
 
 def study_path(sweep: Sweep) -> Path:
@@ -70,22 +64,7 @@ def storage(sweep: Sweep):
 
     path = study_path(sweep)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return _replayed(path, lambda: JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileSymlinkLock(str(path)))))
-
-
-class StudyError(InputError):
-    """The study journal cannot be replayed; the message names it."""
-
-
-def _replayed(path: Path, make):
-    """`make()` (a JournalStorage, which replays the journal when built), or StudyError naming the journal."""
-    try:
-        return make()
-    except Exception as e:  # noqa: BLE001 -- optuna fails a damaged journal in many ways (JSON, asserts, keys)
-        why = (str(e).strip().splitlines() or [""])[0][:120]
-        raise StudyError(f"{path}: expected an Optuna journal of this search, found a damaged one "
-                         f"({type(e).__name__}{': ' + why if why else ''}); move it aside to start the search "
-                         f"afresh") from None
+    return replayed(path, lambda: JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileSymlinkLock(str(path)))))
 
 
 def make_sampler(search: Search, number: int = 0):
@@ -128,24 +107,6 @@ def trial_id(study, store, number: int) -> int:
     return store.get_trial_id_from_study_id_trial_number(store.get_study_id_from_name(study.study_name), number)
 
 
-def load_trials(sweep_dir: Path, name: str) -> list[Any] | None:
-    """The FrozenTrials of the study in `sweep_dir` (None without a study file), read without any lock."""
-    path = Path(sweep_dir) / STUDY_FILE
-    if not path.is_file():
-        return None
-    import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        study = optuna.load_study(study_name=name,
-                                  storage=_replayed(path, lambda: JournalStorage(JournalFileBackend(str(path)))))
-    except KeyError:  # the file exists, the study is not created yet
-        return []
-    return study.get_trials(deepcopy=False)
-
-
 @contextlib.contextmanager
 def claims_lock(sweep: Sweep):
     from optuna.storages.journal import JournalFileOpenLock
@@ -161,13 +122,8 @@ def claims_lock(sweep: Sweep):
 # ------------------------------------------------------------------------------------------ trial records
 
 
-def read_record(run_dir: Path) -> dict[str, Any]:
-    record = read_json_or_none(Path(run_dir) / TRIAL_FILE)
-    return record if isinstance(record, dict) else {}
-
-
 def write_record(run_dir: Path, record: dict[str, Any]) -> None:
-    atomic_write_text(Path(run_dir) / TRIAL_FILE, json.dumps(record, indent=1) + "\n")
+    atomic_write_text(RunDir(run_dir).trial, json.dumps(record, indent=1) + "\n")
 
 
 @dataclass
@@ -180,6 +136,10 @@ class Claim:
     overrides: dict[str, Any]
     token: str
     how: str  # new | resumed | taken over
+
+    @property
+    def files(self) -> RunDir:
+        return RunDir(self.dir)
 
 
 def lease_is_stale(record: dict[str, Any], search: Search, queue) -> bool:
@@ -247,11 +207,11 @@ def claim(study, store, sweep: Sweep, me: str, queue, check_budget) -> Claim | s
     running = optuna.trial.TrialState.RUNNING
     trials = study.get_trials(deepcopy=False)
     open_trials = [t for t in trials if t.state == running]
-    order = sorted(open_trials, key=lambda t: read_record(_dir(sweep, t)).get("worker") != me)
+    order = sorted(open_trials, key=lambda t: RunDir(_dir(sweep, t)).read_trial().get("worker") != me)
     live = False
     for t in order:
         run_dir = _dir(sweep, t)
-        record = read_record(run_dir)
+        record = RunDir(run_dir).read_trial()
         if not record:  # its worker died between ask and the record (both happen under this lock): no run
             reason = "its worker died before the trial started"
             store.set_trial_user_attr(trial_id(study, store, t.number), "rejected", reason)
@@ -287,7 +247,7 @@ def _dir(sweep: Sweep, trial) -> Path:
 def renew(sweep: Sweep, c: Claim, **fields: Any) -> bool:
     """Renew this worker's lease (heartbeat and `fields`, under the claims lock); False if it was taken."""
     with claims_lock(sweep):
-        record = read_record(c.dir)
+        record = c.files.read_trial()
         if record.get("token") != c.token:
             return False
         write_record(c.dir, {**record, "heartbeat": time.time(), **fields})

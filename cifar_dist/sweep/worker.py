@@ -26,12 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from cifar_dist.errors import EXIT_FAILED, EXIT_OK, EXIT_STOPPED
-from cifar_dist.files import pid_alive, read_jsonl
+from cifar_dist.files import pid_alive
+from cifar_dist.run_dir import RunDir
 from cifar_dist.sweep.local import local_command
 from cifar_dist.sweep.plan import Sweep, describe, flag_value, trial_params
 from cifar_dist.sweep.search import all_rungs
 from cifar_dist.sweep.slurm import REPO, squeue_tasks
-from cifar_dist.sweep.study import Claim, claim, claims_lock, host, open_study, read_record, renew
+from cifar_dist.sweep.study import Claim, claim, claims_lock, host, open_study, renew
 
 LAUNCH_ENV = "CIFAR_DIST_LAUNCH"  # the trainer launcher (shell words, without train flags), set by sweep.sh
 POLL_S = 0.5
@@ -77,8 +78,9 @@ def hparams_for_pruned(run_dir: Path, trial: dict[str, Any]) -> None:
 
     from cifar_dist.config import flatten, load_yaml
 
-    rows = read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
-    config = flatten(load_yaml(run_dir / "config.yaml")) if (run_dir / "config.yaml").is_file() else {}
+    files = RunDir(run_dir)
+    rows = files.metrics_rows()
+    config = flatten(load_yaml(files.config)) if files.config.is_file() else {}
     # as the trainer writes them: fractions as numbers, integers (TensorBoard shows 4 decimals) and the rest as text
     hp = {k: (v if isinstance(v, float) else str(v).lower() if isinstance(v, bool) else str(v))
           for k, v in config.items()}
@@ -118,8 +120,7 @@ class Worker:
 
     def sync(self, trial, c: Claim) -> list[dict[str, Any]]:
         """Report every logged epoch the trial has not seen yet; return the metrics rows."""
-        path = c.dir / "metrics.jsonl"
-        rows = read_jsonl(path) if path.is_file() else []
+        rows = c.files.metrics_rows()
         seen = self.store.get_trial(c.trial_id).intermediate_values
         for row in rows:
             value = row.get(self.search.objective)
@@ -172,8 +173,8 @@ class Worker:
         while True:
             rows = self.sync(trial, c)
             done = rows[-1]["epoch"] if rows else 0
-            record = read_record(c.dir)
-            if (c.dir / "result.json").is_file():
+            record = c.files.read_trial()
+            if c.files.is_finished:
                 value = rows[-1].get(self.search.objective) if rows else None
                 if not isinstance(value, (int, float)):
                     self.finish(study, c, "fail", reason=f"no {self.search.objective} in the last epoch")
@@ -196,8 +197,8 @@ class Worker:
                 self.stop = self.stop or signal.SIGTERM
                 renew(self.sweep, c, lease="preempted", trainer_pid=None)
                 return "stopped"
-            after = read_jsonl(c.dir / "metrics.jsonl") if (c.dir / "metrics.jsonl").is_file() else []
-            progressed = (after[-1]["epoch"] if after else 0) > done or (c.dir / "result.json").is_file()
+            after = c.files.metrics_rows()
+            progressed = (after[-1]["epoch"] if after else 0) > done or c.files.is_finished
             if rc != EXIT_OK or not progressed:
                 reason = f"trainer exit status {rc}" if rc != EXIT_OK else "the trainer made no progress"
                 self.finish(study, c, "fail", reason=reason, epochs=done)
@@ -205,7 +206,7 @@ class Worker:
 
     def wait_for_old_trainer(self, c: Claim) -> None:
         """A trial resumed by the same worker id (requeue, rerun): let an earlier trainer finish checkpointing."""
-        old = read_record(c.dir)
+        old = c.files.read_trial()
         while old.get("previous_host") == host() and pid_alive(old.get("previous_trainer")) and not self.stop:
             time.sleep(POLL_S)
 
@@ -227,7 +228,7 @@ class Worker:
             self.say(f"trial {got.number} ({got.how}): {describe(got.overrides)} in {got.dir}")
             self.wait_for_old_trainer(got)
             outcome = self.drive(study, got)
-            rows = read_jsonl(got.dir / "metrics.jsonl") if (got.dir / "metrics.jsonl").is_file() else []
+            rows = got.files.metrics_rows()
             self.say(f"trial {got.number} {outcome} after {len(rows)} epoch(s)")
             failures = failures + 1 if outcome == "fail" else 0
             if failures >= 3:
