@@ -16,17 +16,13 @@ from typing import Any
 
 import yaml
 
-from cifar_dist.errors import InputError
+from cifar_dist.errors import ConfigError
 
 RESUME_MODES = ("auto", "none", "force")  # --resume of the trainer (cifar_dist.engine.checkpoint reads them)
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # per-channel mean of CIFAR-10 train, in [0, 1]
 KUANGLIU_STD = (0.2023, 0.1994, 0.2010)  # the std most CIFAR repos copy (not the true std)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)  # the true per-channel std of CIFAR-10 train
-
-
-class ConfigError(InputError):
-    """A bad configuration value; the message is one line a user can act on."""
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The one parser for conversion: ``python -m data_prep SOURCE ...`` and ``cifar-dist prepare SOURCE ...``.
 
 Both entry points call `main`, which runs `prepare` through the project's strict flag runner
-(`cifar_dist.cli.flags.run_command`): every flag is checked against `prepare`'s signature before
+(`cifar_dist.runner.run_command`): every flag is checked against `prepare`'s signature before
 anything is read or written (an unknown flag is one ``error:`` line and status 2), and
 ``--help``/``-h`` print the help on stdout with status 0.
 
@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cifar_dist.cli.flags import run_command
+from cifar_dist.runner import run_command
 
 from .errors import DataPrepError
 from .writer import output_paths, write_beton

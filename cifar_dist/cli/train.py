@@ -30,9 +30,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from cifar_dist.cli.flags import run_command
 from cifar_dist.config import RESUME_MODES, ConfigError, dump_yaml
 from cifar_dist.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, InputError
+from cifar_dist.runner import run_command
 
 
 def run_cli(*, preset: str | None = None, config: str | None = None, resume: str = "none", print_config: bool = False,
