@@ -21,6 +21,10 @@ class InputError(ValueError):
         return " ".join(text.split("\n")[0].split()) if "\n" in text else text
 
 
+class ConfigError(InputError):
+    """A bad configuration value or command flag; the message is one line a user can act on."""
+
+
 def did_you_mean(word: object, choices, prefix: str = "") -> str:
     """" (did you mean 'adamw'?)" for the choice closest to a misspelt `word` (difflib), else ""."""
     import difflib

@@ -6,82 +6,14 @@ no single value may be negative. What the values mean together is checked afterw
 
 from __future__ import annotations
 
-import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import fields, is_dataclass, replace
 from typing import Any
 
-import yaml
-
 from cifar_dist.config import CHOICES, Config, ConfigError, ModelOptions
 from cifar_dist.errors import did_you_mean
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(key: str, tp: Any, value: Any) -> Any:
-    """Check `value` against the annotation `tp`; return it in canonical form or raise ConfigError."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        if isinstance(value, str) and value.lower() in ("none", "null") and type(None) in args:
-            return None
-        return _coerce(key, inner[0], value)
-    if tp is Any:  # an option with neither annotation nor typed default: kept as given
-        return value
-    if origin in (tuple, list, Sequence):
-        if isinstance(value, str):
-            try:
-                value = yaml.safe_load(value if value.strip().startswith("[") else f"[{value}]")
-            except yaml.YAMLError as e:
-                raise ConfigError(f"{key}: expected a list of numbers, found {value!r}") from e
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, found {value!r}")
-        elem = args[0] if args else Any
-        return tuple(_coerce(key, elem, v) for v in value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        raise ConfigError(f"{key}: expected true or false, found {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected an integer, found {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.replace("_", ""))
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected an integer, found {value!r}")
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a number, found {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected a number, found {value!r}")
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{key}: expected a string, found {value!r}")
-    raise ConfigError(f"{key}: unsupported field type {_type_name(tp)}")
+from cifar_dist.schema import coerce
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -136,7 +68,7 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
         if name not in types_:
             raise ConfigError(f"--{key}: unknown key; {section} has {', '.join(types_)}"
                               f"{did_you_mean(name, types_, f'--{section}.')}")
-        coerced = _coerce(f"--{key}", types_[name], value)
+        coerced = coerce(f"--{key}", types_[name], value)
         _check(f"--{key}", coerced)
         changes.setdefault(section, {})[name] = coerced
     model_changes = changes.get("model", {})
@@ -159,6 +91,6 @@ def _option_items(key: str, name: str, value: Any) -> dict[str, Any]:
 
 def coerce_value(key: str, tp: Any, value: Any) -> Any:
     """`value` converted to the type `tp` and range-checked as a config field is; ConfigError naming `key`."""
-    coerced = _coerce(key, tp, value)
+    coerced = coerce(key, tp, value)
     _check(key, coerced)
     return coerced

@@ -1,9 +1,9 @@
 """The one parser for conversion: ``python -m data_prep SOURCE ...`` and ``cifar-dist prepare SOURCE ...``.
 
-Both entry points call `main`, which runs `prepare` through the project's strict flag runner
-(`cifar_dist.cli.flags.run_command`): every flag is checked against `prepare`'s signature before
-anything is read or written (an unknown flag is one ``error:`` line and status 2), and
-``--help``/``-h`` print the help on stdout with status 0.
+Both entry points call `main`, which reads the command line once against `PrepareArgs` (SOURCE, --out and
+the fields of `PrepOptions`) through the project's strict flag runner (`cifar_dist.runner.run_schema`):
+every flag is checked and typed before anything is read or written (an unknown flag is one ``error:``
+line and status 2), and ``--help``/``-h`` print the help generated from those fields on stdout, status 0.
 
 `prepare` calls `write_beton`, prints a dataset summary table on stdout and returns an exit status —
 0 on success (also when the outputs were already up to date), 2 on a `DataPrepError` (one
@@ -17,12 +17,15 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from cifar_dist.cli.flags import run_command
+from cifar_dist.runner import run_schema
+from cifar_dist.schema import opt
 
 from .errors import DataPrepError
-from .writer import output_paths, write_beton
+from .writer import PrepOptions, output_paths, write_beton
 
 PROG = "python -m data_prep"
 
@@ -51,21 +54,20 @@ def format_summary(manifest: dict, out: str | os.PathLike[str]) -> str:
     return head + "\n" + "\n".join(rows)
 
 
-def prepare(
-    source: str,
-    *,
-    out: str = "data",
-    name: str | None = None,
-    mode: str = "raw",
-    jpeg_quality: int = 90,
-    labels: str = "fine",
-    force: bool = False,
-    verify: bool = False,
-    num_workers: int = 2,
-    md5: str | None = None,
-    cache_dir: str | None = None,
-    progress: bool | None = None,
-) -> int:
+@dataclass(frozen=True)
+class _Where:
+    """Where a conversion reads and writes: SOURCE and --out (every other flag is a `PrepOptions` field)."""
+
+    source: str = opt(help="what to convert: an official archive (cifar-10-python.tar.gz, cifar-100-python.tar.gz), "
+                           "an extracted batches folder (cifar-10-batches-py/, cifar-100-python/), an image-folder "
+                           "tree train/<class>/*, test/<class>/* (folder or .tar/.tar.gz), an http(s) URL, or the "
+                           "shorthand cifar10 / cifar100 to download the official archive. "
+                           "Example: ~/Downloads/cifar-10-python.tar.gz")
+    out: str = opt("data", "output folder, created if needed. Example: --out data/")
+
+
+@dataclass(frozen=True)
+class PrepareArgs(PrepOptions, _Where):  # fields: SOURCE and --out (from _Where) first, then PrepOptions'
     """Convert CIFAR-10/100 into FFCV .beton files.
 
     Writes <name>_train.beton, <name>_test.beton and <name>_manifest.json (classes, per-split and
@@ -73,59 +75,41 @@ def prepare(
     --out. Writes are atomic (temporary names renamed at the end); re-running with the same source and
     options does nothing unless --force or a .beton no longer has the sha256 its manifest recorded.
     Image folders are written in a seeded shuffled order (the official archives are already mixed).
+    """
 
-    SOURCE  what to convert: an official archive (cifar-10-python.tar.gz, cifar-100-python.tar.gz), an extracted batches folder (cifar-10-batches-py/, cifar-100-python/), an image-folder tree train/<class>/*, test/<class>/* (folder or .tar/.tar.gz), an http(s) URL, or the shorthand cifar10 / cifar100 to download the official archive. Example: ~/Downloads/cifar-10-python.tar.gz
 
-    Flags (--flag=value or --flag value; the defaults are listed at the end):
-      --out            output folder, created if needed. Example: --out data/
-      --name           file-name prefix of the outputs (default: cifar10, cifar100, or the folder/archive name). Example: --name cifar10 writes cifar10_train.beton
-      --mode           how FFCV stores images: raw = pixel-exact, jpg = JPEG-compressed (smaller, lossy). Example: --mode jpg
-      --jpeg_quality   JPEG quality 1..100 for --mode jpg. Example: --jpeg_quality 95
-      --labels         CIFAR-100 label set: fine = 100 classes, coarse = 20 superclasses. Example: --labels coarse
-      --force          rewrite even if the existing manifest shows the outputs are up to date. Example: --force
-      --verify         re-read the written files and check counts, labels and pixels against the source (raw: exact; jpg: mean abs difference bound); with up-to-date outputs, checks them and their sha256. Example: --verify
-      --num_workers    threads decoding source images, processes of FFCV's writer. Example: --num_workers 4
-      --md5            expected md5 of the source archive; a mismatch is an error (downloads of the official archives are always checked). Example: --md5 c58f30108f718f92721af3b95e74349a
-      --cache_dir      where downloads are cached (default: $CIFAR_DIST_CACHE or ~/.cache/cifar_dist). Example: --cache_dir /scratch/cache
-      --progress       progress bars on stderr (default none: only when stderr is a terminal); --noprogress turns them off. Example: --noprogress
+EPILOG = """\
+examples:
+  # official CIFAR-10 archive already on disk -> data/cifar10_{train,test}.beton + data/cifar10_manifest.json
+  python -m data_prep ~/Downloads/cifar-10-python.tar.gz --out data/
 
-    examples:
-      # official CIFAR-10 archive already on disk -> data/cifar10_{train,test}.beton + data/cifar10_manifest.json
-      python -m data_prep ~/Downloads/cifar-10-python.tar.gz --out data/
+  # download the official archive (md5-checked, cached in ~/.cache/cifar_dist) and verify the result
+  python -m data_prep cifar10 --out data/ --verify
 
-      # download the official archive (md5-checked, cached in ~/.cache/cifar_dist) and verify the result
-      python -m data_prep cifar10 --out data/ --verify
+  # CIFAR-100 with the 20 coarse labels, JPEG-compressed at quality 95, under another name
+  python -m data_prep cifar-100-python.tar.gz --labels coarse --mode jpg --jpeg_quality 95 --name c100coarse
 
-      # CIFAR-100 with the 20 coarse labels, JPEG-compressed at quality 95, under another name
-      python -m data_prep cifar-100-python.tar.gz --labels coarse --mode jpg --jpeg_quality 95 --name c100coarse
+  # an image-folder tree (train/<class>/*.jpg, test/<class>/*.jpg) as a tar.gz, 2 worker processes
+  python -m data_prep ../shared/data/cifar10-jpeg.tar.gz --out data/ --name cifar10 --num_workers 2
 
-      # an image-folder tree (train/<class>/*.jpg, test/<class>/*.jpg) as a tar.gz, 2 worker processes
-      python -m data_prep ../shared/data/cifar10-jpeg.tar.gz --out data/ --name cifar10 --num_workers 2
+  # the same thing through the project CLI (same flags)
+  cifar-dist prepare ../shared/data/cifar10-jpeg.tar.gz --out data/ --name cifar10
 
-      # the same thing through the project CLI (same flags)
-      cifar-dist prepare ../shared/data/cifar10-jpeg.tar.gz --out data/ --name cifar10
+exit status: 0 written or already up to date, 2 bad input (one 'error:' line on stderr), 130 interrupted;
+a failed run leaves nothing behind, not even the output folder it created.
+"""
 
-    exit status: 0 written or already up to date, 2 bad input (one 'error:' line on stderr), 130 interrupted;
-    a failed run leaves nothing behind, not even the output folder it created.
+
+def prepare(source: str, *, out: str = "data", **options: Any) -> int:
+    """Convert `source` into .beton files and a manifest in `out`, print a summary; return the exit status.
+
+    `options` are the fields of `PrepOptions` (as `write_beton` takes them); a `DataPrepError` is one
+    ``error:`` line on stderr and status 2, Ctrl-C/SIGTERM one line and 128 + the signal number.
     """
     created = _missing_dirs(out)
     term = _stop_on_sigterm()
     try:
-        manifest = write_beton(
-            str(source),
-            str(out),
-            name=None if name is None else str(name),
-            mode=str(mode),
-            jpeg_quality=jpeg_quality,
-            labels=str(labels),
-            force=bool(force),
-            verify=bool(verify),
-            num_workers=num_workers,
-            cache_dir=None if cache_dir is None else str(cache_dir),
-            md5=None if md5 is None else str(md5),
-            progress=progress,
-            log=lambda msg: print(msg, flush=True),
-        )
+        manifest = write_beton(str(source), str(out), log=lambda msg: print(msg, flush=True), **options)
     except DataPrepError as exc:
         _remove_empty(created)
         sys.stdout.flush()
@@ -184,9 +168,9 @@ def _remove_empty(dirs: list[Path]) -> None:
 
 
 def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
-    """Check `argv` (default sys.argv[1:]) against `prepare`'s flags, then run it; return the exit status."""
+    """Read `argv` (default sys.argv[1:]) once against `PrepareArgs`, then run `prepare`; return the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    return run_command(prepare, argv, prog)
+    return run_schema(prepare, PrepareArgs, argv, prog, epilog=EPILOG)
 
 
-__all__ = ["format_summary", "main", "prepare"]
+__all__ = ["PrepareArgs", "format_summary", "main", "prepare"]

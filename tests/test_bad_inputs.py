@@ -876,7 +876,7 @@ def test_only_the_first_process_of_a_launcher_prints(monkeypatch, capsys):
     LOCAL_RANK 0 the time to print: the wait is timed, and the launcher ends it when LOCAL_RANK 0 exits)."""
     import time
 
-    from cifar_dist.cli import flags
+    from cifar_dist import runner as flags
 
     monkeypatch.setattr(flags, "QUIET_RANK_WAIT_S", 0.5)
     monkeypatch.setenv("LOCAL_RANK", "1")
@@ -895,12 +895,12 @@ def test_only_the_first_process_of_a_launcher_prints(monkeypatch, capsys):
 
 def test_fire_parse_failures_are_one_quiet_line(capsys):
     """What Fire itself refuses (after our checks) is one line too, never its usage text."""
-    from cifar_dist.cli.flags import _fire
+    from cifar_dist.runner import _fire
 
     def needs_two(a: int, b: int) -> int:
         return 0
 
-    from cifar_dist.cli.flags import FlagError
+    from cifar_dist.runner import FlagError
 
     with pytest.raises(FlagError, match=r"^prog: the function received no value for the required argument: b"):
         _fire(needs_two, ["1"], "prog")
@@ -912,7 +912,7 @@ def test_fire_parse_failures_are_one_quiet_line(capsys):
                                      ("--json=1", "--json=0")])
 def test_boolean_flags_take_true_and_false(on, off):
     """Fire alone would pass `--json=false` on as the string 'false', which is true."""
-    from cifar_dist.cli.flags import run_command
+    from cifar_dist.runner import run_command
 
     seen = []
 

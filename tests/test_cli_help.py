@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import types
+from dataclasses import fields, is_dataclass
+
 import pytest
 
 from cifar_dist.cli import main
@@ -63,3 +66,56 @@ def test_train_help_has_a_usage_line_and_one_model_options_heading(capsys):
     rc, out, _ = run(capsys, "train", "--help")
     assert rc == 0 and out.startswith("usage: cifar-dist train [--preset=NAME]")
     assert out.count("Model options (") == 1
+
+
+def _set_help(monkeypatch, schema: type, name: str, text: str) -> None:
+    """Give field `name` of `schema` another help text (undone after the test)."""
+    f = schema.__dataclass_fields__[name]
+    monkeypatch.setattr(f, "metadata", types.MappingProxyType({**f.metadata, "help": text}))
+
+
+def test_prepare_help_is_read_from_the_fields(monkeypatch, capsys):
+    """The help of a PrepOptions field changed in the schema is what `prepare --help` prints, nothing stale."""
+    from data_prep.writer import PrepOptions
+
+    _set_help(monkeypatch, PrepOptions, "jpeg_quality", "quality text changed by the test")
+    rc, out, err = run(capsys, "prepare", "--help")
+    assert rc == 0 and err == ""
+    assert "\n  --jpeg_quality=90  quality text changed by the test\n" in out
+    assert "JPEG quality 1..100" not in out
+
+
+def test_train_help_is_read_from_the_config_fields(monkeypatch, capsys):
+    from cifar_dist.config import DataConfig, OptimConfig
+
+    _set_help(monkeypatch, OptimConfig, "lr", "lr text changed by the test")
+    _set_help(monkeypatch, DataConfig, "loader", "loader text changed by the test")
+    rc, out, err = run(capsys, "train", "--help")
+    assert rc == 0 and err == ""
+    assert "\n    --optim.lr=0.1  (float)  lr text changed by the test\n" in out
+    assert "\n    --data.loader=tensor  (str) [tensor|ffcv]  loader text changed by the test\n" in out
+    assert "peak learning rate" not in out and "whole split resident" not in out
+
+
+def test_train_help_lists_every_config_key_once_under_one_heading_per_section(capsys):
+    from cifar_dist.config import Config
+
+    rc, out, _ = run(capsys, "train", "--help")
+    lines = out.splitlines()
+    for section in fields(Config):
+        if not is_dataclass(section.default_factory):
+            continue
+        assert lines.count(f"  {section.name}:") == 1, section.name
+        for f in fields(section.default_factory):
+            shown = [ln for ln in lines if ln.startswith(f"    --{section.name}.{f.name}=")]
+            assert len(shown) == (f.name != "options"), (section.name, f.name)  # options: under Model options
+    assert "    --data.mean=(0.4914, 0.4822, 0.4465)  (tuple[float, ...])  normalisation mean" in out
+
+
+def test_every_option_has_a_help_text():
+    from cifar_dist.config import Config
+    from data_prep.cli import PrepareArgs
+
+    schemas = [PrepareArgs] + [f.default_factory for f in fields(Config) if is_dataclass(f.default_factory)]
+    missing = [f"{s.__name__}.{f.name}" for s in schemas for f in fields(s) if not f.metadata.get("help")]
+    assert missing == []

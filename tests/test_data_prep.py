@@ -8,10 +8,10 @@ in subprocesses.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import http.server
-import inspect
 import json
 import os
 import pickle
@@ -30,8 +30,8 @@ import torch
 
 from cifar_dist.errors import InputError
 from data_prep import DataPrepError, read_beton, read_labels, write_beton
+from data_prep.cli import PrepareArgs, prepare
 from data_prep.cli import main as prep_main
-from data_prep.cli import prepare
 from data_prep.download import OFFICIAL
 from tests.data_prep_helpers import (
     REPO,
@@ -339,14 +339,14 @@ def test_help_explains_every_option_with_an_example(module, flag, prog):
     assert r.returncode == 0 and r.stderr == "", r.stderr
     assert r.stdout.startswith(f"usage: {prog} SOURCE")
     lines = [line.strip() for line in r.stdout.splitlines()]
-    names = [n for n in inspect.signature(prepare).parameters if n != "source"]
-    assert {"cache_dir", "progress", "md5", "num_workers"} <= set(names)  # every flag of the old parser
-    for flag_name in names:
-        doc = [line for line in lines if line.startswith(f"--{flag_name} ")]
+    flags = {f.name: f.default for f in dataclasses.fields(PrepareArgs) if f.name != "source"}
+    assert {"out", "name", "mode", "jpeg_quality", "labels", "force", "verify", "num_workers", "md5", "cache_dir",
+            "progress"} <= set(flags)  # every flag of the old parser
+    for flag_name, default in flags.items():
+        doc = [line for line in lines if line.startswith(f"--{flag_name}=")]
         assert len(doc) == 1 and "Example" in doc[0], flag_name
-        default = inspect.signature(prepare).parameters[flag_name].default
         shown = "none" if default is None else str(default).lower()
-        assert f"--{flag_name}={shown}" in lines, flag_name  # defaults as values
+        assert doc[0].startswith(f"--{flag_name}={shown}  "), flag_name  # defaults as values
     assert any(line.startswith("SOURCE") and "Example" in line for line in lines)
     assert "Optional" not in r.stdout and "str | None" not in r.stdout
     assert "examples:" in r.stdout and "python -m data_prep" in r.stdout and "cifar-dist prepare" in r.stdout

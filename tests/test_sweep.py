@@ -122,7 +122,7 @@ grid:
         captured.update(preset=preset, resume=resume, cfg=resolve(preset, config, overrides))
         return 0
 
-    from cifar_dist.cli.flags import run_command
+    from cifar_dist.runner import run_command
 
     assert run_command(fake_run_cli, s.train_flags(s.runs[0]), prog="t") == 0
     cfg = captured["cfg"]

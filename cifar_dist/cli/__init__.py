@@ -22,9 +22,9 @@ from __future__ import annotations
 import os
 import sys
 
-from cifar_dist.cli.flags import did_you_mean, run_command
-from cifar_dist.errors import EXIT_BAD_INPUT, EXIT_OK
+from cifar_dist.errors import EXIT_BAD_INPUT, EXIT_OK, did_you_mean
 from cifar_dist.resources import checkout_warning
+from cifar_dist.runner import run_command
 
 USAGE = __doc__
 

@@ -1,6 +1,6 @@
 """`cifar-dist report PATH [--out=DIR] [--metric=NAME]`: the flags of the report command.
 
-Run by the strict runner (`cifar_dist.cli.flags.run_command`): every flag is checked before anything
+Run by the strict runner (`cifar_dist.runner.run_command`): every flag is checked before anything
 is read; input the report cannot use is one `error:` line and exit status 2, with nothing written.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 import sys
 
 from cifar_dist import report as reports
-from cifar_dist.cli.flags import run_command, signature_help
 from cifar_dist.errors import EXIT_OK
+from cifar_dist.runner import run_command, signature_help
 
 PROG = "cifar-dist report"
 

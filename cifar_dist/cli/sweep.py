@@ -1,7 +1,7 @@
 """`cifar-dist sweep plan|submit|status|preempt|run|resolve|worker GRID ...`: the flags of the sweep commands.
 
 Each subcommand is a function with typed keyword arguments, run by the strict runner
-(`cifar_dist.cli.flags.run_command`): every flag is checked before anything is read or written.
+(`cifar_dist.runner.run_command`): every flag is checked before anything is read or written.
 `submit GRID -- SBATCH_OPTION ...` passes everything after `--` to sbatch unchanged.
 """
 
@@ -13,8 +13,8 @@ import os
 import sys
 
 from cifar_dist import sweep as sweeps
-from cifar_dist.cli.flags import FlagError, run_command
 from cifar_dist.errors import EXIT_BAD_INPUT, EXIT_OK, InputError, did_you_mean
+from cifar_dist.runner import FlagError, run_command
 
 PROG = "cifar-dist sweep"
 

@@ -24,15 +24,14 @@ another run, a checkpoint that does not load, a full disk), 3 stopped by SIGTERM
 
 from __future__ import annotations
 
-import inspect
-import re
 import sys
-from dataclasses import replace
+from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
 
-from cifar_dist.cli.flags import run_command
 from cifar_dist.config import RESUME_MODES, ConfigError, dump_yaml
 from cifar_dist.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, InputError
+from cifar_dist.runner import run_command
+from cifar_dist.schema import help_lines
 
 
 def run_cli(*, preset: str | None = None, config: str | None = None, resume: str = "none", print_config: bool = False,
@@ -69,21 +68,17 @@ def run_cli(*, preset: str | None = None, config: str | None = None, resume: str
 
 
 def config_help() -> str:
-    """Every config key with its type, default and the comment from config.py (its unit)."""
-    from cifar_dist import config as c
+    """Every config key with its default, type, choices and help text, read from the config's fields."""
+    from cifar_dist.config import CHOICES, Config
 
     lines = []
-    for section, cls in (("data", c.DataConfig), ("aug", c.AugConfig), ("model", c.ModelConfig),
-                         ("optim", c.OptimConfig), ("sched", c.SchedConfig), ("loss", c.LossConfig),
-                         ("run", c.RunConfig)):
-        lines.append(f"  {section}:")
-        for line in inspect.getsource(cls).splitlines():
-            m = re.match(r"\s+(\w+): ([^=]+?) = (.+?)\s+#\s*(.*)$", line)
-            if m:
-                name, tp, default, comment = m.groups()
-                choices = c.CHOICES.get(f"{section}.{name}")
-                extra = f" [{'|'.join(choices)}]" if choices else ""
-                lines.append(f"    --{section}.{name}={default}  ({tp}){extra}  {comment}")
+    for section in fields(Config):
+        if not is_dataclass(section.default_factory):  # `preset` is set by --preset, not a section
+            continue
+        choices = {k.partition(".")[2]: v for k, v in CHOICES.items() if k.startswith(f"{section.name}.")}
+        lines.append(f"  {section.name}:")
+        lines += [f"    {line}" for line in help_lines(section.default_factory, f"--{section.name}.", choices,
+                                                       skip=("options",))]  # listed under "Model options"
     return "\n".join(lines)
 
 

@@ -1,12 +1,19 @@
-"""The strict flag runner every `cifar-dist` subcommand goes through (Fire underneath).
+"""The strict flag runner every command goes through: `run_schema` (a dataclass of options, parsed once)
+and `run_command` (a function's signature; Fire underneath).
 
-Fire calls a function before it complains about flags it could not use, so a typo would run the
-whole command first. `run_command` therefore checks every flag and positional argument against the
-function's signature before anything runs: an unknown flag, a missing or extra positional argument,
-a value on a boolean flag other than true/false (`--json=3`) is one `error:` line and exit status 2.
-`--help`/`-h` print the help on stdout and exit 0. Input errors raised by the command (`InputError`)
-become one `error:` line and status 2; what Fire itself would print on a parse failure (usage text)
-is swallowed and turned into that one line too.
+`run_schema(fn, schema, argv, prog)` reads argv once against the fields of `schema`
+(`cifar_dist.schema.parse`: each value coerced to its field's type) and calls `fn(**fields)`; its
+`--help` is generated from the fields' metadata (`cifar_dist.schema.schema_help`).
+
+`run_command(fn, argv, prog)` serves the commands whose options are still a function's parameters. Fire
+calls a function before it complains about flags it could not use, so a typo would run the whole command
+first: every flag and positional argument is checked against the function's signature before anything
+runs: an unknown flag, a missing or extra positional argument, a value on a boolean flag other than
+true/false (`--json=3`) is one `error:` line and exit status 2. What Fire itself would print on a parse
+failure (usage text) is swallowed and turned into that one line too.
+
+Both: `--help`/`-h` print the help on stdout and exit 0; input errors raised by the command (`InputError`)
+become one `error:` line and status 2.
 
 Under a multi-process launch (`accelerate launch`, torchrun: LOCAL_RANK/RANK set) only the first
 process of each launcher (LOCAL_RANK 0) prints the error line or the help; the others exit with the
@@ -25,16 +32,16 @@ import io
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import fields
 from typing import Any
 
 from cifar_dist.errors import EXIT_BAD_INPUT, EXIT_OK, InputError, did_you_mean
 from cifar_dist.run_dir import is_rank0
+from cifar_dist.schema import FlagError, format_value, is_number, parse, schema_help
+
+__all__ = ["FlagError", "run_command", "run_schema", "signature_help"]
 
 QUIET_RANK_WAIT_S = 30.0  # how long a silent process gives the reporting one to print and exit first
-
-
-class FlagError(InputError):
-    """A flag or argument the command does not take."""
 
 
 def _params(fn: Callable[..., Any]) -> tuple[dict[str, inspect.Parameter], bool, bool]:
@@ -87,7 +94,7 @@ def check_argv(fn: Callable[..., Any], argv: list[str], prog: str) -> list[str]:
         if tok == "-":  # Fire's command separator: it would call fn with the arguments before it
             raise FlagError(f"{prog}: unexpected argument '-' (see {prog} --help)")
         fire_argv.append(tok)
-        if not tok.startswith("-") or _is_number(tok):
+        if not tok.startswith("-") or is_number(tok):
             positional.append(tok)
             at.append(len(fire_argv) - 1)
             continue
@@ -110,7 +117,7 @@ def check_argv(fn: Callable[..., Any], argv: list[str], prog: str) -> list[str]:
         elif has_value and param is not None and _is_str(param):
             fire_argv[-1] = f"--{name}={tok.partition('=')[2]!r}"
         if not has_value and (param is None or not _is_bool(param)):
-            if i >= len(argv) or (argv[i].startswith("--") and not _is_number(argv[i])):
+            if i >= len(argv) or (argv[i].startswith("--") and not is_number(argv[i])):
                 raise FlagError(f"{prog}: --{key} expects a value (--{key}=VALUE)")
             fire_argv.append(repr(argv[i]) if param is not None and _is_str(param) else argv[i])
             i += 1
@@ -125,26 +132,6 @@ def check_argv(fn: Callable[..., Any], argv: list[str], prog: str) -> list[str]:
         if _is_str(named[name]):
             fire_argv[j] = repr(fire_argv[j])
     return fire_argv
-
-
-def _is_number(tok: str) -> bool:
-    try:
-        float(tok)
-    except ValueError:
-        return False
-    return True
-
-
-def format_value(v: Any) -> str:
-    """A default as a user types it: (0.4914, 0.4822, 0.4465), 0.1, true, none, text."""
-    if isinstance(v, bool):
-        return str(v).lower()
-    if v is None:
-        return "none"
-    if isinstance(v, (list, tuple)):
-        inner = ", ".join(format_value(x) for x in v)
-        return f"[{inner}]" if isinstance(v, list) else f"({inner}{',' if len(v) == 1 else ''})"
-    return str(v)
 
 
 def signature_help(fn: Callable[..., Any], prog: str) -> str:
@@ -168,12 +155,31 @@ def signature_help(fn: Callable[..., Any], prog: str) -> str:
 def run_command(fn: Callable[..., int | None], argv: list[str], prog: str,
                 help_text: Callable[[], str] | None = None) -> int:
     """Check argv against fn, then call it through Fire; map input errors to one line and status 2."""
+    return _guarded(lambda: _fire(fn, check_argv(fn, argv, prog), prog), argv,
+                    help_text or (lambda: signature_help(fn, prog)))
+
+
+def run_schema(fn: Callable[..., int | None], schema: type, argv: list[str], prog: str, epilog: str = "") -> int:
+    """Parse argv once against `schema`'s fields, then call `fn(**fields)`; input errors: one line, status 2.
+
+    `--help` is `schema`'s usage line, docstring, arguments and flags (from the fields), then `epilog`.
+    """
+    def call() -> int:
+        args = parse(schema, argv, prog)
+        rc = fn(**{f.name: getattr(args, f.name) for f in fields(args) if f.init})
+        return rc if isinstance(rc, int) else EXIT_OK
+
+    return _guarded(call, argv, lambda: schema_help(schema, prog, epilog))
+
+
+def _guarded(call: Callable[[], int], argv: list[str], help_text: Callable[[], str]) -> int:
+    """`--help`/`-h` anywhere: the help on stdout, status 0; else call(), an InputError becoming one line, 2."""
     if any(a in ("-h", "--help") for a in argv):
         if is_rank0(local=True):
-            sys.stdout.write(help_text() if help_text else signature_help(fn, prog))
+            sys.stdout.write(help_text())
         return EXIT_OK
     try:
-        return _fire(fn, check_argv(fn, argv, prog), prog)
+        return call()
     except InputError as e:
         if is_rank0(local=True):
             print(f"error: {e.one_line()}", file=sys.stderr, flush=True)

@@ -1,0 +1,97 @@
+"""One schema, one parse: a command line read once against a dataclass's fields (`cifar_dist.schema`), run by
+`cifar_dist.runner.run_schema`, with `--help` generated from the same fields."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from cifar_dist.errors import InputError
+from cifar_dist.runner import run_schema
+from cifar_dist.schema import opt, parse, schema_help
+
+
+@dataclass(frozen=True)
+class Tiny:
+    """Copy SRC a few times."""
+
+    src: str = opt(help="what to copy")
+    n: int = opt(3, "how many copies")
+    fast: bool = opt(False, "skip the checks")
+    color: bool | None = opt(None, "colour output (none: only on a terminal)")
+    sizes: tuple[int, ...] = opt((1, 2), "smallest and largest size")
+    tag: str | None = opt(None, "a label kept as text")
+    rate: float = opt(0.5, "copies per second")
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["a"], Tiny("a")),
+    (["--n", "5", "a", "--fast", "--nocolor", "--sizes=3,4", "--tag=000", "--rate", "-2"],
+     Tiny("a", 5, True, False, (3, 4), "000", -2.0)),
+    (["--src=b", "--fast=false", "--color=YES", "--sizes", "[7]", "--tag=1e3", "--n=1_000"],
+     Tiny("b", 1000, False, True, (7,), "1e3")),
+    (["7", "--tag=none", "--color=none", "--n=0"], Tiny("7", 0, tag=None)),
+])
+def test_values_are_read_once_as_their_fields_types(argv, expected):
+    assert parse(Tiny, argv, "p") == expected
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["a", "--fats"], "p: unknown flag --fats (expected --src, --n, --fast, --color, --sizes, --tag, --rate; see p "
+                      "--help) (did you mean --fast?)"),
+    (["a", "--n=abc"], "--n: expected an integer, found 'abc'"),
+    (["a", "--rate=fast"], "--rate: expected a number, found 'fast'"),
+    (["a", "--fast=maybe"], "--fast: expected true or false, found 'maybe'"),
+    (["a", "--nofast=1"], "p: --nofast takes no value, found '--nofast=1'"),
+    (["a", "--n"], "p: --n expects a value (--n=VALUE)"),
+    (["a", "--n", "--fast"], "p: --n expects a value (--n=VALUE)"),
+    ([], "p: missing argument SRC (see p --help)"),
+    (["a", "b"], "p: unexpected argument 'b' (see p --help)"),
+    (["--src=a", "b"], "p: unexpected argument 'b' (see p --help)"),
+    (["a", "-"], "p: unexpected argument '-' (see p --help)"),
+    (["a", "-n", "3"], "p: unknown flag '-n'; flags are --name=value (see p --help)"),
+])
+def test_what_the_schema_does_not_take_is_one_line(argv, line):
+    with pytest.raises(InputError) as e:
+        parse(Tiny, argv, "p")
+    assert e.value.one_line() == line
+
+
+def test_run_schema_calls_the_function_with_the_fields(capsys):
+    seen = {}
+
+    def copy(src: str, **options) -> int:
+        seen.update(options, src=src)
+        return 7
+
+    assert run_schema(copy, Tiny, ["a", "--n=4"], "p") == 7
+    assert seen == {"src": "a", "n": 4, "fast": False, "color": None, "sizes": (1, 2), "tag": None, "rate": 0.5}
+    seen.clear()
+    assert run_schema(copy, Tiny, ["a", "--n=z"], "p") == 2 and seen == {}  # nothing ran
+    assert capsys.readouterr() == ("", "error: --n: expected an integer, found 'z'\n")
+    assert run_schema(copy, Tiny, ["--bogus", "-h"], "p", epilog="examples: none") == 0 and seen == {}
+    out, err = capsys.readouterr()
+    assert err == "" and out == schema_help(Tiny, "p", "examples: none")
+
+
+def test_help_is_generated_from_the_fields():
+    assert schema_help(Tiny, "p", "examples:\n  p a --n=2\n").splitlines() == [
+        "usage: p SRC [--flag=value ...]",
+        "",
+        "Copy SRC a few times.",
+        "",
+        "arguments:",
+        "  SRC  what to copy",
+        "",
+        "flags (--flag=value or --flag value; a boolean flag alone is true, --noflag false):",
+        "  --n=3  how many copies",
+        "  --fast=false  skip the checks",
+        "  --color=none  colour output (none: only on a terminal)",
+        "  --sizes=(1, 2)  smallest and largest size",
+        "  --tag=none  a label kept as text",
+        "  --rate=0.5  copies per second",
+        "",
+        "examples:",
+        "  p a --n=2",
+    ]
