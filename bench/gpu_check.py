@@ -83,23 +83,16 @@ def loader_rows(report: Report, data_dir: Path, name: str, device_name: str) -> 
     """One epoch of each loader on the device after a warm-up epoch; every batch's device asserted."""
     import torch
 
-    from cifar_dist.data import (
-        Augment,
-        FFCVLoader,
-        Order,
-        Split,
-        TensorLoader,
-        beton_paths,
-        num_rows,
-        read_images,
-        usable_cpus,
-    )
+    from cifar_dist.config import DataConfig
+    from cifar_dist.data import Augment, FFCVLoader, Order, Split, TensorLoader, read_images, usable_cpus
+    from cifar_dist.dataset import open_dataset
 
     device = torch.device(device_name)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    train_path, test_path = beton_paths(data_dir, name)
+    data = open_dataset(DataConfig(dir=str(data_dir), name=name, val_size=0))  # every row of both files
+    train_path, test_path = data.train_path, data.test_path
     workers = max(1, usable_cpus())
-    bs = min(512, max(1, num_rows(test_path) // 4))  # full batches on a small data set too
+    bs = min(512, max(1, len(data.test_rows) // 4))  # full batches on a small data set too
     fast_aug = Augment(crop_padding=2, crop_pad="reflect", flip=True, flip_mode="alternating")
     makers = {
         "loader ffcv train": lambda: FFCVLoader(Split(train_path), batch_size=bs, device=device,

@@ -364,6 +364,11 @@ def test_gloo_sync_batchnorm_matches_batchnorm_on_one_rank_without_warnings(tmp_
         torch.testing.assert_close(xb.grad, xa.grad)
         torch.testing.assert_close(synced.running_var, plain.running_var)
         torch.testing.assert_close(synced.running_mean, plain.running_mean)
+        with pytest.raises(ValueError) as theirs:
+            plain(torch.randn(3, 5, 5))
+        with pytest.raises(ValueError) as ours:  # a wrong rank: torch's own error, word for word
+            synced(torch.randn(3, 5, 5))
+        assert str(ours.value) == str(theirs.value) == "expected 4D input (got 3D input)"
     finally:
         dist.destroy_process_group()
 

@@ -90,6 +90,7 @@ def test_training_steps_have_no_host_sync(tiny_data, over):
     """`fast` (tensor loader, reflect crops, alternating flips, lookahead-EMA) built by the engine: the aten ops of
     whole epochs of training steps include nothing that makes the host wait for the device (no .item(), no
     tensor from host data, no data-dependent output size). The loss and the sums stay on the device."""
+    from cifar_dist.dataset import open_dataset
     from cifar_dist.engine import TrainState, train_one_epoch
     from cifar_dist.engine.session import build_loaders, build_parts, init_from_data, make_accelerator
     from cifar_dist.models import build_model
@@ -100,9 +101,10 @@ def test_training_steps_have_no_host_sync(tiny_data, over):
                                  "model.widths": [8, 16, 16], "optim.ema_lookahead": 2, **over})
     acc, per_device = make_accelerator(cfg)
     model = build_model(cfg.model, 10)
-    loaders = build_loaders(cfg, acc, per_device)
-    init_from_data(model, cfg.data, loaders.train_rows, n=100)
-    parts, _ = build_parts(cfg, acc, model, len(loaders.train), 0.5, 10)
+    data = open_dataset(cfg.data)
+    loaders = build_loaders(cfg, data, acc, per_device)
+    init_from_data(model, data, n=100)
+    parts, _ = build_parts(cfg, acc, model, len(loaders.train), 0.5, 10, per_device)
     sums, state = torch.zeros(3, dtype=torch.float64), TrainState()
 
     def epochs():
@@ -277,7 +279,7 @@ def test_compile_wraps_the_prepared_model_and_evaluation_never_recompiles():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=2), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
                                 torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 10))
-    parts, norm = build_parts(cfg, acc, model, 3, 0.01, 10)
+    parts, norm = build_parts(cfg, acc, model, 3, 0.01, 10, per_device=cfg.run.global_batch_size)
     assert isinstance(parts.model, OptimizedModule) and parts.model._orig_mod is acc._models[-1]  # compile outside
     plain = eval_model(acc, parts.model)
     assert not isinstance(plain, OptimizedModule) and parts.model._orig_mod is acc._models[-1]  # nothing rewired

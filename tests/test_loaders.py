@@ -15,8 +15,8 @@ from cifar_dist.data import (
     TensorLoader,
     beton_paths,
     read_images,
-    train_val_split,
 )
+from cifar_dist.dataset import train_val_split
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 

@@ -177,17 +177,19 @@ def on_meta(monkeypatch):
 def build(cfg, sync_bn: bool = False, monkeypatch=None):
     """The engine's own build order (open_session without the run directory): accelerator, model, loaders,
     data-dependent init, parts."""
+    from cifar_dist.dataset import open_dataset
     from cifar_dist.engine import devices
     from cifar_dist.engine.session import build_loaders, build_parts, init_from_data, make_accelerator
     from cifar_dist.models import build_model
 
     acc, per_device = make_accelerator(cfg)
     model = build_model(cfg.model, 10)
-    loaders = build_loaders(cfg, acc, per_device)
-    init_from_data(model, cfg.data, loaders.train_rows, n=64)
+    data = open_dataset(cfg.data)
+    loaders = build_loaders(cfg, data, acc, per_device)
+    init_from_data(model, data, n=64)
     if sync_bn:
         monkeypatch.setattr(devices, "use_sync_bn", lambda *a: True)
-    parts, normalize = build_parts(cfg, acc, model, len(loaders.train), 0.01, 10)
+    parts, normalize = build_parts(cfg, acc, model, len(loaders.train), 0.01, 10, per_device)
     if sync_bn:  # the GPU branch: torch's SyncBatchNorm layers (via timm's converter), not the gloo mix-in
         assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in acc.unwrap_model(parts.model).modules())
     return acc, parts, normalize, loaders

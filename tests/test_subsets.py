@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from cifar_dist.data import DataError, balanced_rows, select_rows, train_val_split
+from cifar_dist.data import DataError
+from cifar_dist.dataset import balanced_rows, select_rows, train_val_split
 
 
 def sorted_labels(per_class: int, k: int = 10) -> np.ndarray:
@@ -57,3 +58,33 @@ def test_select_rows_on_a_class_sorted_file():
         assert counts.min() >= 1 and counts.max() - counts.min() <= 1, counts
     tr, va, te = select_rows(train, test, limit_train=0, limit_test=0, val_size=0, seed=0)
     assert np.array_equal(tr, np.arange(2000)) and va is None and te is None
+
+
+def test_open_dataset_reads_each_label_column_once_and_the_run_reads_no_other(tiny_data, monkeypatch):
+    """The session's data path: `open_dataset` reads the manifest and each file's labels once; the loaders and
+    the whitening init take its rows and read only images."""
+    import data_prep
+    from cifar_dist.dataset import open_dataset
+    from cifar_dist.engine.session import build_loaders, init_from_data, make_accelerator
+    from cifar_dist.models import build_model
+    from cifar_dist.presets import resolve
+
+    data_dir, name = tiny_data
+    read, real = [], data_prep.read_labels
+    monkeypatch.setattr(data_prep, "read_labels", lambda path: read.append(path.name) or real(path))
+    cfg = resolve("fast", None, {"data.dir": str(data_dir), "data.name": name, "data.limit_train": 300,
+                                 "data.val_size": 50, "data.limit_test": 100, "run.global_batch_size": 50,
+                                 "model.widths": [8, 16, 16]})
+    data = open_dataset(cfg.data)
+    assert read == [f"{name}_train.beton", f"{name}_test.beton"]
+    assert data.classes == [f"class{k}" for k in range(10)]  # the manifest's names
+    tr, va, te = select_rows(real(data.train_path), real(data.test_path), 300, 100, 50, cfg.data.split_seed)
+    assert np.array_equal(data.train_rows, tr) and np.array_equal(data.val_rows, va)
+    assert np.array_equal(data.test_rows, te) and np.array_equal(data.test_subset(100), te)
+    assert np.array_equal(data.test_subset(0), np.arange(200)) and len(data.test_subset(30)) == 30
+    read.clear()
+    acc, per_device = make_accelerator(cfg)
+    loaders = build_loaders(cfg, data, acc, per_device)
+    init_from_data(build_model(cfg.model, 10), data, n=100)
+    assert read == []
+    assert len(loaders.train) == 250 // 50 and len(loaders.val.labels) == 50 and len(loaders.test.labels) == 100

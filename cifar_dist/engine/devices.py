@@ -36,6 +36,8 @@ from cifar_dist.run_dir import is_rank0
 SYNC_BN_BELOW = 32
 
 GPU_PRECISIONS = ("bf16", "fp16", "fp8")
+# torch's BatchNorm classes (timm's BatchNormAct2d is a BatchNorm2d) and the input ranks each accepts
+BATCH_NORMS = {torch.nn.BatchNorm1d: (2, 3), torch.nn.BatchNorm2d: (4,), torch.nn.BatchNorm3d: (5,)}
 SHARED_TOKEN = ".shared-dir-check"
 
 
@@ -169,7 +171,9 @@ class GlooSyncBatchNorm:
         return x
 
     def _gloo_forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input_dim(x)
+        ranks = next(r for cls, r in BATCH_NORMS.items() if isinstance(self, cls))
+        if x.dim() not in ranks:  # the check torch's own forward makes, in its words
+            raise ValueError(f"expected {' or '.join(f'{r}D' for r in ranks)} input (got {x.dim()}D input)")
         group = self.process_group or dist.group.WORLD
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
@@ -208,7 +212,7 @@ def convert_sync_bn(model: torch.nn.Module, device: torch.device) -> torch.nn.Mo
     if device.type != "cpu":
         return convert_sync_batchnorm(model)
     for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(m, GlooSyncBatchNorm):
+        if isinstance(m, tuple(BATCH_NORMS)) and not isinstance(m, GlooSyncBatchNorm):
             m.__class__ = _gloo_class(type(m))
     return model
 

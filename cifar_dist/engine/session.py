@@ -14,23 +14,18 @@ import numpy as np
 import torch
 
 from cifar_dist.augment import Augment, BatchMixer, TrainTransform
-from cifar_dist.config import Config, ConfigError, DataConfig, dump_yaml
+from cifar_dist.config import Config, ConfigError, dump_yaml
 from cifar_dist.data import (
-    DataError,
     FFCVLoader,
     Normalize,
     Order,
     Split,
     TensorLoader,
-    beton_paths,
     compute_threads,
-    num_rows,
     read_images,
-    read_labels,
-    read_manifest,
-    select_rows,
     usable_cpus,
 )
+from cifar_dist.dataset import Dataset, open_dataset
 from cifar_dist.engine import checkpoint as ckpt
 from cifar_dist.engine import devices
 from cifar_dist.engine.logs import RunLogger, start_logger
@@ -61,17 +56,17 @@ class Loaders:
     train: Any
     val: Any | None  # None without a validation split
     test: Any
-    train_rows: np.ndarray | None = None  # rows of the train file the train loader uses
 
 
-def init_from_data(model: torch.nn.Module, d: DataConfig, rows: np.ndarray, n: int = 5000) -> None:
-    """Data-dependent initialisation (e.g. airbench's whitening stem) from up to `n` training images, the
+def init_from_data(model: torch.nn.Module, data: Dataset, n: int = 5000) -> None:
+    """Data-dependent initialisation (e.g. airbench's whitening stem) from up to `n` of the training rows, the
     same on every process; models without `init_from_data` are left alone."""
     init = getattr(model, "init_from_data", None)
     if not callable(init) or not getattr(model, "whiten", True):
         return
+    d, rows = data.config, data.train_rows
     pick = np.sort(rows[np.random.default_rng(d.split_seed).permutation(len(rows))[:n]])  # any file order
-    x, _ = read_images(beton_paths(d.dir, d.name)[0], pick)
+    x, _ = read_images(data.train_path, pick)
     images = torch.as_tensor(x).permute(0, 3, 1, 2).float().div_(255)
     mean, std = torch.tensor(d.mean).view(1, 3, 1, 1), torch.tensor(d.std).view(1, 3, 1, 1)
     init((images - mean) / std)
@@ -125,20 +120,21 @@ def open_session(cfg: Config, resume: str = "none") -> Session:
     take_lock(run_dir, accelerator)  # one writer per run directory, before any data is read or file written
     devices.check_shared_run_dir(accelerator, run_dir)  # every rank sees run_dir, or all stop here (exit 2)
     ckpt.check_start(accelerator, run_dir, resume)  # one run, one folder
-    classes = class_names(cfg.data)
+    data = open_dataset(cfg.data)  # a missing or bad file is reported before any work
+    classes = data.classes
     model = build_model(cfg.model, len(classes))  # options checked, budget kept, channels-last if asked
     n_params = count_params(model)
     # Same initial weights on every process (above); from here on each process draws its own
     # augmentations (AutoAugment, affine, mixing), or N GPUs would repeat one GPU's draws.
     set_seed(cfg.run.seed, device_specific=True)
-    loaders = build_loaders(cfg, accelerator, per_device)
-    init_from_data(model, cfg.data, loaders.train_rows)
+    loaders = build_loaders(cfg, data, accelerator, per_device)
+    init_from_data(model, data)
     torch.set_num_threads(compute_threads())  # importing ffcv set it to 1
     if len(loaders.train) == 0:
         raise ConfigError(f"--run.global_batch_size: {cfg.run.global_batch_size} is larger than the training split")
     peak_lr = scaled_lr(cfg.optim, cfg.run.global_batch_size)
     parts, normalize = build_parts(cfg, accelerator, model, len(loaders.train) // cfg.optim.accum_steps, peak_lr,
-                                   len(classes))
+                                   len(classes), per_device)
     sums = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # see train_one_epoch
     resumed = ckpt.resume(parts, run_dir, resume, cfg)
     state = ckpt.TrainState() if resumed is None else resumed
@@ -179,27 +175,12 @@ def make_accelerator(cfg: Config):
     return accelerator, r.global_batch_size // (world * o.accum_steps)
 
 
-def class_names(d: DataConfig) -> list[str]:
-    """The dataset's class names from its manifest (a missing .beton is reported before any work); every
-    label of both files must name one of them (DataError naming the file)."""
-    paths = beton_paths(d.dir, d.name)
-    names = read_manifest(d.dir, d.name).get("class_names") or [str(i) for i in range(10)]
-    for path in paths:
-        labels = read_labels(path)
-        if labels.size and (labels.min() < 0 or labels.max() >= len(names)):
-            manifest = Path(d.dir) / f"{d.name}_manifest.json"
-            source = f"the {len(names)} classes of {manifest}" if manifest.is_file() else "10 classes: no manifest"
-            raise DataError(f"{path}: expected labels 0..{len(names) - 1} ({source}), found labels "
-                            f"{labels.min()}..{labels.max()}")
-    return names
-
-
 def build_parts(cfg: Config, accelerator, model: torch.nn.Module, steps_per_epoch: int, peak_lr: float,
-                num_classes: int) -> tuple[StepParts, Normalize]:
-    """Optimizer, schedule, EMA, the prepared (and maybe compiled) model, augmentation, mixer and loss."""
+                num_classes: int, per_device: int) -> tuple[StepParts, Normalize]:
+    """Optimizer, schedule, EMA, the prepared (and maybe compiled) model, augmentation, mixer and loss;
+    `per_device`: images per process per micro-batch (from `make_accelerator`)."""
     r, o = cfg.run, cfg.optim
-    world = accelerator.num_processes
-    if devices.use_sync_bn(cfg.model.sync_bn, world, r.global_batch_size // (world * o.accum_steps)):
+    if devices.use_sync_bn(cfg.model.sync_bn, accelerator.num_processes, per_device):
         model = devices.convert_sync_bn(model, accelerator.device)  # before prepare (DDP)
     optimizer = build_optimizer(model, o, peak_lr)
     schedule = Schedule(optimizer, cfg.sched, peak_lr, steps_per_epoch, r.epochs)
@@ -228,14 +209,11 @@ def build_parts(cfg: Config, accelerator, model: torch.nn.Module, steps_per_epoc
     return parts, normalize
 
 
-def build_loaders(cfg: Config, accelerator, per_device_batch: int) -> Loaders:
-    """Train, validation and test loaders for this process."""
-    d = cfg.data
-    train_path, test_path = beton_paths(d.dir, d.name)
-    train_idx, val_idx, test_idx = select_rows(read_labels(train_path), read_labels(test_path), d.limit_train,
-                                               d.limit_test, d.val_size, d.split_seed)
-    n_test = num_rows(test_path)
-    a = cfg.aug
+def build_loaders(cfg: Config, data: Dataset, accelerator, per_device_batch: int) -> Loaders:
+    """Train, validation and test loaders for this process, over the rows of `data`."""
+    d, a = data.config, cfg.aug
+    train_path, test_path = data.train_path, data.test_path
+    train_idx, val_idx, test_rows = data.train_rows, data.val_rows, data.test_rows
     aug = Augment(crop_padding=a.crop_padding, crop_pad=a.crop_pad, flip=a.flip, flip_mode=a.flip_mode,
                   cutout_size=a.cutout, cutout_prob=a.cutout_prob,
                   cutout_fill=tuple(int(round(m * 255)) for m in d.mean))
@@ -245,7 +223,7 @@ def build_loaders(cfg: Config, accelerator, per_device_batch: int) -> Loaders:
     eval_bs, dev = cfg.run.eval_batch_size, accelerator.device
     if d.loader == "tensor":
         x_train, y_train = read_images(train_path)
-        x_test, y_test = read_images(test_path, test_idx)
+        x_test, y_test = read_images(test_path, test_rows)
         train = TensorLoader(x_train[train_idx], y_train[train_idx], batch_size=per_device_batch, device=dev,
                              order=train_order, aug=aug)
         val = None if val_idx is None else TensorLoader(x_train[val_idx], y_train[val_idx], batch_size=eval_bs,
@@ -256,12 +234,11 @@ def build_loaders(cfg: Config, accelerator, per_device_batch: int) -> Loaders:
                            aug=aug, num_workers=d.num_workers)
         # Evaluation shards are rank-strided rows, not FFCV's distributed order: that pads the split
         # with repeated images to a multiple of the world size, which would count them twice.
-        test_rows = np.arange(n_test) if test_idx is None else test_idx
         val = None if val_idx is None else FFCVLoader(Split(train_path, val_idx[rank::world]), batch_size=eval_bs,
                                                       device=dev, num_workers=d.num_workers)
         test = FFCVLoader(Split(test_path, test_rows[rank::world]), batch_size=eval_bs, device=dev,
                           num_workers=d.num_workers)
-    return Loaders(train, val, test, train_idx)
+    return Loaders(train, val, test)
 
 
 def lr_rule(peak_lr: float, o, global_batch: int) -> str:

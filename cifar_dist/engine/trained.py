@@ -22,17 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from cifar_dist.config import Config, ConfigError
-from cifar_dist.data import (
-    FFCVLoader,
-    Normalize,
-    Order,
-    Split,
-    TensorLoader,
-    beton_paths,
-    read_images,
-    read_labels,
-    select_rows,
-)
+from cifar_dist.data import FFCVLoader, Normalize, Order, Split, TensorLoader, read_images
+from cifar_dist.dataset import Dataset, open_dataset
 from cifar_dist.engine import checkpoint as ckpt
 from cifar_dist.engine.evaluate import evaluate
 from cifar_dist.errors import InputError
@@ -52,13 +43,17 @@ class TrainedRun:
 
     run_dir: Path
     cfg: Config
-    classes: list[str]
+    data: Dataset  # the run's test file and rows (data.limit_test), its class names
     model: torch.nn.Module  # eval mode, on accelerator.device
     normalize: Normalize  # uint8 (B, 3, 32, 32) -> the float batch the model was trained on
     accelerator: Any
     weights: str  # "best" | "last"
     epoch: int | None  # the epoch the weights are from (1-based)
     val_acc: float | None  # validation accuracy of the best weights, %
+
+    @property
+    def classes(self) -> list[str]:
+        return self.data.classes
 
     @property
     def recorded(self) -> dict[str, Any]:
@@ -105,7 +100,7 @@ def choose_weights(ckpt_dir: Path, which: str) -> str:
 
 def open_run(run_dir: Path, weights: str = "auto", data_dir: str | None = None) -> TrainedRun:
     """Build the run's model with its saved weights on this machine's device (a GPU when there is one)."""
-    from cifar_dist.engine.session import class_names, make_accelerator
+    from cifar_dist.engine.session import make_accelerator
     from cifar_dist.models import build_model
 
     cfg = load_run_config(run_dir, {"data.dir": data_dir} if data_dir else None)
@@ -115,8 +110,9 @@ def open_run(run_dir: Path, weights: str = "auto", data_dir: str | None = None) 
     # One process here, whatever the run had: only the evaluation batch is used.
     cfg = replace(cfg, run=replace(cfg.run, global_batch_size=cfg.optim.accum_steps))
     accelerator, _ = make_accelerator(cfg)
-    classes = class_names(cfg.data)
-    model = build_model(cfg.model, len(classes))
+    # Only the test rows are used: no training rows are drawn (a --data folder with fewer images still evaluates).
+    data = open_dataset(replace(cfg.data, limit_train=0, val_size=0))
+    model = build_model(cfg.model, len(data.classes))
     try:
         model.load_state_dict(state)
     except (RuntimeError, KeyError) as e:
@@ -126,23 +122,19 @@ def open_run(run_dir: Path, weights: str = "auto", data_dir: str | None = None) 
     model.to(accelerator.device).eval()
     d = cfg.data
     normalize = Normalize(d.mean, d.std, d.resolution, cfg.model.channels_last).to(accelerator.device)
-    return TrainedRun(run_dir, cfg, classes, model, normalize, accelerator, which, info["epoch"], info["val_acc"])
+    return TrainedRun(run_dir, cfg, data, model, normalize, accelerator, which, info["epoch"], info["val_acc"])
 
 
-def test_loader(cfg: Config, device, limit_test: int | None = None):
+def test_loader(run: TrainedRun, limit_test: int | None = None):
     """The run's test split (the same rows: a `data.limit_test` draw is seeded by `data.split_seed`), or
     `limit_test` images of it (0 = the whole file). Returns (loader, number of images)."""
-    d = cfg.data
-    limit = d.limit_test if limit_test is None else limit_test
-    _, test_path = beton_paths(d.dir, d.name)
-    test_labels = read_labels(test_path)
-    _, _, rows = select_rows(np.zeros(0, dtype=np.int64), test_labels, 0, limit, 0, d.split_seed)
-    rows = np.arange(len(test_labels)) if rows is None else rows
-    bs = cfg.run.eval_batch_size
+    data, d, device = run.data, run.data.config, run.accelerator.device
+    rows = data.test_rows if limit_test is None else data.test_subset(limit_test)
+    bs = run.cfg.run.eval_batch_size
     if d.loader == "tensor":
-        x, y = read_images(test_path, rows)
+        x, y = read_images(data.test_path, rows)
         return TensorLoader(x, y, batch_size=bs, device=device, order=Order()), len(rows)
-    return FFCVLoader(Split(test_path, rows), batch_size=bs, device=device, num_workers=d.num_workers), len(rows)
+    return FFCVLoader(Split(data.test_path, rows), batch_size=bs, device=device, num_workers=d.num_workers), len(rows)
 
 
 def evaluate_run(run: TrainedRun, tta: str | None = None, limit_test: int | None = None) -> dict[str, Any]:
@@ -155,7 +147,7 @@ def evaluate_run(run: TrainedRun, tta: str | None = None, limit_test: int | None
     mode = run.cfg.run.tta if tta is None else tta
     if mode not in CHOICES["run.tta"]:
         raise RunError(f"--tta: expected one of {', '.join(CHOICES['run.tta'])}, found {mode!r}")
-    loader, n = test_loader(run.cfg, run.accelerator.device, limit_test)
+    loader, n = test_loader(run, limit_test)
     k = len(run.classes)
     plain = evaluate(run.model, loader, run.normalize, run.accelerator, k)
     confusion = plain["confusion"]

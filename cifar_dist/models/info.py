@@ -6,8 +6,9 @@ We report the *theoretical* RF of one unit of the last spatial feature map (the 
 pooling or the flatten consumes), measured from the operations the model actually executes:
 
 - One forward pass at the model's default input size runs under ``_ReceptiveFieldMode``, a
-  ``TorchDispatchMode``. Every tensor derived from the input carries ``(rf, jump)`` per spatial axis
-  (the input has rf 1, jump 1: one pixel, one pixel apart).
+  ``torch.overrides.TorchFunctionMode``: it sees every torch function and tensor method the model's modules
+  call (``F.conv2d``, ``F.max_pool2d``, ``x + y``, ...), one level deep. Every tensor derived from the input
+  carries ``(rf, jump)`` per spatial axis (the input has rf 1, jump 1: one pixel, one pixel apart).
 - A convolution or a fixed max/avg pool with kernel k, stride s, dilation d maps
   rf ← rf + (k-1)·d·jump and jump ← jump·s. Any other op (BN, activations, add, cat, padding, views)
   gives its output the largest rf among its inputs, so a residual add takes the max over its branches.
@@ -28,50 +29,52 @@ every unit) and matches the usual definition.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from typing import Any
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 from torch.utils.weak import WeakTensorKeyDictionary
 
 from cifar_dist.models.registry import TIMM_PREFIX, count_params, create_model, get_entry, list_models
 
-aten = torch.ops.aten
+# The 2-D spatial functions: kind and the names of the positional parameters (some are C builtins, which have no
+# signature to inspect). The max pools are called through a wrapper that picks the variant with indices or not.
+_MAX_POOL = ("pool", ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"))
+_ADAPTIVE = ("adaptive", ("input", "output_size", "return_indices"))
+_SPATIAL = {
+    F.conv2d: ("conv", ("input", "weight", "bias", "stride", "padding", "dilation", "groups")),
+    F.max_pool2d: _MAX_POOL,
+    F.max_pool2d_with_indices: _MAX_POOL,
+    F.avg_pool2d: ("pool", ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad")),
+    F.adaptive_avg_pool2d: _ADAPTIVE,
+    F.adaptive_max_pool2d: _ADAPTIVE,
+    F.adaptive_max_pool2d_with_indices: _ADAPTIVE,
+}
 
-_CONV = {aten.convolution}
-_POOL = {aten.max_pool2d_with_indices, aten.max_pool2d, aten.avg_pool2d}
-_ADAPTIVE_POOL = {aten._adaptive_avg_pool2d, aten.adaptive_max_pool2d, aten.adaptive_avg_pool2d}
-_SPATIAL = _CONV | _POOL | _ADAPTIVE_POOL
 
-
-def _bind(func: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
-    """Op arguments by schema name, defaults filled in (aten passes some positionally, some by keyword)."""
-    bound = {}
-    for i, a in enumerate(func._schema.arguments):
-        if i < len(args):
-            bound[a.name] = args[i]
-        elif a.name in kwargs:
-            bound[a.name] = kwargs[a.name]
-        elif a.has_default_value():
-            bound[a.name] = a.default_value
-    return bound
+def _tensors(obj: Any) -> list[torch.Tensor]:
+    """The tensors in an argument or result: itself, or inside (nested) lists, tuples and dicts."""
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    items = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else ()
+    return [t for item in items for t in _tensors(item)]
 
 
 def _pair(v: Any, default: Any = None) -> tuple[int, int]:
-    """(h, w) from an int or a 1/2-element list; empty (e.g. pool stride omitted) -> ``default``."""
+    """(h, w) from an int or a 1/2-element list; None or empty (a pool's stride omitted) -> ``default``."""
     if isinstance(v, int):
         return (v, v)
-    v = list(v)
+    v = [] if v is None else list(v)
     if not v:
         return _pair(default)
     return (int(v[0]), int(v[0])) if len(v) == 1 else (int(v[0]), int(v[1]))
 
 
-class _ReceptiveFieldMode(TorchDispatchMode):
-    """Propagates per-axis (rf, jump) through every aten op; ``max_rf`` is the result (see module doc)."""
+class _ReceptiveFieldMode(TorchFunctionMode):
+    """Propagates per-axis (rf, jump) through every torch function call; ``max_rf`` is the result (module doc)."""
 
     def __init__(self, x: torch.Tensor):
         super().__init__()
@@ -86,32 +89,30 @@ class _ReceptiveFieldMode(TorchDispatchMode):
         self.max_rf = tuple(max(a, b) for a, b in zip(self.max_rf, rf))
         return rf, jump
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        packet = func.overloadpacket
-        flat_in = [
-            t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor) and t in self.state
-        ]
+        out = func(*args, **kwargs)  # this mode is off inside: the call's own calls are not seen
+        flat_in = [t for t in _tensors((args, kwargs)) if t in self.state]
         if not flat_in:
             return out  # parameters, buffers, constants: nothing spatial to track
-        flat_out = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+        flat_out = _tensors(out)
         first_in = flat_in[0]
         spatial_in = first_in.dim() == 4 and tuple(first_in.shape[-2:]) != (1, 1)
 
-        a = _bind(func, args, kwargs) if packet in _SPATIAL else {}
-        # Transposed and non-2-D convolutions fall through to the generic rule (no model here uses them).
-        if packet in _CONV and first_in.dim() == 4 and not a["transposed"]:
+        kind, names = _SPATIAL.get(func, (None, ())) if isinstance(func, Hashable) else (None, ())
+        a = {**dict(zip(names, args)), **kwargs}
+        # Transposed and non-2-D convolutions (other functions) take the generic rule (no model here uses them).
+        if kind == "conv" and first_in.dim() == 4:
             new = self._grow(
-                a["input"], tuple(a["weight"].shape[-2:]), _pair(a["stride"]), _pair(a["dilation"])
+                a["input"], tuple(a["weight"].shape[-2:]), _pair(a.get("stride", 1)), _pair(a.get("dilation", 1))
             )
-        elif packet in _POOL or packet in _ADAPTIVE_POOL:
-            x, y = a["self"], flat_out[0]
+        elif kind in ("pool", "adaptive"):
+            x, y = a["input"], flat_out[0]
             if tuple(y.shape[-2:]) == (1, 1) and spatial_in:
                 return out  # global pooling: spatial tracking ends here
-            if packet in _POOL:
+            if kind == "pool":
                 kernel = _pair(a["kernel_size"])
-                new = self._grow(x, kernel, _pair(a["stride"], kernel), _pair(a.get("dilation", 1)))
+                new = self._grow(x, kernel, _pair(a.get("stride"), kernel), _pair(a.get("dilation", 1)))
             else:  # adaptive pool to n×n > 1: windows of ceil(in/n) pixels, stride floor(in/n)
                 n_in, n_out = x.shape[-2:], y.shape[-2:]
                 kernel = tuple(-(-i // o) for i, o in zip(n_in, n_out))
@@ -144,7 +145,7 @@ def measure(model: torch.nn.Module, input_size: int) -> tuple[int, int]:
     was_training = model.training
     model.eval()  # BN must not update its running stats from a probe input
     try:
-        # Both modes watch the same single forward pass (the RF mode dispatches through the counter).
+        # Both modes watch the same single forward pass (the counter at the dispatch level, below the RF mode).
         with torch.no_grad(), FlopCounterMode(display=False) as counter, _ReceptiveFieldMode(x) as rf_mode:
             model(x)
     finally:
