@@ -8,6 +8,7 @@ gave each rank. Usage: ddp_probe.py DATA_DIR NAME OUT.json EXPECTED_WORLD_SIZE
 
 import hashlib
 import json
+import os
 import sys
 
 import torch
@@ -20,6 +21,7 @@ from cifar_dist.config import AugConfig, LossConfig, SchedConfig
 from cifar_dist.data import FFCVLoader, Normalize, Order, Split, TensorLoader, beton_paths, read_images
 from cifar_dist.engine import StepParts, TrainState, train_one_epoch
 from cifar_dist.optim import Schedule
+from cifar_dist.train import leave
 
 
 def main() -> None:
@@ -74,3 +76,5 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        leave(0)  # as the trainer ends a rank of several: DDP's gloo threads outlive the process group

@@ -88,3 +88,7 @@ if __name__ == "__main__":
     else:
         sep = sys.argv.index("--")
         train(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[sep + 1 :])
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from cifar_dist.train import leave
+
+        leave(0)  # as the trainer ends a rank of several: DDP's gloo threads outlive the process group
