@@ -109,6 +109,10 @@ def main() -> None:
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(worker(args.model, args.batch, args.steps, args.warmup, args.threads)), flush=True)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from cifar_dist.train import leave
+
+            leave(0)  # as the trainer ends a rank of several: DDP's gloo threads outlive the process group
         return
     cpus = len(os.sched_getaffinity(0))
     load = os.getloadavg()[0]
