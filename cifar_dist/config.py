@@ -207,7 +207,7 @@ class RunConfig:
     checkpoint_every_steps: int = opt(0, "extra checkpoint every N optimizer steps (0 = per epoch only)")
     eval_every: int = opt(1, "evaluate every N epochs (the last epoch always)")
     log_every_steps: int = opt(10, "TensorBoard scalars every N optimizer steps")
-    progress: bool = opt(True, "tqdm progress bar on the main process")
+    progress: bool = opt(True, "tqdm progress bar on the main process (only when stderr is a terminal)")
     deterministic: bool = opt(False, "torch deterministic algorithms (slower on GPUs)")
     allow_cpu: bool = opt(False, "train on the CPU where the machine shows GPUs that CUDA cannot use")
     dist_timeout_s: int = opt(0, "timeout of one collective, s (0 = torch's: 10 min with NCCL, 30 min with gloo)")

@@ -166,9 +166,11 @@ def test_nonfinite_loss_stops_with_status_4_and_keeps_checkpoint(tiny_data, tmp_
 
 @pytest.mark.slow
 def test_run_directory_explains_itself(tiny_data, tmp_path):
-    p = run(train_cmd(tiny_data, tmp_path, "full", "--run.epochs=2", "--run.ema=true", "--run.tta=flip",
-                      "--run.log_every_steps=1"))
+    cmd = train_cmd(tiny_data, tmp_path, "full", "--run.epochs=2", "--run.ema=true", "--run.tta=flip",
+                    "--run.log_every_steps=1")
+    p = run([a for a in cmd if a != "--run.progress=false"])  # the default progress, stderr a pipe
     assert p.returncode == 0, p.stderr[-2000:]
+    assert "\r" not in p.stderr and "it/s" not in p.stderr, p.stderr[-500:]  # no bar in a log file
     d = tmp_path / "full"
     for f in ("config.yaml", "command.txt", "env.json", "metrics.jsonl", "result.json",
               "checkpoints/last/train_state.json", "checkpoints/best/model.pt"):

@@ -124,13 +124,18 @@ class Monitor:
             self.save_last(totals)
 
     def open_bar(self) -> None:
-        """A progress bar for the epoch being trained (main process, run.progress)."""
+        """A progress bar for the epoch being trained (main process, run.progress, stderr a terminal).
+
+        A log file or a SLURM output file gets no bar (tqdm's `disable=None`): its carriage-return updates
+        would bury the epoch lines a user reads there.
+        """
         s = self.s
         if s.accelerator.is_main_process and s.cfg.run.progress:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=len(s.loaders.train), initial=s.state.step_in_epoch,
-                            desc=f"epoch {s.state.epoch + 1}/{s.cfg.run.epochs}", leave=False, dynamic_ncols=True)
+                            desc=f"epoch {s.state.epoch + 1}/{s.cfg.run.epochs}", leave=False, dynamic_ncols=True,
+                            disable=None)
 
     def close_bar(self) -> None:
         if self.bar is not None:
