@@ -1,12 +1,15 @@
 """Test helpers: the tiny .beton writer (shared with bench/, so it lives in cifar_dist.testing), the real
-CIFAR-10 archive's location, a JSON reader, a small tmpfs for disk-full cases."""
+CIFAR-10 archive's location, a JSON reader, a small tmpfs for disk-full cases, a free port and the two-process
+CPU launch line."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +17,20 @@ from cifar_dist.testing import write_tiny_betons  # noqa: F401  (tests import it
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_JPEG = Path(os.environ.get("CIFAR10_JPEG", REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"))
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (the kernel's pick)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_cpu_two() -> list[str]:
+    """`accelerate launch` of two gloo processes (launch/cpu.yaml) on a port of their own: two tests launching at
+    once in two xdist workers would otherwise both ask torchrun's default 29500 (EADDRINUSE)."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "launch" / "cpu.yaml"),
+            "--main_process_port", str(free_port())]
 
 
 def read_json(path: Path):

@@ -46,6 +46,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import free_port
+
 BINARIES = ("munged", "munge", "unmunge", "slurmctld", "slurmd", "sbatch", "srun", "squeue", "scontrol", "scancel",
             "sinfo")
 APT_LINE = "apt-get install -y --no-install-recommends slurmctld slurmd slurm-client munge"
@@ -95,12 +97,6 @@ def skip_reason() -> str | None:
     if os.geteuid() != 0:
         return "the local SLURM cluster runs slurmd as root; run the suite as root"
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _munge_works() -> bool:
@@ -219,14 +215,14 @@ def _write_config(d: Path, host: str, nodes: list[str], cpus: int, gpus: int) ->
     if nodes == [host]:
         node_lines = f"NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=1000 {gres}State=UNKNOWN"
     else:  # several slurmd on this host: a port of its own each
-        node_lines = "\n".join(f"NodeName={n} NodeHostname={host} NodeAddr=127.0.0.1 Port={_free_port()} CPUs={cpus} "
+        node_lines = "\n".join(f"NodeName={n} NodeHostname={host} NodeAddr=127.0.0.1 Port={free_port()} CPUs={cpus} "
                                f"RealMemory=1000 {gres}State=UNKNOWN" for n in nodes)
     # Job ids of their own per cluster: train.sh and sweep.sh derive a rendezvous port from the job id, and
     # clusters started side by side (two in a session, parallel sessions) would all count from 1.
     first_job_id = 1 + (os.getpid() * 7919 + len(nodes) * 2503) % 15000
     (d / "slurm.conf").write_text(SLURM_CONF.format(
         dir=d, node=host, node_lines=node_lines, node_list=",".join(nodes), gres_types=gres_types,
-        ctld_port=_free_port(), slurmd_port=_free_port(), first_job_id=first_job_id))
+        ctld_port=free_port(), slurmd_port=free_port(), first_job_id=first_job_id))
 
 
 @contextlib.contextmanager

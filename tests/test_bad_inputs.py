@@ -37,7 +37,7 @@ from cifar_dist.cli import main as cli_main
 from cifar_dist.cli.train import main as train_main
 from cifar_dist.run_dir import STATUS_FILE
 from tests.data_prep_helpers import make_cifar10_archive, make_cifar10_dir, make_image_folder, make_tar
-from tests.helpers import REPO
+from tests.helpers import REPO, free_port
 from tests.helpers import small_tmpfs as mounted_tmpfs
 
 GOOD_ROW = json.dumps({"epoch": 1, "step": 3, "train_loss": 2.0, "test_acc": 40.0, "test_loss": 1.9}) + "\n"
@@ -997,7 +997,8 @@ def test_real_process_exits_2_with_one_line(module, argv, needle, tmp_path):
 def accelerate_launch(config: str, *args: str) -> list[str]:
     script = Path(sys.executable).with_name("accelerate")
     head = [str(script)] if script.exists() else [sys.executable, "-m", "accelerate.commands.accelerate_cli"]
-    return [*head, "launch", *args, "--config_file", str(REPO / "launch" / config), "-m", "cifar_dist.train"]
+    port = ["--main_process_port", str(free_port())] if config == "cpu.yaml" else []  # see launch_cpu_two
+    return [*head, "launch", *args, "--config_file", str(REPO / "launch" / config), *port, "-m", "cifar_dist.train"]
 
 
 @pytest.mark.slow

@@ -24,7 +24,7 @@ import torch
 from cifar_dist.engine import checkpoint as ckpt
 from cifar_dist.engine.logs import RunLogger, append_line
 from cifar_dist.engine.rundir import RunDirError
-from tests.helpers import REPO, read_json, small_tmpfs
+from tests.helpers import REPO, launch_cpu_two, read_json, small_tmpfs
 from tests.test_train import metrics, run, train_cmd
 
 # 300 training images, 100 per step: 3 steps per epoch, a checkpoint after every step (so `last` and
@@ -393,8 +393,7 @@ def test_disk_full_during_a_run_exits_2_with_one_line_and_resumes(tiny_data, sma
 def test_checkpoint_of_two_processes_resumes_on_one_and_back(tiny_data, tmp_path):
     """2 gloo processes -> 1 process -> 2 processes: the weights load (no `module.` prefix), the RNGs are
     re-seeded with one line each time, and every session finishes."""
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "launch" / "cpu.yaml"),
-              "-m", "cifar_dist.train"]
+    launch = [*launch_cpu_two(), "-m", "cifar_dist.train"]
     args = train_cmd(tiny_data, tmp_path, "ws")[3:] + ["--run.global_batch_size=100"]
     two = run(launch + args + ["--run.epochs=1"], timeout=600)
     assert two.returncode == 0, two.stdout[-1500:] + two.stderr[-3000:]

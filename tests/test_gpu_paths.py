@@ -302,14 +302,12 @@ def launch_two(args: list[str], timeout: int = 400):
     """`accelerate launch --config_file launch/cpu.yaml tests/gpu_probe.py ARGS`: two gloo processes."""
     import os
     import subprocess
-    import sys
 
-    from tests.helpers import REPO
+    from tests.helpers import REPO, launch_cpu_two
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("CUDA_VISIBLE_DEVICES", None)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "launch" / "cpu.yaml"),
-           str(REPO / "tests" / "gpu_probe.py"), *args]
+    cmd = [*launch_cpu_two(), str(REPO / "tests" / "gpu_probe.py"), *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
 
 

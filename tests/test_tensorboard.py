@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from cifar_dist.engine.logs import HPARAMS_FIXED
-from tests.helpers import read_json
+from tests.helpers import free_port, read_json
 from tests.test_report import CELLS, SEEDS, real_sweep_dir
 
 RUNS = [f"{c}-s{s}" for c in CELLS for s in SEEDS]
@@ -93,12 +92,6 @@ def test_event_files_hold_scalars_and_hparams_of_every_run(real_sweep):
 
 
 # ---------------------------------------------------------------------------------- HTTP server
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get_json(url: str, body: dict | None = None):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import REPO, read_json
+from tests.helpers import REPO, launch_cpu_two, read_json
 
 TIMING = {"images_per_s", "epoch_s"}
 
@@ -270,8 +270,7 @@ def test_two_process_ddp_matches_one_process(tiny_data, tmp_path):
         if procs == 1:
             cmd = [sys.executable, str(script)]
         else:
-            cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "launch" / "cpu.yaml"),
-                   str(script)]
+            cmd = [*launch_cpu_two(), str(script)]
         p = run(cmd + [str(data_dir), name, str(dst), str(procs)], timeout=400)
         assert p.returncode == 0, p.stdout[-1500:] + p.stderr[-3000:]
         out[procs] = read_json(dst)
