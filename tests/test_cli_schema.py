@@ -169,3 +169,14 @@ def test_rich_help_is_generated_from_the_fields():
     assert schema_help(Dotted, "p").splitlines()[0] == "usage: p [--name=NAME] [--SECTION.KEY=VALUE ...]"
     assert "  --SECTION.KEY=VALUE  one key" in schema_help(Dotted, "p").splitlines()
 
+
+def test_a_callable_epilog_is_called_only_for_the_help(capsys):
+    calls = []
+
+    def epilog() -> str:
+        calls.append(1)
+        return "late text"
+
+    assert run_schema(lambda **kw: 0, Dotted, ["--a.b=1"], "p", epilog=epilog) == 0 and calls == []
+    assert run_schema(lambda **kw: 0, Dotted, ["--help"], "p", epilog=epilog) == 0 and calls == [1]
+    assert capsys.readouterr().out.endswith("\nlate text\n")
