@@ -21,6 +21,7 @@ from cifar_dist.errors import ConfigError
 from cifar_dist.schema import opt
 
 RESUME_MODES = ("auto", "none", "force")  # --resume of the trainer (cifar_dist.engine.checkpoint reads them)
+WEIGHTS = ("auto", "best", "last")  # --weights of evaluate and predict (cifar_dist.engine.trained reads them)
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # per-channel mean of CIFAR-10 train, in [0, 1]
 KUANGLIU_STD = (0.2023, 0.1994, 0.2010)  # the std most CIFAR repos copy (not the true std)

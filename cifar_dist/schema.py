@@ -6,10 +6,16 @@ is the line `--help` prints for it (`help_lines`), so the help text is read from
 parser reads and cannot drift from the code.
 
 `parse(schema, argv, prog)` reads a command line once against a schema: a field without a default is a
-positional argument (also accepted as ``--name=value``); every other field is a flag, ``--name=value`` or
-``--name value``; a boolean field also takes ``--name`` and ``--noname``. Anything the schema does not
-take is a one-line `FlagError` (with a "did you mean" for a misspelt flag); a value of the wrong type is a
-one-line `ConfigError` naming the flag.
+positional argument (also accepted as ``--name=value``; the last one, when it is a tuple, takes every
+remaining argument: ``IMAGES...``); every other field is a flag, ``--name=value`` or ``--name value``; a
+boolean field also takes ``--name`` and ``--noname``. Two fields collect what no single field names:
+`after_dashes` everything after a lone ``--`` (verbatim), `dotted_flags` every ``--section.key=value`` flag
+as (key, text) pairs for the config's own override machinery, which reads each value once. Anything the
+schema does not take is a one-line `FlagError` (with a "did you mean" for a misspelt flag); a value of the
+wrong type, or outside the field's `choices`, is a one-line `ConfigError` naming the flag.
+
+`schema_help(schema, prog, epilog)` is the `--help` of a command: a usage line, the schema's docstring, its
+arguments and its flags, each with its default (or its `metavar`), choices and help text, then `epilog`.
 """
 
 from __future__ import annotations
@@ -32,9 +38,29 @@ class FlagError(InputError):
     """A flag or argument the command does not take."""
 
 
-def opt(default: Any = MISSING, help: str = "") -> Any:
-    """A dataclass field with its default and the `--help` text of its flag (no default: a positional argument)."""
-    return field(default=default, metadata={"help": help})
+def opt(default: Any = MISSING, help: str = "", *, metavar: str | None = None, choices: Sequence[str] = (),
+        expected: str | None = None, usage: bool = False) -> Any:
+    """A dataclass field with its default and the `--help` text of its flag (no default: a positional argument).
+
+    `metavar`: shown instead of the default (`--weights=WHICH`; the default is then added to the help text);
+    `choices`: the only texts the flag takes (kept as text: `--tta=none` is "none", not None); `expected`:
+    what a value of the wrong type is said to miss (`TASK: expected an array index ..., found 'x'`);
+    `usage`: the flag is spelt out in the usage line.
+    """
+    meta: dict[str, Any] = {"help": help, "metavar": metavar, "choices": tuple(choices), "expected": expected,
+                            "usage": usage}
+    return field(default=default, metadata={k: v for k, v in meta.items() if v})
+
+
+def after_dashes(help: str, metavar: str) -> Any:
+    """A field holding every argument after a lone ``--``, verbatim, as a tuple of text (`-- SBATCH_OPTION ...`)."""
+    return field(default=(), metadata={"help": help, "metavar": metavar, "collect": "--"})
+
+
+def dotted_flags(help: str, metavar: str = "SECTION.KEY=VALUE") -> Any:
+    """A field holding every ``--section.key=value`` flag as (key, text) pairs, in the order given: each value
+    is read once, later, against the config field it names (`cifar_dist.overrides`)."""
+    return field(default=(), metadata={"help": help, "metavar": metavar, "collect": "."})
 
 
 def type_name(tp: Any) -> str:
@@ -134,16 +160,37 @@ def _required(f: Field) -> bool:
     return f.default is MISSING and f.default_factory is MISSING
 
 
+def _default(f: Field) -> Any:
+    return f.default if f.default is not MISSING else f.default_factory()
+
+
 def _is_bool(tp: Any) -> bool:
     return tp is bool or (typing.get_origin(tp) in (typing.Union, types.UnionType) and bool in typing.get_args(tp))
 
 
+def _is_variadic(f: Field, tp: Any) -> bool:
+    return _required(f) and typing.get_origin(tp) is tuple
+
+
+def _arg_name(f: Field, tp: Any) -> str:
+    return f.name.upper() + ("..." if _is_variadic(f, tp) else "")
+
+
 def parse(schema: type[T], argv: Sequence[str], prog: str) -> T:
-    """`schema(...)` from a command line, every value coerced to its field's type (nothing is run)."""
+    """`schema(...)` from a command line, every value read once as its field's type (nothing is run)."""
     hints = typing.get_type_hints(schema)
-    known = {f.name: hints[f.name] for f in fields(schema) if f.init}
-    values: dict[str, Any] = {}
+    given = [f for f in fields(schema) if f.init]
+    known = {f.name: f for f in given if "collect" not in f.metadata}
+    collect = {f.metadata["collect"]: f.name for f in given if "collect" in f.metadata}
+    argv, values = list(argv), {}
+    if "--" in argv:
+        argv, after = argv[:argv.index("--")], argv[argv.index("--") + 1:]
+        if "--" not in collect:
+            raise FlagError(f"{prog}: unexpected arguments after --: {' '.join(after)}" if after
+                            else f"{prog}: unexpected argument '--' (see {prog} --help)")
+        values[collect["--"]] = tuple(after)
     loose: list[str] = []
+    dotted: list[tuple[str, str]] = []
     i = 0
     while i < len(argv):
         tok = argv[i]
@@ -157,55 +204,122 @@ def parse(schema: type[T], argv: Sequence[str], prog: str) -> T:
             raise FlagError(f"{prog}: unknown flag {tok!r}; flags are --name=value (see {prog} --help)")
         key, has_value, text = tok[2:].partition("=")
         name = key.replace("-", "_")
-        if name not in known and name.startswith("no") and _is_bool(known.get(name[2:])):
+        if name not in known and "." in name and "." in collect:
+            text, i = (text, i) if has_value else _next_value(argv, i, key, prog)
+            dotted.append((key, text))
+            continue
+        if name not in known and name.startswith("no") and name[2:] in known and _is_bool(hints[name[2:]]):
             if has_value:
                 raise FlagError(f"{prog}: --{key} takes no value, found {tok!r}")
             values[name[2:]] = False
             continue
         if name not in known:
-            raise FlagError(f"{prog}: unknown flag --{key} (expected {', '.join(f'--{n}' for n in known)}; "
-                            f"see {prog} --help){did_you_mean(key, known, '--')}")
-        if not has_value and _is_bool(known[name]):
+            raise FlagError(f"{prog}: unknown flag --{key} (expected {', '.join(f'--{n}' for n in known) or 'no flags'}; "
+                            f"see {prog} --help)"
+                            f"{did_you_mean(key, known, '--')}")
+        if not has_value and _is_bool(hints[name]):
             values[name] = True
             continue
-        if not has_value:
-            if i >= len(argv) or (argv[i].startswith("--") and not is_number(argv[i])):
-                raise FlagError(f"{prog}: --{key} expects a value (--{key}=VALUE)")
-            text, i = argv[i], i + 1
-        values[name] = coerce(f"--{key}", known[name], text)
-    free = [f.name for f in fields(schema) if f.init and _required(f) and f.name not in values]
-    if len(loose) > len(free):
-        raise FlagError(f"{prog}: unexpected argument {loose[len(free)]!r} (see {prog} --help)")
-    if len(loose) < len(free):
-        raise FlagError(f"{prog}: missing argument {free[len(loose)].upper()} (see {prog} --help)")
-    values.update((n, coerce(n.upper(), known[n], text)) for n, text in zip(free, loose))
+        text, i = (text, i) if has_value else _next_value(argv, i, key, prog)
+        values[name] = _read(f"--{key}", known[name], hints[name], text)
+    if "." in collect:
+        values[collect["."]] = tuple(dotted)
+    values.update(_positional(schema, hints, [f for f in given if f.name not in values], loose, prog))
     return schema(**values)
+
+
+def _next_value(argv: list[str], i: int, key: str, prog: str) -> tuple[str, int]:
+    """The value of `--key value` (the argument at `i`) and the index after it."""
+    if i >= len(argv) or (argv[i].startswith("--") and not is_number(argv[i])):
+        raise FlagError(f"{prog}: --{key} expects a value (--{key}=VALUE)")
+    return argv[i], i + 1
+
+
+def _read(key: str, f: Field, tp: Any, text: Any) -> Any:
+    """`text` as field `f` takes it: one of its choices (as text), else coerced to its type `tp`."""
+    choices = f.metadata.get("choices")
+    if choices:
+        if text not in choices:
+            raise ConfigError(f"{key}: expected one of {', '.join(choices)}, found {text!r}"
+                              f"{did_you_mean(text, choices)}")
+        return text
+    try:
+        return coerce(key, tp, text)
+    except ConfigError:
+        if "expected" not in f.metadata:
+            raise
+        raise ConfigError(f"{key}: expected {f.metadata['expected']}, found {text!r}") from None
+
+
+def _positional(schema: type, hints: dict[str, Any], free: list[Field], loose: list[str], prog: str) -> dict:
+    """The positional arguments not given as flags, from the loose words in order (the last may be variadic)."""
+    free = [f for f in free if _required(f)]
+    rest = free.pop() if free and _is_variadic(free[-1], hints[free[-1].name]) else None
+    if len(loose) > len(free) and rest is None:
+        raise FlagError(f"{prog}: unexpected argument {loose[len(free)]!r} (see {prog} --help)")
+    if len(loose) < len(free) + (rest is not None):
+        missing = free[len(loose)] if len(loose) < len(free) else rest
+        raise FlagError(f"{prog}: missing argument {missing.name.upper()} (see {prog} --help)")
+    values = {f.name: _read(f.name.upper(), f, hints[f.name], text) for f, text in zip(free, loose)}
+    if rest is not None:
+        values[rest.name] = _read(rest.name.upper(), rest, hints[rest.name], loose[len(free):])
+    return values
 
 
 def help_lines(schema: type, prefix: str = "--", choices: dict[str, Sequence[str]] | None = None,
                skip: Sequence[str] = (), types: bool = True) -> list[str]:
-    """One line per flag of `schema`: `<prefix><name>=<default>  (<type>) [<choices>]  <help>`."""
+    """One line per flag of `schema`: `<prefix><name>=<default or metavar>  (<type>) [<choices>]  <help>`."""
     lines = []
     for f in fields(schema):
-        if _required(f) or f.name in skip:
+        meta = f.metadata
+        if _required(f) or f.name in skip or meta.get("collect") == "--":
             continue
-        default = f.default if f.default is not MISSING else f.default_factory()
-        allowed = (choices or {}).get(f.name)
+        if meta.get("collect") == ".":
+            lines.append(f"{prefix}{meta['metavar']}  {meta.get('help', '')}".rstrip())
+            continue
+        default = _default(f)
+        allowed = (choices or {}).get(f.name) or meta.get("choices")
         kind = f"  ({type_name(f.type)})" if types else ""
         extra = f" [{'|'.join(allowed)}]" if allowed else ""
-        lines.append(f"{prefix}{f.name}={format_value(default)}{kind}{extra}  {f.metadata.get('help', '')}".rstrip())
+        note = f" (default: {format_value(default)})" if meta.get("metavar") and default is not None else ""
+        shown = meta.get("metavar") or format_value(default)
+        lines.append(f"{prefix}{f.name}={shown}{kind}{extra}  {meta.get('help', '')}{note}".rstrip())
     return lines
+
+
+def usage_line(schema: type, prog: str) -> str:
+    """`prog ARG... [--flag=VALUE] ... [--flag=value ...] [-- REST ...]`: the arguments, the flags marked
+    `usage`, a reminder of the other flags, then what a lone `--` may be followed by."""
+    hints = typing.get_type_hints(schema)
+    parts, rest, others = [prog], [], False
+    for f in fields(schema):
+        meta = f.metadata
+        if meta.get("collect") == "--":
+            rest.append(f"[-- {meta['metavar']} ...]")
+        elif meta.get("collect") == ".":
+            parts.append(f"[--{meta['metavar']} ...]")
+        elif _required(f):
+            parts.append(_arg_name(f, hints[f.name]))
+        elif meta.get("usage"):
+            parts.append(f"[--{f.name}]" if _is_bool(hints[f.name]) else f"[--{f.name}={meta.get('metavar', 'VALUE')}]")
+        else:
+            others = True
+    return " ".join(parts + (["[--flag=value ...]"] if others else []) + rest)
 
 
 def schema_help(schema: type, prog: str, epilog: str = "") -> str:
     """Usage line, the schema's docstring, its positional arguments, its flags with defaults, then `epilog`."""
-    positional = [f for f in fields(schema) if f.init and _required(f)]
-    usage = " ".join([prog, *(f.name.upper() for f in positional), "[--flag=value ...]"])
-    lines = [f"usage: {usage}", "", inspect.getdoc(schema) or ""]
-    if positional:
-        lines += ["", "arguments:", *(f"  {f.name.upper()}  {f.metadata.get('help', '')}" for f in positional)]
-    lines += ["", "flags (--flag=value or --flag value; a boolean flag alone is true, --noflag false):"]
-    lines += [f"  {line}" for line in help_lines(schema, types=False)]
+    hints = typing.get_type_hints(schema)
+    arguments = [f for f in fields(schema) if f.init and (_required(f) or f.metadata.get("collect") == "--")]
+    lines = [f"usage: {usage_line(schema, prog)}", "", inspect.getdoc(schema) or ""]
+    if arguments:
+        lines += ["", "arguments:"]
+        lines += [f"  {_arg_name(f, hints[f.name]) if _required(f) else '-- ' + f.metadata['metavar'] + ' ...'}  "
+                  f"{f.metadata.get('help', '')}" for f in arguments]
+    flags = help_lines(schema, types=False)
+    if flags:
+        lines += ["", "flags (--flag=value or --flag value; a boolean flag alone is true, --noflag false):"]
+        lines += [f"  {line}" for line in flags]
     if epilog:
         lines += ["", epilog.strip("\n")]
     return "\n".join(lines).rstrip() + "\n"

@@ -893,34 +893,44 @@ def test_only_the_first_process_of_a_launcher_prints(monkeypatch, capsys):
     assert_one_error_line(capsys.readouterr().err, "unknown flag --bogus")
 
 
-def test_fire_parse_failures_are_one_quiet_line(capsys):
-    """What Fire itself refuses (after our checks) is one line too, never its usage text."""
-    from cifar_dist.runner import _fire
+def test_parse_failures_are_one_quiet_line(capsys):
+    """What the one parse refuses (a missing positional argument) is one line, never a usage text."""
+    from cifar_dist.runner import run_schema
+    from cifar_dist.schema import opt
 
-    def needs_two(a: int, b: int) -> int:
-        return 0
+    @dataclass(frozen=True)
+    class NeedsTwo:
+        """Takes A and B."""
 
-    from cifar_dist.runner import FlagError
+        a: int = opt(help="first")
+        b: int = opt(help="second")
 
-    with pytest.raises(FlagError, match=r"^prog: the function received no value for the required argument: b"):
-        _fire(needs_two, ["1"], "prog")
-    assert capsys.readouterr() == ("", "")
+    ran = []
+    assert run_schema(lambda **kw: ran.append(kw), NeedsTwo, ["1"], "prog") == 2 and ran == []
+    assert capsys.readouterr() == ("", "error: prog: missing argument B (see prog --help)\n")
 
 
 @pytest.mark.parametrize("on, off", [("--json", "--nojson"), ("--json=true", "--json=false"),
                                      ("--json=True", "--json=FALSE"), ("--json=yes", "--json=no"),
                                      ("--json=1", "--json=0")])
 def test_boolean_flags_take_true_and_false(on, off):
-    """Fire alone would pass `--json=false` on as the string 'false', which is true."""
-    from cifar_dist.runner import run_command
+    """`--json=false` is false (Fire alone would have passed the string 'false' on, which is true)."""
+    from cifar_dist.runner import run_schema
+    from cifar_dist.schema import opt
+
+    @dataclass(frozen=True)
+    class JsonFlag:
+        """Prints JSON or not."""
+
+        json: bool = opt(False, "print JSON")
 
     seen = []
 
-    def cmd(*, json: bool = False) -> int:
+    def cmd(*, json: bool) -> int:
         seen.append(json)
         return 0
 
-    assert run_command(cmd, [on], "prog") == 0 and run_command(cmd, [off], "prog") == 0
+    assert run_schema(cmd, JsonFlag, [on], "prog") == 0 and run_schema(cmd, JsonFlag, [off], "prog") == 0
     assert seen == [True, False]
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from cifar_dist.errors import InputError
 from cifar_dist.runner import run_schema
-from cifar_dist.schema import opt, parse, schema_help
+from cifar_dist.schema import after_dashes, dotted_flags, opt, parse, schema_help
 
 
 @dataclass(frozen=True)
@@ -95,3 +95,88 @@ def test_help_is_generated_from_the_fields():
         "examples:",
         "  p a --n=2",
     ]
+
+
+@dataclass(frozen=True)
+class Rich:
+    """Send FILES somewhere."""
+
+    dest: str = opt(help="where to")
+    files: tuple[str, ...] = opt(help="what to send")
+    mode: str | None = opt(None, "how (default: the destination's own)", metavar="MODE", choices=("none", "fast"))
+    count: int = opt(1, "copies", metavar="N", expected="a count", usage=True)
+    dry: bool = opt(False, "say what would be sent", usage=True)
+    extra: tuple[str, ...] = after_dashes("options of the transport", "OPTION")
+
+
+@dataclass(frozen=True)
+class Dotted:
+    """Set keys."""
+
+    name: str = opt("x", "a name", metavar="NAME", usage=True)
+    keys: tuple[tuple[str, str], ...] = dotted_flags("one key")
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["d", "a", "b", "--mode=none"], Rich("d", ("a", "b"), "none")),  # a choice stays text: "none", not None
+    (["d", "a", "--count", "3", "--dry", "--", "--fast", "-x", "--"], Rich("d", ("a",), None, 3, True,
+                                                                         ("--fast", "-x", "--"))),
+    (["--files=[a, b]", "d"], Rich("d", ("a", "b"))),
+])
+def test_variadic_choices_and_the_words_after_dashes(argv, expected):
+    assert parse(Rich, argv, "p") == expected
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["d"], "p: missing argument FILES (see p --help)"),
+    (["d", "a", "--mode=slow"], "--mode: expected one of none, fast, found 'slow'"),
+    (["d", "a", "--mode=fats"], "--mode: expected one of none, fast, found 'fats' (did you mean fast?)"),
+    (["d", "a", "--count=many"], "--count: expected a count, found 'many'"),
+])
+def test_rich_fields_refuse_in_one_line(argv, line):
+    with pytest.raises(InputError) as e:
+        parse(Rich, argv, "p")
+    assert e.value.one_line() == line
+
+
+def test_dotted_flags_are_kept_as_text_in_order():
+    args = parse(Dotted, ["--a.b=000", "--name", "n", "--c.d", "1e3", "--a.b=2"], "p")
+    assert args == Dotted("n", (("a.b", "000"), ("c.d", "1e3"), ("a.b", "2")))
+    with pytest.raises(InputError, match=r"^p: unknown flag --keys \(expected --name; see p --help\)"):
+        parse(Dotted, ["--keys=1"], "p")  # the collecting field is no flag of its own
+    with pytest.raises(InputError, match=r"^p: unexpected arguments after --: x$"):
+        parse(Dotted, ["--", "x"], "p")  # nothing collects the words after --
+    with pytest.raises(InputError, match=r"^p: --a.b expects a value"):
+        parse(Dotted, ["--a.b"], "p")
+
+
+def test_rich_help_is_generated_from_the_fields():
+    assert schema_help(Rich, "p").splitlines()[:14] == [
+        "usage: p DEST FILES... [--count=N] [--dry] [--flag=value ...] [-- OPTION ...]",
+        "",
+        "Send FILES somewhere.",
+        "",
+        "arguments:",
+        "  DEST  where to",
+        "  FILES...  what to send",
+        "  -- OPTION ...  options of the transport",
+        "",
+        "flags (--flag=value or --flag value; a boolean flag alone is true, --noflag false):",
+        "  --mode=MODE [none|fast]  how (default: the destination's own)",
+        "  --count=N  copies (default: 1)",
+        "  --dry=false  say what would be sent",
+    ]
+    assert schema_help(Dotted, "p").splitlines()[0] == "usage: p [--name=NAME] [--SECTION.KEY=VALUE ...]"
+    assert "  --SECTION.KEY=VALUE  one key" in schema_help(Dotted, "p").splitlines()
+
+
+def test_a_callable_epilog_is_called_only_for_the_help(capsys):
+    calls = []
+
+    def epilog() -> str:
+        calls.append(1)
+        return "late text"
+
+    assert run_schema(lambda **kw: 0, Dotted, ["--a.b=1"], "p", epilog=epilog) == 0 and calls == []
+    assert run_schema(lambda **kw: 0, Dotted, ["--help"], "p", epilog=epilog) == 0 and calls == [1]
+    assert capsys.readouterr().out.endswith("\nlate text\n")

@@ -102,10 +102,9 @@ def test_train_flags_of_a_run(tmp_path):
     ]
 
 
-def test_flags_read_back_to_the_same_config(tmp_path):
-    """The train CLI (Fire) turns the generated flags into exactly the config the sweep checked."""
-    from cifar_dist.presets import resolve
-
+def test_flags_read_back_to_the_same_config(tmp_path, monkeypatch):
+    """The train CLI (its one parse, then the config's own coercion and the model's option check) turns the
+    generated flags into exactly the config the sweep checked."""
     spec = write_spec(tmp_path, """\
 name: rt
 preset: seed002_tpsnet
@@ -118,15 +117,16 @@ grid:
     s = sweep.load_sweep(spec)
     captured = {}
 
-    def fake_run_cli(preset=None, config=None, resume="none", print_config=False, **overrides):
-        captured.update(preset=preset, resume=resume, cfg=resolve(preset, config, overrides))
+    def fake_train(cfg, resume):  # the trainer's work, after every flag was read and checked
+        captured.update(cfg=cfg, resume=resume)
         return 0
 
-    from cifar_dist.runner import run_command
+    monkeypatch.setattr("cifar_dist.engine.train", fake_train)
+    from cifar_dist.cli.train import main as train_main
 
-    assert run_command(fake_run_cli, s.train_flags(s.runs[0]), prog="t") == 0
+    assert train_main(s.train_flags(s.runs[0]), prog="t") == 0
     cfg = captured["cfg"]
-    assert captured["preset"] == "seed002_tpsnet" and captured["resume"] == "auto"
+    assert cfg.preset == "seed002_tpsnet" and captured["resume"] == "auto"
     assert cfg.model.options["blocks"] == (3, 3, 3) and cfg.optim.lr == 1e-6 and cfg.run.ema is True
     assert cfg.model.options["dropout"] == 0.25 and cfg.run.name == "c000-s0" and cfg.run.out_dir == "runs/rt"
 

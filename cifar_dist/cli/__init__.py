@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 
+from cifar_dist.cli.dispatch import dispatch, subcommands
 from cifar_dist.errors import EXIT_BAD_INPUT, EXIT_OK, did_you_mean
 from cifar_dist.resources import checkout_warning
-from cifar_dist.runner import run_command
+from cifar_dist.runner import run_schema
 
-USAGE = __doc__
+USAGE = __doc__  # the module's docstring is the top-level help; each command's own help comes from its schema
 
 
 def version() -> str:
@@ -42,8 +44,18 @@ def version() -> str:
         return __version__
 
 
-def models() -> int:
+@dataclass(frozen=True)
+class ModelsArgs:
     """Print the model zoo: name, parameters, MACs, receptive field, default input size."""
+
+
+@dataclass(frozen=True)
+class PresetsArgs:
+    """Print the presets (named recipes) with the first line of their docstrings."""
+
+
+def models() -> int:
+    """`cifar-dist models` (its options: `ModelsArgs`, none)."""
     from cifar_dist.models.info import print_models
 
     print_models()
@@ -51,7 +63,7 @@ def models() -> int:
 
 
 def presets() -> int:
-    """Print the presets with the first line of their docstrings."""
+    """`cifar-dist presets` (its options: `PresetsArgs`, none)."""
     from cifar_dist.presets import PRESETS
 
     for name, fn in sorted(PRESETS.items()):
@@ -59,8 +71,51 @@ def presets() -> int:
     return EXIT_OK
 
 
-COMMANDS = {"models": models, "presets": presets}
-NAMES = ("prepare", "train", "evaluate", "predict", "models", "presets", "sweep", "report")
+class Commands:
+    """The subcommands of `cifar-dist`, dispatched by Fire: each reads `argv` (the words after its name) once
+    against its own schema and returns the exit status."""
+
+    def __init__(self, argv: list[str]):
+        self.argv = argv
+
+    def prepare(self) -> int:  # the one conversion parser, shared with `python -m data_prep`
+        from data_prep.cli import main as prepare_main
+
+        return prepare_main(self.argv, prog="cifar-dist prepare")
+
+    def train(self) -> int:
+        from cifar_dist.cli.train import main as train_main
+
+        return train_main(self.argv, prog="cifar-dist train")
+
+    def evaluate(self) -> int:
+        from cifar_dist.cli.evaluate import EvaluateArgs, evaluate
+
+        return run_schema(evaluate, EvaluateArgs, self.argv, "cifar-dist evaluate")
+
+    def predict(self) -> int:
+        from cifar_dist.cli.evaluate import PredictArgs, predict
+
+        return run_schema(predict, PredictArgs, self.argv, "cifar-dist predict")
+
+    def models(self) -> int:
+        return run_schema(models, ModelsArgs, self.argv, "cifar-dist models")
+
+    def presets(self) -> int:
+        return run_schema(presets, PresetsArgs, self.argv, "cifar-dist presets")
+
+    def sweep(self) -> int:
+        from cifar_dist.cli.sweep import main as sweep_main
+
+        return sweep_main(self.argv)
+
+    def report(self) -> int:
+        from cifar_dist.cli.report import main as report_main
+
+        return report_main(self.argv)
+
+
+NAMES = subcommands(Commands)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,31 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     warning = None if "SLURM_JOB_ID" in os.environ else checkout_warning()  # jobs: the submit side said it
     if warning:
         print(warning, file=sys.stderr)
-    if cmd == "prepare":  # the one conversion parser, shared with `python -m data_prep`
-        from data_prep.cli import main as prepare_main
-
-        return prepare_main(rest, prog="cifar-dist prepare")
-    if cmd == "train":
-        from cifar_dist.cli.train import main as train_main
-
-        return train_main(rest, prog="cifar-dist train")
-    if cmd == "sweep":
-        from cifar_dist.cli.sweep import main as sweep_main
-
-        return sweep_main(rest)
-    if cmd in ("evaluate", "predict"):
-        from cifar_dist.cli import evaluate
-
-        return run_command(getattr(evaluate, cmd), rest, f"cifar-dist {cmd}")
-    if cmd == "report":
-        from cifar_dist.cli.report import main as report_main
-
-        return report_main(rest)
-    if cmd not in COMMANDS:
+    if cmd not in NAMES:
         print(f"error: unknown command {cmd!r}{did_you_mean(cmd, NAMES)}; expected one of {', '.join(NAMES)} "
               f"(see cifar-dist --help)", file=sys.stderr)
         return EXIT_BAD_INPUT
-    return run_command(COMMANDS[cmd], rest, f"cifar-dist {cmd}")
+    return dispatch(Commands(rest), cmd, "cifar-dist")
 
 
 if __name__ == "__main__":

@@ -1,27 +1,59 @@
-"""`cifar-dist evaluate RUN_DIR` and `cifar-dist predict RUN_DIR IMAGES...` (the work: cifar_dist.engine.trained)."""
+"""`cifar-dist evaluate RUN_DIR` and `cifar-dist predict RUN_DIR IMAGES...`: their options (`EvaluateArgs`,
+`PredictArgs`, parsed once by `cifar_dist.runner.run_schema`) and what they print (the work:
+cifar_dist.engine.trained)."""
 
 from __future__ import annotations
 
 import json as jsonlib
+from dataclasses import dataclass
 from pathlib import Path
 
+from cifar_dist.config import CHOICES, WEIGHTS
 from cifar_dist.errors import EXIT_OK
+from cifar_dist.schema import opt
+
+_WEIGHTS_HELP = "which weights: auto = the best validation epoch's when the run kept them, else the last epoch's"
+
+
+@dataclass(frozen=True)
+class _Run:
+    run_dir: str = opt(help="a run directory (runs/<name>) with its config.yaml and checkpoints/")
+
+
+@dataclass(frozen=True)
+class EvaluateArgs(_Run):
+    """Test accuracy of a trained run, overall and per class.
+
+    Loads the run's config.yaml and its weights, evaluates them on the run's test images and prints the
+    accuracy next to the one the run recorded in result.json for the same weights.
+    """
+
+    data: str | None = opt(None, "folder with the dataset's .beton files (default: the run's data.dir)", metavar="DIR")
+    tta: str | None = opt(None, "test-time augmentation (default: the run's own)", metavar="MODE",
+                          choices=CHOICES["run.tta"])
+    weights: str = opt("auto", _WEIGHTS_HELP, metavar="WHICH", choices=WEIGHTS)
+    limit_test: int | None = opt(None, "evaluate N class-balanced test images; 0 = the whole test file "
+                                       "(default: the run's)", metavar="N")
+    json: bool = opt(False, "print one JSON object instead of the table")
+
+
+@dataclass(frozen=True)
+class PredictArgs(_Run):
+    """The most likely classes of image files (PNG, JPEG, anything PIL reads) under a trained run's weights.
+
+    Each image is read as RGB, resized to 32x32 when it has another size (bicubic), and normalised as the
+    run's test images were. One line per image: its path, then the top classes with their probabilities.
+    """
+
+    images: tuple[str, ...] = opt(help="one or more image files")
+    top: int = opt(3, "how many classes to print per image", metavar="K")
+    weights: str = opt("auto", _WEIGHTS_HELP, metavar="WHICH", choices=WEIGHTS)
+    json: bool = opt(False, "one JSON object per image instead")
 
 
 def evaluate(run_dir: str, *, data: str | None = None, tta: str | None = None, weights: str = "auto",
              limit_test: int | None = None, json: bool = False) -> int:
-    """Test accuracy of a trained run, overall and per class.
-
-    Loads the run's config.yaml and its weights (--weights=auto: the best validation epoch's when the run
-    kept them, else the last epoch's), evaluates them on the run's test images and prints the accuracy next
-    to the one the run recorded in result.json for the same weights.
-
-      --data=DIR         folder with the dataset's .beton files (default: the run's data.dir)
-      --tta=MODE         none, flip, flip_translate or flip_diag (default: the run's own)
-      --weights=WHICH    auto, best or last
-      --limit_test=N     evaluate N class-balanced test images; 0 = the whole test file (default: the run's)
-      --json=true        print one JSON object instead of the table
-    """
+    """Print the test accuracy of `run_dir`'s weights, overall and per class (the options: `EvaluateArgs`)."""
     from cifar_dist.engine.trained import evaluate_run, open_run
 
     run = open_run(Path(run_dir), weights, data)
@@ -49,20 +81,10 @@ def _was(value) -> str:
     return f"; the run recorded {value:.2f}%" if isinstance(value, (int, float)) else ""
 
 
-def predict(run_dir: str, *images: str, top: int = 3, weights: str = "auto", json: bool = False) -> int:
-    """The most likely classes of image files (PNG, JPEG, anything PIL reads) under a trained run's weights.
-
-    Each image is read as RGB, resized to 32x32 when it has another size (bicubic), and normalised as the
-    run's test images were. One line per image: its path, then the top classes with their probabilities.
-
-      --top=K            how many classes to print per image
-      --weights=WHICH    auto (the best validation epoch's weights when kept, else the last), best or last
-      --json=true        one JSON object per image instead
-    """
+def predict(run_dir: str, images: tuple[str, ...], *, top: int = 3, weights: str = "auto", json: bool = False) -> int:
+    """Print the top classes of each of `images` under `run_dir`'s weights (the options: `PredictArgs`)."""
     from cifar_dist.engine.trained import RunError, open_run, predict_images
 
-    if not images:
-        raise RunError("cifar-dist predict: expected at least one image file after RUN_DIR")
     paths = [Path(p) for p in images]
     for p in paths:
         if not p.is_file():

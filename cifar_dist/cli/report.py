@@ -1,28 +1,35 @@
-"""`cifar-dist report PATH [--out=DIR] [--metric=NAME]`: the flags of the report command.
+"""`cifar-dist report PATH [--out=DIR] [--metric=NAME]`: the options of the report command (`ReportArgs`).
 
-Run by the strict runner (`cifar_dist.runner.run_command`): every flag is checked before anything
+Parsed once by the strict runner (`cifar_dist.runner.run_schema`): every flag is checked before anything
 is read; input the report cannot use is one `error:` line and exit status 2, with nothing written.
 """
 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 
 from cifar_dist import report as reports
 from cifar_dist.errors import EXIT_OK
-from cifar_dist.runner import run_command, signature_help
+from cifar_dist.runner import run_schema
+from cifar_dist.schema import opt
 
 PROG = "cifar-dist report"
 
 
-def report(path: str, *, out: str | None = None, metric: str | None = None) -> int:
-    """write report.md, results.csv and report_plots/ for a sweep directory (runs/<sweep>) or one run.
+@dataclass(frozen=True)
+class ReportArgs:
+    """Write report.md, results.csv and report_plots/ for a sweep directory (runs/<sweep>) or one run."""
 
-    --out: output directory (default: PATH). --metric: the sort key, one of the metrics of results.csv
-    (default: best_val_acc if present, else final_test_acc).
-    """
-    built = reports.build_report(str(path), None if out is None else str(out),
-                                 None if metric is None else str(metric))
+    path: str = opt(help="a sweep directory (runs/<sweep>) or one run directory")
+    out: str | None = opt(None, "output directory (default: PATH)", metavar="DIR")
+    metric: str | None = opt(None, "the sort key, a metric of results.csv (default: best_val_acc if present, "
+                                   "else final_test_acc)", metavar="NAME", choices=tuple(reports.METRICS))
+
+
+def report(path: str, *, out: str | None = None, metric: str | None = None) -> int:
+    """Build the report of `path`, print its summary and write its files (the options: `ReportArgs`)."""
+    built = reports.build_report(path, out, metric)
     print(built.summary)
     written = reports.write_report(built)
     print(f"wrote {built.out_dir / 'report.md'}, {built.out_dir / 'results.csv'} and {len(written) - 2} plots "
@@ -30,16 +37,15 @@ def report(path: str, *, out: str | None = None, metric: str | None = None) -> i
     return EXIT_OK
 
 
-def usage() -> str:
-    """`cifar-dist report --help`: the flags, the metrics, then how runs are read and what is written."""
-    return (signature_help(report, PROG) + f"\nmetrics: {', '.join(reports.METRICS)}\n\n"
-            + (reports.__doc__ or ""))
+def epilog() -> str:
+    """After the flags of `cifar-dist report --help`: the metrics, then how runs are read and what is written."""
+    return f"metrics: {', '.join(reports.METRICS)}\n\n{reports.__doc__ or ''}"
 
 
 def main(argv: list[str] | None = None) -> int:
     """`cifar-dist report PATH [--out DIR] [--metric NAME]`; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    return run_command(report, argv, PROG, help_text=usage)
+    return run_schema(report, ReportArgs, argv, PROG, epilog=epilog)
 
 
 if __name__ == "__main__":

@@ -1,39 +1,128 @@
-"""`cifar-dist sweep plan|submit|status|preempt|run|resolve|worker GRID ...`: the flags of the sweep commands.
+"""`cifar-dist sweep plan|submit|status|preempt|run|resolve|worker GRID ...`: the sweep commands.
 
-Each subcommand is a function with typed keyword arguments, run by the strict runner
-(`cifar_dist.runner.run_command`): every flag is checked before anything is read or written.
+Each subcommand's options are one dataclass (`PlanArgs`, `SubmitArgs`, ...), read once by the strict runner
+(`cifar_dist.runner.run_schema`): every flag is checked before anything is read or written, and its
+`--help` is generated from the fields. Fire dispatches the subcommand (`Sweep`, `cifar_dist.cli.dispatch`).
 `submit GRID -- SBATCH_OPTION ...` passes everything after `--` to sbatch unchanged.
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
 import os
 import sys
+from dataclasses import dataclass
 
 from cifar_dist import sweep as sweeps
+from cifar_dist.cli.dispatch import dispatch, subcommands
 from cifar_dist.errors import EXIT_BAD_INPUT, EXIT_OK, InputError, did_you_mean
-from cifar_dist.runner import FlagError, run_command
+from cifar_dist.runner import FlagError, run_schema
+from cifar_dist.schema import after_dashes, opt
 
 PROG = "cifar-dist sweep"
+POSITIVE = "a positive integer"
+PROCS_HELP = ("training processes per run (2+ = accelerate launch, launch/cpu.yaml); default $CIFAR_DIST_CPU_PROCS "
+              "or 1")
 
 
-def _count(flag: str, value: object) -> int | None:
+@dataclass(frozen=True)
+class _Grid:
+    grid: str = opt(help="the sweep spec (YAML), e.g. slurm/grids/seed001_grid.yaml")
+
+
+@dataclass(frozen=True)
+class PlanArgs(_Grid):
+    """print the numbered cells, parameter counts and the sbatch command; submit nothing.
+
+    Writes <out_dir>/<name>/sweep.json.
+    """
+
+    parallel: int | None = opt(None, "array tasks at once (default: the spec's parallel)", metavar="P",
+                               expected=POSITIVE)
+
+
+@dataclass(frozen=True)
+class SubmitArgs(_Grid):
+    """sbatch the unfinished runs as a job array; sbatch options may follow a --.
+
+    e.g. `cifar-dist sweep submit GRID -- --partition=gpu --wait`. Runs that are finished (result.json)
+    or already in squeue are left out.
+    """
+
+    parallel: int | None = opt(None, "array tasks at once (default: the spec's parallel)", metavar="P",
+                               expected=POSITIVE)
+    dry_run: bool = opt(False, "print the sbatch command, do not submit (also --dry-run)")
+    sbatch: tuple[str, ...] = after_dashes("options passed to sbatch unchanged", "SBATCH_OPTION")
+
+
+@dataclass(frozen=True)
+class StatusArgs(_Grid):
+    """show every run as pending / running / done / failed with its metric.
+
+    The metric is the one `cifar-dist report` ranks by: a finished run's best validation accuracy (and its
+    epoch) when the sweep has a validation split, else its final test accuracy; a running run's last
+    validation (else test) accuracy.
+    """
+
+    json: bool = opt(False, "machine-readable output")
+
+
+@dataclass(frozen=True)
+class PreemptArgs(_Grid):
+    """stop a running array task by hand: it saves a checkpoint, requeues and resumes later.
+
+    Runs `scontrol requeue <array job>_<TASK>`, which works on arrays with pending tasks (a %N limit) and
+    returns at once; SLURM sends the task SIGTERM, the trainer checkpoints and the task goes back to the queue.
+    """
+
+    task: int = opt(help="the array index (a search's worker number), as `sweep status` shows it",
+                    expected="an array index (an integer >= 0)")
+
+
+@dataclass(frozen=True)
+class RunArgs(_Grid):
+    """run the sweep on this machine, as subprocesses (same skip/resume rules as on SLURM).
+
+    A SLURM cluster gets the sweep through `cifar-dist sweep submit`. Each run's done line gives its test
+    accuracy (and its best validation accuracy when there is a split).
+    """
+
+    local: bool = opt(True, "always true: `sweep run` trains on this machine (--local changes nothing)")
+    parallel: int = opt(1, "runs at once", expected=POSITIVE)
+    procs: int | None = opt(None, PROCS_HELP, metavar="N", expected=POSITIVE)
+
+
+@dataclass(frozen=True)
+class ResolveArgs(_Grid):
+    """print the train flags of one array index (used by slurm/sweep.sh)."""
+
+    index: int = opt(help="array index = cell position x len(seeds) + seed position")
+    shell: bool = opt(False, "bash assignments run_name, run_dir, cell, seed, finished, sweep_dir, train_args=(...)")
+
+
+@dataclass(frozen=True)
+class WorkerArgs(_Grid):
+    """run one search worker: claim trials of the study and train them until none is left.
+
+    For `search:` specs; slurm/sweep.sh and `sweep run` start it. $CIFAR_DIST_LAUNCH, when set, is the
+    trainer launcher (shell words) that replaces `python -m cifar_dist.train`.
+    Exit status: 0 no trial left, 3 stopped by a signal (its trial checkpointed), 1 repeated failures.
+    """
+
+    worker: str | None = opt(None, "this worker's id, stable across restarts so a restarted worker resumes its "
+                                   "own trial (default: <array job>_<task> in a SLURM array, else local-0)",
+                             metavar="ID")
+    procs: int | None = opt(None, "training processes per trial (as for `sweep run`)", metavar="N", expected=POSITIVE)
+
+
+def _count(flag: str, value: int | None) -> int | None:
     """A positive integer flag (None = not given); FlagError otherwise."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise FlagError(f"--{flag}: expected a positive integer, found {value!r}")
+    if value is not None and value < 1:
+        raise FlagError(f"--{flag}: expected {POSITIVE}, found {value!r}")
     return value
 
 
 def plan(grid: str, *, parallel: int | None = None) -> int:
-    """print the numbered cells, parameter counts and the sbatch command; submit nothing.
-
-    GRID is a sweep spec (YAML), e.g. slurm/grids/seed001_grid.yaml. --parallel: array tasks at once
-    (default: the spec's parallel). Writes <out_dir>/<name>/sweep.json.
-    """
+    """Write sweep.json and print the plan of `grid` (the options: `PlanArgs`)."""
     parallel = _count("parallel", parallel)
     sweep = sweeps.load_sweep(grid)
     sweeps.write_sweep_json(sweep)
@@ -43,13 +132,7 @@ def plan(grid: str, *, parallel: int | None = None) -> int:
 
 
 def submit(grid: str, *, parallel: int | None = None, dry_run: bool = False, sbatch: tuple[str, ...] = ()) -> int:
-    """sbatch the unfinished runs as a job array; sbatch options may follow a --.
-
-    cifar-dist sweep submit GRID [--parallel=P] [--dry-run] [-- SBATCH_OPTION ...],
-    e.g. `cifar-dist sweep submit GRID -- --partition=gpu --wait`. Runs that are finished (result.json)
-    or already in squeue are left out. --parallel: array tasks at once (default: the spec's parallel);
-    --dry-run: print the sbatch command, do not submit.
-    """
+    """sbatch the unfinished runs of `grid`, `sbatch` passed on; the exit status (the options: `SubmitArgs`)."""
     parallel = _count("parallel", parallel)
     sweep = sweeps.load_sweep(grid)
     sweeps.write_sweep_json(sweep)
@@ -58,46 +141,26 @@ def submit(grid: str, *, parallel: int | None = None, dry_run: bool = False, sba
 
 
 def status(grid: str, *, json: bool = False) -> int:
-    """show every run as pending / running / done / failed with its metric.
-
-    The metric is the one `cifar-dist report` ranks by: a finished run's best validation accuracy (and its
-    epoch) when the sweep has a validation split, else its final test accuracy; a running run's last
-    validation (else test) accuracy.
-
-    --json: machine-readable output.
-    """
+    """Print the state of every run of `grid` (the options: `StatusArgs`)."""
     sweep = sweeps.load_sweep(grid, count=False)
     sys.stdout.write(sweeps.status_text(sweep, sweeps.squeue_tasks(sweep.spec.name), as_json=json))
     return EXIT_OK
 
 
 def preempt(grid: str, task: int) -> int:
-    """stop a running array task by hand: it saves a checkpoint, requeues and resumes later.
-
-    TASK: the array index (a search's worker number), as `sweep status` shows it. Runs `scontrol requeue
-    <array job>_<TASK>`, which works on arrays with pending tasks (a %N limit) and returns at once; SLURM
-    sends the task SIGTERM, the trainer checkpoints and the task goes back to the queue.
-    """
-    if isinstance(task, bool) or not isinstance(task, int) or task < 0:
+    """Requeue array task `task` of `grid` (the options: `PreemptArgs`)."""
+    if task < 0:
         raise FlagError(f"TASK: expected an array index (an integer >= 0), found {task!r}")
     return sweeps.preempt(sweeps.load_sweep(grid, count=False), task)
 
 
 def run(grid: str, *, local: bool = True, parallel: int = 1, procs: int | None = None) -> int:
-    """run the sweep on this machine, as subprocesses (same skip/resume rules as on SLURM).
-
-    Always local (`--local` may be given and changes nothing); a SLURM cluster gets the sweep through
-    `cifar-dist sweep submit`. --parallel: runs at once (default 1). --procs: training processes per run
-    (2+ = accelerate launch, launch/cpu.yaml); default $CIFAR_DIST_CPU_PROCS or 1. Each run's done line
-    gives its test accuracy (and its best validation accuracy when there is a split).
-    """
+    """Train the unfinished runs of `grid` here; the exit status (the options: `RunArgs`)."""
     if not local:
         raise FlagError("sweep run: --local=false: `sweep run` trains on this machine; on a SLURM cluster use "
                         "`cifar-dist sweep submit GRID`")
     parallel = _count("parallel", parallel) or 1
-    if procs is None:
-        procs = _env_procs()
-    procs = _count("procs", procs)
+    procs = _count("procs", _env_procs() if procs is None else procs)
     sweep = sweeps.load_sweep(grid)
     sweeps.lock_sweep(sweep.dir)  # one local runner per sweep folder (exit 2 for a second), before any write
     sweeps.write_sweep_json(sweep)
@@ -115,26 +178,13 @@ def _env_procs() -> int:
 
 
 def resolve(grid: str, index: int, *, shell: bool = False) -> int:
-    """print the train flags of one array index (used by slurm/sweep.sh).
-
-    INDEX: array index = cell position x len(seeds) + seed position. --shell: bash assignments
-    run_name, run_dir, cell, seed, finished, sweep_dir, train_args=(...).
-    """
-    if isinstance(index, bool) or not isinstance(index, int):
-        raise FlagError(f"INDEX: expected an integer, found {index!r}")
+    """Print the train flags of array index `index` of `grid` (the options: `ResolveArgs`)."""
     sys.stdout.write(sweeps.resolve_task(grid, index, shell=shell))
     return EXIT_OK
 
 
 def worker(grid: str, *, worker: str | None = None, procs: int | None = None) -> int:
-    """run one search worker: claim trials of the study and train them until none is left.
-
-    For `search:` specs; slurm/sweep.sh and `sweep run --local` start it. --worker: this worker's id, stable
-    across restarts so a restarted worker resumes its own trial (default: <array job>_<task> in a SLURM
-    array, else local-0). --procs: training processes per trial (as for `sweep run`). $CIFAR_DIST_LAUNCH, when
-    set, is the trainer launcher (shell words) that replaces `python -m cifar_dist.train`.
-    Exit status: 0 no trial left, 3 stopped by a signal (its trial checkpointed), 1 repeated failures.
-    """
+    """Run one search worker of `grid`; the exit status (the options: `WorkerArgs`)."""
     procs = _count("procs", _env_procs() if procs is None else procs)
     if worker is None:
         env = os.environ
@@ -142,8 +192,7 @@ def worker(grid: str, *, worker: str | None = None, procs: int | None = None) ->
             worker = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
         else:
             worker = f"job{env['SLURM_JOB_ID']}" if "SLURM_JOB_ID" in env else "local-0"
-    if not isinstance(worker, str) or not worker or any(c.isspace() or c == "/" for c in worker):
-        # text only (the strict runner keeps str flags as text, so 12_3 stays 12_3)
+    if not worker or any(c.isspace() or c == "/" for c in worker):  # a str field: 12_3 stays the text 12_3
         raise FlagError(f"--worker: expected an id without spaces or /, found {worker!r}")
     sweep = sweeps.load_sweep(grid, count=False)
     if sweep.spec.search is None:
@@ -151,23 +200,50 @@ def worker(grid: str, *, worker: str | None = None, procs: int | None = None) ->
     return sweeps.run_worker(sweep, worker, procs)
 
 
-COMMANDS = {"plan": plan, "submit": submit, "status": status, "preempt": preempt, "run": run, "resolve": resolve, "worker": worker}
+SCHEMAS = {"plan": PlanArgs, "submit": SubmitArgs, "status": StatusArgs, "preempt": PreemptArgs, "run": RunArgs,
+           "resolve": ResolveArgs, "worker": WorkerArgs}
+
+
+class Sweep:
+    """The subcommands of `cifar-dist sweep`, dispatched by Fire: each reads `argv` (the words after its
+    name) once against its schema (`SCHEMAS`) and returns the exit status."""
+
+    def __init__(self, argv: list[str]):
+        self.argv = argv
+
+    def plan(self) -> int:
+        return self._run(plan)
+
+    def submit(self) -> int:
+        return self._run(submit)
+
+    def status(self) -> int:
+        return self._run(status)
+
+    def preempt(self) -> int:
+        return self._run(preempt)
+
+    def run(self) -> int:
+        return self._run(run)
+
+    def resolve(self) -> int:
+        return self._run(resolve)
+
+    def worker(self) -> int:
+        return self._run(worker)
+
+    def _run(self, fn) -> int:
+        return run_schema(fn, SCHEMAS[fn.__name__], self.argv, f"{PROG} {fn.__name__}")
+
+
+COMMANDS = subcommands(Sweep)
 
 
 def usage() -> str:
     """`cifar-dist sweep --help`: the commands, then the spec format and rules."""
     lines = [f"usage: {PROG} {{{','.join(COMMANDS)}}} GRID [...]   ({PROG} COMMAND --help for its flags)", ""]
-    lines += [f"  {name:8s} {inspect.getdoc(fn).splitlines()[0]}" for name, fn in COMMANDS.items()]
+    lines += [f"  {name:8s} {(SCHEMAS[name].__doc__ or '').strip().splitlines()[0]}" for name in COMMANDS]
     return "\n".join(lines) + "\n\n" + (sweeps.__doc__ or "")
-
-
-def _with_sbatch(extra: list[str]):
-    """`submit` with the options after `--` bound; its flags are the others (no --sbatch flag)."""
-    fn = functools.partial(submit, sbatch=tuple(extra))
-    sig = inspect.signature(submit)
-    fn.__signature__ = sig.replace(parameters=[p for p in sig.parameters.values() if p.name != "sbatch"])
-    fn.__doc__ = submit.__doc__
-    return fn
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,15 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {PROG}: expected a command ({', '.join(COMMANDS)}), found {found}{hint} (see {PROG} --help)",
               file=sys.stderr)
         return EXIT_BAD_INPUT
-    cmd, rest = argv[0], argv[1:]
-    extra: list[str] = []
-    if "--" in rest:  # everything after -- goes to sbatch
-        rest, extra = rest[:rest.index("--")], rest[rest.index("--") + 1:]
-        if cmd != "submit":
-            print(f"error: sweep {cmd}: unexpected arguments after --: {' '.join(extra)}", file=sys.stderr)
-            return EXIT_BAD_INPUT
-    fn = _with_sbatch(extra) if cmd == "submit" else COMMANDS[cmd]
-    return run_command(fn, rest, f"{PROG} {cmd}")
+    return dispatch(Sweep(argv[1:]), argv[0], PROG)
 
 
 if __name__ == "__main__":

@@ -1,49 +1,72 @@
-"""Train one configuration with DDP and mixed precision through HuggingFace Accelerate.
+"""`python -m cifar_dist.train` and `cifar-dist train`: the trainer's options (`TrainArgs`, whose docstring is
+the first part of `--help`: the commands for a CPU, one GPU, several GPUs and several nodes) and `run_cli`.
 
-One code path for every machine; the hardware lives in launch/*.yaml:
-
-    # CPU, one process (tests, laptops)
-    python -m cifar_dist.train --preset=smoke --data.dir=data
-    # CPU, two processes (real gloo DDP)
-    accelerate launch --config_file launch/cpu.yaml -m cifar_dist.train --preset=smoke
-    # one GPU, bf16
-    accelerate launch --config_file launch/1gpu.yaml -m cifar_dist.train --preset=seed002_tpsnet
-    # 8 GPUs on one node
-    accelerate launch --config_file launch/multi_gpu.yaml -m cifar_dist.train --preset=fast
-    # several nodes (SLURM supplies rank and main address): sbatch slurm/train.sh --preset=...
-
-Flags: --preset=NAME, --config=run.yaml, --section.key=value (e.g. --optim.lr=0.2), in that
-precedence; --print_config prints the resolved config and exits; --resume=auto continues from
-runs/<name>/checkpoints/last if the config is the same except for the keys that may change on resume
-(listed below); --resume=force resumes whatever changed; --resume=none (the default) starts afresh
-and refuses a run directory that holds another run (one run, one folder). One run per run directory
-at a time (an OS lock). Exit status: 0 done, 2 bad input (also a run directory in use or holding
-another run, a checkpoint that does not load, a full disk), 3 stopped by SIGTERM, SIGUSR1 or SIGINT
-(Ctrl-C) after saving a checkpoint, 4 stopped on a non-finite loss (the last good checkpoint is kept).
+The command line is read once (`cifar_dist.runner.run_schema`): the trainer's own flags are `TrainArgs`
+fields, every `--section.key=value` flag is kept as text and read once by the config's own override
+machinery (`cifar_dist.presets.resolve` -> `cifar_dist.overrides`), which knows each key's type and
+choices. Keys, types, choices, presets and --resume are checked before torch is imported.
 """
 
 from __future__ import annotations
 
 import sys
-from dataclasses import fields, is_dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, is_dataclass, replace
 from pathlib import Path
 
-from cifar_dist.config import RESUME_MODES, ConfigError, dump_yaml
+from cifar_dist.config import RESUME_MODES, dump_yaml
 from cifar_dist.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, InputError
-from cifar_dist.runner import run_command
-from cifar_dist.schema import help_lines
+from cifar_dist.runner import run_schema
+from cifar_dist.schema import dotted_flags, help_lines, opt
+
+
+@dataclass(frozen=True)
+class TrainArgs:
+    """Train one configuration with DDP and mixed precision through HuggingFace Accelerate.
+
+    One code path for every machine; the hardware lives in launch/*.yaml:
+
+        # CPU, one process (tests, laptops)
+        python -m cifar_dist.train --preset=smoke --data.dir=data
+        # CPU, two processes (real gloo DDP)
+        accelerate launch --config_file launch/cpu.yaml -m cifar_dist.train --preset=smoke
+        # one GPU, bf16
+        accelerate launch --config_file launch/1gpu.yaml -m cifar_dist.train --preset=seed002_tpsnet
+        # 8 GPUs on one node
+        accelerate launch --config_file launch/multi_gpu.yaml -m cifar_dist.train --preset=fast
+        # several nodes (SLURM supplies rank and main address): sbatch slurm/train.sh --preset=...
+
+    Precedence: defaults < --preset < --config < --SECTION.KEY=VALUE flags. One run per run directory at a
+    time (an OS lock).
+    """
+
+    preset: str | None = opt(None, "a named recipe (listed under Presets below)", metavar="NAME", usage=True)
+    config: str | None = opt(None, "a YAML file of config sections (data:, optim:, ...; preset: allowed) applied "
+                                   "over the preset", metavar="FILE.yaml", usage=True)
+    overrides: tuple[tuple[str, str], ...] = dotted_flags("one config key (listed under Options below), e.g. "
+                                                          "--optim.lr=0.2 or --model.<option>=value")
+    resume: str = opt("none", "auto: continue from runs/<name>/checkpoints/last if the config is the same except "
+                              "for the keys that may change on resume (listed below); force: resume whatever "
+                              "changed; none: start afresh and refuse a run directory that holds another run "
+                              "(one run, one folder)", metavar="MODE", choices=RESUME_MODES, usage=True)
+    print_config: bool = opt(False, "print the resolved config (YAML) and exit", usage=True)
+
+
+EXIT_STATUSES = """\
+Exit status: 0 done, 2 bad input (also a run directory in use or holding another run, a checkpoint that does
+not load, a full disk), 3 stopped by SIGTERM, SIGUSR1 or SIGINT (Ctrl-C) after saving a checkpoint, 4 stopped
+on a non-finite loss (the last good checkpoint is kept)."""
 
 
 def run_cli(*, preset: str | None = None, config: str | None = None, resume: str = "none", print_config: bool = False,
-            **overrides) -> int:
-    """Resolve the config from flags and train (or print the config); input errors raise InputError."""
+            overrides: Sequence[tuple[str, str]] = ()) -> int:
+    """Resolve the config from the flags (`overrides`: (key, text) pairs) and train, or print the config;
+    input errors raise InputError."""
     from cifar_dist.presets import resolve
 
-    # Before torch is imported (seconds): the resume mode, presets, keys, types and choices. Model options
-    # need the model registry, which imports torch.
-    if str(resume) not in RESUME_MODES:  # before anything runs or is written
-        raise ConfigError(f"--resume: expected one of {', '.join(RESUME_MODES)}, found {resume!r}")
-    cfg = resolve(preset, config, overrides)
+    # Before torch is imported (seconds): presets, keys, types and choices. Model options need the model
+    # registry, which imports torch.
+    cfg = resolve(preset, config, dict(overrides))
 
     from cifar_dist.engine import train
     from cifar_dist.engine.rundir import end_run
@@ -56,7 +79,7 @@ def run_cli(*, preset: str | None = None, config: str | None = None, resume: str
     run_dir = Path(cfg.run.out_dir) / cfg.run.name
     status = EXIT_FAILED  # a crash (an exception other than bad input) is recorded as 1, "failed"
     try:
-        status = train(cfg, resume=str(resume))
+        status = train(cfg, resume=resume)
         return status
     except InputError:
         status = EXIT_BAD_INPUT
@@ -83,18 +106,18 @@ def config_help() -> str:
 
 
 def train_help() -> str:
+    """After the flags of `train --help`: the keys a resume may change, the presets, every config key and
+    every model option (imports the model registry, hence torch: only for the help)."""
     from cifar_dist.engine.rundir import MAY_CHANGE_ON_RESUME
     from cifar_dist.models import options_help
     from cifar_dist.presets import list_presets
 
-    return (f"{__doc__}\nKeys that may change on resume: {', '.join(MAY_CHANGE_ON_RESUME)}.\n"
+    return (f"Keys that may change on resume: {', '.join(MAY_CHANGE_ON_RESUME)}.\n"
             f"\nPresets: {', '.join(list_presets())}\n\nOptions (defaults before any preset):\n"
-            f"{config_help()}\n\n{options_help()}\n")
+            f"{config_help()}\n\n{options_help()}\n\n{EXIT_STATUSES}\n")
 
 
 def main(argv: list[str] | None = None, prog: str = "cifar_dist.train") -> int:
-    """`python -m cifar_dist.train` and `cifar-dist train`: check every flag, then train."""
+    """`python -m cifar_dist.train` and `cifar-dist train`: read the flags once (`TrainArgs`), then train."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    usage = (f"usage: {prog} [--preset=NAME] [--config=FILE.yaml] [--SECTION.KEY=VALUE ...] [--resume=auto] "
-             f"[--print_config]\n\n")
-    return run_command(run_cli, argv, prog, help_text=lambda: usage + train_help())
+    return run_schema(run_cli, TrainArgs, argv, prog, epilog=train_help)

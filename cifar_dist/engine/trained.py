@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cifar_dist.config import Config, ConfigError
+from cifar_dist.config import WEIGHTS, Config, ConfigError
 from cifar_dist.data import FFCVLoader, Normalize, Order, Split, TensorLoader, read_images
 from cifar_dist.dataset import Dataset, open_dataset
 from cifar_dist.engine import checkpoint as ckpt
@@ -29,7 +29,6 @@ from cifar_dist.engine.evaluate import evaluate
 from cifar_dist.errors import InputError
 from cifar_dist.run_dir import RunDir
 
-WEIGHTS = ("auto", "best", "last")
 IMAGE_SIDE = 32  # the stored image size of every .beton `cifar-dist prepare` writes
 
 

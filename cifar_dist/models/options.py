@@ -13,6 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 import torch
+import yaml
 from torch import nn
 
 from cifar_dist.config import ConfigError, ModelConfig, ModelOptions
@@ -43,10 +44,22 @@ def check_options(m: ModelConfig) -> ModelConfig:
         if name in types:
             checked[name] = coerce_value(key, types[name], value)
         elif is_timm:
-            checked[name] = value
+            checked[name] = _literal(value)
         else:
             raise ConfigError(f"{key}: not an option of {m.name}; its options: {', '.join(types) or 'none'}")
     return replace(m, options=ModelOptions(checked))
+
+
+def _literal(value: Any) -> Any:
+    """A timm keyword's value as a command line gives it (text) read as a YAML literal: "0.1" -> 0.1,
+    "[1, 2]" -> (1, 2), "true" -> True; any other value, and text that is no literal, as it is."""
+    if not isinstance(value, str):
+        return value
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+    return tuple(parsed) if isinstance(parsed, list) else parsed if isinstance(parsed, (bool, int, float)) else value
 
 
 def build_model(m: ModelConfig, num_classes: int) -> nn.Module:

@@ -74,7 +74,7 @@ class Sweep:
 
 
 def flag_value(v: Any) -> str:
-    """A value as the train CLI reads it back (Fire literals; lists without spaces)."""
+    """A value as the train CLI reads it back (each read once by its config field's coercion; lists without spaces)."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if v is None:
