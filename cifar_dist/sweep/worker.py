@@ -116,12 +116,16 @@ class Worker:
                 trial.report(float(value), row["epoch"])
         return rows
 
+    def trial_flags(self, c: Claim, stop_after: int) -> list[str]:
+        """The trainer flags of one segment of trial `c` (`plan.train_flags`, the one flag builder)."""
+        preset = c.overrides.get("preset", self.sweep.spec.preset)
+        return train_flags(self.sweep, c.dir.name, self.sweep.spec.seeds[0], c.overrides, preset, stop_after)
+
     def segment(self, c: Claim, target: int) -> int | None:
         """Train the trial up to epoch `target` (its end when target is max); the exit status, or None when
         the lease was taken by another worker."""
         stop_after = 0 if target >= self.search.max_epochs else target
-        flags = train_flags(self.sweep, c.dir.name, self.sweep.spec.seeds[0], c.overrides,
-                            c.overrides.get("preset", self.sweep.spec.preset), stop_after)
+        flags = self.trial_flags(c, stop_after)
         port = 29500 + (os.getpid() + c.number) % 20000
         cmd = [*self.launch, *flags] if self.launch else local_command(flags, self.procs, port)
         self.proc = start_trainer(cmd, self.sweep.dir / "logs" / f"{c.dir.name}.out", self.env,
