@@ -9,7 +9,6 @@ import fcntl
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from cifar_dist.files import atomic_write_json, atomic_write_text, pid_alive, re
 from cifar_dist.run_dir import RUNNER_FILE, RunDir
 from cifar_dist.sweep.backend import Queued, WorkerSlot, register_backend
 from cifar_dist.sweep.plan import Run, Sweep, describe
-from cifar_dist.sweep.trainer import local_command, start_trainer, trainer_env
+from cifar_dist.sweep.trainer import host, local_command, start_trainer, trainer_env
 
 _LOCKED: dict[str, int] = {}  # sweep folder -> its open, flock-ed descriptor (kept for the process' life)
 
@@ -51,13 +50,9 @@ def lock_sweep(sweep_dir: Path) -> None:
     atomic_write_json(sweep_dir / RUNNER_FILE, {"pid": os.getpid()}, indent=None)
 
 
-def _host() -> str:
-    return socket.gethostname().split(".")[0]
-
-
 def write_task(run: Run | WorkerSlot, state: str, exit_status: int | None, pid: int) -> None:
     """Record the outcome of an attempt in <run>/sweep_task.json (same fields as slurm/sweep.sh writes)."""
-    record = {"state": state, "exit": exit_status, "job": "local", "host": _host(), "pid": pid,
+    record = {"state": state, "exit": exit_status, "job": "local", "host": host(), "pid": pid,
               "time": int(time.time())}
     atomic_write_text(RunDir(run.dir).task, json.dumps(record) + "\n")
 
@@ -220,7 +215,7 @@ class LocalBackend:
         out = {}
         for run in runs:
             task = run.files.read_task()
-            if task.get("job") == "local" and task.get("host") == _host() and task.get("state") == "running":
+            if task.get("job") == "local" and task.get("host") == host() and task.get("state") == "running":
                 alive = pid_alive(task.get("pid"))
                 out[run.name] = Queued("running", "local") if alive else Queued(
                     "failed", "local runner gone before the run finished")

@@ -263,41 +263,29 @@ register_backend(SlurmBackend())
 
 def resolve_task(grid: str | Path, index: int, shell: bool = False) -> str:
     """The train flags of array index `index` (one line), or with `shell` the bash assignments sweep.sh
-    evaluates: run_name, run_dir, cell, seed, finished, sweep_dir, train_args=(...). Writes sweep.json if missing."""
+    evaluates: run_name, run_dir, cell, seed, finished, sweep_dir, train_args=(...). Writes sweep.json if missing.
+    A search's array task `index` is worker `index`: `sweep.sh` runs `cifar-dist sweep worker` (worker=1)."""
     spec = load_spec(grid)
     record = read_sweep_json(Path(spec.out_dir) / spec.name)
     sweep_file_ok = bool(record) and record.get("spec_sha256") == spec.sha256
     sweep = expand(spec, count=not sweep_file_ok)  # counts parameters only for constraints or a new sweep.json
-    if spec.search is not None:
-        return _resolve_worker(sweep, index, shell, write=not sweep_file_ok)
-    runs = sweep.runs
-    if not 0 <= index < len(runs):
-        raise SpecError(f"{spec.path}: array index: expected 0..{len(runs) - 1}, found {index}")
+    search, last = spec.search is not None, len(sweep.runs) - 1
+    if index < 0 or (not search and index > last):
+        expected = "a worker number >= 0" if search else f"0..{last}"
+        raise SpecError(f"{spec.path}: array index: expected {expected}, found {index}")
     if not sweep_file_ok:
         write_sweep_json(sweep)
-    run = runs[index]
-    flags = sweep.train_flags(run)
-    if not shell:
-        return shlex.join(flags) + "\n"
-    return "".join(f"{line}\n" for line in (
-        f"run_name={shlex.quote(run.name)}", f"run_dir={shlex.quote(str(run.dir))}", f"cell={run.cell.cell}",
-        f"seed={run.seed}", f"finished={int(run.files.is_finished)}", f"sweep_dir={shlex.quote(str(sweep.dir))}",
-        f"train_args=({shlex.join(flags)})"))
-
-
-def _resolve_worker(sweep: Sweep, index: int, shell: bool, write: bool) -> str:
-    """A search's array task `index` is worker `index`: `sweep.sh` runs `cifar-dist sweep worker` (worker=1)."""
-    if index < 0:
-        raise SpecError(f"{sweep.spec.path}: array index: expected a worker number >= 0, found {index}")
-    if write:
-        write_sweep_json(sweep)
-    args = ["sweep", "worker", str(sweep.spec.path)]
+    if search:
+        slot: Run | WorkerSlot = WorkerSlot(index, f"worker-{index}", sweep.dir / "workers" / str(index))
+        args, cell, seed, finished = ["sweep", "worker", str(spec.path)], "search", spec.seeds[0], search_finished(sweep)
+    else:
+        slot = run = sweep.runs[index]
+        args, cell, seed, finished = sweep.train_flags(run), run.cell.cell, run.seed, run.files.is_finished
     if not shell:
         return shlex.join(args) + "\n"
-    wdir = sweep.dir / "workers" / str(index)
     return "".join(f"{line}\n" for line in (
-        f"run_name=worker-{index}", f"run_dir={shlex.quote(str(wdir))}", "cell=search", f"seed={sweep.spec.seeds[0]}",
-        f"finished={int(search_finished(sweep))}", "worker=1", f"sweep_dir={shlex.quote(str(sweep.dir))}",
+        f"run_name={shlex.quote(slot.name)}", f"run_dir={shlex.quote(str(slot.dir))}", f"cell={cell}", f"seed={seed}",
+        f"finished={int(finished)}", *(["worker=1"] if search else []), f"sweep_dir={shlex.quote(str(sweep.dir))}",
         f"train_args=({shlex.join(args)})"))
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -43,14 +42,11 @@ from cifar_dist.sweep.backend import owner_of
 from cifar_dist.sweep.plan import Sweep
 from cifar_dist.sweep.search import bracket_of, suggest
 from cifar_dist.sweep.spec import Search
+from cifar_dist.sweep.trainer import host
 
 CLAIMS = "claims"  # <sweep>/claims.lock guards claims and lease renewals
 MAX_TAKEOVERS = 2  # a trial whose worker died more often than this is marked failed
 STALE_BEATS = 3  # a lease is stale after this many missed heartbeats
-
-
-def host() -> str:
-    return socket.gethostname().split(".")[0]
 
 
 def study_path(sweep: Sweep) -> Path:

@@ -1,14 +1,21 @@
-"""Starting a trainer as a subprocess: the one way the local runner and a search worker start theirs."""
+"""Starting a trainer as a subprocess: the one way the local runner and a search worker start theirs; and
+the host name their records carry."""
 
 from __future__ import annotations
 
 import os
 import shlex
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 from cifar_dist.resources import root
+
+
+def host() -> str:
+    """This machine's short name, as sweep_task.json and a trial's lease record it."""
+    return socket.gethostname().split(".")[0]
 
 
 def trainer_env(drop: tuple[str, ...] = ()) -> dict[str, str]:

@@ -31,8 +31,8 @@ from cifar_dist.run_dir import RunDir
 from cifar_dist.sweep.backend import get_backend
 from cifar_dist.sweep.plan import Sweep, describe, train_flags, trial_params
 from cifar_dist.sweep.search import all_rungs
-from cifar_dist.sweep.study import Claim, claim, claims_lock, host, open_study, renew
-from cifar_dist.sweep.trainer import local_command, start_trainer, trainer_env
+from cifar_dist.sweep.study import Claim, claim, claims_lock, open_study, renew
+from cifar_dist.sweep.trainer import host, local_command, start_trainer, trainer_env
 
 LAUNCH_ENV = "CIFAR_DIST_LAUNCH"  # the trainer launcher (shell words, without train flags), set by sweep.sh
 POLL_S = 0.5
