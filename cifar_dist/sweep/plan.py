@@ -1,5 +1,7 @@
 """Expansion: a `Spec` becomes numbered cells (each checked with the run config's `resolve` and its
-parameters counted), and every cell x seed one `Run`; `sweep.json` records them for `cifar-dist report`."""
+parameters counted), and every cell x seed one `Run`; `sweep.json` records them for `cifar-dist report`.
+A search spec's base config and the corners of its space are checked the same way. `train_flags` is the
+one builder of trainer flags: a grid run's and a search trial segment's."""
 
 from __future__ import annotations
 

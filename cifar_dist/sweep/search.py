@@ -1,5 +1,5 @@
 """Adaptive search (`search:` specs): the rungs of the pruner, what the search costs in epochs, the
-space as Optuna suggestions, and the checks a search spec gets at plan time.
+space as Optuna suggestions (the checks a search spec gets at plan time are in plan.py).
 
 Rungs. Optuna's SuccessiveHalvingPruner (`asha`) judges a trial when it reports epoch
 `min * eta**k` (k = 0, 1, ...) below `max`: it survives rung k if its objective is in the top 1/eta
