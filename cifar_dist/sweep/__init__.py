@@ -78,27 +78,13 @@ slurm/sweep.sh SPEC`, `sweep submit SPEC --parallel P` or `sweep run SPEC --loca
 trial.json (its lease), rung by rung (--run.stop_after=<rung> --resume=auto), and is told "pruned" (run kept)
 when the pruner says so. A worker stopped by USR1/TERM checkpoints its trial and keeps it for its restart;
 the trial of a worker that died is taken over. `sweep status` lists the trials; `cifar-dist report` adds the
-study. Rules: cifar_dist.sweep.study and cifar_dist.sweep.worker.
+study. Rules: cifar_dist.sweep.study and cifar_dist.sweep.worker; where runs train: cifar_dist.sweep.backend.
 """
 
-from cifar_dist.sweep.local import local_command, lock_sweep, run_local, run_local_search
-from cifar_dist.sweep.plan import (
-    Cell,
-    Run,
-    Sweep,
-    check_unchanged,
-    count_model_params,
-    describe,
-    expand,
-    flag_value,
-    load_sweep,
-    sweep_record,
-    write_sweep_json,
-)
-from cifar_dist.sweep.search import all_rungs, bracket_rungs, costs, n_brackets
+# Importing a backend's module registers it (cifar_dist.sweep.backend); local first: it speaks first for a run.
+from cifar_dist.sweep.local import lock_sweep, run_local, run_local_search
+from cifar_dist.sweep.plan import Run, Sweep, flag_value, load_sweep, write_sweep_json
 from cifar_dist.sweep.slurm import (
-    REPO,
-    SWEEP_SCRIPT,
     array_ranges,
     plan_text,
     preempt,
@@ -107,16 +93,12 @@ from cifar_dist.sweep.slurm import (
     squeue_tasks,
     submit,
 )
-from cifar_dist.sweep.spec import Search, Spec, SpecError, draw, load_spec
-from cifar_dist.sweep.status import run_state, status_rows, status_text, trial_rows, write_task
-from cifar_dist.sweep.study import open_study, search_finished
-from cifar_dist.sweep.worker import run_worker, trial_flags
+from cifar_dist.sweep.spec import draw
+from cifar_dist.sweep.status import run_state, status_rows, status_text
+from cifar_dist.sweep.worker import run_worker
 
-__all__ = [
-    "Cell", "REPO", "Run", "SWEEP_SCRIPT", "Search", "Spec", "SpecError", "Sweep", "all_rungs", "array_ranges",
-    "bracket_rungs", "check_unchanged", "costs", "count_model_params", "describe", "draw", "expand", "flag_value",
-    "load_spec", "load_sweep", "local_command", "lock_sweep", "n_brackets", "open_study", "plan_text", "preempt",
-    "resolve_task", "run_local", "run_local_search", "run_state", "run_worker", "sbatch_command", "search_finished",
-    "squeue_tasks", "status_rows", "status_text", "submit", "sweep_record", "trial_flags", "trial_rows",
-    "write_sweep_json", "write_task",
+__all__ = [  # what the CLI (cifar_dist/cli/sweep.py) and the tests use; the rest lives in the submodules
+    "Run", "Sweep", "array_ranges", "draw", "flag_value", "load_sweep", "lock_sweep", "plan_text", "preempt",
+    "resolve_task", "run_local", "run_local_search", "run_state", "run_worker", "sbatch_command", "squeue_tasks",
+    "status_rows", "status_text", "submit", "write_sweep_json",
 ]

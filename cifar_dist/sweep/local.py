@@ -6,21 +6,22 @@ SIGINT/SIGTERM are forwarded as SIGTERM, so each trainer saves a checkpoint and 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
-import shlex
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cifar_dist.errors import EXIT_FAILED, EXIT_OK, EXIT_STOPPED, InputError
-from cifar_dist.files import atomic_write_json, read_json_or_none
+from cifar_dist.files import atomic_write_json, atomic_write_text, pid_alive, read_json_or_none
 from cifar_dist.run_dir import RUNNER_FILE, RunDir
+from cifar_dist.sweep.backend import Queued, WorkerSlot, register_backend
 from cifar_dist.sweep.plan import Run, Sweep, describe
-from cifar_dist.sweep.slurm import REPO
-from cifar_dist.sweep.status import write_task
+from cifar_dist.sweep.trainer import host, local_command, start_trainer, trainer_env
 
 _LOCKED: dict[str, int] = {}  # sweep folder -> its open, flock-ed descriptor (kept for the process' life)
 
@@ -49,12 +50,11 @@ def lock_sweep(sweep_dir: Path) -> None:
     atomic_write_json(sweep_dir / RUNNER_FILE, {"pid": os.getpid()}, indent=None)
 
 
-def local_command(flags: list[str], procs: int, port: int) -> list[str]:
-    """`python -m cifar_dist.train FLAGS`, or with procs > 1 the same under accelerate launch (launch/cpu.yaml)."""
-    if procs <= 1:
-        return [sys.executable, "-m", "cifar_dist.train", *flags]
-    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "launch" / "cpu.yaml"),
-            "--num_processes", str(procs), "--main_process_port", str(port), "-m", "cifar_dist.train", *flags]
+def write_task(run: Run | WorkerSlot, state: str, exit_status: int | None, pid: int) -> None:
+    """Record the outcome of an attempt in <run>/sweep_task.json (same fields as slurm/sweep.sh writes)."""
+    record = {"state": state, "exit": exit_status, "job": "local", "host": host(), "pid": pid,
+              "time": int(time.time())}
+    atomic_write_text(RunDir(run.dir).task, json.dumps(record) + "\n")
 
 
 def result_text(run_dir: Path) -> str:
@@ -79,8 +79,7 @@ class LocalRunner:
         self.active: dict[subprocess.Popen, Run] = {}
         self.stop: list[int] = []
         self.done = self.failed = 0
-        self.env = {**os.environ,
-                    "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+        self.env = trainer_env()
 
     def on_signal(self, signum, frame) -> None:
         if not self.stop:
@@ -103,16 +102,9 @@ class LocalRunner:
     def start(self, run: Run) -> None:
         run.dir.mkdir(parents=True, exist_ok=True)
         RunDir(run.dir).status.unlink(missing_ok=True)  # an earlier launch's status is not this one's (as sweep.sh)
-        log_path = self.sweep.dir / "logs" / f"{run.name}.out"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        cmd = self.command(run)
-        with log_path.open("a") as log:
-            log.write(f"$ {shlex.join(cmd)}\n")
-            log.flush()
-            # A session of its own: a terminal's Ctrl-C reaches only this runner, which sends SIGTERM.
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        proc = start_trainer(self.command(run), self.sweep.dir / "logs" / f"{run.name}.out", self.env)
         self.active[proc] = run
-        write_task(run, "running", None, "local", proc.pid)
+        write_task(run, "running", None, proc.pid)
         print(f"start {self.label(run)} pid {proc.pid}", flush=True)
 
     def reap(self) -> None:
@@ -123,14 +115,14 @@ class LocalRunner:
             code = recorded["exit"] if recorded else proc.returncode
             if self.succeeded(run, code):
                 self.done += 1
-                write_task(run, "done", code, "local", proc.pid)
+                write_task(run, "done", code, proc.pid)
                 print(f"done  {run.name}{result_text(run.dir)}", flush=True)
             elif self.stop:
-                write_task(run, "preempted", code, "local", proc.pid)
+                write_task(run, "preempted", code, proc.pid)
                 print(f"stopped {run.name} (exit {code}); rerun to resume", flush=True)
             else:
                 self.failed += 1
-                write_task(run, "failed", code, "local", proc.pid)
+                write_task(run, "failed", code, proc.pid)
                 print(f"FAILED {run.name}: exit {code}; see {self.sweep.dir / 'logs' / run.name}.out", flush=True)
 
     def exit_status(self) -> int:
@@ -169,20 +161,10 @@ def run_local(sweep: Sweep, parallel: int, procs: int) -> int:
             todo.append(run)
     print(f"sweep {sweep.spec.name}: {len(runs)} runs, {len(runs) - len(todo)} finished, running {len(todo)} "
           f"({parallel} at a time, {procs} process(es) each); logs in {sweep.dir / 'logs'}", flush=True)
-    runner = LocalRunner(sweep, procs)
-    drive(runner, list(todo), parallel)
+    runner = LocalBackend(procs).run(sweep, todo, parallel)
     print(f"sweep {sweep.spec.name}: {runner.done} trained, {len(runs) - len(todo)} skipped, {runner.failed} failed"
           + (", stopped by a signal" if runner.stop else ""), flush=True)
     return runner.exit_status()
-
-
-@dataclass(frozen=True)
-class WorkerSlot:
-    """One local search worker: its id, and a directory for its sweep_task.json."""
-
-    index: int
-    name: str  # worker id, local-<i>
-    dir: Path
 
 
 class WorkerRunner(LocalRunner):
@@ -204,8 +186,46 @@ def run_local_search(sweep: Sweep, parallel: int, procs: int) -> int:
     slots = [WorkerSlot(i, f"local-{i}", sweep.dir / "workers" / f"local-{i}") for i in range(parallel)]
     print(f"search {sweep.spec.name}: {parallel} local worker(s), {procs} process(es) per trial; study "
           f"{sweep.dir / 'study.journal'}; logs in {sweep.dir / 'logs'}", flush=True)
-    runner = WorkerRunner(sweep, procs)
-    drive(runner, slots, parallel)
+    runner = LocalBackend(procs).run(sweep, slots, parallel)
     print(f"search {sweep.spec.name}: {runner.done} worker(s) done, {runner.failed} failed"
           + (", stopped by a signal" if runner.stop else ""), flush=True)
     return runner.exit_status()
+
+
+@dataclass(frozen=True)
+class LocalBackend:
+    """Subprocesses of this machine: a run is held while the local runner that started it lives."""
+
+    procs: int = 1  # training processes per run (2+: accelerate launch, launch/cpu.yaml)
+    name: str = field(default="local", init=False)
+
+    def run(self, sweep: Sweep, runs: list[Run | WorkerSlot], parallel: int) -> LocalRunner:
+        """Train `runs` (a search: its workers) `parallel` at a time; the runner, with its counts."""
+        runner = (WorkerRunner if sweep.spec.search is not None else LocalRunner)(sweep, self.procs)
+        drive(runner, list(runs), parallel)
+        return runner
+
+    def submit(self, sweep: Sweep, runs: list[Run | WorkerSlot], parallel: int) -> int:
+        return self.run(sweep, runs, parallel).exit_status()
+
+    def look(self, sweep: Sweep) -> None:
+        return None  # no queue: sweep_task.json names the runner's host and pid
+
+    def queued(self, runs: list[Run], look: Any) -> dict[str, Queued]:
+        out = {}
+        for run in runs:
+            task = run.files.read_task()
+            if task.get("job") == "local" and task.get("host") == host() and task.get("state") == "running":
+                alive = pid_alive(task.get("pid"))
+                out[run.name] = Queued("running", "local") if alive else Queued(
+                    "failed", "local runner gone before the run finished")
+        return out
+
+    def owns(self, worker: str) -> bool:
+        return False  # local-<i> workers are judged by the host and pids their lease records, as any other
+
+    def holds(self, worker: str, look: Any) -> None:
+        return None
+
+
+register_backend(LocalBackend())

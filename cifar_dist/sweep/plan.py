@@ -1,5 +1,7 @@
 """Expansion: a `Spec` becomes numbered cells (each checked with the run config's `resolve` and its
-parameters counted), and every cell x seed one `Run`; `sweep.json` records them for `cifar-dist report`."""
+parameters counted), and every cell x seed one `Run`; `sweep.json` records them for `cifar-dist report`.
+A search spec's base config and the corners of its space are checked the same way. `train_flags` is the
+one builder of trainer flags: a grid run's and a search trial segment's."""
 
 from __future__ import annotations
 
@@ -14,8 +16,7 @@ from cifar_dist.config import ConfigError, flatten, to_dict
 from cifar_dist.files import atomic_write_text
 from cifar_dist.presets import resolve
 from cifar_dist.run_dir import STUDY_FILE, SWEEP_FILE, RunDir, read_sweep_json, run_name
-from cifar_dist.sweep.search import corners, objective_problem
-from cifar_dist.sweep.spec import Spec, SpecError, bad, load_spec
+from cifar_dist.sweep.spec import Dim, Search, Spec, SpecError, bad, load_spec
 
 
 @dataclass(frozen=True)
@@ -65,12 +66,20 @@ class Sweep:
                     dir=self.dir / run_name(c.cell, s)) for c in self.cells for j, s in enumerate(seeds)]
 
     def train_flags(self, run: Run) -> list[str]:
-        """The flags of `python -m cifar_dist.train` for one run."""
-        flags = [f"--preset={run.cell.preset}"] if run.cell.preset else []
-        over = {**self.fixed, **{k: v for k, v in run.cell.overrides.items() if k != "preset"}}
-        flags += [f"--{k}={flag_value(v)}" for k, v in over.items()]
-        flags += [f"--run.out_dir={self.dir}", f"--run.name={run.name}", f"--run.seed={run.seed}", "--resume=auto"]
-        return flags
+        """The trainer flags of one run (`train_flags` below, the one flag builder)."""
+        return train_flags(self, run.name, run.seed, run.cell.overrides, run.cell.preset)
+
+
+def train_flags(sweep: Sweep, name: str, seed: int, overrides: dict[str, Any], preset: str | None,
+                stop_after: int | None = None) -> list[str]:
+    """The flags of `python -m cifar_dist.train` for run `name` of `sweep` (a grid cell's run, or one segment of a
+    search trial, which stops after epoch `stop_after`: 0 = at its end): its preset, the fixed overrides, its
+    own overrides, then what the sweep sets."""
+    flags = [f"--preset={preset}"] if preset else []
+    over = {**sweep.fixed, **{k: v for k, v in overrides.items() if k != "preset"}}
+    flags += [f"--{k}={flag_value(v)}" for k, v in over.items()]
+    flags += [f"--run.out_dir={sweep.dir}", f"--run.name={name}", f"--run.seed={seed}"]
+    return flags + ([] if stop_after is None else [f"--run.stop_after={stop_after}"]) + ["--resume=auto"]
 
 
 def flag_value(v: Any) -> str:
@@ -142,6 +151,41 @@ def _params(spec: Spec, n: int, cfg, over: dict[str, Any]) -> int:
         return count_model_params(cfg.model.name, dict(cfg.model.options))
     except ValueError as e:  # an option the model does not take, an unknown model
         raise SpecError(f"{spec.path}: candidate {n} ({describe(over)}): {e}") from e
+
+
+# ------------------------------------------------------------------------ plan-time checks of a search
+
+
+def corners(space: tuple[Dim, ...]) -> list[dict[str, Any]]:
+    """Points that touch every value of every choice and both ends of every range (for plan-time checks)."""
+    def values(d: Dim) -> list[dict[str, Any]]:
+        if d.kind == "zip":
+            return list(d.args)
+        if d.kind == "choice":
+            return [{d.name: v} for v in d.args]
+        return [{d.name: v} for v in d.args]  # (low, high)
+
+    per_dim = [values(d) for d in space]
+    longest = max(len(v) for v in per_dim)
+    points = []
+    for i in range(longest):
+        point: dict[str, Any] = {}
+        for vals in per_dim:
+            point.update(vals[i % len(vals)])
+        points.append(point)
+    return points
+
+
+def objective_problem(search: Search, cfg) -> str | None:
+    """Why the runs of `cfg` would not log the objective every epoch (None when they do)."""
+    obj = search.objective
+    if obj.startswith(("val_", "ema_val_")) and cfg.data.val_size <= 0:
+        return f"{obj} is logged only with a validation split (data.val_size > 0, found {cfg.data.val_size})"
+    if obj.startswith("ema_") and not cfg.run.ema:
+        return f"{obj} is logged only with run.ema: true"
+    if not obj.startswith("train_") and cfg.run.eval_every != 1:
+        return f"{obj} is logged every epoch only with run.eval_every: 1 (found {cfg.run.eval_every})"
+    return None
 
 
 def _expand_search(spec: Spec, count: bool) -> Sweep:

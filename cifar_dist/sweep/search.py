@@ -1,5 +1,5 @@
 """Adaptive search (`search:` specs): the rungs of the pruner, what the search costs in epochs, the
-space as Optuna suggestions, and the checks a search spec gets at plan time.
+space as Optuna suggestions (the checks a search spec gets at plan time are in plan.py).
 
 Rungs. Optuna's SuccessiveHalvingPruner (`asha`) judges a trial when it reports epoch
 `min * eta**k` (k = 0, 1, ...) below `max`: it survives rung k if its objective is in the top 1/eta
@@ -119,35 +119,3 @@ def suggest(trial, space: tuple[Dim, ...]) -> dict[str, Any]:
             v = trial.suggest_float(d.name, *d.args, log=d.kind == "loguniform")
             over[d.name] = float(f"{v:.4g}")
     return over
-
-
-def corners(space: tuple[Dim, ...]) -> list[dict[str, Any]]:
-    """Points that touch every value of every choice and both ends of every range (for plan-time checks)."""
-    def values(d: Dim) -> list[dict[str, Any]]:
-        if d.kind == "zip":
-            return list(d.args)
-        if d.kind == "choice":
-            return [{d.name: v} for v in d.args]
-        return [{d.name: v} for v in d.args]  # (low, high)
-
-    per_dim = [values(d) for d in space]
-    longest = max(len(v) for v in per_dim)
-    points = []
-    for i in range(longest):
-        point: dict[str, Any] = {}
-        for vals in per_dim:
-            point.update(vals[i % len(vals)])
-        points.append(point)
-    return points
-
-
-def objective_problem(search: Search, cfg) -> str | None:
-    """Why the runs of `cfg` would not log the objective every epoch (None when they do)."""
-    obj = search.objective
-    if obj.startswith(("val_", "ema_val_")) and cfg.data.val_size <= 0:
-        return f"{obj} is logged only with a validation split (data.val_size > 0, found {cfg.data.val_size})"
-    if obj.startswith("ema_") and not cfg.run.ema:
-        return f"{obj} is logged only with run.ema: true"
-    if not obj.startswith("train_") and cfg.run.eval_every != 1:
-        return f"{obj} is logged every epoch only with run.eval_every: 1 (found {cfg.run.eval_every})"
-    return None

@@ -11,21 +11,23 @@ import shlex
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cifar_dist.errors import EXIT_BAD_INPUT, EXIT_OK
 from cifar_dist.resources import root
 from cifar_dist.run_dir import STUDY_FILE, read_sweep_json
+from cifar_dist.sweep.backend import Queued, WorkerSlot, register_backend
 from cifar_dist.sweep.cluster import sbatch_resources
-from cifar_dist.sweep.plan import Sweep, describe, expand, write_sweep_json
+from cifar_dist.sweep.plan import Run, Sweep, describe, expand, write_sweep_json
 from cifar_dist.sweep.search import bracket_rungs, costs, n_brackets
 from cifar_dist.sweep.spec import SpecError, load_spec
 from cifar_dist.sweep.study import search_finished
 
-REPO = root()  # the checkout, or share/cifar_dist of an install: launch/ and slurm/ (see resources)
-SWEEP_SCRIPT = REPO / "slurm" / "sweep.sh"
+SWEEP_SCRIPT = root() / "slurm" / "sweep.sh"
 RUNNING_STATES = ("RUNNING", "COMPLETING", "CONFIGURING", "STAGE_OUT", "SIGNALING", "RESIZING")
+WORKER_ID = re.compile(r"(\d+)_(\d+)")  # <array job>_<task>: a task's id, and the id of a search worker in it
 
 
 def array_ranges(indices: list[int]) -> str:
@@ -46,8 +48,8 @@ def sbatch_command(sweep: Sweep, indices: list[int], parallel: int, extra: list[
     """The sbatch command line of a job array over `indices` (array index = run index)."""
     cmd = ["sbatch", f"--job-name={sweep.spec.name}", f"--array={array_ranges(indices)}%{parallel}",
            f"--output={sweep.dir / 'slurm' / '%A_%a.out'}"]
-    if Path.cwd().resolve() != REPO:  # sweep.sh finds the code through the submit directory otherwise
-        cmd.append(f"--export=ALL,CIFAR_DIST_ROOT={REPO}")
+    if Path.cwd().resolve() != root():  # sweep.sh finds the code through the submit directory otherwise
+        cmd.append(f"--export=ALL,CIFAR_DIST_ROOT={root()}")
     given = [*sweep.spec.sbatch, *(extra or [])]
     # GPUs only where the partition has them, never more CPUs than a node has (sweep.sh asks for neither)
     cmd += [*sbatch_resources(given, parallel), *given, _display_path(SWEEP_SCRIPT), str(sweep.spec.path)]
@@ -74,7 +76,7 @@ def squeue_tasks(job_name: str) -> dict[str, Any] | None:
             continue
         jobid, state, name = parts
         by_job[jobid] = state
-        m = re.fullmatch(r"(\d+)_(\d+)", jobid)
+        m = WORKER_ID.fullmatch(jobid)
         if m and name == job_name:
             by_index[int(m.group(2))] = (jobid, state)
     return {"by_index": by_index, "by_job": by_job}
@@ -185,74 +187,105 @@ def submit(sweep: Sweep, parallel: int, extra: list[str], dry_run: bool = False)
         print(f"sweep {sweep.spec.name}: search with {parallel} workers; "
               + ("every trial is finished; " if finished else "") + (f"{queued} already queued; " if queued else "")
               + f"submitting {len(todo)}")
+        runs = [WorkerSlot(i, f"worker-{i}", sweep.dir / "workers" / str(i)) for i in todo]
     else:
         print(f"sweep {sweep.spec.name}: {len(sweep.runs)} runs; skipping {finished} finished"
               + (f" and {queued} already queued" if queued else "") + f"; submitting {len(todo)}")
+        runs = [r for r in sweep.runs if r.index in set(todo)]
     if not todo:
         print("nothing to submit")
         return EXIT_OK
-    cmd = sbatch_command(sweep, todo, parallel, extra)
-    if dry_run:
-        print(shlex.join(cmd))
+    return SlurmBackend(tuple(extra), dry_run).submit(sweep, runs, parallel)
+
+
+@dataclass(frozen=True)
+class SlurmBackend:
+    """A sweep as one SLURM job array: array index = run index (a search: worker number); its jobs and
+    workers are named `<array job>_<task>`."""
+
+    extra: tuple[str, ...] = ()  # sbatch options beyond the spec's
+    dry_run: bool = False  # print the sbatch command only
+    name: str = field(default="slurm", init=False)
+
+    def submit(self, sweep: Sweep, runs: list[Run | WorkerSlot], parallel: int) -> int:
+        todo = [r.index for r in runs]
+        cmd = sbatch_command(sweep, todo, parallel, list(self.extra))
+        if self.dry_run:
+            print(shlex.join(cmd))
+            return EXIT_OK
+        limit = max_array_size()
+        if limit is not None and max(todo) >= limit:
+            raise SpecError(f"{sweep.spec.path}: array index {max(todo)}: expected below MaxArraySize={limit} of "
+                            f"this cluster, found {len(sweep.runs)} runs; split the spec")
+        print(shlex.join(cmd), flush=True)
+        try:
+            # Tasks run the interpreter that submits them (sbatch's default --export=ALL passes it on).
+            env = {**os.environ, "CIFAR_DIST_PYTHON": os.environ.get("CIFAR_DIST_PYTHON") or sys.executable}
+            out = subprocess.run(cmd[:1] + ["--parsable"] + cmd[1:], stdout=subprocess.PIPE, text=True, env=env)
+        except FileNotFoundError:
+            print("error: sbatch: command not found (is this a SLURM login node?)", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        if out.returncode:
+            print(f"error: sbatch exited with status {out.returncode}", file=sys.stderr)
+            return out.returncode
+        job = out.stdout.strip().split(";")[0]
+        print(f"submitted job array {job}; logs in {sweep.dir / 'slurm'}; progress: cifar-dist sweep status "
+              f"{sweep.spec.path}")
         return EXIT_OK
-    limit = max_array_size()
-    if limit is not None and max(todo) >= limit:
-        raise SpecError(f"{sweep.spec.path}: array index {max(todo)}: expected below MaxArraySize={limit} of "
-                        f"this cluster, found {len(sweep.runs)} runs; split the spec")
-    print(shlex.join(cmd), flush=True)
-    try:
-        # Tasks run the interpreter that submits them (sbatch's default --export=ALL passes it on).
-        env = {**os.environ, "CIFAR_DIST_PYTHON": os.environ.get("CIFAR_DIST_PYTHON") or sys.executable}
-        out = subprocess.run(cmd[:1] + ["--parsable"] + cmd[1:], stdout=subprocess.PIPE, text=True, env=env)
-    except FileNotFoundError:
-        print("error: sbatch: command not found (is this a SLURM login node?)", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    if out.returncode:
-        print(f"error: sbatch exited with status {out.returncode}", file=sys.stderr)
-        return out.returncode
-    job = out.stdout.strip().split(";")[0]
-    print(f"submitted job array {job}; logs in {sweep.dir / 'slurm'}; progress: cifar-dist sweep status "
-          f"{sweep.spec.path}")
-    return EXIT_OK
+
+    def look(self, sweep: Sweep) -> dict[str, Any] | None:
+        return squeue_tasks(sweep.spec.name)
+
+    def queued(self, runs: list[Run], look: dict[str, Any] | None) -> dict[str, Queued]:
+        """A run is held when squeue lists the job its sweep_task.json names, or its array index."""
+        out = {}
+        for run in runs if look is not None else []:
+            job = str(run.files.read_task().get("job"))
+            if job in look["by_job"]:
+                qjob, qstate = job, look["by_job"][job]
+            else:
+                qjob, qstate = look["by_index"].get(run.index, (None, None))
+            if qstate in RUNNING_STATES:
+                out[run.name] = Queued("running", f"job {qjob}")
+            elif qstate:
+                out[run.name] = Queued("pending", f"job {qjob} {qstate.lower()}")
+        return out
+
+    def owns(self, worker: str) -> bool:
+        return WORKER_ID.fullmatch(worker) is not None
+
+    def holds(self, worker: str, look: dict[str, Any] | None) -> bool | None:
+        return None if look is None else worker in look["by_job"]
+
+
+register_backend(SlurmBackend())
 
 
 def resolve_task(grid: str | Path, index: int, shell: bool = False) -> str:
     """The train flags of array index `index` (one line), or with `shell` the bash assignments sweep.sh
-    evaluates: run_name, run_dir, cell, seed, finished, sweep_dir, train_args=(...). Writes sweep.json if missing."""
+    evaluates: run_name, run_dir, cell, seed, finished, sweep_dir, train_args=(...). Writes sweep.json if missing.
+    A search's array task `index` is worker `index`: `sweep.sh` runs `cifar-dist sweep worker` (worker=1)."""
     spec = load_spec(grid)
     record = read_sweep_json(Path(spec.out_dir) / spec.name)
     sweep_file_ok = bool(record) and record.get("spec_sha256") == spec.sha256
     sweep = expand(spec, count=not sweep_file_ok)  # counts parameters only for constraints or a new sweep.json
-    if spec.search is not None:
-        return _resolve_worker(sweep, index, shell, write=not sweep_file_ok)
-    runs = sweep.runs
-    if not 0 <= index < len(runs):
-        raise SpecError(f"{spec.path}: array index: expected 0..{len(runs) - 1}, found {index}")
+    search, last = spec.search is not None, len(sweep.runs) - 1
+    if index < 0 or (not search and index > last):
+        expected = "a worker number >= 0" if search else f"0..{last}"
+        raise SpecError(f"{spec.path}: array index: expected {expected}, found {index}")
     if not sweep_file_ok:
         write_sweep_json(sweep)
-    run = runs[index]
-    flags = sweep.train_flags(run)
-    if not shell:
-        return shlex.join(flags) + "\n"
-    return "".join(f"{line}\n" for line in (
-        f"run_name={shlex.quote(run.name)}", f"run_dir={shlex.quote(str(run.dir))}", f"cell={run.cell.cell}",
-        f"seed={run.seed}", f"finished={int(run.files.is_finished)}", f"sweep_dir={shlex.quote(str(sweep.dir))}",
-        f"train_args=({shlex.join(flags)})"))
-
-
-def _resolve_worker(sweep: Sweep, index: int, shell: bool, write: bool) -> str:
-    """A search's array task `index` is worker `index`: `sweep.sh` runs `cifar-dist sweep worker` (worker=1)."""
-    if index < 0:
-        raise SpecError(f"{sweep.spec.path}: array index: expected a worker number >= 0, found {index}")
-    if write:
-        write_sweep_json(sweep)
-    args = ["sweep", "worker", str(sweep.spec.path)]
+    if search:
+        slot: Run | WorkerSlot = WorkerSlot(index, f"worker-{index}", sweep.dir / "workers" / str(index))
+        args, cell, seed, finished = ["sweep", "worker", str(spec.path)], "search", spec.seeds[0], search_finished(sweep)
+    else:
+        slot = run = sweep.runs[index]
+        args, cell, seed, finished = sweep.train_flags(run), run.cell.cell, run.seed, run.files.is_finished
     if not shell:
         return shlex.join(args) + "\n"
-    wdir = sweep.dir / "workers" / str(index)
     return "".join(f"{line}\n" for line in (
-        f"run_name=worker-{index}", f"run_dir={shlex.quote(str(wdir))}", "cell=search", f"seed={sweep.spec.seeds[0]}",
-        f"finished={int(search_finished(sweep))}", "worker=1", f"sweep_dir={shlex.quote(str(sweep.dir))}",
+        f"run_name={shlex.quote(slot.name)}", f"run_dir={shlex.quote(str(slot.dir))}", f"cell={cell}", f"seed={seed}",
+        f"finished={int(finished)}", *(["worker=1"] if search else []), f"sweep_dir={shlex.quote(str(sweep.dir))}",
         f"train_args=({shlex.join(args)})"))
 
 

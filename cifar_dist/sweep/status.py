@@ -1,64 +1,36 @@
 """Status of every run of a sweep (`cifar-dist sweep status`): pending / running / done / failed.
 
 Read from the run directory, `sweep_task.json` (written by slurm/sweep.sh and the local runner: state,
-exit status, job id, host, pid) and, when it answers, `squeue`; the rules are in the package docstring.
+exit status, job id, host, pid) and what the sweep backends hold (`cifar_dist.sweep.backend`: a live local
+runner, squeue when it answers); the rules are in the package docstring.
 """
 
 from __future__ import annotations
 
 import json
-import socket
-import time
 from typing import Any
 
-from cifar_dist.files import atomic_write_text, pid_alive
 from cifar_dist.run_dir import RunDir, load_trials, trial_name
+from cifar_dist.sweep.backend import queued_runs
 from cifar_dist.sweep.plan import Run, Sweep
-from cifar_dist.sweep.slurm import RUNNING_STATES
 
 STATES = ("done", "running", "pending", "failed")
-
-
-def _host() -> str:
-    return socket.gethostname().split(".")[0]
 
 
 def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def write_task(run: Run, state: str, exit_status: int | None, job: str, pid: int) -> None:
-    """Record the outcome of an attempt in <run>/sweep_task.json (same fields as slurm/sweep.sh writes)."""
-    record = {"state": state, "exit": exit_status, "job": job, "host": _host(), "pid": pid, "time": int(time.time())}
-    atomic_write_text(RunDir(run.dir).task, json.dumps(record) + "\n")  # run: a Run or a local WorkerSlot
-
-
-def _queued_state(run: Run, task: dict[str, Any], queue: dict[str, Any]) -> tuple[str, str] | None:
-    job = str(task.get("job"))
-    if job in queue["by_job"]:
-        qjob, qstate = job, queue["by_job"][job]
-    else:
-        qjob, qstate = queue["by_index"].get(run.index, (None, None))
-    if qstate in RUNNING_STATES:
-        return "running", f"job {qjob}"
-    if qstate:
-        return "pending", f"job {qjob} {qstate.lower()}"
-    return None
-
-
-def run_state(run: Run, queue: dict[str, Any] | None) -> tuple[str, str]:
-    """(pending | running | done | failed, detail) of one run; the rules are in the package docstring."""
+def run_state(run: Run, queue: Any) -> tuple[str, str]:
+    """(pending | running | done | failed, detail) of one run; the rules are in the package docstring.
+    `queue`: the cluster backend's `look()` (squeue's answer), None when it did not answer."""
     if run.files.is_finished:
         return "done", ""
     task = run.files.read_task()
     started = bool(task) or run.files.metrics.is_file() or run.files.checkpoints.is_dir()
-    if task.get("job") == "local" and task.get("host") == _host() and task.get("state") == "running":
-        if pid_alive(task.get("pid")):
-            return "running", "local"
-        return "failed", "local runner gone before the run finished"
-    queued = _queued_state(run, task, queue) if queue is not None else None
+    queued = queued_runs([run], queue).get(run.name)  # what the backends say of it (a local runner, squeue)
     if queued:
-        return queued
+        return queued.state, queued.detail
     state = task.get("state")
     if state == "failed":
         return "failed", f"exit {task.get('exit')} (job {task.get('job')})"

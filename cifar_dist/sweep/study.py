@@ -11,12 +11,13 @@ Trials: trial n trains in the normal run directory `<sweep>/t<nnn>-s<seed>/`, wh
     {"trial": n, "trial_id": id, "overrides": {...}, "worker": "<worker id>", "token": "<claim>",
      "host": ..., "pid": <worker pid>, "trainer_pid": ..., "heartbeat": <unix time>,
      "lease": "running" | "preempted" | "released", "takeovers": k, "pruned_at": epoch, "state": ...}
-Worker ids are stable across restarts: `<array job>_<task>` under SLURM (a requeued task keeps it),
-`local-<i>` for `sweep run --local`. Claims happen under `claims.lock` (JournalFileOpenLock), in this order:
+Worker ids are stable across restarts: the backend names them (`<array job>_<task>` under SLURM, which a
+requeued task keeps; `local-<i>` for `sweep run --local`). Claims happen under `claims.lock` (JournalFileOpenLock), in this order:
   1. a trial of the study still RUNNING whose lease names this worker (a requeued task or a rerun resumes it);
   2. a RUNNING trial whose lease is stale: "running" with a heartbeat older than 3 heartbeats (or, on the
      same host, with both the worker and its trainer gone), or "preempted" by a worker that is no longer
-     queued (squeue) or, without squeue, not heard of for 3 heartbeats. A trial taken over after its
+     held by the backend that gave out its id (`Backend.holds`: in squeue) or, when that backend cannot tell, not
+     heard of for 3 heartbeats (a worker no backend owns: as a "running" lease). A trial taken over after its
      worker died more than MAX_TAKEOVERS times is marked failed instead;
   3. a new trial (study.ask) while fewer than `search.trials` trials exist, counting every trial but those
      rejected by the spec's parameter budget (state FAIL, user attr "rejected").
@@ -29,8 +30,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
-import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -39,18 +38,15 @@ from typing import Any
 
 from cifar_dist.files import atomic_write_text, pid_alive
 from cifar_dist.run_dir import STUDY_FILE, RunDir, load_trials, replayed, trial_name
+from cifar_dist.sweep.backend import owner_of
 from cifar_dist.sweep.plan import Sweep
 from cifar_dist.sweep.search import bracket_of, suggest
 from cifar_dist.sweep.spec import Search
+from cifar_dist.sweep.trainer import host
 
 CLAIMS = "claims"  # <sweep>/claims.lock guards claims and lease renewals
 MAX_TAKEOVERS = 2  # a trial whose worker died more often than this is marked failed
 STALE_BEATS = 3  # a lease is stale after this many missed heartbeats
-SLURM_WORKER = re.compile(r"\d+_\d+")
-
-
-def host() -> str:
-    return socket.gethostname().split(".")[0]
 
 
 def study_path(sweep: Sweep) -> Path:
@@ -143,8 +139,9 @@ class Claim:
 
 
 def lease_is_stale(record: dict[str, Any], search: Search, queue) -> bool:
-    """Whether another worker may take this trial (rules in the module docstring). `queue`: squeue's view
-    (see `cifar_dist.sweep.slurm.squeue_tasks`), or a function returning it (asked only when needed)."""
+    """Whether another worker may take this trial (rules in the module docstring). `queue`: the `look()` of
+    the backend that gives out the lease's worker id (`cifar_dist.sweep.backend`), or a function of that
+    backend's name returning it (asked only when needed)."""
     age = time.time() - float(record.get("heartbeat") or 0)
     stale_age = age > STALE_BEATS * search.heartbeat
     same_host_gone = record.get("host") == host() and not pid_alive(record.get("pid")) \
@@ -153,9 +150,10 @@ def lease_is_stale(record: dict[str, Any], search: Search, queue) -> bool:
         return stale_age or same_host_gone
     if record.get("lease") == "preempted":
         owner = str(record.get("worker"))
-        if SLURM_WORKER.fullmatch(owner):
-            queue = queue() if callable(queue) else queue
-            return owner not in queue["by_job"] if queue is not None else stale_age
+        backend = owner_of(owner)
+        if backend is not None:  # a worker its backend queues (a requeued SLURM task): stale once it left the queue
+            held = backend.holds(owner, queue(backend.name) if callable(queue) else queue)
+            return stale_age if held is None else not held
         return same_host_gone or stale_age
     return False
 

@@ -28,24 +28,14 @@ from typing import Any
 from cifar_dist.errors import EXIT_FAILED, EXIT_OK, EXIT_STOPPED
 from cifar_dist.files import pid_alive
 from cifar_dist.run_dir import RunDir
-from cifar_dist.sweep.local import local_command
-from cifar_dist.sweep.plan import Sweep, describe, flag_value, trial_params
+from cifar_dist.sweep.backend import get_backend
+from cifar_dist.sweep.plan import Sweep, describe, train_flags, trial_params
 from cifar_dist.sweep.search import all_rungs
-from cifar_dist.sweep.slurm import REPO, squeue_tasks
-from cifar_dist.sweep.study import Claim, claim, claims_lock, host, open_study, renew
+from cifar_dist.sweep.study import Claim, claim, claims_lock, open_study, renew
+from cifar_dist.sweep.trainer import host, local_command, start_trainer, trainer_env
 
 LAUNCH_ENV = "CIFAR_DIST_LAUNCH"  # the trainer launcher (shell words, without train flags), set by sweep.sh
 POLL_S = 0.5
-
-
-def trial_flags(sweep: Sweep, c: Claim, stop_after: int) -> list[str]:
-    """The trainer flags of one segment of a trial."""
-    preset = c.overrides.get("preset", sweep.spec.preset)
-    flags = [f"--preset={preset}"] if preset else []
-    over = {**sweep.fixed, **{k: v for k, v in c.overrides.items() if k != "preset"}}
-    flags += [f"--{k}={flag_value(v)}" for k, v in over.items()]
-    return flags + [f"--run.out_dir={sweep.dir}", f"--run.name={c.dir.name}", f"--run.seed={sweep.spec.seeds[0]}",
-                    f"--run.stop_after={stop_after}", "--resume=auto"]
 
 
 def _die_with_parent() -> None:  # in the trainer, before exec: SIGTERM when the worker dies
@@ -102,9 +92,7 @@ class Worker:
         self.proc: subprocess.Popen | None = None
         launch = os.environ.get(LAUNCH_ENV, "")
         self.launch = shlex.split(launch) if launch else None
-        self.env = {**os.environ,
-                    "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
-        self.env.pop(LAUNCH_ENV, None)
+        self.env = trainer_env(drop=(LAUNCH_ENV,))
         self.check_budget = budget_check(sweep)
         self.store = None  # the study's storage, once `run` opened the study
 
@@ -128,20 +116,20 @@ class Worker:
                 trial.report(float(value), row["epoch"])
         return rows
 
+    def trial_flags(self, c: Claim, stop_after: int) -> list[str]:
+        """The trainer flags of one segment of trial `c` (`plan.train_flags`, the one flag builder)."""
+        preset = c.overrides.get("preset", self.sweep.spec.preset)
+        return train_flags(self.sweep, c.dir.name, self.sweep.spec.seeds[0], c.overrides, preset, stop_after)
+
     def segment(self, c: Claim, target: int) -> int | None:
         """Train the trial up to epoch `target` (its end when target is max); the exit status, or None when
         the lease was taken by another worker."""
         stop_after = 0 if target >= self.search.max_epochs else target
-        flags = trial_flags(self.sweep, c, stop_after)
+        flags = self.trial_flags(c, stop_after)
         port = 29500 + (os.getpid() + c.number) % 20000
         cmd = [*self.launch, *flags] if self.launch else local_command(flags, self.procs, port)
-        log_path = self.sweep.dir / "logs" / f"{c.dir.name}.out"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with log_path.open("a") as log:
-            log.write(f"$ {shlex.join(cmd)}   # worker {self.me}\n")
-            log.flush()
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                         start_new_session=True, preexec_fn=_die_with_parent)
+        self.proc = start_trainer(cmd, self.sweep.dir / "logs" / f"{c.dir.name}.out", self.env,
+                                  f"   # worker {self.me}", preexec_fn=_die_with_parent)
         if self.stop:  # a signal that came while starting
             self.proc.send_signal(signal.SIGTERM)
         lost = not renew(self.sweep, c, trainer_pid=self.proc.pid)
@@ -217,7 +205,8 @@ class Worker:
         failures = 0
         while not self.stop:
             with claims_lock(self.sweep):
-                queue = functools.cache(lambda: squeue_tasks(self.sweep.spec.name))  # once per claim, if needed
+                # each backend's look() once per claim, and only for a lease of one of its workers
+                queue = functools.cache(lambda name: get_backend(name).look(self.sweep))
                 got = claim(study, self.store, self.sweep, self.me, queue, self.check_budget)
             if got == "done":
                 self.say("no trial left")

@@ -1,0 +1,46 @@
+"""Starting a trainer as a subprocess: the one way the local runner and a search worker start theirs; and
+the host name their records carry."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from cifar_dist.resources import root
+
+
+def host() -> str:
+    """This machine's short name, as sweep_task.json and a trial's lease record it."""
+    return socket.gethostname().split(".")[0]
+
+
+def trainer_env(drop: tuple[str, ...] = ()) -> dict[str, str]:
+    """This environment with the checkout (or share/cifar_dist of an install) first on PYTHONPATH."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(root()), os.environ.get("PYTHONPATH")) if p)}
+    for key in drop:
+        env.pop(key, None)
+    return env
+
+
+def local_command(flags: list[str], procs: int, port: int) -> list[str]:
+    """`python -m cifar_dist.train FLAGS`, or with procs > 1 the same under accelerate launch (launch/cpu.yaml)."""
+    if procs <= 1:
+        return [sys.executable, "-m", "cifar_dist.train", *flags]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(root() / "launch" / "cpu.yaml"),
+            "--num_processes", str(procs), "--main_process_port", str(port), "-m", "cifar_dist.train", *flags]
+
+
+def start_trainer(cmd: list[str], log_path: Path, env: dict[str, str], note: str = "",
+                  preexec_fn=None) -> subprocess.Popen:
+    """Start `cmd` with its output appended to `log_path` after a `$ COMMAND{note}` line, in a session of its
+    own (a terminal's Ctrl-C reaches only the caller, which forwards SIGTERM)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("a") as log:
+        log.write(f"$ {shlex.join(cmd)}{note}\n")
+        log.flush()
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                preexec_fn=preexec_fn)
