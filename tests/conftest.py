@@ -29,6 +29,7 @@ FIXTURE_TIMEOUTS = {"real_cifar10": 1800, "slurm_cluster": 1800, "slurm_two_node
 SLOW_TIMEOUT = 900  # s, tests marked slow (real data, several trainer processes)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks (else they are ignored)
 def pytest_collection_modifyitems(config, items):
     timeouts = config.pluginmanager.hasplugin("timeout")
     for item in items:
