@@ -310,6 +310,8 @@ sbatch: [--cpus-per-task=1, --gpus-per-node=0, --time=10]
             rc, said = _sweep("preempt", str(spec), "0")
             seconds = time.monotonic() - start
             assert rc == 0, said
+            # task 1 may otherwise take the %1 slot first and train all its epochs before task 0 comes back
+            slurm_cluster.run("scontrol", "hold", f"{job}_1")
             log = logs / f"{task}.out"
             _wait_for(lambda: "SLURM requeued" in log.read_text(), "the first attempt to end", timeout=90)
             state = json.loads((run / "checkpoints" / "last" / "train_state.json").read_text())
