@@ -64,8 +64,10 @@ class Order:
 
 def beton_paths(data_dir: str | Path, name: str) -> tuple[Path, Path]:
     """Return the train and test .beton paths, or raise DataError naming the missing one."""
-    d = Path(data_dir)
-    train, test = d / f"{name}_train.beton", d / f"{name}_test.beton"
+    from data_prep import output_paths  # the data folder's names are data_prep's
+
+    d, files = Path(data_dir), output_paths(data_dir, name)
+    train, test = files["train"], files["test"]
     for p in (train, test):
         if not p.is_file():
             raise DataError(
@@ -78,7 +80,9 @@ def beton_paths(data_dir: str | Path, name: str) -> tuple[Path, Path]:
 def read_manifest(data_dir: str | Path, name: str) -> dict:
     """The manifest `cifar-dist prepare` wrote beside the .beton files ({} without one); DataError naming it
     when it is torn or its class_names is not a non-empty list of names."""
-    p = Path(data_dir) / f"{name}_manifest.json"
+    from data_prep import output_paths
+
+    p = output_paths(data_dir, name)["manifest"]
     if not p.is_file():
         return {}
     try:

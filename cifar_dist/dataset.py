@@ -17,6 +17,7 @@ import numpy as np
 
 from cifar_dist.config import DataConfig
 from cifar_dist.data import DataError, beton_paths, read_labels, read_manifest
+from data_prep import output_paths
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,7 +55,7 @@ def _checked_labels(path: Path, classes: list[str], d: DataConfig) -> np.ndarray
     """The labels of `path`; every one must name one of `classes` (DataError naming the file)."""
     labels = read_labels(path)
     if labels.size and (labels.min() < 0 or labels.max() >= len(classes)):
-        manifest = Path(d.dir) / f"{d.name}_manifest.json"
+        manifest = output_paths(d.dir, d.name)["manifest"]
         source = f"the {len(classes)} classes of {manifest}" if manifest.is_file() else "10 classes: no manifest"
         raise DataError(f"{path}: expected labels 0..{len(classes) - 1} ({source}), found labels "
                         f"{labels.min()}..{labels.max()}")
