@@ -3,6 +3,7 @@ import os
 import pytest
 
 from tests.helpers import write_tiny_betons
+from tests.slurm_cluster import slurm_cluster, slurm_two_nodes  # noqa: F401  (session fixtures: here only)
 
 # Under pytest-xdist (`make test` runs `pytest -n 2 --dist loadgroup`), the tests that share one expensive
 # session fixture run in one worker, so no worker builds a copy of its own: one group per local SLURM cluster

@@ -23,7 +23,6 @@ from cifar_dist.sweep.search import trial_epochs
 from cifar_dist.sweep.spec import load_spec
 from cifar_dist.sweep.study import claim, claims_lock, lease_is_stale, open_study
 from tests.helpers import REPO
-from tests.slurm_cluster import slurm_cluster  # noqa: F401  (session fixture)
 
 PY = sys.executable
 FAKE = [PY, str(REPO / "tests" / "fake_trainer.py")]
@@ -419,7 +418,7 @@ def _segment_training(run_dir: Path, logs: Path) -> bool:
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_slurm_array_with_a_preempted_worker(tmp_path, tiny_data, slurm_cluster):  # noqa: F811
+def test_slurm_array_with_a_preempted_worker(tmp_path, tiny_data, slurm_cluster):
     """A search as a 2-task array (`sweep submit --parallel 2`) on the real local cluster; task 0 gets USR1
     while its trainer trains a trial; its worker checkpoints the trial and the task requeues itself; after
     the requeue the task resumes the same trial (metrics.jsonl has each epoch once) and the study's trial

@@ -26,7 +26,7 @@ import pytest
 
 from cifar_dist.cli.sweep import main as sweep_main
 from tests.helpers import REPO
-from tests.slurm_cluster import Cluster, slurm_cluster  # noqa: F401  (session fixture)
+from tests.slurm_cluster import Cluster
 
 pytestmark = pytest.mark.slurm
 TIMEOUT = 420  # seconds a job may take before the test gives up (the machine may be shared)
@@ -118,7 +118,7 @@ def _max_concurrency(rows: list[dict[str, str]]) -> int:
 
 
 @pytest.fixture(scope="module")
-def finished_sweep(slurm_cluster, tiny_data, tmp_path_factory):  # noqa: F811
+def finished_sweep(slurm_cluster, tiny_data, tmp_path_factory):
     """A 4-cell sweep submitted with `cifar-dist sweep submit` (array 0-3%2) and run to the end."""
     tmp = tmp_path_factory.mktemp("array")
     spec = _spec(tmp / "arr.yaml", "arr", tiny_data, """\
@@ -141,7 +141,7 @@ sbatch: [--cpus-per-task=1, --time=10]
     return SimpleNamespace(spec=spec, job=job, out=out, dir=tmp / "runs" / "arr", runs=runs, seconds=seconds)
 
 
-def test_array_of_four_cells_with_two_at_a_time_completes_on_fake_gpus(finished_sweep, slurm_cluster):  # noqa: F811
+def test_array_of_four_cells_with_two_at_a_time_completes_on_fake_gpus(finished_sweep, slurm_cluster):
     s = finished_sweep
     # the partition has (fake) GPUs: submit asks for one per task; the spec's CPU count stays
     assert f"sbatch --job-name=arr --array=0-3%2 --output={s.dir}/slurm/%A_%a.out --gpus-per-node=1 " \
@@ -174,7 +174,7 @@ def test_array_of_four_cells_with_two_at_a_time_completes_on_fake_gpus(finished_
         (f"c00{i}-s0", "done", "1/1") for i in range(4)]
 
 
-def test_resubmitting_a_finished_sweep_trains_nothing(finished_sweep, slurm_cluster):  # noqa: F811
+def test_resubmitting_a_finished_sweep_trains_nothing(finished_sweep, slurm_cluster):
     s = finished_sweep
     before = [((r / "result.json").stat().st_mtime_ns, (r / "metrics.jsonl").read_text()) for r in s.runs]
     comp = len(slurm_cluster.jobcomp())
@@ -201,7 +201,7 @@ def test_resubmitting_a_finished_sweep_trains_nothing(finished_sweep, slurm_clus
 
 
 def test_preempted_task_requeues_and_resumes_without_losing_or_repeating_epochs(
-        slurm_cluster, tiny_data, tmp_path):  # noqa: F811
+        slurm_cluster, tiny_data, tmp_path):
     """USR1 to the batch script (as SLURM sends before the time limit): the two DDP processes (accelerate
     launch, CIFAR_DIST_CPU_PROCS=2) checkpoint mid-epoch, the task requeues itself, the second attempt
     resumes and finishes; epochs 1..3 exactly once, and the step count runs on without a gap."""
@@ -259,7 +259,7 @@ sbatch: [--cpus-per-task=2, --gpus-per-node=0, --time=10]
     assert attempts == [("PENDING", "0"), ("COMPLETED", "0")]
 
 
-def test_train_sh_runs_one_configuration_with_two_processes(slurm_cluster, tiny_data, tmp_path):  # noqa: F811
+def test_train_sh_runs_one_configuration_with_two_processes(slurm_cluster, tiny_data, tmp_path):
     """slurm/train.sh on one node: srun -> accelerate launch (multi_node.yaml) -> 2 CPU processes (gloo)."""
     data_dir, name = tiny_data
     with pytest.MonkeyPatch.context() as mp:
@@ -283,7 +283,7 @@ def test_train_sh_runs_one_configuration_with_two_processes(slurm_cluster, tiny_
 
 
 def test_sweep_preempt_requeues_a_running_task_of_a_throttled_array_and_returns_at_once(
-        slurm_cluster, tiny_data, tmp_path):  # noqa: F811
+        slurm_cluster, tiny_data, tmp_path):
     """`cifar-dist sweep preempt SPEC 0` on a `%1` array whose task 1 is still pending (where SLURM 22.05's
     `scancel --signal=USR1 --batch` keeps re-sending and fails): returns in seconds with one line, the trainer
     saves a checkpoint mid-run, the task is requeued (the log says so) and its next attempt resumes."""

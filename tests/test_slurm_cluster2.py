@@ -26,7 +26,7 @@ import yaml
 from cifar_dist.run_dir import RunDir
 from cifar_dist.sweep.cluster import gpu_count, parse_sinfo, task_resources
 from tests.helpers import REPO
-from tests.slurm_cluster import Cluster, slurm_cluster, slurm_two_nodes  # noqa: F401  (session fixtures)
+from tests.slurm_cluster import Cluster
 from tests.test_slurm import _jobcomp, _metrics, _spec, _sweep, _use_cluster, _wait_for, _wait_job
 
 TIMEOUT = 420
@@ -166,7 +166,7 @@ def _untimed(rows: list[dict]) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def two_node_reference(slurm_two_nodes, tiny_data, tmp_path_factory):  # noqa: F811
+def two_node_reference(slurm_two_nodes, tiny_data, tmp_path_factory):
     """An uninterrupted `sbatch --nodes=2 slurm/train.sh` run (the reference for the preempted one)."""
     out = tmp_path_factory.mktemp("two_nodes")
     with pytest.MonkeyPatch.context() as mp:
@@ -177,7 +177,7 @@ def two_node_reference(slurm_two_nodes, tiny_data, tmp_path_factory):  # noqa: F
 
 
 @pytest.mark.slurm
-def test_train_sh_on_two_nodes_runs_world_size_2(two_node_reference, slurm_two_nodes):  # noqa: F811
+def test_train_sh_on_two_nodes_runs_world_size_2(two_node_reference, slurm_two_nodes):
     r = two_node_reference
     assert [(row["JobState"], row["ExitCode"]) for row in _jobcomp(slurm_two_nodes, r.job)] == [
         ("COMPLETED", "0:0")], r.log
@@ -199,7 +199,7 @@ def test_train_sh_on_two_nodes_runs_world_size_2(two_node_reference, slurm_two_n
 
 @pytest.mark.slurm
 def test_two_node_job_preempted_mid_epoch_checkpoints_requeues_and_matches_uninterrupted_run(
-        two_node_reference, slurm_two_nodes, tiny_data):  # noqa: F811
+        two_node_reference, slurm_two_nodes, tiny_data):
     """USR1 to the batch shell (as SLURM sends before the time limit): the shell passes it to both nodes'
     trainers (scancel --signal=USR1), both save their part of the checkpoint mid-epoch and exit 3, the job
     requeues itself, resumes, and ends with the uninterrupted run's metrics and weights."""
@@ -246,7 +246,7 @@ def test_two_node_job_preempted_mid_epoch_checkpoints_requeues_and_matches_unint
 
 
 @pytest.mark.slurm
-def test_submit_without_sbatch_options_completes_on_a_gpu_less_cluster(slurm_two_nodes, tiny_data, tmp_path):  # noqa: F811
+def test_submit_without_sbatch_options_completes_on_a_gpu_less_cluster(slurm_two_nodes, tiny_data, tmp_path):
     """A 2-cell grid, no `sbatch:` list, submitted from a shell without the project's python on PATH and
     without CIFAR_DIST_PYTHON: submit asks for no GPU and 1 CPU (what the nodes have); tasks run the
     submitting interpreter."""
@@ -273,7 +273,7 @@ def _trainer_pids(out_dir: Path) -> list[int]:
 
 
 @pytest.mark.slurm
-def test_sweep_sh_ends_when_its_trainer_dies_of_a_signal(slurm_cluster, tiny_data, tmp_path):  # noqa: F811
+def test_sweep_sh_ends_when_its_trainer_dies_of_a_signal(slurm_cluster, tiny_data, tmp_path):
     """A trainer killed by SIGKILL (status 137, no status.json), once after a USR1 (the case that made the
     old wait loop spin under bash 5.2) and once without: the script ends at once each time; requeues after
     the USR1, records a failure with the trainer's status otherwise."""
@@ -316,7 +316,7 @@ def test_sweep_sh_ends_when_its_trainer_dies_of_a_signal(slurm_cluster, tiny_dat
 
 
 @pytest.mark.slurm
-def test_a_python_without_the_project_fails_with_one_line(slurm_cluster, tmp_path):  # noqa: F811
+def test_a_python_without_the_project_fails_with_one_line(slurm_cluster, tmp_path):
     spec = tmp_path / "s.yaml"
     spec.write_text(f"name: nopy\npreset: smoke\nout_dir: {tmp_path}\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "CIFAR_DIST_"))}
@@ -333,8 +333,8 @@ def test_a_python_without_the_project_fails_with_one_line(slurm_cluster, tmp_pat
 
 
 @pytest.mark.slurm
-def test_one_process_accelerate_path_checkpoints_on_scancel_and_resubmit_finishes(  # noqa: F811
-        slurm_cluster, tiny_data, tmp_path):  # noqa: F811
+def test_one_process_accelerate_path_checkpoints_on_scancel_and_resubmit_finishes(
+        slurm_cluster, tiny_data, tmp_path):
     """The 1-GPU launcher path (accelerate launch, distributed_type NO: Popen, no signal forwarding), taken
     with CIFAR_DIST_GPUS=1 on a CPU: `scancel` sends TERM to every process of the task; the launcher ignores
     it, the trainer checkpoints mid-epoch and exits 3, sweep.sh records status 3 (not the launcher's 1)
@@ -380,8 +380,8 @@ sbatch: [--gpus-per-node=0, --cpus-per-task=1, --time=10]
 
 
 @pytest.mark.slurm
-def test_train_sh_refuses_a_bad_flag_with_one_line_before_starting_any_node(  # noqa: F811
-        slurm_two_nodes, tiny_data, tmp_path):  # noqa: F811
+def test_train_sh_refuses_a_bad_flag_with_one_line_before_starting_any_node(
+        slurm_two_nodes, tiny_data, tmp_path):
     with pytest.MonkeyPatch.context() as mp:
         _use_cluster(mp, slurm_two_nodes)
         job = _train_sh(slurm_two_nodes, tiny_data, tmp_path, "bad", "--optim.lrr=0.1")
@@ -447,7 +447,7 @@ def _train_sh_2procs(cluster: Cluster, data, out: Path, name: str) -> str:
 @pytest.mark.slurm
 @pytest.mark.parametrize("how", ["scancel", "scontrol requeue"])
 def test_train_sh_cancel_and_requeue_logs_say_one_line_without_launcher_noise(
-        how, slurm_cluster, tiny_data, tmp_path):  # noqa: F811
+        how, slurm_cluster, tiny_data, tmp_path):
     """`scancel JOB` and `scontrol requeue JOB` (preemption by hand) on a 2-process torchrun job: the trainers
     checkpoint; the log ends with one train.sh line saying what happened (written before the requeue) and holds
     no bogus scancel error, no torchrun FAILED report or "death signal", no srun exit-code line, no warning."""
@@ -490,7 +490,7 @@ def test_task_cpus_let_parallel_tasks_fit_on_the_nodes(sinfo, parallel, expected
 
 
 @pytest.mark.slurm
-def test_train_sh_run_by_hand_on_a_gpu_less_cluster_says_what_to_pass(slurm_two_nodes):  # noqa: F811
+def test_train_sh_run_by_hand_on_a_gpu_less_cluster_says_what_to_pass(slurm_two_nodes):
     """Its #SBATCH lines ask for GPUs, which this cluster refuses at submit: run outside a job, train.sh says in
     one line (from sinfo) how to submit it here, exit 2, and starts nothing."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "CIFAR_DIST_"))}
