@@ -7,8 +7,11 @@ What it does (facts from /work/shared/notes/slurm-local.md):
 - writes slurm.conf (and, with `gpus > 0`, gres.conf whose `File=` entries are symlinks to /dev/null,
   so the node advertises `gpu:a100:<gpus>` that no program can use) under a private directory, with
   ports picked free so it never meets another cluster on the machine;
-- starts munged as the `munge` user only if no MUNGE daemon answers already, then slurmctld and slurmd
-  in the foreground as children of this process, and waits until the node is idle;
+- starts a munged of its own as the `munge` user, on a socket of its own (/run/munge/<cluster>/munge.socket,
+  named in slurm.conf's `AuthInfo=socket=`), then slurmctld and slurmd in the foreground as children of this
+  process, and waits until the node is idle. Two clusters at once never share a munged: a shared one went
+  away with the cluster that started it, and the other cluster's clients and job steps failed to
+  authenticate (squeue answered nothing, job steps could not report their end);
 - `cluster.env` is os.environ plus SLURM_CONF: pass it to every client command;
 - on exit cancels every job of this cluster, waits for the node to be idle (so no job process is left),
   then stops exactly the daemons it started and waits on their PIDs.
@@ -62,7 +65,7 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=cred_expire=5
+AuthInfo=cred_expire=5,socket={munge_socket}
 StateSaveLocation={dir}/state
 SlurmdSpoolDir={dir}/spool/%n
 SlurmctldPidFile={dir}/run/slurmctld.pid
@@ -99,12 +102,13 @@ def skip_reason() -> str | None:
     return None
 
 
-def _munge_works() -> bool:
+def _munge_works(sock: Path) -> bool:
     try:
-        cred = subprocess.run(["munge", "-n"], capture_output=True, timeout=10)
+        cred = subprocess.run(["munge", "-S", str(sock), "-n"], capture_output=True, timeout=10)
         if cred.returncode:
             return False
-        return subprocess.run(["unmunge"], input=cred.stdout, capture_output=True, timeout=10).returncode == 0
+        return subprocess.run(["unmunge", "-S", str(sock)], input=cred.stdout, capture_output=True,
+                              timeout=10).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
 
@@ -156,9 +160,14 @@ class Cluster:
         return "idle" if found and all(st == "idle" for st in found) else ",".join(found)
 
     def jobs(self) -> list[str]:
-        """squeue lines `jobid|state`, array tasks one per line."""
-        out = self.run("squeue", "-h", "-r", "-o", "%i|%T", check=False)
-        return [line for line in out.stdout.splitlines() if line.strip()]
+        """squeue lines `jobid|state`, array tasks one per line. A squeue that fails (a busy controller: "Socket
+        timed out") is asked again: its empty answer would read as "no job left" and end a wait too early."""
+        for _ in range(30):
+            out = self.run("squeue", "-h", "-r", "-o", "%i|%T", check=False)
+            if out.returncode == 0:
+                return [line for line in out.stdout.splitlines() if line.strip()]
+            time.sleep(1)
+        raise RuntimeError(f"squeue kept failing: {out.stderr.strip()}")
 
     def wait_idle(self, timeout: float = 60) -> None:
         """Until no job is left and every node is idle (not allocated, not completing)."""
@@ -197,6 +206,11 @@ class Cluster:
         return rows
 
 
+def _munge_dir(d: Path) -> Path:
+    """This cluster's munged folder: under /run/munge (the munge user cannot reach pytest's private tmp)."""
+    return Path("/run/munge") / f"cluster-{os.getpid()}-{d.name}"
+
+
 def _write_config(d: Path, host: str, nodes: list[str], cpus: int, gpus: int) -> None:
     for sub in ("state", "spool", "run", "log", "dev"):
         (d / sub).mkdir(parents=True, exist_ok=True)
@@ -222,7 +236,8 @@ def _write_config(d: Path, host: str, nodes: list[str], cpus: int, gpus: int) ->
     first_job_id = 1 + (os.getpid() * 7919 + len(nodes) * 2503) % 15000
     (d / "slurm.conf").write_text(SLURM_CONF.format(
         dir=d, node=host, node_lines=node_lines, node_list=",".join(nodes), gres_types=gres_types,
-        ctld_port=free_port(), slurmd_port=free_port(), first_job_id=first_job_id))
+        ctld_port=free_port(), slurmd_port=free_port(), first_job_id=first_job_id,
+        munge_socket=_munge_dir(d) / "munge.socket"))
 
 
 @contextlib.contextmanager
@@ -242,19 +257,22 @@ def local_slurm_cluster(directory: Path, gpus: int = 0, cpus: int | None = None,
     started: list[subprocess.Popen] = []  # stopped in reverse order
     logs = []
     try:
-        if not _munge_works():
-            run_dir = Path("/run/munge")
-            run_dir.mkdir(parents=True, exist_ok=True)
-            shutil.chown(run_dir, "munge", "munge")
-            log = open(directory / "log" / "munged.out", "w")  # noqa: SIM115 (closed in finally)
-            logs.append(log)
-            started.append(subprocess.Popen(["munged", "--foreground", "--force"], user="munge", group="munge", stdout=log,
-                                            stderr=subprocess.STDOUT, preexec_fn=_die_with_parent))
-            end = time.monotonic() + 20
-            while not _munge_works():
-                if started[-1].poll() is not None or time.monotonic() > end:
-                    raise RuntimeError(f"munged did not start; see {directory / 'log' / 'munged.out'}")
-                time.sleep(0.1)
+        munge = _munge_dir(directory)
+        munge.mkdir(parents=True, exist_ok=True)
+        shutil.chown(munge.parent, "munge", "munge")
+        shutil.chown(munge, "munge", "munge")
+        sock = munge / "munge.socket"
+        log = open(directory / "log" / "munged.out", "w")  # noqa: SIM115 (closed in finally)
+        logs.append(log)
+        started.append(subprocess.Popen(
+            ["munged", "--foreground", "--force", f"--socket={sock}", f"--pid-file={munge / 'munged.pid'}",
+             f"--seed-file={munge / 'munged.seed'}", f"--log-file={munge / 'munged.log'}"],
+            user="munge", group="munge", stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent))
+        end = time.monotonic() + 20
+        while not _munge_works(sock):
+            if started[-1].poll() is not None or time.monotonic() > end:
+                raise RuntimeError(f"munged did not start; see {directory / 'log' / 'munged.out'}")
+            time.sleep(0.1)
         daemons = [("slurmctld", ["slurmctld"])]
         daemons += [(f"slurmd-{n}", ["slurmd", "-N", n]) for n in names] if nodes > 1 else [("slurmd", ["slurmd"])]
         for label, argv in daemons:
@@ -280,6 +298,19 @@ def local_slurm_cluster(directory: Path, gpus: int = 0, cpus: int | None = None,
             _stop(proc)
         for log in logs:
             log.close()
+        shutil.rmtree(_munge_dir(directory), ignore_errors=True)
+
+
+_STARTED: set[str] = set()
+
+
+def _once(which: str) -> None:
+    """A session fixture imported into a test module becomes one fixture per module, each with a cluster of
+    its own (three one-node clusters at once in one worker, fighting over munge). tests/conftest.py is the
+    one place that imports these fixtures; this fails the test that would start a second one."""
+    if which in _STARTED:
+        pytest.fail(f"a second {which} SLURM cluster in this process: import the fixture only in tests/conftest.py")
+    _STARTED.add(which)
 
 
 @pytest.fixture(scope="session")
@@ -292,6 +323,7 @@ def slurm_cluster(tmp_path_factory) -> Iterator[Cluster]:
         pytest.fail(f"CI must run the SLURM tests: {reason}")
     if reason:
         pytest.skip(reason)
+    _once("one-node")
     with local_slurm_cluster(tmp_path_factory.mktemp("slurm"), gpus=4, cpus=4) as cluster:
         yield cluster
 
@@ -305,5 +337,6 @@ def slurm_two_nodes(tmp_path_factory) -> Iterator[Cluster]:
         pytest.fail(f"CI must run the SLURM tests: {reason}")
     if reason:
         pytest.skip(reason)
+    _once("two-node")
     with local_slurm_cluster(tmp_path_factory.mktemp("slurm2"), gpus=0, cpus=1, nodes=2) as cluster:
         yield cluster
