@@ -143,6 +143,7 @@ class Cluster:
     gpus: int  # fake GPUs each node offers (0 = no gres configured)
     env: dict[str, str] = field(default_factory=dict)  # os.environ + SLURM_CONF; pass to clients
     nodes: list[str] = field(default_factory=list)  # every node's name, first = `node`
+    moved: dict[str, float] = field(default_factory=dict)  # job -> when start_now last moved its start
 
     @property
     def conf(self) -> Path:
@@ -189,10 +190,13 @@ class Cluster:
             return False
         try:
             wait = (datetime.datetime.fromisoformat(start) - datetime.datetime.now()).total_seconds()
-        except ValueError:
-            wait = float("inf")
-        if wait <= 10:
+        except ValueError:  # no begin time shown: nothing to move
             return False
+        # Once per wait: moved again every few seconds, a job that had just become eligible was pushed back
+        # each time before the scheduler placed it (a two-node job waited 5 minutes so).
+        if wait <= 10 or time.monotonic() - self.moved.get(job, -60.0) < 30:
+            return False
+        self.moved[job] = time.monotonic()
         return self.run("scontrol", "update", f"JobId={job}", "StartTime=now+3", check=False).returncode == 0
 
     def jobcomp(self) -> list[dict[str, str]]:
