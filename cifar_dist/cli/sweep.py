@@ -1,8 +1,9 @@
 """`cifar-dist sweep plan|submit|status|preempt|run|resolve|worker GRID ...`: the sweep commands.
 
-Each subcommand's options are one dataclass (`PlanArgs`, `SubmitArgs`, ...), read once by the strict runner
-(`cifar_dist.runner.run_schema`): every flag is checked before anything is read or written, and its
-`--help` is generated from the fields. Fire dispatches the subcommand (`Sweep`, `cifar_dist.cli.dispatch`).
+Each subcommand is one dataclass (`PlanArgs`, `SubmitArgs`, ...): its fields are the options, read once by the
+strict runner (`cifar_dist.runner.run_schema`), and its `run()` does the work: every flag is checked before
+anything is read or written, and its `--help` is generated from the fields. Fire dispatches the subcommand
+(`Sweep`, `cifar_dist.cli.dispatch`).
 `submit GRID -- SBATCH_OPTION ...` passes everything after `--` to sbatch unchanged.
 """
 
@@ -39,19 +40,32 @@ class PlanArgs(_Grid):
     parallel: int | None = opt(None, "array tasks at once (default: the spec's parallel)", metavar="P",
                                expected=POSITIVE)
 
+    def planned(self) -> tuple[sweeps.Sweep, int]:
+        """The expanded spec, its sweep.json written, and the array tasks at once (plan's and submit's start)."""
+        parallel = _count("parallel", self.parallel)
+        sweep = sweeps.load_sweep(self.grid)
+        sweeps.write_sweep_json(sweep)
+        (sweep.dir / "slurm").mkdir(parents=True, exist_ok=True)
+        return sweep, parallel or sweep.spec.parallel
+
+    def run(self) -> int:
+        sys.stdout.write(sweeps.plan_text(*self.planned()))
+        return EXIT_OK
+
 
 @dataclass(frozen=True)
-class SubmitArgs(_Grid):
+class SubmitArgs(PlanArgs):
     """sbatch the unfinished runs as a job array; sbatch options may follow a --.
 
     e.g. `cifar-dist sweep submit GRID -- --partition=gpu --wait`. Runs that are finished (result.json)
     or already in squeue are left out.
     """
 
-    parallel: int | None = opt(None, "array tasks at once (default: the spec's parallel)", metavar="P",
-                               expected=POSITIVE)
     dry_run: bool = opt(False, "print the sbatch command, do not submit (also --dry-run)")
     sbatch: tuple[str, ...] = after_dashes("options passed to sbatch unchanged", "SBATCH_OPTION")
+
+    def run(self) -> int:
+        return sweeps.submit(*self.planned(), list(self.sbatch), dry_run=self.dry_run)
 
 
 @dataclass(frozen=True)
@@ -65,6 +79,11 @@ class StatusArgs(_Grid):
 
     json: bool = opt(False, "machine-readable output")
 
+    def run(self) -> int:
+        sweep = sweeps.load_sweep(self.grid, count=False)
+        sys.stdout.write(sweeps.status_text(sweep, sweeps.squeue_tasks(sweep.spec.name), as_json=self.json))
+        return EXIT_OK
+
 
 @dataclass(frozen=True)
 class PreemptArgs(_Grid):
@@ -76,6 +95,11 @@ class PreemptArgs(_Grid):
 
     task: int = opt(help="the array index (a search's worker number), as `sweep status` shows it",
                     expected="an array index (an integer >= 0)")
+
+    def run(self) -> int:
+        if self.task < 0:
+            raise FlagError(f"TASK: expected an array index (an integer >= 0), found {self.task!r}")
+        return sweeps.preempt(sweeps.load_sweep(self.grid, count=False), self.task)
 
 
 @dataclass(frozen=True)
@@ -90,6 +114,19 @@ class RunArgs(_Grid):
     parallel: int = opt(1, "runs at once", expected=POSITIVE)
     procs: int | None = opt(None, PROCS_HELP, metavar="N", expected=POSITIVE)
 
+    def run(self) -> int:
+        if not self.local:
+            raise FlagError("sweep run: --local=false: `sweep run` trains on this machine; on a SLURM cluster use "
+                            "`cifar-dist sweep submit GRID`")
+        parallel = _count("parallel", self.parallel) or 1
+        procs = _procs(self.procs)
+        sweep = sweeps.load_sweep(self.grid)
+        sweeps.lock_sweep(sweep.dir)  # one local runner per sweep folder (exit 2 for a second), before any write
+        sweeps.write_sweep_json(sweep)
+        if sweep.spec.search is not None:
+            return sweeps.run_local_search(sweep, parallel, procs)
+        return sweeps.run_local(sweep, parallel, procs)
+
 
 @dataclass(frozen=True)
 class ResolveArgs(_Grid):
@@ -97,6 +134,10 @@ class ResolveArgs(_Grid):
 
     index: int = opt(help="array index = cell position x len(seeds) + seed position")
     shell: bool = opt(False, "bash assignments run_name, run_dir, cell, seed, finished, sweep_dir, train_args=(...)")
+
+    def run(self) -> int:
+        sys.stdout.write(sweeps.resolve_task(self.grid, self.index, shell=self.shell))
+        return EXIT_OK
 
 
 @dataclass(frozen=True)
@@ -113,6 +154,20 @@ class WorkerArgs(_Grid):
                              metavar="ID")
     procs: int | None = opt(None, "training processes per trial (as for `sweep run`)", metavar="N", expected=POSITIVE)
 
+    def run(self) -> int:
+        procs, worker, env = _procs(self.procs), self.worker, os.environ
+        if worker is None:
+            if "SLURM_ARRAY_JOB_ID" in env and "SLURM_ARRAY_TASK_ID" in env:
+                worker = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+            else:
+                worker = f"job{env['SLURM_JOB_ID']}" if "SLURM_JOB_ID" in env else "local-0"
+        if not worker or any(c.isspace() or c == "/" for c in worker):  # a str field: 12_3 stays the text 12_3
+            raise FlagError(f"--worker: expected an id without spaces or /, found {worker!r}")
+        sweep = sweeps.load_sweep(self.grid, count=False)
+        if sweep.spec.search is None:
+            raise InputError(f"{sweep.spec.path}: search: expected a search spec for `sweep worker`, found none")
+        return sweeps.run_worker(sweep, worker, procs)
+
 
 def _count(flag: str, value: int | None) -> int | None:
     """A positive integer flag (None = not given); FlagError otherwise."""
@@ -121,83 +176,15 @@ def _count(flag: str, value: int | None) -> int | None:
     return value
 
 
-def plan(grid: str, *, parallel: int | None = None) -> int:
-    """Write sweep.json and print the plan of `grid` (the options: `PlanArgs`)."""
-    parallel = _count("parallel", parallel)
-    sweep = sweeps.load_sweep(grid)
-    sweeps.write_sweep_json(sweep)
-    (sweep.dir / "slurm").mkdir(parents=True, exist_ok=True)
-    sys.stdout.write(sweeps.plan_text(sweep, parallel or sweep.spec.parallel))
-    return EXIT_OK
-
-
-def submit(grid: str, *, parallel: int | None = None, dry_run: bool = False, sbatch: tuple[str, ...] = ()) -> int:
-    """sbatch the unfinished runs of `grid`, `sbatch` passed on; the exit status (the options: `SubmitArgs`)."""
-    parallel = _count("parallel", parallel)
-    sweep = sweeps.load_sweep(grid)
-    sweeps.write_sweep_json(sweep)
-    (sweep.dir / "slurm").mkdir(parents=True, exist_ok=True)
-    return sweeps.submit(sweep, parallel or sweep.spec.parallel, list(sbatch), dry_run=dry_run)
-
-
-def status(grid: str, *, json: bool = False) -> int:
-    """Print the state of every run of `grid` (the options: `StatusArgs`)."""
-    sweep = sweeps.load_sweep(grid, count=False)
-    sys.stdout.write(sweeps.status_text(sweep, sweeps.squeue_tasks(sweep.spec.name), as_json=json))
-    return EXIT_OK
-
-
-def preempt(grid: str, task: int) -> int:
-    """Requeue array task `task` of `grid` (the options: `PreemptArgs`)."""
-    if task < 0:
-        raise FlagError(f"TASK: expected an array index (an integer >= 0), found {task!r}")
-    return sweeps.preempt(sweeps.load_sweep(grid, count=False), task)
-
-
-def run(grid: str, *, local: bool = True, parallel: int = 1, procs: int | None = None) -> int:
-    """Train the unfinished runs of `grid` here; the exit status (the options: `RunArgs`)."""
-    if not local:
-        raise FlagError("sweep run: --local=false: `sweep run` trains on this machine; on a SLURM cluster use "
-                        "`cifar-dist sweep submit GRID`")
-    parallel = _count("parallel", parallel) or 1
-    procs = _count("procs", _env_procs() if procs is None else procs)
-    sweep = sweeps.load_sweep(grid)
-    sweeps.lock_sweep(sweep.dir)  # one local runner per sweep folder (exit 2 for a second), before any write
-    sweeps.write_sweep_json(sweep)
-    if sweep.spec.search is not None:
-        return sweeps.run_local_search(sweep, parallel, procs)
-    return sweeps.run_local(sweep, parallel, procs)
-
-
-def _env_procs() -> int:
-    value = os.environ.get("CIFAR_DIST_CPU_PROCS", "1")
-    try:
-        return int(value)
-    except ValueError:
-        raise InputError(f"CIFAR_DIST_CPU_PROCS: expected a positive integer, found {value!r}") from None
-
-
-def resolve(grid: str, index: int, *, shell: bool = False) -> int:
-    """Print the train flags of array index `index` of `grid` (the options: `ResolveArgs`)."""
-    sys.stdout.write(sweeps.resolve_task(grid, index, shell=shell))
-    return EXIT_OK
-
-
-def worker(grid: str, *, worker: str | None = None, procs: int | None = None) -> int:
-    """Run one search worker of `grid`; the exit status (the options: `WorkerArgs`)."""
-    procs = _count("procs", _env_procs() if procs is None else procs)
-    if worker is None:
-        env = os.environ
-        if "SLURM_ARRAY_JOB_ID" in env and "SLURM_ARRAY_TASK_ID" in env:
-            worker = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
-        else:
-            worker = f"job{env['SLURM_JOB_ID']}" if "SLURM_JOB_ID" in env else "local-0"
-    if not worker or any(c.isspace() or c == "/" for c in worker):  # a str field: 12_3 stays the text 12_3
-        raise FlagError(f"--worker: expected an id without spaces or /, found {worker!r}")
-    sweep = sweeps.load_sweep(grid, count=False)
-    if sweep.spec.search is None:
-        raise InputError(f"{sweep.spec.path}: search: expected a search spec for `sweep worker`, found none")
-    return sweeps.run_worker(sweep, worker, procs)
+def _procs(value: int | None) -> int:
+    """--procs, by default $CIFAR_DIST_CPU_PROCS (else 1), a positive integer."""
+    if value is None:
+        env = os.environ.get("CIFAR_DIST_CPU_PROCS", "1")
+        try:
+            value = int(env)
+        except ValueError:
+            raise InputError(f"CIFAR_DIST_CPU_PROCS: expected a positive integer, found {env!r}") from None
+    return _count("procs", value)
 
 
 SCHEMAS = {"plan": PlanArgs, "submit": SubmitArgs, "status": StatusArgs, "preempt": PreemptArgs, "run": RunArgs,
@@ -205,36 +192,24 @@ SCHEMAS = {"plan": PlanArgs, "submit": SubmitArgs, "status": StatusArgs, "preemp
 
 
 class Sweep:
-    """The subcommands of `cifar-dist sweep`, dispatched by Fire: each reads `argv` (the words after its
-    name) once against its schema (`SCHEMAS`) and returns the exit status."""
+    """The subcommands of `cifar-dist sweep`, dispatched by Fire: one method per entry of `SCHEMAS`, which
+    reads `argv` (the words after its name) once against that schema and returns the exit status of its
+    `run()`."""
 
     def __init__(self, argv: list[str]):
         self.argv = argv
 
-    def plan(self) -> int:
-        return self._run(plan)
 
-    def submit(self) -> int:
-        return self._run(submit)
+def _subcommand(name: str, schema: type):
+    def method(self: Sweep) -> int:
+        return run_schema(lambda **options: schema(**options).run(), schema, self.argv, f"{PROG} {name}")
 
-    def status(self) -> int:
-        return self._run(status)
+    method.__name__ = method.__qualname__ = name
+    return method
 
-    def preempt(self) -> int:
-        return self._run(preempt)
 
-    def run(self) -> int:
-        return self._run(run)
-
-    def resolve(self) -> int:
-        return self._run(resolve)
-
-    def worker(self) -> int:
-        return self._run(worker)
-
-    def _run(self, fn) -> int:
-        return run_schema(fn, SCHEMAS[fn.__name__], self.argv, f"{PROG} {fn.__name__}")
-
+for _name, _schema in SCHEMAS.items():
+    setattr(Sweep, _name, _subcommand(_name, _schema))
 
 COMMANDS = subcommands(Sweep)
 
