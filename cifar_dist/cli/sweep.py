@@ -123,8 +123,6 @@ class RunArgs(_Grid):
         sweep = sweeps.load_sweep(self.grid)
         sweeps.lock_sweep(sweep.dir)  # one local runner per sweep folder (exit 2 for a second), before any write
         sweeps.write_sweep_json(sweep)
-        if sweep.spec.search is not None:
-            return sweeps.run_local_search(sweep, parallel, procs)
         return sweeps.run_local(sweep, parallel, procs)
 
 

@@ -21,7 +21,7 @@ from cifar_dist.files import atomic_write_json, atomic_write_text, pid_alive, re
 from cifar_dist.run_dir import RUNNER_FILE, RunDir
 from cifar_dist.sweep.backend import Queued, WorkerSlot, register_backend
 from cifar_dist.sweep.plan import Run, Sweep, describe
-from cifar_dist.sweep.trainer import host, local_command, start_trainer, trainer_env
+from cifar_dist.sweep.trainer import handling, host, local_command, start_trainer, trainer_env
 
 _LOCKED: dict[str, int] = {}  # sweep folder -> its open, flock-ed descriptor (kept for the process' life)
 
@@ -90,8 +90,7 @@ class LocalRunner:
                 proc.send_signal(signal.SIGTERM)
 
     def command(self, run: Run) -> list[str]:
-        port = 29500 + (os.getpid() + run.index) % 20000
-        return local_command(self.sweep.train_flags(run), self.procs, port)
+        return local_command(self.sweep.train_flags(run), self.procs, run.index)
 
     def label(self, run: Run) -> str:
         return f"{run.name} ({describe(run.cell.overrides)}, seed {run.seed})"
@@ -140,30 +139,28 @@ class LocalRunner:
             time.sleep(0.2)
 
 
-def drive(runner: LocalRunner, queue: list, parallel: int) -> None:
-    """runner.run with SIGINT/SIGTERM forwarded to the children as SIGTERM (handlers restored after)."""
-    old = {s: signal.signal(s, runner.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        runner.run(queue, parallel)
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
 def run_local(sweep: Sweep, parallel: int, procs: int) -> int:
-    """Run every unfinished run of the sweep here, `parallel` at a time; SIGINT/SIGTERM checkpoint and stop."""
-    runs = sweep.runs
-    todo = []
-    for run in runs:
-        if run.files.is_finished:
-            print(f"skip {run.name}: finished ({run.files.result})", flush=True)
-        else:
-            todo.append(run)
-    print(f"sweep {sweep.spec.name}: {len(runs)} runs, {len(runs) - len(todo)} finished, running {len(todo)} "
-          f"({parallel} at a time, {procs} process(es) each); logs in {sweep.dir / 'logs'}", flush=True)
+    """Run every unfinished run of the sweep here (a search: `parallel` local workers sharing its study),
+    `parallel` at a time; SIGINT/SIGTERM checkpoint the runs (trials) and stop."""
+    name, logs, runs = sweep.spec.name, sweep.dir / "logs", sweep.runs
+    if sweep.spec.search is not None:
+        todo: list[Run | WorkerSlot] = [WorkerSlot(i, f"local-{i}", sweep.dir / "workers" / f"local-{i}")
+                                        for i in range(parallel)]
+        print(f"search {name}: {parallel} local worker(s), {procs} process(es) per trial; study "
+              f"{sweep.dir / 'study.journal'}; logs in {logs}", flush=True)
+    else:
+        todo = []
+        for run in runs:
+            if run.files.is_finished:
+                print(f"skip {run.name}: finished ({run.files.result})", flush=True)
+            else:
+                todo.append(run)
+        print(f"sweep {name}: {len(runs)} runs, {len(runs) - len(todo)} finished, running {len(todo)} "
+              f"({parallel} at a time, {procs} process(es) each); logs in {logs}", flush=True)
     runner = LocalBackend(procs).run(sweep, todo, parallel)
-    print(f"sweep {sweep.spec.name}: {runner.done} trained, {len(runs) - len(todo)} skipped, {runner.failed} failed"
-          + (", stopped by a signal" if runner.stop else ""), flush=True)
+    done = (f"search {name}: {runner.done} worker(s) done" if sweep.spec.search is not None
+            else f"sweep {name}: {runner.done} trained, {len(runs) - len(todo)} skipped")
+    print(f"{done}, {runner.failed} failed" + (", stopped by a signal" if runner.stop else ""), flush=True)
     return runner.exit_status()
 
 
@@ -181,17 +178,6 @@ class WorkerRunner(LocalRunner):
         return returncode == EXIT_OK
 
 
-def run_local_search(sweep: Sweep, parallel: int, procs: int) -> int:
-    """`parallel` local workers sharing the search's study; SIGINT/SIGTERM checkpoint their trials and stop."""
-    slots = [WorkerSlot(i, f"local-{i}", sweep.dir / "workers" / f"local-{i}") for i in range(parallel)]
-    print(f"search {sweep.spec.name}: {parallel} local worker(s), {procs} process(es) per trial; study "
-          f"{sweep.dir / 'study.journal'}; logs in {sweep.dir / 'logs'}", flush=True)
-    runner = LocalBackend(procs).run(sweep, slots, parallel)
-    print(f"search {sweep.spec.name}: {runner.done} worker(s) done, {runner.failed} failed"
-          + (", stopped by a signal" if runner.stop else ""), flush=True)
-    return runner.exit_status()
-
-
 @dataclass(frozen=True)
 class LocalBackend:
     """Subprocesses of this machine: a run is held while the local runner that started it lives."""
@@ -200,9 +186,11 @@ class LocalBackend:
     name: str = field(default="local", init=False)
 
     def run(self, sweep: Sweep, runs: list[Run | WorkerSlot], parallel: int) -> LocalRunner:
-        """Train `runs` (a search: its workers) `parallel` at a time; the runner, with its counts."""
+        """Train `runs` (a search: its workers) `parallel` at a time, SIGINT/SIGTERM forwarded to them as
+        SIGTERM; the runner, with its counts."""
         runner = (WorkerRunner if sweep.spec.search is not None else LocalRunner)(sweep, self.procs)
-        drive(runner, list(runs), parallel)
+        with handling(runner.on_signal, signal.SIGINT, signal.SIGTERM):
+            runner.run(list(runs), parallel)
         return runner
 
     def submit(self, sweep: Sweep, runs: list[Run | WorkerSlot], parallel: int) -> int:

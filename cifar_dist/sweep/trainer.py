@@ -1,10 +1,12 @@
-"""Starting a trainer as a subprocess: the one way the local runner and a search worker start theirs; and
-the host name their records carry."""
+"""Starting a trainer as a subprocess: the one way the local runner and a search worker start theirs, and
+forward their signals to it; and the host name their records carry."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -26,12 +28,26 @@ def trainer_env(drop: tuple[str, ...] = ()) -> dict[str, str]:
     return env
 
 
-def local_command(flags: list[str], procs: int, port: int) -> list[str]:
-    """`python -m cifar_dist.train FLAGS`, or with procs > 1 the same under accelerate launch (launch/cpu.yaml)."""
+def local_command(flags: list[str], procs: int, number: int) -> list[str]:
+    """`python -m cifar_dist.train FLAGS`, or with procs > 1 the same under accelerate launch (launch/cpu.yaml),
+    on a port of its own for run or trial `number` of this process."""
     if procs <= 1:
         return [sys.executable, "-m", "cifar_dist.train", *flags]
+    port = 29500 + (os.getpid() + number) % 20000
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(root() / "launch" / "cpu.yaml"),
             "--num_processes", str(procs), "--main_process_port", str(port), "-m", "cifar_dist.train", *flags]
+
+
+@contextlib.contextmanager
+def handling(handler, *signums: signal.Signals):
+    """`handler` receives `signums` while the block runs (it forwards them to the trainers); the old handlers
+    are restored after."""
+    old = {s: signal.signal(s, handler) for s in signums}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def start_trainer(cmd: list[str], log_path: Path, env: dict[str, str], note: str = "",

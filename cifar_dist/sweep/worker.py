@@ -32,7 +32,7 @@ from cifar_dist.sweep.backend import get_backend
 from cifar_dist.sweep.plan import Sweep, describe, train_flags, trial_params
 from cifar_dist.sweep.search import all_rungs
 from cifar_dist.sweep.study import Claim, claim, claims_lock, open_study, renew
-from cifar_dist.sweep.trainer import host, local_command, start_trainer, trainer_env
+from cifar_dist.sweep.trainer import handling, host, local_command, start_trainer, trainer_env
 
 LAUNCH_ENV = "CIFAR_DIST_LAUNCH"  # the trainer launcher (shell words, without train flags), set by sweep.sh
 POLL_S = 0.5
@@ -126,8 +126,7 @@ class Worker:
         the lease was taken by another worker."""
         stop_after = 0 if target >= self.search.max_epochs else target
         flags = self.trial_flags(c, stop_after)
-        port = 29500 + (os.getpid() + c.number) % 20000
-        cmd = [*self.launch, *flags] if self.launch else local_command(flags, self.procs, port)
+        cmd = [*self.launch, *flags] if self.launch else local_command(flags, self.procs, c.number)
         self.proc = start_trainer(cmd, self.sweep.dir / "logs" / f"{c.dir.name}.out", self.env,
                                   f"   # worker {self.me}", preexec_fn=_die_with_parent)
         if self.stop:  # a signal that came while starting
@@ -229,11 +228,9 @@ class Worker:
 def run_worker(sweep: Sweep, me: str, procs: int = 1) -> int:
     """Run one worker until no trial is left (0), a signal (3) or repeated failures (1)."""
     worker = Worker(sweep, me, procs)
-    old = {s: signal.signal(s, worker.on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
     try:
-        return worker.run()
+        with handling(worker.on_signal, signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+            return worker.run()
     finally:
-        for s, h in old.items():
-            signal.signal(s, h)
         sys.stdout.flush()
 
