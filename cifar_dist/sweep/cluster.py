@@ -19,7 +19,6 @@ added.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from dataclasses import dataclass
 
@@ -61,13 +60,11 @@ def parse_sinfo(text: str) -> list[Node]:
     return nodes
 
 
-def query_sinfo(timeout: float = 30) -> str | None:
-    """The node list of this cluster in SINFO_FORMAT, or None when sinfo is missing or fails."""
-    if shutil.which("sinfo") is None:
-        return None
+def ask(cmd: list[str], timeout: float = 30) -> str | None:
+    """The output of a SLURM query (sinfo, squeue, scontrol), or None when the command is missing, fails or
+    does not answer within `timeout` seconds."""
     try:
-        out = subprocess.run(["sinfo", "-h", "-N", "-o", SINFO_FORMAT], capture_output=True, text=True,
-                             timeout=timeout)
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout if out.returncode == 0 else None
@@ -98,7 +95,7 @@ def _gpu_request(args: list[str]) -> int | None:
 
 def task_resources(given: list[str], sinfo_text: str | None, parallel: int = 1) -> list[str]:
     """The sbatch options to add for one sweep task (see the module docstring); `given` are the options
-    the user's spec and command line already pass, `sinfo_text` the output of query_sinfo(), `parallel` the
+    the user's spec and command line already pass, `sinfo_text` the output of `sinfo -h -N -o SINFO_FORMAT`, `parallel` the
     array tasks meant to run at once: spread over the partition's nodes, they must fit side by side, so the
     CPU count is the smallest node's CPUs divided by the tasks each node gets (at least 1)."""
     nodes = parse_sinfo(sinfo_text or "")
@@ -123,5 +120,5 @@ def task_resources(given: list[str], sinfo_text: str | None, parallel: int = 1) 
 
 
 def sbatch_resources(given: list[str], parallel: int = 1) -> list[str]:
-    """task_resources() for this cluster (asks sinfo); [] where sinfo does not answer."""
-    return task_resources(given, query_sinfo(), parallel)
+    """task_resources() for this cluster (asks sinfo for its nodes); [] where sinfo does not answer."""
+    return task_resources(given, ask(["sinfo", "-h", "-N", "-o", SINFO_FORMAT]), parallel)

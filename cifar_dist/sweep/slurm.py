@@ -8,7 +8,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from cifar_dist.errors import EXIT_BAD_INPUT, EXIT_OK
 from cifar_dist.resources import root
 from cifar_dist.run_dir import STUDY_FILE, read_sweep_json
 from cifar_dist.sweep.backend import Queued, WorkerSlot, register_backend
-from cifar_dist.sweep.cluster import sbatch_resources
+from cifar_dist.sweep.cluster import ask, sbatch_resources
 from cifar_dist.sweep.plan import Run, Sweep, describe, expand, write_sweep_json
 from cifar_dist.sweep.search import bracket_rungs, costs, n_brackets
 from cifar_dist.sweep.spec import SpecError, load_spec
@@ -59,18 +58,12 @@ def sbatch_command(sweep: Sweep, indices: list[int], parallel: int, extra: list[
 def squeue_tasks(job_name: str) -> dict[str, Any] | None:
     """Array tasks in squeue for this user: {"by_index": {index: (job id, state)} for jobs named job_name,
     "by_job": {"<job>_<index>": state}}; None when squeue is missing or does not answer."""
-    if shutil.which("squeue") is None:
-        return None
-    try:
-        out = subprocess.run(["squeue", "--me", "-h", "-r", "-o", "%i|%T|%j"], capture_output=True, text=True,
-                             timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if out.returncode:
+    out = ask(["squeue", "--me", "-h", "-r", "-o", "%i|%T|%j"])
+    if out is None:
         return None
     by_index: dict[int, tuple[str, str]] = {}
     by_job: dict[str, str] = {}
-    for line in out.stdout.splitlines():
+    for line in out.splitlines():
         parts = line.strip().split("|")
         if len(parts) != 3:
             continue
@@ -84,11 +77,7 @@ def squeue_tasks(job_name: str) -> dict[str, Any] | None:
 
 def max_array_size() -> int | None:
     """The cluster's MaxArraySize (None without scontrol)."""
-    try:
-        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    m = re.search(r"^MaxArraySize\s*=\s*(\d+)", out.stdout, re.M)
+    m = re.search(r"^MaxArraySize\s*=\s*(\d+)", ask(["scontrol", "show", "config"]) or "", re.M)
     return int(m.group(1)) if m else None
 
 
@@ -111,36 +100,27 @@ def _rungs_text(sweep: Sweep) -> list[str]:
     return lines
 
 
-def search_plan_text(sweep: Sweep, parallel: int) -> str:
-    """What `sweep plan` prints for a search: space, rungs, epoch costs, the study, the sbatch line."""
+def _search_lines(sweep: Sweep) -> list[str]:
+    """What `sweep plan` says of a search: space, rungs, epoch costs, the study."""
     s, se = sweep.spec, sweep.spec.search
     pruner = {"asha": "SuccessiveHalvingPruner, asynchronous", "hyperband": "HyperbandPruner"}[se.pruner]
     c = costs(se, s.name)
-    lines = [f"search {s.name} ({s.path}): {se.pruner} ({pruner}), {se.trials} trials, {se.sampler} sampler "
-             f"(seed {se.seed}), {se.direction} {se.objective}",
-             f"preset {s.preset or 'defaults'}; fixed: {describe(sweep.fixed)}; seed {s.seeds[0]}",
-             "space:", *[_space_text(d) for d in se.space],
-             f"epochs: min {se.min_epochs}, max {se.max_epochs}, reduction factor {se.reduction_factor} (a rung keeps "
-             f"the top 1/{se.reduction_factor} of the trials that reached it)", *_rungs_text(sweep),
-             f"epoch cost (trials x epochs): without pruning {se.trials} x {se.max_epochs} = {c['unpruned']}",
-             f"  with pruning: worst case {c['worst']} (every trial better than all earlier ones: none pruned), "
-             f"expected {c['expected']:.1f} ({c['expected'] / c['unpruned']:.2f} of it; mean of "
-             f"{c['simulations']} simulated searches, trials of random quality judged in the order they start)",
-             f"study: {sweep.dir / STUDY_FILE}; trial n trains in {sweep.dir}/t<nnn>-s{s.seeds[0]}/",
-             f"submit {parallel} workers (one array task each) with:",
-             f"  {shlex.join(sbatch_command(sweep, list(range(parallel)), parallel))}",
-             f"  (or: cifar-dist sweep submit {s.path}, which leaves out workers already queued)",
-             "run here without SLURM:",
-             f"  cifar-dist sweep run {s.path} --local --parallel 2"]
-    return "\n".join(lines) + "\n"
+    return [f"search {s.name} ({s.path}): {se.pruner} ({pruner}), {se.trials} trials, {se.sampler} sampler "
+            f"(seed {se.seed}), {se.direction} {se.objective}",
+            f"preset {s.preset or 'defaults'}; fixed: {describe(sweep.fixed)}; seed {s.seeds[0]}",
+            "space:", *[_space_text(d) for d in se.space],
+            f"epochs: min {se.min_epochs}, max {se.max_epochs}, reduction factor {se.reduction_factor} (a rung keeps "
+            f"the top 1/{se.reduction_factor} of the trials that reached it)", *_rungs_text(sweep),
+            f"epoch cost (trials x epochs): without pruning {se.trials} x {se.max_epochs} = {c['unpruned']}",
+            f"  with pruning: worst case {c['worst']} (every trial better than all earlier ones: none pruned), "
+            f"expected {c['expected']:.1f} ({c['expected'] / c['unpruned']:.2f} of it; mean of "
+            f"{c['simulations']} simulated searches, trials of random quality judged in the order they start)",
+            f"study: {sweep.dir / STUDY_FILE}; trial n trains in {sweep.dir}/t<nnn>-s{s.seeds[0]}/"]
 
 
-def plan_text(sweep: Sweep, parallel: int) -> str:
-    """What `cifar-dist sweep plan` prints: cells, parameter counts, the array numbering and sbatch line."""
-    if sweep.spec.search is not None:
-        return search_plan_text(sweep, parallel)
-    s = sweep.spec
-    runs = sweep.runs
+def _grid_lines(sweep: Sweep) -> list[str]:
+    """What `sweep plan` says of a grid: cells, parameter counts, the array numbering."""
+    s, runs = sweep.spec, sweep.runs
     fixed = describe(sweep.fixed) if sweep.fixed else "none"
     lines = [f"sweep {s.name} ({s.path}): preset {s.preset or 'defaults'}; fixed: {fixed}",
              f"{len(sweep.cells)} cells x {len(s.seeds)} seeds {s.seeds} = {len(runs)} runs in {sweep.dir}/<cell>-s<seed>"]
@@ -152,13 +132,22 @@ def plan_text(sweep: Sweep, parallel: int) -> str:
     for c in sweep.cells:
         params = f"{c.params:,}" if c.params is not None else "?"
         lines.append(f"{c.cell:5s} {params:>11s}  {describe(c.overrides)}")
-    lines += [f"array index = cell position x {len(s.seeds)} + seed position ({runs[0].name} -> 0, "
-              f"{runs[-1].name} -> {runs[-1].index})",
-              "submit with:",
-              f"  {shlex.join(sbatch_command(sweep, [r.index for r in runs], parallel))}",
-              f"  (or: cifar-dist sweep submit {s.path}, which leaves out finished runs)",
-              "run here without SLURM:",
-              f"  cifar-dist sweep run {s.path} --local --parallel 2"]
+    return lines + [f"array index = cell position x {len(s.seeds)} + seed position ({runs[0].name} -> 0, "
+                    f"{runs[-1].name} -> {runs[-1].index})"]
+
+
+def plan_text(sweep: Sweep, parallel: int) -> str:
+    """What `cifar-dist sweep plan` prints: the grid's cells or the search, then the sbatch line of its array."""
+    s = sweep.spec
+    if s.search is not None:
+        lines, indices = _search_lines(sweep), list(range(parallel))
+        submit_with, left_out = f"submit {parallel} workers (one array task each) with:", "workers already queued"
+    else:
+        lines, indices = _grid_lines(sweep), [r.index for r in sweep.runs]
+        submit_with, left_out = "submit with:", "finished runs"
+    lines += [submit_with, f"  {shlex.join(sbatch_command(sweep, indices, parallel))}",
+              f"  (or: cifar-dist sweep submit {s.path}, which leaves out {left_out})",
+              "run here without SLURM:", f"  cifar-dist sweep run {s.path} --local --parallel 2"]
     return "\n".join(lines) + "\n"
 
 
