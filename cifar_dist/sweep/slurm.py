@@ -151,37 +151,25 @@ def plan_text(sweep: Sweep, parallel: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _unsubmitted(sweep: Sweep, queue: dict[str, Any] | None, parallel: int) -> tuple[list[int], int, int]:
-    """(indices to submit, finished runs, runs already in squeue); for a search the indices are workers."""
-    todo, finished, queued = [], 0, 0
-    if sweep.spec.search is not None:
-        if search_finished(sweep):
-            return [], 1, 0
-        queued_ix = set(queue["by_index"]) if queue is not None else set()
-        return [i for i in range(parallel) if i not in queued_ix], 0, len(queued_ix & set(range(parallel)))
-    for run in sweep.runs:
-        if run.files.is_finished:
-            finished += 1
-        elif queue is not None and run.index in queue["by_index"]:
-            queued += 1
-        else:
-            todo.append(run.index)
-    return todo, finished, queued
-
-
 def submit(sweep: Sweep, parallel: int, extra: list[str], dry_run: bool = False) -> int:
-    """sbatch the runs that are neither finished nor queued as one job array; returns the exit status."""
-    todo, finished, queued = _unsubmitted(sweep, squeue_tasks(sweep.spec.name), parallel)
-    if sweep.spec.search is not None:  # array tasks are workers; `finished` = the whole search
+    """sbatch the runs that are neither finished nor queued as one job array (a search: the workers not queued,
+    unless every trial is finished); returns the exit status."""
+    queue = squeue_tasks(sweep.spec.name)
+    held = set(queue["by_index"]) if queue is not None else set()  # array indices in squeue
+    if sweep.spec.search is not None:  # array tasks are workers
+        finished, queued = search_finished(sweep), len(held & set(range(parallel)))
+        runs: list[Run | WorkerSlot] = [] if finished else [
+            WorkerSlot(i, f"worker-{i}", sweep.dir / "workers" / str(i)) for i in range(parallel) if i not in held]
         print(f"sweep {sweep.spec.name}: search with {parallel} workers; "
-              + ("every trial is finished; " if finished else "") + (f"{queued} already queued; " if queued else "")
-              + f"submitting {len(todo)}")
-        runs = [WorkerSlot(i, f"worker-{i}", sweep.dir / "workers" / str(i)) for i in todo]
+              + ("every trial is finished; " if finished else "")
+              + (f"{queued} already queued; " if queued and not finished else "") + f"submitting {len(runs)}")
     else:
-        print(f"sweep {sweep.spec.name}: {len(sweep.runs)} runs; skipping {finished} finished"
-              + (f" and {queued} already queued" if queued else "") + f"; submitting {len(todo)}")
-        runs = [r for r in sweep.runs if r.index in set(todo)]
-    if not todo:
+        unfinished = [r for r in sweep.runs if not r.files.is_finished]
+        runs = [r for r in unfinished if r.index not in held]
+        queued = len(unfinished) - len(runs)
+        print(f"sweep {sweep.spec.name}: {len(sweep.runs)} runs; skipping {len(sweep.runs) - len(unfinished)} finished"
+              + (f" and {queued} already queued" if queued else "") + f"; submitting {len(runs)}")
+    if not runs:
         print("nothing to submit")
         return EXIT_OK
     return SlurmBackend(tuple(extra), dry_run).submit(sweep, runs, parallel)
