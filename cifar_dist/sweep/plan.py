@@ -15,7 +15,7 @@ from typing import Any
 from cifar_dist.config import ConfigError, flatten, to_dict
 from cifar_dist.files import atomic_write_text
 from cifar_dist.presets import resolve
-from cifar_dist.run_dir import STUDY_FILE, SWEEP_FILE, RunDir, read_sweep_json, run_name
+from cifar_dist.run_dir import STUDY_FILE, SWEEP_FILE, RunDir, read_sweep_json, run_name, trial_name
 from cifar_dist.sweep.spec import Dim, Search, Spec, SpecError, bad, load_spec
 
 
@@ -64,6 +64,10 @@ class Sweep:
         seeds = self.spec.seeds
         return [Run(index=c.index * len(seeds) + j, cell=c, seed=s, name=run_name(c.cell, s),
                     dir=self.dir / run_name(c.cell, s)) for c in self.cells for j, s in enumerate(seeds)]
+
+    def trial_dir(self, number: int) -> Path:
+        """The run directory of a search's trial `number` (the search has one seed)."""
+        return self.dir / trial_name(number, self.spec.seeds[0])
 
     def train_flags(self, run: Run) -> list[str]:
         """The trainer flags of one run (`train_flags` below, the one flag builder)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from cifar_dist.run_dir import RunDir, load_trials, trial_name
+from cifar_dist.run_dir import RunDir, load_trials
 from cifar_dist.sweep.backend import queued_runs
 from cifar_dist.sweep.plan import Run, Sweep
 
@@ -84,7 +84,7 @@ def trial_rows(sweep: Sweep) -> list[dict[str, Any]]:
     for t in trials:
         if "rejected" in t.user_attrs:
             continue
-        run_dir = RunDir(sweep.dir / trial_name(t.number, sweep.spec.seeds[0]))
+        run_dir = RunDir(sweep.trial_dir(t.number))
         record = run_dir.read_trial()
         state = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed"}.get(t.state.name)
         if state is None:

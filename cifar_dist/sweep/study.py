@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from cifar_dist.files import atomic_write_text, pid_alive
-from cifar_dist.run_dir import STUDY_FILE, RunDir, load_trials, replayed, trial_name
+from cifar_dist.run_dir import STUDY_FILE, RunDir, load_trials, replayed
 from cifar_dist.sweep.backend import owner_of
 from cifar_dist.sweep.plan import Sweep
 from cifar_dist.sweep.search import bracket_of, suggest
@@ -49,16 +49,12 @@ MAX_TAKEOVERS = 2  # a trial whose worker died more often than this is marked fa
 STALE_BEATS = 3  # a lease is stale after this many missed heartbeats
 
 
-def study_path(sweep: Sweep) -> Path:
-    return sweep.dir / STUDY_FILE
-
-
 def storage(sweep: Sweep):
     """The study's JournalStorage (the sweep directory is created if needed)."""
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 
-    path = study_path(sweep)
+    path = sweep.dir / STUDY_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     return replayed(path, lambda: JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileSymlinkLock(str(path)))))
 
@@ -183,13 +179,13 @@ def _new_trial(study, store, sweep: Sweep, me: str, check_budget) -> Claim | Non
         trial.set_user_attr("rejected", problem)
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         return None
+    bracket = bracket_of(search, sweep.spec.name, trial.number)
     trial.set_user_attr("overrides", over)
-    trial.set_user_attr("bracket", bracket_of(search, sweep.spec.name, trial.number))
-    run_dir = sweep.dir / trial_name(trial.number, sweep.spec.seeds[0])
+    trial.set_user_attr("bracket", bracket)
+    run_dir = sweep.trial_dir(trial.number)
     run_dir.mkdir(parents=True, exist_ok=True)
     tid = trial_id(study, store, trial.number)
-    record = _lease({"trial": trial.number, "trial_id": tid, "overrides": over,
-                     "bracket": bracket_of(search, sweep.spec.name, trial.number)}, me, "new")
+    record = _lease({"trial": trial.number, "trial_id": tid, "overrides": over, "bracket": bracket}, me, "new")
     write_record(run_dir, record)
     return Claim(trial.number, tid, run_dir, over, record["token"], "new")
 
@@ -205,10 +201,10 @@ def claim(study, store, sweep: Sweep, me: str, queue, check_budget) -> Claim | s
     running = optuna.trial.TrialState.RUNNING
     trials = study.get_trials(deepcopy=False)
     open_trials = [t for t in trials if t.state == running]
-    order = sorted(open_trials, key=lambda t: RunDir(_dir(sweep, t)).read_trial().get("worker") != me)
+    order = sorted(open_trials, key=lambda t: RunDir(sweep.trial_dir(t.number)).read_trial().get("worker") != me)
     live = False
     for t in order:
-        run_dir = _dir(sweep, t)
+        run_dir = sweep.trial_dir(t.number)
         record = RunDir(run_dir).read_trial()
         if not record:  # its worker died between ask and the record (both happen under this lock): no run
             reason = "its worker died before the trial started"
@@ -236,10 +232,6 @@ def claim(study, store, sweep: Sweep, me: str, queue, check_budget) -> Claim | s
         if got is not None:
             return got
     return "wait" if live else "done"
-
-
-def _dir(sweep: Sweep, trial) -> Path:
-    return sweep.dir / trial_name(trial.number, sweep.spec.seeds[0])
 
 
 def renew(sweep: Sweep, c: Claim, **fields: Any) -> bool:
