@@ -89,9 +89,9 @@ def test_a_third_backend_is_read_by_status_and_the_lease_rules(tmp_path, fake):
     assert sweep.run_state(s.runs[3], None) == ("running", "fake job 7")
     search = sweep.load_sweep(_spec(tmp_path, SEARCH.format(out=tmp_path / "runs")), count=False).spec.search
     old = {"lease": "preempted", "worker": "fake-1", "host": "elsewhere", "pid": 1, "heartbeat": time.time() - 1e4}
-    assert lease_is_stale(old, search, None)  # not held by its backend: taken over
+    assert lease_is_stale(old, search, lambda name: None)  # not held by its backend: taken over
     fake.held["fake-1"] = Queued("pending", "requeued")
-    assert not lease_is_stale(old, search, None)  # still held (requeued): it waits, however old its heartbeat
+    assert not lease_is_stale(old, search, lambda name: None)  # still held (requeued): it waits, however old its heartbeat
     assert not lease_is_stale(old, search, lambda name: {"asked": name})
 
 

@@ -224,10 +224,10 @@ def test_resolve_and_sweep_sh_run_a_worker_per_array_task(tmp_path, capsys):
 def test_a_preempted_slurm_lease_waits_for_its_task():
     search = load_spec_like()
     old = {"lease": "preempted", "worker": "77_0", "host": "elsewhere", "pid": 1, "heartbeat": time.time() - 1e4}
-    assert not lease_is_stale(old, search, {"by_index": {}, "by_job": {"77_0": "PENDING"}})  # requeued: wait
-    assert lease_is_stale(old, search, {"by_index": {}, "by_job": {}})  # not queued any more: take it
-    assert lease_is_stale(old, search, None)  # no squeue: after 3 missed heartbeats
-    assert not lease_is_stale({**old, "heartbeat": time.time()}, search, None)
+    assert not lease_is_stale(old, search, lambda name: {"by_index": {}, "by_job": {"77_0": "PENDING"}})  # requeued: wait
+    assert lease_is_stale(old, search, lambda name: {"by_index": {}, "by_job": {}})  # not queued any more: take it
+    assert lease_is_stale(old, search, lambda name: None)  # no squeue: after 3 missed heartbeats
+    assert not lease_is_stale({**old, "heartbeat": time.time()}, search, lambda name: None)
     running = {"lease": "running", "worker": "local-1", "host": "elsewhere", "pid": 1, "heartbeat": time.time()}
     assert not lease_is_stale(running, search, None)
     assert lease_is_stale({**running, "heartbeat": time.time() - 4 * search.heartbeat}, search, None)

@@ -26,10 +26,6 @@ from cifar_dist.sweep.trainer import handling, host, local_command, start_traine
 _LOCKED: dict[str, int] = {}  # sweep folder -> its open, flock-ed descriptor (kept for the process' life)
 
 
-class SweepBusy(InputError):
-    """Another local runner holds the sweep folder."""
-
-
 def lock_sweep(sweep_dir: Path) -> None:
     """One local runner per sweep folder: an OS lock (flock) on the folder itself, held until the process
     ends; a second runner stops with one line naming the first (from RUNNER_FILE) before it starts anything."""
@@ -44,7 +40,7 @@ def lock_sweep(sweep_dir: Path) -> None:
         os.close(fd)
         holder = read_json_or_none(sweep_dir / RUNNER_FILE)
         pid = holder.get("pid", "?") if isinstance(holder, dict) else "?"
-        raise SweepBusy(f"{sweep_dir}: another `sweep run --local` of this sweep is running (pid {pid}); wait for it "
+        raise InputError(f"{sweep_dir}: another `sweep run --local` of this sweep is running (pid {pid}); wait for it "
                         f"to end (or stop it: it checkpoints its runs) and run again") from None
     _LOCKED[key] = fd
     atomic_write_json(sweep_dir / RUNNER_FILE, {"pid": os.getpid()}, indent=None)

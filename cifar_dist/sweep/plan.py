@@ -162,14 +162,8 @@ def _params(spec: Spec, n: int, cfg, over: dict[str, Any]) -> int:
 
 def corners(space: tuple[Dim, ...]) -> list[dict[str, Any]]:
     """Points that touch every value of every choice and both ends of every range (for plan-time checks)."""
-    def values(d: Dim) -> list[dict[str, Any]]:
-        if d.kind == "zip":
-            return list(d.args)
-        if d.kind == "choice":
-            return [{d.name: v} for v in d.args]
-        return [{d.name: v} for v in d.args]  # (low, high)
-
-    per_dim = [values(d) for d in space]
+    # a zip group's values are override dicts; a choice's values and a range's (low, high) are values of one key
+    per_dim = [list(d.args) if d.kind == "zip" else [{d.name: v} for v in d.args] for d in space]
     longest = max(len(v) for v in per_dim)
     points = []
     for i in range(longest):

@@ -21,7 +21,7 @@ import math
 import random
 from typing import Any
 
-from cifar_dist.sweep.spec import Dim, Search
+from cifar_dist.sweep.spec import Dim, Search, round4
 
 SCALARS = (type(None), bool, int, float, str)  # what Optuna's categorical distribution may hold
 
@@ -116,6 +116,5 @@ def suggest(trial, space: tuple[Dim, ...]) -> dict[str, Any]:
         elif d.kind == "randint":
             over[d.name] = trial.suggest_int(d.name, *d.args)
         else:
-            v = trial.suggest_float(d.name, *d.args, log=d.kind == "loguniform")
-            over[d.name] = float(f"{v:.4g}")
+            over[d.name] = round4(trial.suggest_float(d.name, *d.args, log=d.kind == "loguniform"))
     return over

@@ -147,7 +147,8 @@ def _distribution(path: Path, key: str, d: Any) -> tuple[str, Any]:
     return kind, (lo, hi)
 
 
-def _round(x: float) -> float:
+def round4(x: float) -> float:
+    """A drawn float rounded to 4 significant digits (a `random:` draw's and a search suggestion's)."""
     return float(f"{x:.4g}")
 
 
@@ -159,8 +160,8 @@ def draw(rng: random.Random, kind: str, args: Any) -> Any:
     if kind == "randint":
         return lo + rng.randrange(hi - lo + 1)
     if kind == "uniform":
-        return _round(lo + (hi - lo) * rng.random())
-    return _round(math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * rng.random()))
+        return round4(lo + (hi - lo) * rng.random())
+    return round4(math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * rng.random()))
 
 
 def _read(path: Path) -> tuple[dict[str, Any], bytes]:
@@ -291,9 +292,8 @@ def _search(path: Path, data: dict[str, Any], origin: dict[str, str]) -> Search:
     space = _space(path, data, origin)
     if not space:
         raise bad(path, "search", "a search space (grid:, zip: or random.params)", "none")
-    for key in ("run.epochs",):
-        if key in origin:
-            raise bad(path, origin[key], "no run.epochs in a search (search.epochs.max sets it)", key)
+    if "run.epochs" in origin:
+        raise bad(path, origin["run.epochs"], "no run.epochs in a search (search.epochs.max sets it)", "run.epochs")
     return Search(pruner=pruner, objective=objective, direction=OBJECTIVES[objective], trials=trials, min_epochs=lo,
                   max_epochs=hi, reduction_factor=eta, sampler=sampler, seed=seed, heartbeat=heartbeat, space=space)
 

@@ -134,10 +134,9 @@ class Claim:
         return RunDir(self.dir)
 
 
-def lease_is_stale(record: dict[str, Any], search: Search, queue) -> bool:
-    """Whether another worker may take this trial (rules in the module docstring). `queue`: the `look()` of
-    the backend that gives out the lease's worker id (`cifar_dist.sweep.backend`), or a function of that
-    backend's name returning it (asked only when needed)."""
+def lease_is_stale(record: dict[str, Any], search: Search, look) -> bool:
+    """Whether another worker may take this trial (rules in the module docstring). `look(name)`: the `look()`
+    of backend `name` (`cifar_dist.sweep.backend`), asked only for a lease of one of its workers."""
     age = time.time() - float(record.get("heartbeat") or 0)
     stale_age = age > STALE_BEATS * search.heartbeat
     same_host_gone = record.get("host") == host() and not pid_alive(record.get("pid")) \
@@ -148,7 +147,7 @@ def lease_is_stale(record: dict[str, Any], search: Search, queue) -> bool:
         owner = str(record.get("worker"))
         backend = owner_of(owner)
         if backend is not None:  # a worker its backend queues (a requeued SLURM task): stale once it left the queue
-            held = backend.holds(owner, queue(backend.name) if callable(queue) else queue)
+            held = backend.holds(owner, look(backend.name))
             return stale_age if held is None else not held
         return same_host_gone or stale_age
     return False
@@ -190,9 +189,9 @@ def _new_trial(study, store, sweep: Sweep, me: str, check_budget) -> Claim | Non
     return Claim(trial.number, tid, run_dir, over, record["token"], "new")
 
 
-def claim(study, store, sweep: Sweep, me: str, queue, check_budget) -> Claim | str:
+def claim(study, store, sweep: Sweep, me: str, look, check_budget) -> Claim | str:
     """Under the claims lock: a Claim, or "wait" (other live workers hold the open trials) or "done".
-    `study, store`: from `open_study`; `queue`: as for `lease_is_stale`; `check_budget(overrides)`: why a
+    `study, store`: from `open_study`; `look`: as for `lease_is_stale`; `check_budget(overrides)`: why a
     draw is outside the spec's budget."""
     import optuna
 
@@ -212,7 +211,7 @@ def claim(study, store, sweep: Sweep, me: str, queue, check_budget) -> Claim | s
             study.tell(t.number, state=optuna.trial.TrialState.FAIL)
             continue
         mine = record.get("worker") == me
-        if not mine and not lease_is_stale(record, search, queue):
+        if not mine and not lease_is_stale(record, search, look):
             live = live or record.get("lease") == "running"
             continue
         how = "resumed" if mine else "taken over"

@@ -45,21 +45,6 @@ def _die_with_parent() -> None:  # in the trainer, before exec: SIGTERM when the
         pass
 
 
-def budget_check(sweep: Sweep):
-    """A draw's problem with the spec's parameter budget (None when inside it, or without constraints)."""
-    lo, hi = sweep.spec.constraints.get("min_params", 0), sweep.spec.constraints.get("max_params", 0)
-
-    def check(over: dict[str, Any]) -> str | None:
-        if not (lo or hi):
-            return None
-        n = trial_params(sweep.spec, over)
-        if (hi and n > hi) or (lo and n < lo):
-            return f"{n:,} parameters, outside [{lo:,}, {hi or 'inf'}]"
-        return None
-
-    return check
-
-
 def hparams_for_pruned(run_dir: Path, trial: dict[str, Any]) -> None:
     """TensorBoard HParams of a pruned trial (config.yaml and its last/best metrics); the trainer writes
     them itself only when a run finishes."""
@@ -93,8 +78,18 @@ class Worker:
         launch = os.environ.get(LAUNCH_ENV, "")
         self.launch = shlex.split(launch) if launch else None
         self.env = trainer_env(drop=(LAUNCH_ENV,))
-        self.check_budget = budget_check(sweep)
         self.store = None  # the study's storage, once `run` opened the study
+
+    def check_budget(self, over: dict[str, Any]) -> str | None:
+        """A draw's problem with the spec's parameter budget (None when inside it, or without constraints)."""
+        spec = self.sweep.spec
+        lo, hi = spec.constraints.get("min_params", 0), spec.constraints.get("max_params", 0)
+        if not (lo or hi):
+            return None
+        n = trial_params(spec, over)
+        if (hi and n > hi) or (lo and n < lo):
+            return f"{n:,} parameters, outside [{lo:,}, {hi or 'inf'}]"
+        return None
 
     def say(self, text: str) -> None:
         print(f"worker {self.me}: {text}", flush=True)
@@ -205,8 +200,8 @@ class Worker:
         while not self.stop:
             with claims_lock(self.sweep):
                 # each backend's look() once per claim, and only for a lease of one of its workers
-                queue = functools.cache(lambda name: get_backend(name).look(self.sweep))
-                got = claim(study, self.store, self.sweep, self.me, queue, self.check_budget)
+                look = functools.cache(lambda name: get_backend(name).look(self.sweep))
+                got = claim(study, self.store, self.sweep, self.me, look, self.check_budget)
             if got == "done":
                 self.say("no trial left")
                 return EXIT_OK
