@@ -187,15 +187,23 @@ def _fixed(path: Path, data: dict[str, Any], origin: dict[str, str]) -> dict[str
     return {_check_key(path, "fixed", k, origin, allow_preset=False): v for k, v in flatten(fixed_raw).items()}
 
 
+def _axis(path: Path, where: str, group: dict[str, Any], origin: dict[str, str]) -> list[dict[str, Any]]:
+    """Keys whose value lists vary together (a zip group; a grid key is a group of one) as one axis: one
+    override dict per position."""
+    for key, values in group.items():
+        _check_key(path, where, key, origin)
+        _values(path, f"{where}.{key}", values)
+    if len({len(v) for v in group.values()}) != 1:
+        sizes = {k: len(v) for k, v in group.items()}
+        raise bad(path, where, "lists of equal length (they vary together)", sizes)
+    return [dict(zip(group, vals)) for vals in zip(*group.values())]
+
+
 def _grid_axes(path: Path, data: dict[str, Any], origin: dict[str, str]) -> list[list[dict[str, Any]]]:
     grid = data.get("grid") or {}
     if not isinstance(grid, dict):
         raise bad(path, "grid", "a mapping of section.key: [values]", grid)
-    axes = []
-    for key, values in grid.items():
-        _check_key(path, "grid", key, origin)
-        axes.append([{key: v} for v in _values(path, f"grid.{key}", values)])
-    return axes
+    return [_axis(path, "grid", {key: values}, origin) for key, values in grid.items()]
 
 
 def _zip_axes(path: Path, data: dict[str, Any], origin: dict[str, str]) -> list[list[dict[str, Any]]]:
@@ -208,14 +216,7 @@ def _zip_axes(path: Path, data: dict[str, Any], origin: dict[str, str]) -> list[
         where = "zip" if len(zips) == 1 else f"zip[{i}]"
         if not isinstance(group, dict) or not group:
             raise bad(path, where, "a non-empty mapping of section.key: [values]", group)
-        for key, values in group.items():
-            _check_key(path, where, key, origin)
-            _values(path, f"{where}.{key}", values)
-        if len({len(v) for v in group.values()}) != 1:
-            sizes = {k: len(v) for k, v in group.items()}
-            raise bad(path, where, "lists of equal length (they vary together)", sizes)
-        keys = list(group)
-        axes.append([dict(zip(keys, vals)) for vals in zip(*(group[k] for k in keys))])
+        axes.append(_axis(path, where, group, origin))
     return axes
 
 

@@ -139,13 +139,15 @@ class Worker:
         rc, self.proc = self.proc.returncode, None
         return None if lost else rc
 
-    def finish(self, study, c: Claim, state: str, value: float | None = None, **extra: Any) -> None:
+    def finish(self, study, c: Claim, state: str, value: float | None = None, **extra: Any) -> str:
+        """Release the lease with the outcome `state` (complete | pruned | fail) and tell the study, unless the
+        lease was taken; returns `state`."""
         import optuna
 
-        states = {"complete": optuna.trial.TrialState.COMPLETE, "pruned": optuna.trial.TrialState.PRUNED,
-                  "fail": optuna.trial.TrialState.FAIL}
         if renew(self.sweep, c, lease="released", state=state, **extra):
-            study.tell(c.number, value if state == "complete" else None, state=states[state])
+            study.tell(c.number, value if state == "complete" else None,
+                       state=optuna.trial.TrialState[state.upper()])
+        return state
 
     def drive(self, study, c: Claim) -> str:
         """Train one claimed trial until it completes, is pruned, fails or this worker is stopped."""
@@ -159,10 +161,8 @@ class Worker:
             if c.files.is_finished:
                 value = rows[-1].get(self.search.objective) if rows else None
                 if not isinstance(value, (int, float)):
-                    self.finish(study, c, "fail", reason=f"no {self.search.objective} in the last epoch")
-                    return "fail"
-                self.finish(study, c, "complete", float(value), epochs=done)
-                return "complete"
+                    return self.finish(study, c, "fail", reason=f"no {self.search.objective} in the last epoch")
+                return self.finish(study, c, "complete", float(value), epochs=done)
             if record.get("pruned_at") or (done in self.rungs and trial.should_prune()):
                 self.finish(study, c, "pruned", pruned_at=done, epochs=done)
                 hparams_for_pruned(c.dir, record)
@@ -183,8 +183,7 @@ class Worker:
             progressed = (after[-1]["epoch"] if after else 0) > done or c.files.is_finished
             if rc != EXIT_OK or not progressed:
                 reason = f"trainer exit status {rc}" if rc != EXIT_OK else "the trainer made no progress"
-                self.finish(study, c, "fail", reason=reason, epochs=done)
-                return "fail"
+                return self.finish(study, c, "fail", reason=reason, epochs=done)
 
     def wait_for_old_trainer(self, c: Claim) -> None:
         """A trial resumed by the same worker id (requeue, rerun): let an earlier trainer finish checkpointing."""
