@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from cifar_dist import sweep
 from cifar_dist.sweep import backend as seam
 from cifar_dist.sweep.backend import Backend, Queued, register_backend
 from cifar_dist.sweep.local import LocalBackend, LocalRunner
+from cifar_dist.sweep.plan import Sweep, load_sweep
 from cifar_dist.sweep.slurm import SlurmBackend
+from cifar_dist.sweep.status import run_state, status_rows
 from cifar_dist.sweep.study import Claim, lease_is_stale
 from cifar_dist.sweep.worker import Worker
 from tests.helpers import REPO
@@ -32,9 +33,9 @@ def _spec(d: Path, text: str) -> Path:
     return path
 
 
-def _grid(d: Path) -> sweep.Sweep:
-    return sweep.load_sweep(_spec(d, f"name: st\npreset: smoke\nout_dir: {d / 'runs'}\nfixed:\n  run.epochs: 4\n"
-                                     "grid:\n  optim.lr: [0.1, 0.2]\nseeds: 2\n"), count=False)
+def _grid(d: Path) -> Sweep:
+    return load_sweep(_spec(d, f"name: st\npreset: smoke\nout_dir: {d / 'runs'}\nfixed:\n  run.epochs: 4\n"
+                               "grid:\n  optim.lr: [0.1, 0.2]\nseeds: 2\n"), count=False)
 
 
 @dataclass(frozen=True)
@@ -83,11 +84,11 @@ def test_a_third_backend_is_read_by_status_and_the_lease_rules(tmp_path, fake):
     s = _grid(tmp_path)
     assert fake.submit(s, s.runs[1:3], 2) == 0
     fake.held["c001-s1"] = Queued("running", "fake job 7")
-    rows = {r["run"]: (r["state"], r["detail"]) for r in sweep.status_rows(s, None)}
+    rows = {r["run"]: (r["state"], r["detail"]) for r in status_rows(s, None)}
     assert rows == {"c000-s0": ("pending", "not started"), "c000-s1": ("pending", "fake queue, 2 at a time"),
                     "c001-s0": ("pending", "fake queue, 2 at a time"), "c001-s1": ("running", "fake job 7")}
-    assert sweep.run_state(s.runs[3], None) == ("running", "fake job 7")
-    search = sweep.load_sweep(_spec(tmp_path, SEARCH.format(out=tmp_path / "runs")), count=False).spec.search
+    assert run_state(s.runs[3], None) == ("running", "fake job 7")
+    search = load_sweep(_spec(tmp_path, SEARCH.format(out=tmp_path / "runs")), count=False).spec.search
     old = {"lease": "preempted", "worker": "fake-1", "host": "elsewhere", "pid": 1, "heartbeat": time.time() - 1e4}
     assert lease_is_stale(old, search, lambda name: None)  # not held by its backend: taken over
     fake.held["fake-1"] = Queued("pending", "requeued")
@@ -107,7 +108,7 @@ def test_local_queued_follows_a_real_local_run(tmp_path, monkeypatch):
     run = s.runs[2]
     runner.start(run)
     assert local.queued(s.runs, None) == {"c001-s0": Queued("running", "local")}
-    assert local.look(s) is None and sweep.run_state(run, None) == ("running", "local")
+    assert local.look(s) is None and run_state(run, None) == ("running", "local")
     runner.on_signal(signal.SIGTERM, None)
     for proc in list(runner.active):
         proc.wait(timeout=60)
@@ -145,7 +146,7 @@ def test_one_flag_builder_for_a_grid_run_and_a_trial_segment(tmp_path, monkeypat
     assert s.train_flags(s.runs[3]) == [
         "--preset=smoke", "--run.epochs=4", "--optim.lr=0.2",
         f"--run.out_dir={out}", "--run.name=c001-s1", "--run.seed=1", "--resume=auto"]
-    sw = sweep.load_sweep(_spec(tmp_path, SEARCH.format(out="runs")), count=False)
+    sw = load_sweep(_spec(tmp_path, SEARCH.format(out="runs")), count=False)
     c = Claim(3, 4, sw.dir / "t003-s0", {"optim.lookahead": False, "optim.lr": 0.0123}, "token", "new")
     assert Worker(sw, "local-0").trial_flags(c, 2) == [
         "--preset=smoke", "--data.dir=data", "--run.global_batch_size=20", "--data.val_size=100", "--run.epochs=4",

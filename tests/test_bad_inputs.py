@@ -1329,7 +1329,7 @@ def test_deleting_the_lock_file_lets_no_second_trainer_in(tiny_run, tiny_data, t
 SWEEP_LOCK_HOLDER = """
 import sys, time
 from pathlib import Path
-from cifar_dist.sweep import lock_sweep
+from cifar_dist.sweep.local import lock_sweep
 lock_sweep(Path(sys.argv[1]))
 print("locked", flush=True)
 time.sleep(120)

@@ -247,7 +247,7 @@ def test_sweep_subcommands_are_dispatched_by_fire_too(fire_calls, capsys, tmp_pa
 
 
 def test_submit_passes_the_words_after_dashes_to_sbatch(monkeypatch, capsys, tmp_path):
-    from cifar_dist import sweep as sweeps
+    from cifar_dist.sweep import slurm
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "spec.yaml").write_text(SPEC)
@@ -257,7 +257,7 @@ def test_submit_passes_the_words_after_dashes_to_sbatch(monkeypatch, capsys, tmp
         seen.update(parallel=parallel, sbatch=sbatch, dry_run=dry_run)
         return 0
 
-    monkeypatch.setattr(sweeps, "submit", fake_submit)
+    monkeypatch.setattr(slurm, "submit", fake_submit)
     rc, _, err = run(capsys, "sweep", "submit", "spec.yaml", "--dry-run", "--parallel", "3", "--", "--partition=gpu",
                      "--help", "-x")
     assert rc == 0, err

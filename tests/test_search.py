@@ -19,6 +19,7 @@ import pytest
 from cifar_dist import sweep
 from cifar_dist.cli.sweep import main as sweep_main
 from cifar_dist.run_dir import RunDir, load_trials, trial_name
+from cifar_dist.sweep.plan import load_sweep
 from cifar_dist.sweep.search import trial_epochs
 from cifar_dist.sweep.spec import load_spec
 from cifar_dist.sweep.study import claim, claims_lock, lease_is_stale, open_study
@@ -239,7 +240,7 @@ def test_a_trial_asked_but_never_started_is_failed_and_the_next_one_claimed(tmp_
     and asks a new trial, whose lease names the same id the study gives it."""
     import optuna
 
-    sw = sweep.load_sweep(search_spec(tmp_path, trials=2), count=False)
+    sw = load_sweep(search_spec(tmp_path, trials=2), count=False)
     study, store = open_study(sw)
     orphan = study.ask()
     with claims_lock(sw):

@@ -21,9 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from cifar_dist import sweep
 from cifar_dist.cli.sweep import main as sweep_main
 from cifar_dist.run_dir import TASK_FILE
+from cifar_dist.sweep.plan import Run, Sweep, flag_value, load_sweep
+from cifar_dist.sweep.slurm import array_ranges, sbatch_command, squeue_tasks
+from cifar_dist.sweep.spec import draw
+from cifar_dist.sweep.status import run_state, status_rows
 from tests.helpers import REPO
 
 REFERENCE = Path(__file__).parent / "reference"
@@ -76,7 +79,7 @@ seeds: 2
 
 
 def test_grid_zip_and_seeds_expand_in_a_fixed_order(tmp_path):
-    s = sweep.load_sweep(write_spec(tmp_path, SMALL))
+    s = load_sweep(write_spec(tmp_path, SMALL))
     assert [c.cell for c in s.cells] == [f"c{i:03d}" for i in range(8)]
     # first grid axis slowest, the zip group last; 1e-3 (a string for PyYAML) and 0 come back as floats
     assert s.cells[0].overrides == {"optim.lr": 0.001, "optim.lookahead": True, "optim.name": "adam",
@@ -94,7 +97,7 @@ def test_grid_zip_and_seeds_expand_in_a_fixed_order(tmp_path):
 
 
 def test_train_flags_of_a_run(tmp_path):
-    s = sweep.load_sweep(write_spec(tmp_path, SMALL))
+    s = load_sweep(write_spec(tmp_path, SMALL))
     assert s.train_flags(s.runs[3]) == [
         "--preset=smoke", "--data.dir=data", "--run.epochs=1",
         "--optim.lr=0.001", "--optim.lookahead=true", "--optim.name=sgd", "--optim.weight_decay=0.0005",
@@ -114,7 +117,7 @@ grid:
   run.ema: [true]
   model.dropout: [0.25]
 """)
-    s = sweep.load_sweep(spec)
+    s = load_sweep(spec)
     captured = {}
 
     def fake_train(cfg, resume):  # the trainer's work, after every flag was read and checked
@@ -144,9 +147,9 @@ random:
     run.global_batch_size: {{randint: [1, 3]}}
     optim.name: {{choice: [sgd, adam]}}
 """
-    a = sweep.load_sweep(write_spec(tmp_path, text.format(seed=7), "a.yaml"), count=False)
-    b = sweep.load_sweep(write_spec(tmp_path, text.format(seed=7), "b.yaml"), count=False)
-    c = sweep.load_sweep(write_spec(tmp_path, text.format(seed=8), "c.yaml"), count=False)
+    a = load_sweep(write_spec(tmp_path, text.format(seed=7), "a.yaml"), count=False)
+    b = load_sweep(write_spec(tmp_path, text.format(seed=7), "b.yaml"), count=False)
+    c = load_sweep(write_spec(tmp_path, text.format(seed=8), "c.yaml"), count=False)
     draws = [cell.overrides for cell in a.cells]
     assert len(draws) == 200
     assert draws == [cell.overrides for cell in b.cells]
@@ -163,9 +166,9 @@ random:
 
 def test_draw_uses_the_documented_formulas():
     rng, ref = random.Random(3), random.Random(3)
-    assert sweep.draw(rng, "uniform", (2.0, 4.0)) == float(f"{2.0 + 2.0 * ref.random():.4g}")
-    assert sweep.draw(rng, "randint", (5, 9)) == 5 + ref.randrange(5)
-    assert sweep.draw(rng, "choice", ["a", "b", "c"]) == ["a", "b", "c"][ref.randrange(3)]
+    assert draw(rng, "uniform", (2.0, 4.0)) == float(f"{2.0 + 2.0 * ref.random():.4g}")
+    assert draw(rng, "randint", (5, 9)) == 5 + ref.randrange(5)
+    assert draw(rng, "choice", ["a", "b", "c"]) == ["a", "b", "c"][ref.randrange(3)]
 
 
 def test_parameter_budget_drops_cells_with_a_message(tmp_path, capsys, monkeypatch):
@@ -194,7 +197,7 @@ constraints:
 
 
 def test_preset_as_an_axis(tmp_path):
-    s = sweep.load_sweep(write_spec(tmp_path, """\
+    s = load_sweep(write_spec(tmp_path, """\
 name: presets
 fixed:
   run.epochs: 3
@@ -258,8 +261,8 @@ def test_submit_leaves_out_runs_already_in_squeue(tmp_path, capsys, monkeypatch)
     fake.write_text("#!/bin/sh\nprintf '12_0|RUNNING|small\\n12_5|PENDING|small\\n13_1|RUNNING|other\\n'\n")
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    assert sweep.squeue_tasks("small") == {"by_index": {0: ("12_0", "RUNNING"), 5: ("12_5", "PENDING")},
-                                           "by_job": {"12_0": "RUNNING", "12_5": "PENDING", "13_1": "RUNNING"}}
+    assert squeue_tasks("small") == {"by_index": {0: ("12_0", "RUNNING"), 5: ("12_5", "PENDING")},
+                                     "by_job": {"12_0": "RUNNING", "12_5": "PENDING", "13_1": "RUNNING"}}
     assert sweep_main(["submit", str(spec), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "16 runs; skipping 0 finished and 2 already queued; submitting 14" in out
@@ -284,13 +287,13 @@ def test_a_changed_spec_may_not_give_a_started_run_another_config(tmp_path, caps
 
 
 def test_array_ranges():
-    assert sweep.array_ranges([0]) == "0"
-    assert sweep.array_ranges([5, 0, 1, 2, 7, 8]) == "0-2,5,7-8"
-    assert sweep.array_ranges(list(range(216))) == "0-215"
+    assert array_ranges([0]) == "0"
+    assert array_ranges([5, 0, 1, 2, 7, 8]) == "0-2,5,7-8"
+    assert array_ranges(list(range(216))) == "0-215"
 
 
 def test_flag_values():
-    assert [sweep.flag_value(v) for v in (True, False, None, [3, 3, 3], 1e-6, 0.1, 5, "adam")] == [
+    assert [flag_value(v) for v in (True, False, None, [3, 3, 3], 1e-6, 0.1, 5, "adam")] == [
         "true", "false", "none", "[3,3,3]", "1e-06", "0.1", "5", "adam"]
 
 
@@ -440,8 +443,8 @@ def test_shipped_grid_sbatch_commands_match_reference(monkeypatch):
     monkeypatch.chdir(REPO)
     lines = []
     for grid in GRIDS:
-        s = sweep.load_sweep(grid.relative_to(REPO))
-        cmd = sweep.sbatch_command(s, [r.index for r in s.runs], s.spec.parallel)
+        s = load_sweep(grid.relative_to(REPO))
+        cmd = sbatch_command(s, [r.index for r in s.runs], s.spec.parallel)
         lines.append(f"{grid.stem}: {shlex.join(cmd)}")
     check_reference("sbatch_shipped_grids.txt", "\n".join(lines) + "\n")
 
@@ -519,13 +522,13 @@ def test_scripts_refuse_missing_arguments(tmp_path):
 # ------------------------------------------------------------------------------------------ status rules
 
 
-def _status_sweep(tmp_path: Path) -> sweep.Sweep:
+def _status_sweep(tmp_path: Path) -> Sweep:
     spec = write_spec(tmp_path, f"name: st\npreset: smoke\nout_dir: {tmp_path / 'runs'}\n"
                                 "fixed:\n  run.epochs: 4\ngrid:\n  optim.lr: [0.1, 0.2, 0.3]\nseeds: 2\n")
-    return sweep.load_sweep(spec, count=False)
+    return load_sweep(spec, count=False)
 
 
-def _task(run: sweep.Run, **fields) -> None:
+def _task(run: Run, **fields) -> None:
     run.dir.mkdir(parents=True, exist_ok=True)
     (run.dir / TASK_FILE).write_text(json.dumps(fields))
 
@@ -544,7 +547,7 @@ def test_status_states_from_files_and_squeue(tmp_path):
     (r[4].dir.parent / r[4].name / "checkpoints").mkdir(parents=True)
     # r[5]: nothing yet
 
-    without = {row["run"]: (row["state"], row["epoch"], row["metric"]) for row in sweep.status_rows(s, None)}
+    without = {row["run"]: (row["state"], row["epoch"], row["metric"]) for row in status_rows(s, None)}
     assert without == {
         "c000-s0": ("done", "4/4", "test_acc=91.23 (final)"),
         "c000-s1": ("running", "2/4", "test_acc=61.25 (epoch 2)"),
@@ -555,7 +558,7 @@ def test_status_states_from_files_and_squeue(tmp_path):
     }
     queue = {"by_index": {3: ("10_3", "PENDING"), 5: ("11_5", "RUNNING")},
              "by_job": {"10_1": "RUNNING", "10_3": "PENDING", "11_5": "RUNNING"}}
-    with_q = {row["run"]: (row["state"], row["detail"]) for row in sweep.status_rows(s, queue)}
+    with_q = {row["run"]: (row["state"], row["detail"]) for row in status_rows(s, queue)}
     assert with_q == {
         "c000-s0": ("done", ""),
         "c000-s1": ("running", "job 10_1"),
@@ -566,7 +569,7 @@ def test_status_states_from_files_and_squeue(tmp_path):
     }
     # a SLURM task that says running but left squeue died without a result
     empty = {"by_index": {}, "by_job": {}}
-    assert sweep.run_state(r[1], empty) == ("failed", "job 10_1 ended without a result (killed or timed out)")
+    assert run_state(r[1], empty) == ("failed", "job 10_1 ended without a result (killed or timed out)")
 
 
 def test_status_of_local_runs_checks_the_pid(tmp_path):
@@ -576,8 +579,8 @@ def test_status_of_local_runs_checks_the_pid(tmp_path):
     dead = subprocess.Popen(["true"])
     dead.wait()
     _task(r[1], state="running", exit=None, job="local", host=HOST, pid=dead.pid)
-    assert sweep.run_state(r[0], None) == ("running", "local")
-    assert sweep.run_state(r[1], None) == ("failed", "local runner gone before the run finished")
+    assert run_state(r[0], None) == ("running", "local")
+    assert run_state(r[1], None) == ("failed", "local runner gone before the run finished")
 
 
 def test_local_runner_records_the_trainers_status_not_the_launchers(tmp_path, monkeypatch):
@@ -610,7 +613,7 @@ def test_status_shows_the_metric_the_report_ranks_by(tmp_path):
                                                       "best": {"epoch": 3, "val_acc": 82.5, "test_acc": 81.0}}))
     r[1].dir.mkdir(parents=True)
     (r[1].dir / "metrics.jsonl").write_text('{"epoch": 1, "test_acc": 50.5, "val_acc": 52.25}\n')
-    rows = {row["run"]: row["metric"] for row in sweep.status_rows(s, None)}
+    rows = {row["run"]: row["metric"] for row in status_rows(s, None)}
     assert rows["c000-s0"] == "best_val_acc=82.50 (epoch 3)"
     assert rows["c000-s1"] == "val_acc=52.25 (epoch 1)"
 

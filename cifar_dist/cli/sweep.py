@@ -18,6 +18,8 @@ from cifar_dist.cli.dispatch import dispatch, subcommands
 from cifar_dist.errors import EXIT_BAD_INPUT, EXIT_OK, InputError, did_you_mean
 from cifar_dist.runner import FlagError, run_schema
 from cifar_dist.schema import after_dashes, opt
+from cifar_dist.sweep import local, plan, slurm, status
+from cifar_dist.sweep.worker import run_worker
 
 PROG = "cifar-dist sweep"
 POSITIVE = "a positive integer"
@@ -40,16 +42,16 @@ class PlanArgs(_Grid):
     parallel: int | None = opt(None, "array tasks at once (default: the spec's parallel)", metavar="P",
                                expected=POSITIVE)
 
-    def planned(self) -> tuple[sweeps.Sweep, int]:
+    def planned(self) -> tuple[plan.Sweep, int]:
         """The expanded spec, its sweep.json written, and the array tasks at once (plan's and submit's start)."""
         parallel = _count("parallel", self.parallel)
-        sweep = sweeps.load_sweep(self.grid)
-        sweeps.write_sweep_json(sweep)
+        sweep = plan.load_sweep(self.grid)
+        plan.write_sweep_json(sweep)
         (sweep.dir / "slurm").mkdir(parents=True, exist_ok=True)
         return sweep, parallel or sweep.spec.parallel
 
     def run(self) -> int:
-        sys.stdout.write(sweeps.plan_text(*self.planned()))
+        sys.stdout.write(slurm.plan_text(*self.planned()))
         return EXIT_OK
 
 
@@ -65,7 +67,7 @@ class SubmitArgs(PlanArgs):
     sbatch: tuple[str, ...] = after_dashes("options passed to sbatch unchanged", "SBATCH_OPTION")
 
     def run(self) -> int:
-        return sweeps.submit(*self.planned(), list(self.sbatch), dry_run=self.dry_run)
+        return slurm.submit(*self.planned(), list(self.sbatch), dry_run=self.dry_run)
 
 
 @dataclass(frozen=True)
@@ -80,8 +82,8 @@ class StatusArgs(_Grid):
     json: bool = opt(False, "machine-readable output")
 
     def run(self) -> int:
-        sweep = sweeps.load_sweep(self.grid, count=False)
-        sys.stdout.write(sweeps.status_text(sweep, sweeps.squeue_tasks(sweep.spec.name), as_json=self.json))
+        sweep = plan.load_sweep(self.grid, count=False)
+        sys.stdout.write(status.status_text(sweep, slurm.squeue_tasks(sweep.spec.name), as_json=self.json))
         return EXIT_OK
 
 
@@ -99,7 +101,7 @@ class PreemptArgs(_Grid):
     def run(self) -> int:
         if self.task < 0:
             raise FlagError(f"TASK: expected an array index (an integer >= 0), found {self.task!r}")
-        return sweeps.preempt(sweeps.load_sweep(self.grid, count=False), self.task)
+        return slurm.preempt(plan.load_sweep(self.grid, count=False), self.task)
 
 
 @dataclass(frozen=True)
@@ -120,10 +122,10 @@ class RunArgs(_Grid):
                             "`cifar-dist sweep submit GRID`")
         parallel = _count("parallel", self.parallel) or 1
         procs = _procs(self.procs)
-        sweep = sweeps.load_sweep(self.grid)
-        sweeps.lock_sweep(sweep.dir)  # one local runner per sweep folder (exit 2 for a second), before any write
-        sweeps.write_sweep_json(sweep)
-        return sweeps.run_local(sweep, parallel, procs)
+        sweep = plan.load_sweep(self.grid)
+        local.lock_sweep(sweep.dir)  # one local runner per sweep folder (exit 2 for a second), before any write
+        plan.write_sweep_json(sweep)
+        return local.run_local(sweep, parallel, procs)
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,7 @@ class ResolveArgs(_Grid):
     shell: bool = opt(False, "bash assignments run_name, run_dir, cell, seed, finished, sweep_dir, train_args=(...)")
 
     def run(self) -> int:
-        sys.stdout.write(sweeps.resolve_task(self.grid, self.index, shell=self.shell))
+        sys.stdout.write(slurm.resolve_task(self.grid, self.index, shell=self.shell))
         return EXIT_OK
 
 
@@ -161,10 +163,10 @@ class WorkerArgs(_Grid):
                 worker = f"job{env['SLURM_JOB_ID']}" if "SLURM_JOB_ID" in env else "local-0"
         if not worker or any(c.isspace() or c == "/" for c in worker):  # a str field: 12_3 stays the text 12_3
             raise FlagError(f"--worker: expected an id without spaces or /, found {worker!r}")
-        sweep = sweeps.load_sweep(self.grid, count=False)
+        sweep = plan.load_sweep(self.grid, count=False)
         if sweep.spec.search is None:
             raise InputError(f"{sweep.spec.path}: search: expected a search spec for `sweep worker`, found none")
-        return sweeps.run_worker(sweep, worker, procs)
+        return run_worker(sweep, worker, procs)
 
 
 def _count(flag: str, value: int | None) -> int | None:

@@ -82,23 +82,4 @@ study. Rules: cifar_dist.sweep.study and cifar_dist.sweep.worker; where runs tra
 """
 
 # Importing a backend's module registers it (cifar_dist.sweep.backend); local first: it speaks first for a run.
-from cifar_dist.sweep.local import lock_sweep, run_local
-from cifar_dist.sweep.plan import Run, Sweep, flag_value, load_sweep, write_sweep_json
-from cifar_dist.sweep.slurm import (
-    array_ranges,
-    plan_text,
-    preempt,
-    resolve_task,
-    sbatch_command,
-    squeue_tasks,
-    submit,
-)
-from cifar_dist.sweep.spec import draw
-from cifar_dist.sweep.status import run_state, status_rows, status_text
-from cifar_dist.sweep.worker import run_worker
-
-__all__ = [  # what the CLI (cifar_dist/cli/sweep.py) and the tests use; the rest lives in the submodules
-    "Run", "Sweep", "array_ranges", "draw", "flag_value", "load_sweep", "lock_sweep", "plan_text", "preempt",
-    "resolve_task", "run_local", "run_state", "run_worker", "sbatch_command", "squeue_tasks",
-    "status_rows", "status_text", "submit", "write_sweep_json",
-]
+from cifar_dist.sweep import local, slurm  # noqa: F401
