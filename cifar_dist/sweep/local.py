@@ -110,15 +110,14 @@ class LocalRunner:
             code = recorded["exit"] if recorded else proc.returncode
             if self.succeeded(run, code):
                 self.done += 1
-                write_task(run, "done", code, proc.pid)
-                print(f"done  {run.name}{result_text(run.dir)}", flush=True)
+                state, line = "done", f"done  {run.name}{result_text(run.dir)}"
             elif self.stop:
-                write_task(run, "preempted", code, proc.pid)
-                print(f"stopped {run.name} (exit {code}); rerun to resume", flush=True)
+                state, line = "preempted", f"stopped {run.name} (exit {code}); rerun to resume"
             else:
                 self.failed += 1
-                write_task(run, "failed", code, proc.pid)
-                print(f"FAILED {run.name}: exit {code}; see {self.sweep.dir / 'logs' / run.name}.out", flush=True)
+                state, line = "failed", f"FAILED {run.name}: exit {code}; see {self.sweep.dir / 'logs' / run.name}.out"
+            write_task(run, state, code, proc.pid)
+            print(line, flush=True)
 
     def exit_status(self) -> int:
         if self.stop:

@@ -1,9 +1,6 @@
-"""Status of every run of a sweep (`cifar-dist sweep status`): pending / running / done / failed.
-
-Read from the run directory, `sweep_task.json` (written by slurm/sweep.sh and the local runner: state,
-exit status, job id, host, pid) and what the sweep backends hold (`cifar_dist.sweep.backend`: a live local
-runner, squeue when it answers); the rules are in the package docstring.
-"""
+"""Status of every run of a sweep (`cifar-dist sweep status`): pending / running / done / failed, from the
+run directory, its sweep_task.json and what the sweep backends hold (`cifar_dist.sweep.backend`: a live local
+runner, squeue when it answers); the rules are in the package docstring."""
 
 from __future__ import annotations
 

@@ -75,8 +75,7 @@ class Worker:
         self.rungs = all_rungs(self.search)
         self.stop = 0
         self.proc: subprocess.Popen | None = None
-        launch = os.environ.get(LAUNCH_ENV, "")
-        self.launch = shlex.split(launch) if launch else None
+        self.launch = shlex.split(os.environ.get(LAUNCH_ENV, "")) or None
         self.env = trainer_env(drop=(LAUNCH_ENV,))
         self.store = None  # the study's storage, once `run` opened the study
 
