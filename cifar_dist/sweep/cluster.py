@@ -117,8 +117,3 @@ def task_resources(given: list[str], sinfo_text: str | None, parallel: int = 1) 
         fit = max(1, min(n.cpus for n in pool) // per_node)
         out.append(f"--cpus-per-task={min(GPU_TASK_CPUS if on_gpu else CPU_TASK_CPUS, fit)}")
     return out
-
-
-def sbatch_resources(given: list[str], parallel: int = 1) -> list[str]:
-    """task_resources() for this cluster (asks sinfo for its nodes); [] where sinfo does not answer."""
-    return task_resources(given, ask(["sinfo", "-h", "-N", "-o", SINFO_FORMAT]), parallel)

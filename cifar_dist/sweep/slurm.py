@@ -18,7 +18,7 @@ from cifar_dist.errors import EXIT_BAD_INPUT, EXIT_OK
 from cifar_dist.resources import root
 from cifar_dist.run_dir import STUDY_FILE, read_sweep_json
 from cifar_dist.sweep.backend import Queued, WorkerSlot, register_backend
-from cifar_dist.sweep.cluster import ask, sbatch_resources
+from cifar_dist.sweep.cluster import SINFO_FORMAT, ask, task_resources
 from cifar_dist.sweep.plan import Run, Sweep, describe, expand, write_sweep_json
 from cifar_dist.sweep.search import bracket_rungs, costs, n_brackets
 from cifar_dist.sweep.spec import SpecError, load_spec
@@ -50,8 +50,10 @@ def sbatch_command(sweep: Sweep, indices: list[int], parallel: int, extra: list[
     if Path.cwd().resolve() != root():  # sweep.sh finds the code through the submit directory otherwise
         cmd.append(f"--export=ALL,CIFAR_DIST_ROOT={root()}")
     given = [*sweep.spec.sbatch, *(extra or [])]
-    # GPUs only where the partition has them, never more CPUs than a node has (sweep.sh asks for neither)
-    cmd += [*sbatch_resources(given, parallel), *given, _display_path(SWEEP_SCRIPT), str(sweep.spec.path)]
+    # GPUs only where the partition has them, never more CPUs than a node has (sweep.sh asks for neither);
+    # nothing where sinfo does not answer
+    resources = task_resources(given, ask(["sinfo", "-h", "-N", "-o", SINFO_FORMAT]), parallel)
+    cmd += [*resources, *given, _display_path(SWEEP_SCRIPT), str(sweep.spec.path)]
     return cmd
 
 
