@@ -227,14 +227,7 @@ def read_source(
         num_workers: processes used to decode image files (image-folder sources).
         progress: show tqdm bars on stderr.
     """
-    if labels not in ("fine", "coarse"):
-        raise DataPrepError("--labels", "fine or coarse", repr(labels))
-    if labels == "coarse" and spec.dataset != "cifar100":
-        raise DataPrepError(
-            "--labels",
-            "fine for a CIFAR-10 or image-folder source (coarse exists only in CIFAR-100)",
-            "coarse",
-        )
+    check_labels(labels, spec.dataset)
     if spec.kind == "cifar_archive":
         return read_cifar_archive(spec.path, labels=labels, given=spec.given, progress=progress)
     if spec.kind == "cifar_dir":
@@ -242,6 +235,18 @@ def read_source(
     if spec.kind == "folder_dir":
         return read_image_folder(spec.path, num_workers=num_workers, progress=progress)
     return read_image_folder_tar(spec.path, num_workers=num_workers, progress=progress, given=spec.given)
+
+
+def check_labels(labels: str, dataset: str | None = None) -> None:
+    """Raise DataPrepError unless `labels` is fine or coarse, and a label set of `dataset` when it is given."""
+    if labels not in ("fine", "coarse"):
+        raise DataPrepError("--labels", "fine or coarse", repr(labels))
+    if labels == "coarse" and dataset not in (None, "cifar100"):
+        raise DataPrepError(
+            "--labels",
+            "fine for a CIFAR-10 or image-folder source (coarse exists only in CIFAR-100)",
+            "coarse",
+        )
 
 
 def write_order(spec: SourceSpec) -> dict:

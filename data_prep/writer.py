@@ -37,7 +37,7 @@ from .arrays import SPLITS, SourceData
 from .beton import verify_split
 from .errors import DataPrepError
 from .manifest import build_manifest, file_entries, manifest_options, up_to_date
-from .sources import SourceSpec, check_name, read_source, resolve_source, source_sha256
+from .sources import SourceSpec, check_labels, check_name, read_source, resolve_source, source_sha256
 from .split_writer import SplitJob, WriterSettings, write_splits
 
 MODES = ("raw", "jpg")
@@ -78,8 +78,7 @@ class PrepOptions:
             raise DataPrepError("--mode", "raw or jpg", repr(self.mode))
         if not _is_int(self.jpeg_quality) or not 1 <= self.jpeg_quality <= 100:
             raise DataPrepError("--jpeg_quality", "an integer in 1..100", repr(self.jpeg_quality))
-        if self.labels not in ("fine", "coarse"):
-            raise DataPrepError("--labels", "fine or coarse", repr(self.labels))
+        check_labels(self.labels)
         if not _is_int(self.num_workers) or self.num_workers < 1:
             raise DataPrepError("--num_workers", "an integer >= 1", repr(self.num_workers))
         if self.write_timeout is not None and not self.write_timeout > 0:
@@ -167,12 +166,7 @@ def write_beton(
     _check_out_dir(Path(out_dir))  # before a possible download; created only once the source is found
     spec = resolve_source(source, cache_dir=opts.cache_dir, md5=opts.md5, progress=opts.show_progress)
     out = _prepare_out_dir(Path(out_dir))
-    if opts.labels == "coarse" and spec.dataset != "cifar100":
-        raise DataPrepError(
-            "--labels",
-            "fine for a CIFAR-10 or image-folder source (coarse exists only in CIFAR-100)",
-            "coarse",
-        )
+    check_labels(opts.labels, spec.dataset)
     name = check_name(str(opts.name) if opts.name is not None else spec.default_name)
     finals = output_paths(out, name)
     _remove_stale_temps(out, name)
