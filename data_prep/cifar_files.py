@@ -140,14 +140,7 @@ def _parse_cifar(
             ]
         )
 
-    return SourceData(
-        dataset,
-        class_names,
-        load(train_names),
-        load(test_names),
-        labels if dataset == "cifar100" else None,
-        dict(SOURCE_ORDER),
-    )
+    return SourceData(dataset, class_names, load(train_names), load(test_names))
 
 
 def read_cifar_archive(

@@ -192,11 +192,6 @@ class _Decoder:
         return index, images, problems
 
 
-def shuffled_rows(n: int) -> np.ndarray:
-    """The order a split of `n` class-major rows is written in: ``default_rng(ORDER_SEED).permutation(n)``."""
-    return np.random.default_rng(ORDER_SEED).permutation(n)
-
-
 def _assemble(
     class_names: Sequence[str],
     tree: Tree,
@@ -215,10 +210,10 @@ def _assemble(
                     raise DataPrepError(*problems[key])
                 rows.append(index[key])
                 labels.append(label)
-        order = shuffled_rows(len(rows))
+        order = np.random.default_rng(ORDER_SEED).permutation(len(rows))
         picked = np.asarray(rows, dtype=np.int64)[order]
         splits.append(SplitArrays(images[picked], np.asarray(labels, dtype=np.int64)[order]))
-    return SourceData("image_folder", tuple(class_names), splits[0], splits[1], None, dict(FOLDER_ORDER))
+    return SourceData("image_folder", tuple(class_names), splits[0], splits[1])
 
 
 def read_image_folder(
