@@ -73,14 +73,13 @@ def default_cache_dir() -> Path:
     return Path(base) / "cifar_dist"
 
 
-def file_digests(path: Path) -> tuple[str, str]:
-    """Return (md5, sha256) hex digests of a file, read once in 1 MiB chunks."""
-    md5, sha = hashlib.md5(usedforsecurity=False), hashlib.sha256()
+def file_digest(path: Path, algorithm: str) -> str:
+    """The hex digest ("md5" or "sha256") of a file, read in 1 MiB chunks."""
+    digest = hashlib.new(algorithm, usedforsecurity=False)
     with open(path, "rb") as f:
         while block := f.read(CHUNK):
-            md5.update(block)
-            sha.update(block)
-    return md5.hexdigest(), sha.hexdigest()
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def fetch(
@@ -94,7 +93,7 @@ def fetch(
     """
     name = urlparse(url).path.rsplit("/", 1)[-1] or "download"
     dest = cache_dir / name
-    if dest.is_file() and (md5 is None or file_digests(dest)[0] == md5.lower()):
+    if dest.is_file() and (md5 is None or file_digest(dest, "md5") == md5.lower()):
         return dest
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
