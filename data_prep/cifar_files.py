@@ -178,11 +178,9 @@ def read_cifar_archive(
     return _parse_cifar(dataset, files, where, labels)
 
 
-def read_cifar_dir(path: str | os.PathLike[str], *, labels: str = "fine") -> SourceData:
-    """Read an extracted ``cifar-10-batches-py/`` or ``cifar-100-python/`` folder."""
+def read_cifar_dir(path: str | os.PathLike[str], dataset: str, *, labels: str = "fine") -> SourceData:
+    """Read an extracted ``cifar-10-batches-py/`` or ``cifar-100-python/`` folder of `dataset` (as classified)."""
     path = Path(path)
-    is10 = (path / CIFAR10_META).is_file() or (path / "data_batch_1").is_file()
-    dataset = "cifar10" if is10 else "cifar100"
     names = batch_files(dataset)
     files = {n: functools.partial(_read_file, path / n) for n in names if (path / n).is_file()}
     return _parse_cifar(dataset, files, lambda n: str(path / n), labels)

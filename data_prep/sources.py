@@ -231,7 +231,7 @@ def read_source(
     if spec.kind == "cifar_archive":
         return read_cifar_archive(spec.path, labels=labels, given=spec.given, progress=progress)
     if spec.kind == "cifar_dir":
-        return read_cifar_dir(spec.path, labels=labels)
+        return read_cifar_dir(spec.path, spec.dataset, labels=labels)
     if spec.kind == "folder_dir":
         return read_image_folder(spec.path, num_workers=num_workers, progress=progress)
     return read_image_folder_tar(spec.path, num_workers=num_workers, progress=progress, given=spec.given)
