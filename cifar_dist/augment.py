@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cifar_dist.config import AugConfig, LossConfig
+from cifar_dist.config import AugConfig, ConfigError, LossConfig
 
 
 @dataclass(frozen=True)
@@ -299,16 +299,12 @@ class BatchMixer:
         self.cfg, self.num_classes = loss, num_classes
         mix_total = loss.mixup_prob + loss.cutmix_prob
         if loss.ricap_prob + mix_total > 1 + 1e-9:
-            from cifar_dist.config import ConfigError
-
             raise ConfigError(
                 f"--loss.ricap_prob + mixup_prob + cutmix_prob: expected a sum <= 1, found "
                 f"{loss.ricap_prob + mix_total:g}"
             )
         for prob, alpha, name in ((loss.mixup_prob, loss.mixup_alpha, "mixup"), (loss.cutmix_prob, loss.cutmix_alpha, "cutmix")):
             if prob > 0 and alpha <= 0:
-                from cifar_dist.config import ConfigError
-
                 raise ConfigError(f"--loss.{name}_alpha: expected > 0 when {name}_prob > 0, found {alpha}")
         self.mixup = None
         if mix_total > 0:
