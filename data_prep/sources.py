@@ -229,7 +229,7 @@ def read_source(
     """
     check_labels(labels, spec.dataset)
     if spec.kind == "cifar_archive":
-        return read_cifar_archive(spec.path, labels=labels, given=spec.given, progress=progress)
+        return read_cifar_archive(spec.path, spec.dataset, labels=labels, given=spec.given, progress=progress)
     if spec.kind == "cifar_dir":
         return read_cifar_dir(spec.path, spec.dataset, labels=labels)
     if spec.kind == "folder_dir":
