@@ -101,11 +101,8 @@ a failed run leaves nothing behind, not even the output folder it created.
 
 
 def prepare(source: str, *, out: str = "data", **options: Any) -> int:
-    """Convert `source` into .beton files and a manifest in `out`, print a summary; return the exit status.
-
-    `options` are the fields of `PrepOptions` (as `write_beton` takes them); a `DataPrepError` is one
-    ``error:`` line on stderr and status 2, Ctrl-C/SIGTERM one line and 128 + the signal number.
-    """
+    """Convert `source` into .beton files and a manifest in `out`, print a summary; return the exit status
+    (see the module docstring). `options` are the fields of `PrepOptions`, as `write_beton` takes them."""
     created = _missing_dirs(out)
     term = _stop_on_sigterm()
     try:

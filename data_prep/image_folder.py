@@ -256,9 +256,8 @@ def read_image_folder_tar(
 ) -> SourceData:
     """Read a tar (optionally compressed) of an image-folder tree in one streaming pass.
 
-    The tree may sit at the top of the archive or under exactly one top-level folder. Images are
-    decoded by a thread pool while the archive is still being read; problems are reported after the
-    tree's layout has been validated, for the first bad image in class-major order.
+    The tree may sit at the top of the archive or under exactly one top-level folder. A bad image is
+    reported only once the tree's layout has been validated (the first in class-major order).
     """
     path = Path(path)
     given = given or str(path)

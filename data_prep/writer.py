@@ -151,8 +151,7 @@ def write_beton(
             ``cifar10``/``cifar100`` (download of the official archive).
         out_dir: output folder (created if needed).
         log: receives one-line status messages (None = silent).
-        **options: the fields of `PrepOptions` (name, mode, jpeg_quality, labels, force, verify,
-            num_workers, cache_dir, md5, progress, write_timeout).
+        **options: the fields of `PrepOptions`.
 
     Returns:
         The manifest dict (the existing one when the outputs were already up to date).
