@@ -231,8 +231,7 @@ class FFCVLoader:
     """FFCV's compiled loader over a .beton file, with the same interface as `TensorLoader`.
 
     The pipeline decodes in FFCV's JIT-compiled code and moves uint8 NCHW batches to the device; a training
-    batch is then augmented there by `DeviceAugment`, exactly as the tensor loader does it (same crop, pad
-    mode, flip mode and cutout; same draws for the same image at the same epoch and step). Sharding across
+    batch is then augmented there by `DeviceAugment`, exactly as the tensor loader does it. Sharding across
     ranks is FFCV's `distributed=True` (reads torch.distributed's rank and world size).
     """
 

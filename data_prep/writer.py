@@ -105,10 +105,6 @@ def output_paths(out_dir: str | os.PathLike[str], name: str) -> dict[str, Path]:
     }
 
 
-def _temp_path(final: Path) -> Path:
-    return final.with_name(f".{final.name}.tmp-{os.getpid()}")
-
-
 def _check_out_dir(out: Path) -> None:
     """Fail early, without creating anything, if `out` or one of its parents is not a folder."""
     for ancestor in (out, *out.parents):
@@ -189,7 +185,7 @@ class _Conversion:
 
     def __init__(self, spec: SourceSpec, opts: PrepOptions, finals: dict[str, Path], say: Log) -> None:
         self.spec, self.opts, self.finals, self.say = spec, opts, finals, say
-        self.temps = {key: _temp_path(path) for key, path in finals.items()}
+        self.temps = {key: path.with_name(f".{path.name}.tmp-{os.getpid()}") for key, path in finals.items()}
         self.name = finals["manifest"].name.removesuffix("_manifest.json")
         self.seconds: dict[str, float] = {}
         self.started = time.perf_counter()
