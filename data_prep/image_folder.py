@@ -108,18 +108,10 @@ def _decode_chunk(chunk: Sequence[tuple[str, str | bytes]]) -> tuple[np.ndarray,
                 im.load()
                 rgb = im if im.mode == "RGB" else im.convert("RGB")
                 out[i] = np.frombuffer(rgb.tobytes(), dtype=np.uint8).reshape(SIDE, SIDE, 3)
-        except UnidentifiedImageError:
-            problems[i] = (
-                key,
-                "an image file PIL can read",
-                "unreadable data (not an image format PIL knows)",
-            )
         except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, ... for damaged files
-            problems[i] = (
-                key,
-                "an image file PIL can read",
-                f"unreadable data ({type(exc).__name__}: {exc})",
-            )
+            unknown = isinstance(exc, UnidentifiedImageError)
+            why = "not an image format PIL knows" if unknown else f"{type(exc).__name__}: {exc}"
+            problems[i] = (key, "an image file PIL can read", f"unreadable data ({why})")
     return out, problems
 
 
