@@ -115,7 +115,7 @@ def prepare(source: str, *, out: str = "data", **options: Any) -> int:
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated): the writer removed its temporaries
         _remove_empty(created)
         sys.stdout.flush()
-        signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
+        signum = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
         print(f"error: stopped by {signal.Signals(signum).name}; no output files were changed", file=sys.stderr,
               flush=True)
         return 128 + signum
@@ -128,10 +128,6 @@ def prepare(source: str, *, out: str = "data", **options: Any) -> int:
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM during a conversion: unwinds like Ctrl-C, so every temporary is removed on the way out."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
 
 
 def _raise_terminated(signum, frame):
