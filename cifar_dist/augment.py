@@ -121,10 +121,6 @@ class DeviceAugment:
         self.cutout_fill = torch.tensor(aug.cutout_fill, dtype=torch.uint8, device=self.device)
 
     @property
-    def active(self) -> bool:
-        return bool(self.aug.crop_padding or self.aug.flip or self.aug.cutout_size)
-
-    @property
     def needs_rows(self) -> bool:
         """Whether `__call__` reads `rows` (alternating flips)."""
         return self.base_flips is not None
@@ -132,7 +128,7 @@ class DeviceAugment:
     def __call__(self, x: torch.Tensor, rows: torch.Tensor | None, epoch: int, step: int) -> torch.Tensor:
         """x: uint8 (B, C, H, W) on the device; rows: (B,) positions of its images in the split, on the device."""
         a = self.aug
-        if not self.active:
+        if not (a.crop_padding or a.flip or a.cutout_size):
             return x
         g = batch_generator(self.seed, epoch, step, self.rank, x.device)
         if a.crop_padding or a.flip:
