@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cifar_dist.config import AugConfig, LossConfig
+from cifar_dist.config import AugConfig, ConfigError, LossConfig
 
 
 @dataclass(frozen=True)
@@ -121,10 +121,6 @@ class DeviceAugment:
         self.cutout_fill = torch.tensor(aug.cutout_fill, dtype=torch.uint8, device=self.device)
 
     @property
-    def active(self) -> bool:
-        return bool(self.aug.crop_padding or self.aug.flip or self.aug.cutout_size)
-
-    @property
     def needs_rows(self) -> bool:
         """Whether `__call__` reads `rows` (alternating flips)."""
         return self.base_flips is not None
@@ -132,7 +128,7 @@ class DeviceAugment:
     def __call__(self, x: torch.Tensor, rows: torch.Tensor | None, epoch: int, step: int) -> torch.Tensor:
         """x: uint8 (B, C, H, W) on the device; rows: (B,) positions of its images in the split, on the device."""
         a = self.aug
-        if not self.active:
+        if not (a.crop_padding or a.flip or a.cutout_size):
             return x
         g = batch_generator(self.seed, epoch, step, self.rank, x.device)
         if a.crop_padding or a.flip:
@@ -299,16 +295,12 @@ class BatchMixer:
         self.cfg, self.num_classes = loss, num_classes
         mix_total = loss.mixup_prob + loss.cutmix_prob
         if loss.ricap_prob + mix_total > 1 + 1e-9:
-            from cifar_dist.config import ConfigError
-
             raise ConfigError(
                 f"--loss.ricap_prob + mixup_prob + cutmix_prob: expected a sum <= 1, found "
                 f"{loss.ricap_prob + mix_total:g}"
             )
         for prob, alpha, name in ((loss.mixup_prob, loss.mixup_alpha, "mixup"), (loss.cutmix_prob, loss.cutmix_alpha, "cutmix")):
             if prob > 0 and alpha <= 0:
-                from cifar_dist.config import ConfigError
-
                 raise ConfigError(f"--loss.{name}_alpha: expected > 0 when {name}_prob > 0, found {alpha}")
         self.mixup = None
         if mix_total > 0:

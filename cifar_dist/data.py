@@ -98,11 +98,6 @@ def read_manifest(data_dir: str | Path, name: str) -> dict:
     return manifest
 
 
-def num_rows(path: Path) -> int:
-    """Number of samples in a .beton file (reads its tables, not its images)."""
-    return len(read_labels(path))
-
-
 def read_images(path: Path, indices: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Read a .beton file into arrays: images (N, 32, 32, 3) uint8, labels (N,) int64.
 
@@ -172,35 +167,32 @@ class TensorLoader:
             imgs = imgs.permute(0, 3, 1, 2)
         self.images = imgs.contiguous().to(self.device)
         self.labels = torch.as_tensor(labels, dtype=torch.int64).to(self.device)
-        self.batch_size, self.order, self.aug = batch_size, order, aug
-        self.train = order.train
-        self.seed, self.rank, self.world_size = order.seed, order.rank, order.world_size
-        self.drop_last = order.drops_last
-        self.augment = DeviceAugment(aug, len(self.labels), self.seed, self.rank, self.device)
+        self.batch_size, self.order, self.train = batch_size, order, order.train
+        self.augment = DeviceAugment(aug, len(self.labels), order.seed, order.rank, self.device)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def _shard(self) -> torch.Tensor:
-        n = len(self.labels)
+        n, o = len(self.labels), self.order
         if self.train:
-            g = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
+            g = torch.Generator().manual_seed(o.seed * 7919 + self.epoch)
             order = torch.randperm(n, generator=g)
         else:
             order = torch.arange(n)
-        if self.drop_last:
+        if o.drops_last:
             # Global batch s is order[s*B:(s+1)*B] whatever the world size; rank r takes its r-th
             # slice, so N processes see exactly the batches one process would (DDP == 1 process).
             steps, b = len(self), self.batch_size
-            return order[: steps * b * self.world_size].view(steps, self.world_size, b)[:, self.rank].reshape(-1)
-        return order[self.rank :: self.world_size]
+            return order[: steps * b * o.world_size].view(steps, o.world_size, b)[:, o.rank].reshape(-1)
+        return order[o.rank :: o.world_size]
 
     def __len__(self) -> int:
-        n = len(self.labels)
-        if self.drop_last:
-            return n // (self.batch_size * self.world_size)
-        return math.ceil(len(range(self.rank, n, self.world_size)) / self.batch_size)
+        n, o = len(self.labels), self.order
+        if o.drops_last:
+            return n // (self.batch_size * o.world_size)
+        return math.ceil(len(range(o.rank, n, o.world_size)) / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.iter_from(0)
@@ -239,8 +231,7 @@ class FFCVLoader:
     """FFCV's compiled loader over a .beton file, with the same interface as `TensorLoader`.
 
     The pipeline decodes in FFCV's JIT-compiled code and moves uint8 NCHW batches to the device; a training
-    batch is then augmented there by `DeviceAugment`, exactly as the tensor loader does it (same crop, pad
-    mode, flip mode and cutout; same draws for the same image at the same epoch and step). Sharding across
+    batch is then augmented there by `DeviceAugment`, exactly as the tensor loader does it. Sharding across
     ranks is FFCV's `distributed=True` (reads torch.distributed's rank and world size).
     """
 
@@ -253,7 +244,7 @@ class FFCVLoader:
         image_ops, label_ops = ffcv_pipelines(self.device)
         self.train, self.batch_size = order.train, batch_size
         self.indices = None if split.indices is None else np.asarray(split.indices)
-        n = num_rows(split.path) if self.indices is None else len(self.indices)
+        n = len(read_labels(split.path)) if self.indices is None else len(self.indices)  # tables, not images
         self.augment = DeviceAugment(aug, n, order.seed, order.rank, self.device)
         self.loader = Loader(
             str(split.path),
@@ -261,7 +252,7 @@ class FFCVLoader:
             num_workers=num_workers,
             order=OrderOption.RANDOM if order.train else OrderOption.SEQUENTIAL,
             drop_last=order.drops_last,
-            indices=None if split.indices is None else np.asarray(split.indices),
+            indices=self.indices,
             pipelines={"image": image_ops, "label": label_ops},
             distributed=order.world_size > 1,
             seed=order.seed,

@@ -116,11 +116,8 @@ def train_val_split(labels: np.ndarray, val_size: int, seed: int) -> tuple[np.nd
 
 def select_rows(train_labels: np.ndarray, test_labels: np.ndarray, limit_train: int, limit_test: int,
                 val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """Rows of the train file to train on and to validate on, rows of the test file to test on.
-
-    Every limit and the validation split is a seeded class-stratified draw (never the first rows of a
-    file, which in a class-sorted file would be one class). None = every row.
-    """
+    """Rows of the train file to train on and to validate on, rows of the test file to test on (None = every
+    row); each a seeded class-stratified draw, as the module docstring explains."""
     rows = np.arange(len(train_labels))
     if limit_train and limit_train < len(rows):
         rows = balanced_rows(train_labels, limit_train, seed, what="--data.limit_train")

@@ -33,18 +33,13 @@ class SourceData:
     Attributes:
         dataset: "cifar10", "cifar100" or "image_folder".
         class_names: label index -> class name.
-        train, test: the two splits.
-        label_kind: "fine" or "coarse" for CIFAR-100, None otherwise.
-        order: how the rows are ordered, recorded in the manifest: {"shuffled": False} for the
-            official archives (already mixed), {"shuffled": True, "seed": s} for image folders.
+        train, test: the two splits, rows in the order they are written (see `data_prep.sources.write_order`).
     """
 
     dataset: str
     class_names: tuple[str, ...]
     train: SplitArrays
     test: SplitArrays
-    label_kind: str | None = None
-    order: dict | None = None
 
     def split(self, name: str) -> SplitArrays:
         """The split called `name` ("train" or "test")."""

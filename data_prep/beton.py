@@ -88,11 +88,8 @@ def read_labels(path: str | os.PathLike[str]) -> np.ndarray:
 def read_beton(
     path: str | os.PathLike[str], indices: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Read images (N, 32, 32, 3) uint8 RGB and labels (N,) int64 back from a beton written here.
-
-    Parses the tables with numpy and copies (raw) or OpenCV-decodes (jpg) the image bytes: no FFCV import,
-    no JIT, no worker processes.
-    `indices` selects rows (default: all).
+    """Read images (N, 32, 32, 3) uint8 RGB and labels (N,) int64 back from a beton written here, as the
+    module docstring explains (no FFCV import, no JIT, no workers); `indices` selects rows (default: all).
 
     Raises:
         DataPrepError: the file is not a beton with ``image`` (RGBImageField) and ``label`` fields.

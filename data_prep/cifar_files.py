@@ -1,8 +1,8 @@
 """Readers of the official CIFAR python format: the archives and their extracted batches folders.
 
 Pickles are loaded with a restricted unpickler that only accepts the numpy array types the official
-files use, so a hostile archive cannot run code. Both readers return `SourceData` in the files' own
-order (the official batches are already mixed).
+files use, so a hostile archive cannot run code. Both readers take the dataset `data_prep.sources` classified
+the source as and return `SourceData` in the files' own order (the official batches are already mixed).
 """
 
 from __future__ import annotations
@@ -140,26 +140,19 @@ def _parse_cifar(
             ]
         )
 
-    return SourceData(
-        dataset,
-        class_names,
-        load(train_names),
-        load(test_names),
-        labels if dataset == "cifar100" else None,
-        dict(SOURCE_ORDER),
-    )
+    return SourceData(dataset, class_names, load(train_names), load(test_names))
 
 
 def read_cifar_archive(
-    path: str | os.PathLike[str], *, labels: str = "fine", given: str | None = None, progress: bool = False
+    path: str | os.PathLike[str], dataset: str, *, labels: str = "fine", given: str | None = None,
+    progress: bool = False,
 ) -> SourceData:
     """Read an official ``cifar-10-python.tar.gz`` / ``cifar-100-python.tar.gz`` in one streaming pass."""
     path = Path(path)
     given = given or str(path)
-    wanted = {*batch_files("cifar10"), *batch_files("cifar100")}
+    wanted = batch_files(dataset)
     blobs: dict[str, bytes] = {}
     member_of: dict[str, str] = {}
-    dataset = None
     with (
         open_tar(path, given) as tar,
         tqdm(unit="B", unit_scale=True, desc="read archive", disable=not progress) as bar,
@@ -167,15 +160,9 @@ def read_cifar_archive(
         for member in iter_members(tar, given):
             bar.update(member.size)
             parts = member.name.split("/")
-            if dataset is None and CIFAR10_DIR in parts[:-1]:
-                dataset = "cifar10"
-            elif dataset is None and CIFAR100_DIR in parts[:-1]:
-                dataset = "cifar100"
             if member.isfile() and parts[-1] in wanted and parts[-1] not in blobs:
                 blobs[parts[-1]] = read_member(tar, member, given)
                 member_of[parts[-1]] = member.name
-    if dataset is None:
-        dataset = "cifar10" if CIFAR10_META in blobs or "data_batch_1" in blobs else "cifar100"
     folder = CIFAR10_DIR if dataset == "cifar10" else CIFAR100_DIR
 
     def where(name: str) -> str:
@@ -185,11 +172,9 @@ def read_cifar_archive(
     return _parse_cifar(dataset, files, where, labels)
 
 
-def read_cifar_dir(path: str | os.PathLike[str], *, labels: str = "fine") -> SourceData:
+def read_cifar_dir(path: str | os.PathLike[str], dataset: str, *, labels: str = "fine") -> SourceData:
     """Read an extracted ``cifar-10-batches-py/`` or ``cifar-100-python/`` folder."""
     path = Path(path)
-    is10 = (path / CIFAR10_META).is_file() or (path / "data_batch_1").is_file()
-    dataset = "cifar10" if is10 else "cifar100"
     names = batch_files(dataset)
     files = {n: functools.partial(_read_file, path / n) for n in names if (path / n).is_file()}
     return _parse_cifar(dataset, files, lambda n: str(path / n), labels)

@@ -101,11 +101,8 @@ a failed run leaves nothing behind, not even the output folder it created.
 
 
 def prepare(source: str, *, out: str = "data", **options: Any) -> int:
-    """Convert `source` into .beton files and a manifest in `out`, print a summary; return the exit status.
-
-    `options` are the fields of `PrepOptions` (as `write_beton` takes them); a `DataPrepError` is one
-    ``error:`` line on stderr and status 2, Ctrl-C/SIGTERM one line and 128 + the signal number.
-    """
+    """Convert `source` into .beton files and a manifest in `out`, print a summary; return the exit status
+    (see the module docstring). `options` are the fields of `PrepOptions`, as `write_beton` takes them."""
     created = _missing_dirs(out)
     term = _stop_on_sigterm()
     try:
@@ -118,7 +115,7 @@ def prepare(source: str, *, out: str = "data", **options: Any) -> int:
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated): the writer removed its temporaries
         _remove_empty(created)
         sys.stdout.flush()
-        signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
+        signum = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
         print(f"error: stopped by {signal.Signals(signum).name}; no output files were changed", file=sys.stderr,
               flush=True)
         return 128 + signum
@@ -131,10 +128,6 @@ def prepare(source: str, *, out: str = "data", **options: Any) -> int:
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM during a conversion: unwinds like Ctrl-C, so every temporary is removed on the way out."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
 
 
 def _raise_terminated(signum, frame):

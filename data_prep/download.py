@@ -27,26 +27,16 @@ CHUNK = 1 << 20
 class OfficialArchive:
     """One of the archives published at https://www.cs.toronto.edu/~kriz/cifar.html."""
 
-    dataset: str  # "cifar10" or "cifar100"
     url: str
     md5: str
 
-    @property
-    def filename(self) -> str:
-        """The archive's file name, e.g. ``cifar-10-python.tar.gz``."""
-        return self.url.rsplit("/", 1)[-1]
 
-
-OFFICIAL: dict[str, OfficialArchive] = {
+OFFICIAL: dict[str, OfficialArchive] = {  # by dataset
     "cifar10": OfficialArchive(
-        "cifar10",
-        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-        "c58f30108f718f92721af3b95e74349a",
+        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"
     ),
     "cifar100": OfficialArchive(
-        "cifar100",
-        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
-        "eb9058c3a382ffc7106e4002c42a8d85",
+        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85"
     ),
 }
 
@@ -56,13 +46,14 @@ def is_url(source: str) -> bool:
     return urlparse(source).scheme in ("http", "https", "ftp")
 
 
+def url_file_name(url: str) -> str:
+    """The file name a URL's path ends in (``cifar-10-python.tar.gz``), or ""."""
+    return urlparse(url).path.rsplit("/", 1)[-1]
+
+
 def official_md5(url: str) -> str | None:
     """The published md5 of the archive `url` names (matched by file name), or None if not official."""
-    name = urlparse(url).path.rsplit("/", 1)[-1]
-    for archive in OFFICIAL.values():
-        if archive.filename == name:
-            return archive.md5
-    return None
+    return next((a.md5 for a in OFFICIAL.values() if url_file_name(a.url) == url_file_name(url)), None)
 
 
 def default_cache_dir() -> Path:
@@ -73,14 +64,13 @@ def default_cache_dir() -> Path:
     return Path(base) / "cifar_dist"
 
 
-def file_digests(path: Path) -> tuple[str, str]:
-    """Return (md5, sha256) hex digests of a file, read once in 1 MiB chunks."""
-    md5, sha = hashlib.md5(usedforsecurity=False), hashlib.sha256()
+def file_digest(path: Path, algorithm: str) -> str:
+    """The hex digest ("md5" or "sha256") of a file, read in 1 MiB chunks."""
+    digest = hashlib.new(algorithm, usedforsecurity=False)
     with open(path, "rb") as f:
         while block := f.read(CHUNK):
-            md5.update(block)
-            sha.update(block)
-    return md5.hexdigest(), sha.hexdigest()
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def fetch(
@@ -92,9 +82,9 @@ def fetch(
         DataPrepError: the URL is unreachable (offline, DNS, HTTP error), the download's md5 is not
             `md5`, or the cache directory cannot be written. No partial file is left behind.
     """
-    name = urlparse(url).path.rsplit("/", 1)[-1] or "download"
+    name = url_file_name(url) or "download"
     dest = cache_dir / name
-    if dest.is_file() and (md5 is None or file_digests(dest)[0] == md5.lower()):
+    if dest.is_file() and (md5 is None or file_digest(dest, "md5") == md5.lower()):
         return dest
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)

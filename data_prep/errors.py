@@ -26,16 +26,8 @@ class DataPrepError(InputError):
         self.path = str(path)
         self.expected = expected
         self.found = found
-        super().__init__(self.message)
-
-    @property
-    def message(self) -> str:
-        """The one-line message, without the ``error:`` prefix (newlines are flattened)."""
-        text = f"{self.path}: expected {self.expected}, found {self.found}"
-        return text.replace("\r", " ").replace("\n", " ")
-
-    def __str__(self) -> str:
-        return self.message
+        text = f"{self.path}: expected {expected}, found {found}"  # without the ``error:`` prefix
+        super().__init__(text.replace("\r", " ").replace("\n", " "))  # one line: newlines are flattened
 
     def __reduce__(self) -> tuple[type[DataPrepError], tuple[str, str, str]]:
         # picklable across process pools despite the three-argument constructor

@@ -26,8 +26,9 @@ import threading
 
 import numpy as np
 
-SIDE = 32
-CHUNK = 100  # samples per work item of an FFCV worker
+from .arrays import SIDE
+from .split_writer import CHUNK
+
 POLL_SECONDS = 0.2
 
 

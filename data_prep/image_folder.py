@@ -108,18 +108,10 @@ def _decode_chunk(chunk: Sequence[tuple[str, str | bytes]]) -> tuple[np.ndarray,
                 im.load()
                 rgb = im if im.mode == "RGB" else im.convert("RGB")
                 out[i] = np.frombuffer(rgb.tobytes(), dtype=np.uint8).reshape(SIDE, SIDE, 3)
-        except UnidentifiedImageError:
-            problems[i] = (
-                key,
-                "an image file PIL can read",
-                "unreadable data (not an image format PIL knows)",
-            )
         except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, ... for damaged files
-            problems[i] = (
-                key,
-                "an image file PIL can read",
-                f"unreadable data ({type(exc).__name__}: {exc})",
-            )
+            unknown = isinstance(exc, UnidentifiedImageError)
+            why = "not an image format PIL knows" if unknown else f"{type(exc).__name__}: {exc}"
+            problems[i] = (key, "an image file PIL can read", f"unreadable data ({why})")
     return out, problems
 
 
@@ -192,11 +184,6 @@ class _Decoder:
         return index, images, problems
 
 
-def shuffled_rows(n: int) -> np.ndarray:
-    """The order a split of `n` class-major rows is written in: ``default_rng(ORDER_SEED).permutation(n)``."""
-    return np.random.default_rng(ORDER_SEED).permutation(n)
-
-
 def _assemble(
     class_names: Sequence[str],
     tree: Tree,
@@ -215,10 +202,10 @@ def _assemble(
                     raise DataPrepError(*problems[key])
                 rows.append(index[key])
                 labels.append(label)
-        order = shuffled_rows(len(rows))
+        order = np.random.default_rng(ORDER_SEED).permutation(len(rows))
         picked = np.asarray(rows, dtype=np.int64)[order]
         splits.append(SplitArrays(images[picked], np.asarray(labels, dtype=np.int64)[order]))
-    return SourceData("image_folder", tuple(class_names), splits[0], splits[1], None, dict(FOLDER_ORDER))
+    return SourceData("image_folder", tuple(class_names), splits[0], splits[1])
 
 
 def read_image_folder(
@@ -261,9 +248,8 @@ def read_image_folder_tar(
 ) -> SourceData:
     """Read a tar (optionally compressed) of an image-folder tree in one streaming pass.
 
-    The tree may sit at the top of the archive or under exactly one top-level folder. Images are
-    decoded by a thread pool while the archive is still being read; problems are reported after the
-    tree's layout has been validated, for the first bad image in class-major order.
+    The tree may sit at the top of the archive or under exactly one top-level folder. A bad image is
+    reported only once the tree's layout has been validated (the first in class-major order).
     """
     path = Path(path)
     given = given or str(path)

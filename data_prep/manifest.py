@@ -18,7 +18,7 @@ from cifar_dist.files import read_json_or_none
 
 from .arrays import SIDE, SPLITS, SourceData
 from .beton import ffcv_version
-from .download import file_digests
+from .download import file_digest
 from .sources import SourceSpec, write_order
 
 MANIFEST_VERSION = 2  # 2: .beton sha256 compared on re-runs; image folders written shuffled
@@ -43,10 +43,6 @@ def manifest_options(spec: SourceSpec, fmt: dict[str, Any], name: str, sha: str)
     }
 
 
-def file_sha256(path: Path) -> str:
-    return file_digests(path)[1]
-
-
 def up_to_date(paths: dict[str, Path], options: dict[str, Any]) -> dict | None:
     """The existing manifest if it matches `options` and both betons match its sizes and sha256, else None."""
     manifest = read_json_or_none(paths["manifest"])
@@ -57,7 +53,7 @@ def up_to_date(paths: dict[str, Path], options: dict[str, Any]) -> dict | None:
         path = paths[split]
         if not path.is_file() or path.stat().st_size != entry.get("bytes"):
             return None
-        if file_sha256(path) != entry.get("sha256"):
+        if file_digest(path, "sha256") != entry.get("sha256"):
             return None
     return manifest
 
@@ -65,7 +61,8 @@ def up_to_date(paths: dict[str, Path], options: dict[str, Any]) -> dict | None:
 def file_entries(temps: dict[str, Path], finals: dict[str, Path]) -> dict[str, dict[str, Any]]:
     """The manifest's "files": final name, size and sha256 of each written (temporary) beton."""
     return {
-        split: {"path": finals[split].name, "bytes": temps[split].stat().st_size, "sha256": file_sha256(temps[split])}
+        split: {"path": finals[split].name, "bytes": temps[split].stat().st_size,
+                "sha256": file_digest(temps[split], "sha256")}
         for split in SPLITS
     }
 

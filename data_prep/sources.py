@@ -41,7 +41,7 @@ from .cifar_files import (
     read_cifar_archive,
     read_cifar_dir,
 )
-from .download import OFFICIAL, default_cache_dir, fetch, file_digests, is_url, official_md5
+from .download import OFFICIAL, default_cache_dir, fetch, file_digest, is_url, official_md5
 from .errors import DataPrepError
 from .image_folder import FOLDER_ORDER, read_image_folder, read_image_folder_tar
 
@@ -111,7 +111,7 @@ def resolve_source(
     if not path.is_file():
         raise DataPrepError(given, "a regular file or folder", "a special file")
     if md5 is not None:
-        got = file_digests(path)[0]
+        got = file_digest(path, "md5")
         if got != md5.lower():
             raise DataPrepError(given, f"md5 {md5.lower()}", f"md5 {got}")
     return _classify_file(path, given)
@@ -194,7 +194,7 @@ def source_sha256(spec: SourceSpec) -> str:
 
 def _source_sha256(spec: SourceSpec) -> str:
     if spec.kind in ("cifar_archive", "folder_tar"):
-        return file_digests(spec.path)[1]
+        return file_digest(spec.path, "sha256")
     root = spec.path
     if spec.kind == "cifar_dir":
         files = [root / n for n in batch_files(spec.dataset) if (root / n).is_file()]
@@ -227,21 +227,26 @@ def read_source(
         num_workers: processes used to decode image files (image-folder sources).
         progress: show tqdm bars on stderr.
     """
+    check_labels(labels, spec.dataset)
+    if spec.kind == "cifar_archive":
+        return read_cifar_archive(spec.path, spec.dataset, labels=labels, given=spec.given, progress=progress)
+    if spec.kind == "cifar_dir":
+        return read_cifar_dir(spec.path, spec.dataset, labels=labels)
+    if spec.kind == "folder_dir":
+        return read_image_folder(spec.path, num_workers=num_workers, progress=progress)
+    return read_image_folder_tar(spec.path, num_workers=num_workers, progress=progress, given=spec.given)
+
+
+def check_labels(labels: str, dataset: str | None = None) -> None:
+    """Raise DataPrepError unless `labels` is fine or coarse, and a label set of `dataset` when given."""
     if labels not in ("fine", "coarse"):
         raise DataPrepError("--labels", "fine or coarse", repr(labels))
-    if labels == "coarse" and spec.dataset != "cifar100":
+    if labels == "coarse" and dataset not in (None, "cifar100"):
         raise DataPrepError(
             "--labels",
             "fine for a CIFAR-10 or image-folder source (coarse exists only in CIFAR-100)",
             "coarse",
         )
-    if spec.kind == "cifar_archive":
-        return read_cifar_archive(spec.path, labels=labels, given=spec.given, progress=progress)
-    if spec.kind == "cifar_dir":
-        return read_cifar_dir(spec.path, labels=labels)
-    if spec.kind == "folder_dir":
-        return read_image_folder(spec.path, num_workers=num_workers, progress=progress)
-    return read_image_folder_tar(spec.path, num_workers=num_workers, progress=progress, given=spec.given)
 
 
 def write_order(spec: SourceSpec) -> dict:

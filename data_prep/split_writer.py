@@ -29,7 +29,7 @@ from tqdm import tqdm
 from .arrays import SplitArrays
 from .errors import DataPrepError
 
-CHUNK = 100  # samples per work item of an FFCV worker (as in data_prep.ffcv_child)
+CHUNK = 100  # samples per work item of an FFCV writer worker (data_prep.ffcv_child)
 TIMEOUT_BASE = 300.0  # seconds a split may take: this much plus TIMEOUT_PER_IMAGE per image
 TIMEOUT_PER_IMAGE = 0.02
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b.*")

@@ -37,7 +37,7 @@ from .arrays import SPLITS, SourceData
 from .beton import verify_split
 from .errors import DataPrepError
 from .manifest import build_manifest, file_entries, manifest_options, up_to_date
-from .sources import SourceSpec, check_name, read_source, resolve_source, source_sha256
+from .sources import SourceSpec, check_labels, check_name, read_source, resolve_source, source_sha256
 from .split_writer import SplitJob, WriterSettings, write_splits
 
 MODES = ("raw", "jpg")
@@ -78,8 +78,7 @@ class PrepOptions:
             raise DataPrepError("--mode", "raw or jpg", repr(self.mode))
         if not _is_int(self.jpeg_quality) or not 1 <= self.jpeg_quality <= 100:
             raise DataPrepError("--jpeg_quality", "an integer in 1..100", repr(self.jpeg_quality))
-        if self.labels not in ("fine", "coarse"):
-            raise DataPrepError("--labels", "fine or coarse", repr(self.labels))
+        check_labels(self.labels)
         if not _is_int(self.num_workers) or self.num_workers < 1:
             raise DataPrepError("--num_workers", "an integer >= 1", repr(self.num_workers))
         if self.write_timeout is not None and not self.write_timeout > 0:
@@ -104,10 +103,6 @@ def output_paths(out_dir: str | os.PathLike[str], name: str) -> dict[str, Path]:
         "test": out / f"{name}_test.beton",
         "manifest": out / f"{name}_manifest.json",
     }
-
-
-def _temp_path(final: Path) -> Path:
-    return final.with_name(f".{final.name}.tmp-{os.getpid()}")
 
 
 def _check_out_dir(out: Path) -> None:
@@ -152,8 +147,7 @@ def write_beton(
             ``cifar10``/``cifar100`` (download of the official archive).
         out_dir: output folder (created if needed).
         log: receives one-line status messages (None = silent).
-        **options: the fields of `PrepOptions` (name, mode, jpeg_quality, labels, force, verify,
-            num_workers, cache_dir, md5, progress, write_timeout).
+        **options: the fields of `PrepOptions`.
 
     Returns:
         The manifest dict (the existing one when the outputs were already up to date).
@@ -167,12 +161,7 @@ def write_beton(
     _check_out_dir(Path(out_dir))  # before a possible download; created only once the source is found
     spec = resolve_source(source, cache_dir=opts.cache_dir, md5=opts.md5, progress=opts.show_progress)
     out = _prepare_out_dir(Path(out_dir))
-    if opts.labels == "coarse" and spec.dataset != "cifar100":
-        raise DataPrepError(
-            "--labels",
-            "fine for a CIFAR-10 or image-folder source (coarse exists only in CIFAR-100)",
-            "coarse",
-        )
+    check_labels(opts.labels, spec.dataset)
     name = check_name(str(opts.name) if opts.name is not None else spec.default_name)
     finals = output_paths(out, name)
     _remove_stale_temps(out, name)
@@ -196,7 +185,7 @@ class _Conversion:
 
     def __init__(self, spec: SourceSpec, opts: PrepOptions, finals: dict[str, Path], say: Log) -> None:
         self.spec, self.opts, self.finals, self.say = spec, opts, finals, say
-        self.temps = {key: _temp_path(path) for key, path in finals.items()}
+        self.temps = {key: path.with_name(f".{path.name}.tmp-{os.getpid()}") for key, path in finals.items()}
         self.name = finals["manifest"].name.removesuffix("_manifest.json")
         self.seconds: dict[str, float] = {}
         self.started = time.perf_counter()
