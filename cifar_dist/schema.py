@@ -105,30 +105,17 @@ def coerce(key: str, tp: Any, value: Any) -> Any:
         if isinstance(value, int) and value in (0, 1):
             return bool(value)
         raise ConfigError(f"{key}: expected true or false, found {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected an integer, found {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
+    if tp in (int, float):  # an int takes a whole float and "1_000"; neither takes a bool
+        number = value
         if isinstance(value, str):
             try:
-                return int(value.replace("_", ""))
+                number = int(value.replace("_", "")) if tp is int else float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: expected an integer, found {value!r}")
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a number, found {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected a number, found {value!r}")
+        whole = isinstance(number, int) or (isinstance(number, float) and number.is_integer())
+        if isinstance(number, (int, float)) and not isinstance(number, bool) and (tp is float or whole):
+            return tp(number)
+        raise ConfigError(f"{key}: expected {'an integer' if tp is int else 'a number'}, found {value!r}")
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
