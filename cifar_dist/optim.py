@@ -36,10 +36,6 @@ _NORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torc
           torch.nn.LayerNorm)
 
 
-def _is_norm(module: torch.nn.Module) -> bool:
-    return isinstance(module, _NORMS)
-
-
 def _head_params(model: torch.nn.Module) -> set[int]:
     """ids of the classifier head's parameters: those of the model's last Linear layer."""
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
@@ -64,7 +60,8 @@ def param_groups(model: torch.nn.Module, weight_decay: float, exempt_norm_bias: 
     schedule applies both.
     """
     frozen_after = frozen_after or {}
-    norm_bias = {id(m.bias) for m in model.modules() if _is_norm(m) and getattr(m, "bias", None) is not None}
+    norm_bias = {id(m.bias) for m in model.modules()
+                 if isinstance(m, _NORMS) and getattr(m, "bias", None) is not None}
     head = _head_params(model) if head_lr_scale != 1.0 else set()
     groups: dict[tuple, dict] = {}
     for name, p in model.named_parameters():
@@ -151,11 +148,8 @@ def _torch_optimizer(name: str, groups: list[dict], lr: float, cfg: OptimConfig)
         raise ConfigError(f"--optim.betas: expected two numbers, found {list(betas)}")
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
-    if name == "adam":
-        return torch.optim.Adam(groups, lr=lr, betas=betas, eps=cfg.eps)
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=cfg.eps)
-    return torch.optim.Adamax(groups, lr=lr, betas=betas, eps=cfg.eps)
+    adam = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adamax": torch.optim.Adamax}[name]
+    return adam(groups, lr=lr, betas=betas, eps=cfg.eps)
 
 
 def _muon(groups: list[dict], cfg: OptimConfig, lr: float) -> MuonWithCompanion:
@@ -213,15 +207,9 @@ class Span:
         return Span(unit, total, int(round(cfg.warmup_frac * total if cfg.warmup_frac else cfg.warmup_epochs * unit)))
 
 
-def _warmup(t: int, span: Span, cfg: SchedConfig) -> float:
-    return cfg.warmup_start + t * (1.0 - cfg.warmup_start) / span.warmup
-
-
 def cosine_factor(t: int, span: Span, cfg: SchedConfig) -> float:
-    """Warm-up, then half a cosine from the peak to `min_lr_ratio` over `period_epochs` (default: the rest of
-    the run), then the floor (timm's CosineLRScheduler with warmup_prefix and one cycle)."""
-    if t < span.warmup:
-        return _warmup(t, span, cfg)
+    """After the warm-up, half a cosine from the peak to `min_lr_ratio` over `period_epochs` (default: the rest
+    of the run), then the floor (timm's CosineLRScheduler with warmup_prefix and one cycle)."""
     period = int(round(cfg.period_epochs * span.unit)) if cfg.period_epochs else max(span.total - span.warmup, 1)
     t -= span.warmup
     if t >= period:
@@ -230,9 +218,7 @@ def cosine_factor(t: int, span: Span, cfg: SchedConfig) -> float:
 
 
 def step_factor(t: int, span: Span, cfg: SchedConfig) -> float:
-    """Warm-up, then x `step_gamma` every `step_epochs` (timm's StepLRScheduler with warmup_prefix)."""
-    if t < span.warmup:
-        return _warmup(t, span, cfg)
+    """After the warm-up, x `step_gamma` every `step_epochs` (timm's StepLRScheduler with warmup_prefix)."""
     return cfg.step_gamma ** ((t - span.warmup) // (cfg.step_epochs * span.unit))
 
 
@@ -266,12 +252,16 @@ def constant_factor(t: int, span: Span, cfg: SchedConfig) -> float:
 
 SCHEDULES = {"cosine": cosine_factor, "step": step_factor, "onecycle": onecycle_factor, "linear": linear_factor,
              "constant": constant_factor}  # name -> lr factor of the unit t
+WARMUP_PREFIX = ("cosine", "step")  # schedules that start after a linear warm-up from `warmup_start`
 
 
 def lr_factor(cfg: SchedConfig, steps_per_epoch: int, epochs: int, global_step: int) -> float:
     """The lr of optimizer step `global_step` (0-based) as a fraction of the peak: a function of the step alone."""
     t = global_step // steps_per_epoch if cfg.per_epoch else global_step
-    return SCHEDULES[cfg.name](t, Span.of(cfg, steps_per_epoch, epochs), cfg)
+    span = Span.of(cfg, steps_per_epoch, epochs)
+    if cfg.name in WARMUP_PREFIX and t < span.warmup:
+        return cfg.warmup_start + t * (1.0 - cfg.warmup_start) / span.warmup
+    return SCHEDULES[cfg.name](t, span, cfg)
 
 
 class Schedule:
