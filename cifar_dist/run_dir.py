@@ -105,9 +105,10 @@ def _file(name: str) -> property:
     return property(lambda self: self.path / name, doc=f"<run>/{name}")
 
 
-def _object(path: Path) -> dict[str, Any]:
+def _object(path: Path) -> dict[str, Any] | None:
+    """The JSON object in `path`; None when it is missing, unreadable or not an object."""
     value = read_json_or_none(path)
-    return value if isinstance(value, dict) else {}
+    return value if isinstance(value, dict) else None
 
 
 class RunDir:
@@ -167,16 +168,15 @@ class RunDir:
             return None
         if strict:
             return _check_result(self.result, read_json(self.result))
-        res = read_json_or_none(self.result)
-        return res if isinstance(res, dict) else None
+        return _object(self.result)
 
     def read_task(self) -> dict[str, Any]:
         """sweep_task.json ({} when missing or unreadable)."""
-        return _object(self.task)
+        return _object(self.task) or {}
 
     def read_trial(self) -> dict[str, Any]:
         """trial.json, a search trial's lease ({} when missing or unreadable)."""
-        return _object(self.trial)
+        return _object(self.trial) or {}
 
     def write_status(self, exit_status: int) -> None:
         """Record the trainer's exit status in status.json (global rank 0 only; atomic; one line)."""
@@ -188,7 +188,7 @@ class RunDir:
     def read_status(self) -> dict[str, Any] | None:
         """The recorded status ({"exit", "state", "time"}), or None when the run recorded none (killed, still
         running, or not started)."""
-        record = _object(self.status)
+        record = _object(self.status) or {}
         return record if isinstance(record.get("exit"), int) else None
 
 
@@ -207,8 +207,7 @@ def trial_name(number: int, seed: int) -> str:
 
 def read_sweep_json(sweep_dir: Path) -> dict[str, Any] | None:
     """<sweep_dir>/sweep.json as `cifar-dist sweep` writes it; None when missing or unreadable."""
-    record = read_json_or_none(Path(sweep_dir) / SWEEP_FILE)
-    return record if isinstance(record, dict) else None
+    return _object(Path(sweep_dir) / SWEEP_FILE)
 
 
 class StudyError(InputError):
