@@ -135,7 +135,3 @@ def main(argv: list[str] | None = None) -> int:
               f"(see cifar-dist --help)", file=sys.stderr)
         return EXIT_BAD_INPUT
     return dispatch(Commands(rest), cmd, "cifar-dist")
-
-
-if __name__ == "__main__":
-    sys.exit(main())
