@@ -2,9 +2,8 @@
 
 Precedence, lowest first: dataclass defaults < preset < YAML file < command-line flags
 (`cifar_dist.presets.resolve`).
-Every override is checked against the field it targets (`cifar_dist.overrides`): an unknown key, a wrong
-type or a value outside the allowed choices raises `ConfigError`, whose message is one line naming the
-key, what was expected and what was found. The CLI turns that into exit status 2.
+Every override is checked against the field it targets (`cifar_dist.overrides`); the CLI turns the
+`ConfigError` of a bad one into exit status 2.
 Each field carries its help text (`opt`: its unit, what 0 or none means), the line `--help` prints for it.
 """
 
@@ -288,19 +287,3 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
-
-__all__ = [
-    "Config",
-    "ConfigError",
-    "DataConfig",
-    "AugConfig",
-    "ModelConfig",
-    "ModelOptions",
-    "OptimConfig",
-    "SchedConfig",
-    "LossConfig",
-    "RunConfig",
-    "to_dict",
-    "flatten",
-    "dump_yaml",
-]

@@ -13,9 +13,6 @@ boolean field also takes ``--name`` and ``--noname``. Two fields collect what no
 as (key, text) pairs for the config's own override machinery, which reads each value once. Anything the
 schema does not take is a one-line `FlagError` (with a "did you mean" for a misspelt flag); a value of the
 wrong type, or outside the field's `choices`, is a one-line `ConfigError` naming the flag.
-
-`schema_help(schema, prog, epilog)` is the `--help` of a command: a usage line, the schema's docstring, its
-arguments and its flags, each with its default (or its `metavar`), choices and help text, then `epilog`.
 """
 
 from __future__ import annotations
@@ -295,7 +292,8 @@ def usage_line(schema: type, prog: str) -> str:
 
 
 def schema_help(schema: type, prog: str, epilog: str = "") -> str:
-    """Usage line, the schema's docstring, its positional arguments, its flags with defaults, then `epilog`."""
+    """The `--help` of a command: a usage line, the schema's docstring, its arguments and its flags, each with
+    its default (or its `metavar`), choices and help text, then `epilog`."""
     hints = typing.get_type_hints(schema)
     arguments = [f for f in fields(schema) if f.init and (_required(f) or f.metadata.get("collect") == "--")]
     lines = [f"usage: {usage_line(schema, prog)}", "", inspect.getdoc(schema) or ""]
