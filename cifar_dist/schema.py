@@ -144,10 +144,6 @@ def _required(f: Field) -> bool:
     return f.default is MISSING and f.default_factory is MISSING
 
 
-def _default(f: Field) -> Any:
-    return f.default if f.default is not MISSING else f.default_factory()
-
-
 def _is_bool(tp: Any) -> bool:
     return tp is bool or (typing.get_origin(tp) in (typing.Union, types.UnionType) and bool in typing.get_args(tp))
 
@@ -261,7 +257,7 @@ def help_lines(schema: type, prefix: str = "--", choices: dict[str, Sequence[str
         if meta.get("collect") == ".":
             lines.append(f"{prefix}{meta['metavar']}  {meta.get('help', '')}".rstrip())
             continue
-        default = _default(f)
+        default = f.default if f.default is not MISSING else f.default_factory()
         allowed = (choices or {}).get(f.name) or meta.get("choices")
         kind = f"  ({type_name(f.type)})" if types else ""
         extra = f" [{'|'.join(allowed)}]" if allowed else ""
