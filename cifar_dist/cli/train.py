@@ -108,10 +108,10 @@ def train_help() -> str:
     every model option (imports the model registry, hence torch: only for the help)."""
     from cifar_dist.engine.rundir import MAY_CHANGE_ON_RESUME
     from cifar_dist.models import options_help
-    from cifar_dist.presets import list_presets
+    from cifar_dist.presets import PRESETS
 
     return (f"Keys that may change on resume: {', '.join(MAY_CHANGE_ON_RESUME)}.\n"
-            f"\nPresets: {', '.join(list_presets())}\n\nOptions (defaults before any preset):\n"
+            f"\nPresets: {', '.join(sorted(PRESETS))}\n\nOptions (defaults before any preset):\n"
             f"{config_help()}\n\n{options_help()}\n\n{EXIT_STATUSES}\n")
 
 
