@@ -54,14 +54,6 @@ class PresetsArgs:
     """Print the presets (named recipes) with the first line of their docstrings."""
 
 
-def models() -> int:
-    """`cifar-dist models` (its options: `ModelsArgs`, none)."""
-    from cifar_dist.models.info import print_models
-
-    print_models()
-    return EXIT_OK
-
-
 def presets() -> int:
     """`cifar-dist presets` (its options: `PresetsArgs`, none)."""
     from cifar_dist.presets import PRESETS
@@ -99,7 +91,9 @@ class Commands:
         return run_schema(predict, PredictArgs, self.argv, "cifar-dist predict")
 
     def models(self) -> int:
-        return run_schema(models, ModelsArgs, self.argv, "cifar-dist models")
+        from cifar_dist.models.info import print_models
+
+        return run_schema(print_models, ModelsArgs, self.argv, "cifar-dist models")
 
     def presets(self) -> int:
         return run_schema(presets, PresetsArgs, self.argv, "cifar-dist presets")
