@@ -47,34 +47,32 @@ def is_filter(p: torch.Tensor) -> bool:
     return p.ndim >= 3
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float, exempt_norm_bias: bool, bias_lr_scale: float = 1.0,
-                 frozen_after: dict[str, int] | None = None, head_lr_scale: float = 1.0,
-                 split_filters: bool = False) -> list[dict]:
-    """Parameter groups: decayed weights; with `exempt_norm_bias` all 1-D parameters without decay; with
-    `bias_lr_scale` != 1 the norm layers' biases at lr x scale and weight decay / scale (the same with
-    `head_lr_scale` for the last Linear layer); parameters named in `frozen_after` ({name: epoch}) in groups
-    of their own that stop training at that epoch; with `split_filters` the conv filters in groups of their
-    own marked "filters" (see `is_filter`).
+def param_groups(model: torch.nn.Module, cfg: OptimConfig, weight_decay: float) -> list[dict]:
+    """Parameter groups: weights decayed by `weight_decay`; with `wd_exempt_norm_bias` all 1-D parameters
+    without decay; with `bias_lr_scale` != 1 the norm layers' biases at lr x scale and weight decay / scale (the
+    same with `head_lr_scale` for the last Linear layer); parameters named in the model's `frozen_after()`
+    ({name: epoch}) in groups of their own that stop training at that epoch; with name=muon the conv filters
+    in groups of their own marked "filters" (see `is_filter`).
 
     Every group carries "lr_scale" (its lr relative to the schedule's) and maybe "stop_epoch"; the
     schedule applies both.
     """
-    frozen_after = frozen_after or {}
+    frozen_after = model.frozen_after() if callable(getattr(model, "frozen_after", None)) else {}
     norm_bias = {id(m.bias) for m in model.modules()
                  if isinstance(m, _NORMS) and getattr(m, "bias", None) is not None}
-    head = _head_params(model) if head_lr_scale != 1.0 else set()
+    head = _head_params(model) if cfg.head_lr_scale != 1.0 else set()
     groups: dict[tuple, dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         wd, scale = weight_decay, 1.0
-        if exempt_norm_bias and p.ndim <= 1:
+        if cfg.wd_exempt_norm_bias and p.ndim <= 1:
             wd = 0.0
-        if id(p) in norm_bias and bias_lr_scale != 1.0:
-            wd, scale = wd / bias_lr_scale, bias_lr_scale
+        if id(p) in norm_bias and cfg.bias_lr_scale != 1.0:
+            wd, scale = wd / cfg.bias_lr_scale, cfg.bias_lr_scale
         if id(p) in head:
-            wd, scale = wd / head_lr_scale, head_lr_scale
-        key = (wd, scale, frozen_after.get(name), split_filters and is_filter(p))
+            wd, scale = wd / cfg.head_lr_scale, cfg.head_lr_scale
+        key = (wd, scale, frozen_after.get(name), cfg.name == "muon" and is_filter(p))
         g = groups.setdefault(key, {"params": [], "weight_decay": wd, "lr_scale": scale})
         if key[2] is not None:
             g["stop_epoch"] = key[2]
@@ -173,15 +171,13 @@ def _muon(groups: list[dict], cfg: OptimConfig, lr: float) -> MuonWithCompanion:
 
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
-    """The optimizer of `cfg` at peak lr `lr`; a model's `frozen_after()` ({name: epoch}) is honoured."""
+    """The optimizer of `cfg` at peak lr `lr` (a model's `frozen_after()` is honoured: see `param_groups`)."""
     # Decoupled: each step shrinks the weights by weight_decay x B / kilostep (x the schedule's factor),
     # whatever the lr; SGD applies lr x weight_decay, and lr = cfg.lr x B / kilostep, so the ratio is it.
     if cfg.decoupled and cfg.lr <= 0:
         raise ConfigError(f"--optim.lr: expected a positive lr with --optim.decoupled=true, found {cfg.lr}")
     wd = cfg.weight_decay / cfg.lr if cfg.decoupled else cfg.weight_decay
-    frozen = model.frozen_after() if callable(getattr(model, "frozen_after", None)) else {}
-    groups = param_groups(model, wd, cfg.wd_exempt_norm_bias, cfg.bias_lr_scale, frozen, cfg.head_lr_scale,
-                          split_filters=cfg.name == "muon")
+    groups = param_groups(model, cfg, wd)
     if cfg.name == "muon":
         return _muon(groups, cfg, lr)
     opt = _torch_optimizer(cfg.name, groups, lr, cfg)
