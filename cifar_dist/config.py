@@ -113,8 +113,6 @@ class ModelConfig:
     sync_bn: bool | None = opt(None, "SyncBatchNorm across processes (none = on when > 1 process and < 32 "
                                      "images per device)")
     dirac_init: bool = opt(False, "start square convs as the identity on their first input channels")
-    # The model's own options, set as --model.<option>=value (`cifar-dist models` lists them). Written
-    # flat into the model section of config.yaml; a new model.name starts from that model's defaults.
     options: ModelOptions = field(default_factory=ModelOptions, metadata={
         "help": "the model's own options, --model.<option>=value (listed under Model options below)"})
 

@@ -67,8 +67,7 @@ def enclosing_checkout(start: Path) -> Path | None:
 
 
 def checkout_warning(cwd: Path | None = None) -> str | None:
-    """One warning line when the working directory lies in a checkout other than the one this code runs from
-    (its scripts and launch files are the running code's, not the directory's); None otherwise."""
+    """The one warning line of the module doc when `cwd` lies in another checkout; None otherwise."""
     try:
         here = enclosing_checkout((cwd or Path.cwd()).resolve())
     except OSError:

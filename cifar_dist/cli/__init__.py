@@ -64,8 +64,7 @@ def presets() -> int:
 
 
 class Commands:
-    """The subcommands of `cifar-dist`, dispatched by Fire: each reads `argv` (the words after its name) once
-    against its own schema and returns the exit status."""
+    """The subcommands of `cifar-dist`: a command group over the words after the name (cli.dispatch)."""
 
     def __init__(self, argv: list[str]):
         self.argv = argv
