@@ -301,7 +301,7 @@ class Runner:
 
 def preset_rows(runner: Runner, workers: int = 3) -> None:
     """Every preset but `fast` for one epoch on a balanced cut of CUT images, `workers` at a time on the GPU."""
-    from cifar_dist.presets import get_preset, list_presets
+    from cifar_dist.presets import PRESETS, get_preset
 
     def one(name: str) -> None:
         val = get_preset(name).data.val_size
@@ -311,7 +311,7 @@ def preset_rows(runner: Runner, workers: int = 3) -> None:
         runner.run_row(f"{name} 1 epoch, {CUT} images", f"preset_{name}", "preset", *extra, preset=name)
 
     with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(one, [p for p in list_presets() if p != "fast"]))
+        list(pool.map(one, [p for p in sorted(PRESETS) if p != "fast"]))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,12 +37,12 @@ CPU_CUTS = {
 
 
 def main() -> None:
-    from cifar_dist.presets import list_presets
+    from cifar_dist.presets import PRESETS
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=None)
     ap.add_argument("--name", default="cifar10")
-    ap.add_argument("--presets", default=",".join(p for p in list_presets() if p != "smoke"))
+    ap.add_argument("--presets", default=",".join(p for p in sorted(PRESETS) if p != "smoke"))
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench_presets")
     ap.add_argument("--full", action="store_true", help="no CPU cuts: full resolution and full training set")
     ap.add_argument("--compress", action="store_true",

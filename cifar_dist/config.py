@@ -2,9 +2,8 @@
 
 Precedence, lowest first: dataclass defaults < preset < YAML file < command-line flags
 (`cifar_dist.presets.resolve`).
-Every override is checked against the field it targets (`cifar_dist.overrides`): an unknown key, a wrong
-type or a value outside the allowed choices raises `ConfigError`, whose message is one line naming the
-key, what was expected and what was found. The CLI turns that into exit status 2.
+Every override is checked against the field it targets (`cifar_dist.overrides`); the CLI turns the
+`ConfigError` of a bad one into exit status 2.
 Each field carries its help text (`opt`: its unit, what 0 or none means), the line `--help` prints for it.
 """
 
@@ -114,8 +113,6 @@ class ModelConfig:
     sync_bn: bool | None = opt(None, "SyncBatchNorm across processes (none = on when > 1 process and < 32 "
                                      "images per device)")
     dirac_init: bool = opt(False, "start square convs as the identity on their first input channels")
-    # The model's own options, set as --model.<option>=value (`cifar-dist models` lists them). Written
-    # flat into the model section of config.yaml; a new model.name starts from that model's defaults.
     options: ModelOptions = field(default_factory=ModelOptions, metadata={
         "help": "the model's own options, --model.<option>=value (listed under Model options below)"})
 
@@ -288,19 +285,3 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
-
-__all__ = [
-    "Config",
-    "ConfigError",
-    "DataConfig",
-    "AugConfig",
-    "ModelConfig",
-    "ModelOptions",
-    "OptimConfig",
-    "SchedConfig",
-    "LossConfig",
-    "RunConfig",
-    "to_dict",
-    "flatten",
-    "dump_yaml",
-]

@@ -36,10 +36,6 @@ _NORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torc
           torch.nn.LayerNorm)
 
 
-def _is_norm(module: torch.nn.Module) -> bool:
-    return isinstance(module, _NORMS)
-
-
 def _head_params(model: torch.nn.Module) -> set[int]:
     """ids of the classifier head's parameters: those of the model's last Linear layer."""
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
@@ -51,33 +47,32 @@ def is_filter(p: torch.Tensor) -> bool:
     return p.ndim >= 3
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float, exempt_norm_bias: bool, bias_lr_scale: float = 1.0,
-                 frozen_after: dict[str, int] | None = None, head_lr_scale: float = 1.0,
-                 split_filters: bool = False) -> list[dict]:
-    """Parameter groups: decayed weights; with `exempt_norm_bias` all 1-D parameters without decay; with
-    `bias_lr_scale` != 1 the norm layers' biases at lr x scale and weight decay / scale (the same with
-    `head_lr_scale` for the last Linear layer); parameters named in `frozen_after` ({name: epoch}) in groups
-    of their own that stop training at that epoch; with `split_filters` the conv filters in groups of their
-    own marked "filters" (see `is_filter`).
+def param_groups(model: torch.nn.Module, cfg: OptimConfig, weight_decay: float) -> list[dict]:
+    """Parameter groups: weights decayed by `weight_decay`; with `wd_exempt_norm_bias` all 1-D parameters
+    without decay; with `bias_lr_scale` != 1 the norm layers' biases at lr x scale and weight decay / scale (the
+    same with `head_lr_scale` for the last Linear layer); parameters named in the model's `frozen_after()`
+    ({name: epoch}) in groups of their own that stop training at that epoch; with name=muon the conv filters
+    in groups of their own marked "filters" (see `is_filter`).
 
     Every group carries "lr_scale" (its lr relative to the schedule's) and maybe "stop_epoch"; the
     schedule applies both.
     """
-    frozen_after = frozen_after or {}
-    norm_bias = {id(m.bias) for m in model.modules() if _is_norm(m) and getattr(m, "bias", None) is not None}
-    head = _head_params(model) if head_lr_scale != 1.0 else set()
+    frozen_after = model.frozen_after() if callable(getattr(model, "frozen_after", None)) else {}
+    norm_bias = {id(m.bias) for m in model.modules()
+                 if isinstance(m, _NORMS) and getattr(m, "bias", None) is not None}
+    head = _head_params(model) if cfg.head_lr_scale != 1.0 else set()
     groups: dict[tuple, dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         wd, scale = weight_decay, 1.0
-        if exempt_norm_bias and p.ndim <= 1:
+        if cfg.wd_exempt_norm_bias and p.ndim <= 1:
             wd = 0.0
-        if id(p) in norm_bias and bias_lr_scale != 1.0:
-            wd, scale = wd / bias_lr_scale, bias_lr_scale
+        if id(p) in norm_bias and cfg.bias_lr_scale != 1.0:
+            wd, scale = wd / cfg.bias_lr_scale, cfg.bias_lr_scale
         if id(p) in head:
-            wd, scale = wd / head_lr_scale, head_lr_scale
-        key = (wd, scale, frozen_after.get(name), split_filters and is_filter(p))
+            wd, scale = wd / cfg.head_lr_scale, cfg.head_lr_scale
+        key = (wd, scale, frozen_after.get(name), cfg.name == "muon" and is_filter(p))
         g = groups.setdefault(key, {"params": [], "weight_decay": wd, "lr_scale": scale})
         if key[2] is not None:
             g["stop_epoch"] = key[2]
@@ -151,11 +146,8 @@ def _torch_optimizer(name: str, groups: list[dict], lr: float, cfg: OptimConfig)
         raise ConfigError(f"--optim.betas: expected two numbers, found {list(betas)}")
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
-    if name == "adam":
-        return torch.optim.Adam(groups, lr=lr, betas=betas, eps=cfg.eps)
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=cfg.eps)
-    return torch.optim.Adamax(groups, lr=lr, betas=betas, eps=cfg.eps)
+    adam = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adamax": torch.optim.Adamax}[name]
+    return adam(groups, lr=lr, betas=betas, eps=cfg.eps)
 
 
 def _muon(groups: list[dict], cfg: OptimConfig, lr: float) -> MuonWithCompanion:
@@ -179,15 +171,13 @@ def _muon(groups: list[dict], cfg: OptimConfig, lr: float) -> MuonWithCompanion:
 
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
-    """The optimizer of `cfg` at peak lr `lr`; a model's `frozen_after()` ({name: epoch}) is honoured."""
+    """The optimizer of `cfg` at peak lr `lr` (a model's `frozen_after()` is honoured: see `param_groups`)."""
     # Decoupled: each step shrinks the weights by weight_decay x B / kilostep (x the schedule's factor),
     # whatever the lr; SGD applies lr x weight_decay, and lr = cfg.lr x B / kilostep, so the ratio is it.
     if cfg.decoupled and cfg.lr <= 0:
         raise ConfigError(f"--optim.lr: expected a positive lr with --optim.decoupled=true, found {cfg.lr}")
     wd = cfg.weight_decay / cfg.lr if cfg.decoupled else cfg.weight_decay
-    frozen = model.frozen_after() if callable(getattr(model, "frozen_after", None)) else {}
-    groups = param_groups(model, wd, cfg.wd_exempt_norm_bias, cfg.bias_lr_scale, frozen, cfg.head_lr_scale,
-                          split_filters=cfg.name == "muon")
+    groups = param_groups(model, cfg, wd)
     if cfg.name == "muon":
         return _muon(groups, cfg, lr)
     opt = _torch_optimizer(cfg.name, groups, lr, cfg)
@@ -213,15 +203,9 @@ class Span:
         return Span(unit, total, int(round(cfg.warmup_frac * total if cfg.warmup_frac else cfg.warmup_epochs * unit)))
 
 
-def _warmup(t: int, span: Span, cfg: SchedConfig) -> float:
-    return cfg.warmup_start + t * (1.0 - cfg.warmup_start) / span.warmup
-
-
 def cosine_factor(t: int, span: Span, cfg: SchedConfig) -> float:
-    """Warm-up, then half a cosine from the peak to `min_lr_ratio` over `period_epochs` (default: the rest of
-    the run), then the floor (timm's CosineLRScheduler with warmup_prefix and one cycle)."""
-    if t < span.warmup:
-        return _warmup(t, span, cfg)
+    """After the warm-up, half a cosine from the peak to `min_lr_ratio` over `period_epochs` (default: the rest
+    of the run), then the floor (timm's CosineLRScheduler with warmup_prefix and one cycle)."""
     period = int(round(cfg.period_epochs * span.unit)) if cfg.period_epochs else max(span.total - span.warmup, 1)
     t -= span.warmup
     if t >= period:
@@ -230,9 +214,7 @@ def cosine_factor(t: int, span: Span, cfg: SchedConfig) -> float:
 
 
 def step_factor(t: int, span: Span, cfg: SchedConfig) -> float:
-    """Warm-up, then x `step_gamma` every `step_epochs` (timm's StepLRScheduler with warmup_prefix)."""
-    if t < span.warmup:
-        return _warmup(t, span, cfg)
+    """After the warm-up, x `step_gamma` every `step_epochs` (timm's StepLRScheduler with warmup_prefix)."""
     return cfg.step_gamma ** ((t - span.warmup) // (cfg.step_epochs * span.unit))
 
 
@@ -266,12 +248,16 @@ def constant_factor(t: int, span: Span, cfg: SchedConfig) -> float:
 
 SCHEDULES = {"cosine": cosine_factor, "step": step_factor, "onecycle": onecycle_factor, "linear": linear_factor,
              "constant": constant_factor}  # name -> lr factor of the unit t
+WARMUP_PREFIX = ("cosine", "step")  # schedules that start after a linear warm-up from `warmup_start`
 
 
 def lr_factor(cfg: SchedConfig, steps_per_epoch: int, epochs: int, global_step: int) -> float:
     """The lr of optimizer step `global_step` (0-based) as a fraction of the peak: a function of the step alone."""
     t = global_step // steps_per_epoch if cfg.per_epoch else global_step
-    return SCHEDULES[cfg.name](t, Span.of(cfg, steps_per_epoch, epochs), cfg)
+    span = Span.of(cfg, steps_per_epoch, epochs)
+    if cfg.name in WARMUP_PREFIX and t < span.warmup:
+        return cfg.warmup_start + t * (1.0 - cfg.warmup_start) / span.warmup
+    return SCHEDULES[cfg.name](t, span, cfg)
 
 
 class Schedule:

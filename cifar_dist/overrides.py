@@ -21,12 +21,15 @@ def _field_types(cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in fields(cls)}
 
 
-def _check(key: str, value: Any) -> None:
+def coerce_value(key: str, tp: Any, value: Any) -> Any:
+    """`value` converted to the type `tp` and range-checked as a config field is; ConfigError naming `key`."""
+    value = coerce(key, tp, value)
     choices = CHOICES.get(key.lstrip("-"))
     if choices and value not in choices:
         raise ConfigError(f"{key}: expected one of {', '.join(choices)}, found {value!r}{did_you_mean(value, choices)}")
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
         raise ConfigError(f"{key}: expected a value >= 0, found {value!r}")
+    return value
 
 
 def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
@@ -68,9 +71,7 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
         if name not in types_:
             raise ConfigError(f"--{key}: unknown key; {section} has {', '.join(types_)}"
                               f"{did_you_mean(name, types_, f'--{section}.')}")
-        coerced = coerce(f"--{key}", types_[name], value)
-        _check(f"--{key}", coerced)
-        changes.setdefault(section, {})[name] = coerced
+        changes.setdefault(section, {})[name] = coerce_value(f"--{key}", types_[name], value)
     model_changes = changes.get("model", {})
     if options or "name" in model_changes:
         renamed = model_changes.get("name", cfg.model.name) != cfg.model.name
@@ -87,10 +88,3 @@ def _option_items(key: str, name: str, value: Any) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise ConfigError(f"--{key}: expected a mapping of model options, found {value!r}")
     return dict(value)
-
-
-def coerce_value(key: str, tp: Any, value: Any) -> Any:
-    """`value` converted to the type `tp` and range-checked as a config field is; ConfigError naming `key`."""
-    coerced = coerce(key, tp, value)
-    _check(key, coerced)
-    return coerced

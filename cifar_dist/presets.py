@@ -11,6 +11,7 @@ the seed bugs the preset fixes (facts from ../shared/SEED_SYSTEMS.md).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from cifar_dist.config import (
@@ -54,12 +55,7 @@ def get_preset(name: str) -> Config:
     if name not in PRESETS:
         raise ConfigError(f"--preset: unknown preset {name!r}; expected one of {', '.join(sorted(PRESETS))}"
                           f"{did_you_mean(name, PRESETS)}")
-    cfg = PRESETS[name]()
-    return Config(**{**{k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "preset": name})
-
-
-def list_presets() -> list[str]:
-    return sorted(PRESETS)
+    return replace(PRESETS[name](), preset=name)
 
 
 def resolve(

@@ -39,24 +39,11 @@ def _installed_root() -> Path | None:
 
 
 def root() -> Path:
-    """The resource root (see the module doc); the checkout's path when neither rule finds one, so that
-    ``find`` can say where it looked."""
+    """The resource root (see the module doc); the checkout's path when neither rule finds one."""
     if _is_root(SOURCE_ROOT):
         return SOURCE_ROOT
     installed = _installed_root()
     return installed if installed is not None and _is_root(installed) else SOURCE_ROOT
-
-
-def find(relpath: str | Path) -> Path:
-    """The shipped file ``relpath`` (e.g. ``"launch/cpu.yaml"``) under the resource root.
-
-    Raises FileNotFoundError naming the path when it is not there.
-    """
-    path = root() / relpath
-    if not path.exists():
-        raise FileNotFoundError(f"{relpath}: not found in {root()} (neither a source checkout nor an install "
-                                f"with its share/cifar_dist files)")
-    return path
 
 
 def locate(user_path: str | Path) -> Path:
@@ -80,8 +67,7 @@ def enclosing_checkout(start: Path) -> Path | None:
 
 
 def checkout_warning(cwd: Path | None = None) -> str | None:
-    """One warning line when the working directory lies in a checkout other than the one this code runs from
-    (its scripts and launch files are the running code's, not the directory's); None otherwise."""
+    """The one warning line of the module doc when `cwd` lies in another checkout; None otherwise."""
     try:
         here = enclosing_checkout((cwd or Path.cwd()).resolve())
     except OSError:

@@ -1,8 +1,9 @@
 """What each config value means: the one table of value rules, checked on the resolved config.
 
-`validate` runs in `cifar_dist.presets.resolve`, after every override, before any folder exists; the types,
-the choices and the sign of each single value are checked earlier, as each override is applied
-(`cifar_dist.config`).
+`validate` runs in `cifar_dist.presets.resolve`, after every override, before any folder exists: every number
+is finite, and each key of `RULES` passes its test (each row: key -> (test, what a value must be, as the error
+line says it)). The types, the choices and the sign of each single value are checked earlier, as each override
+is applied (`cifar_dist.overrides`).
 """
 
 from __future__ import annotations
@@ -11,10 +12,6 @@ import math
 from typing import Any
 
 from cifar_dist.config import Config, ConfigError, flatten, to_dict
-
-# Checked on the resolved config (`validate`, called by `cifar_dist.presets.resolve`), before any folder
-# exists. Besides these rows: every number is finite, and none is negative (`cifar_dist.config`, on every override).
-# Each row: key -> (test, what a value must be, as the error line says it).
 
 
 def _name_ok(v: Any) -> bool:

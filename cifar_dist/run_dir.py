@@ -38,10 +38,7 @@ from typing import Any
 from cifar_dist.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_NONFINITE, EXIT_OK, EXIT_STOPPED, InputError
 from cifar_dist.files import FileFormatError, atomic_write_json, read_json, read_json_or_none
 
-CONFIG, COMMAND, ENV = "config.yaml", "command.txt", "env.json"
-METRICS, RESULT, STATUS_FILE, PAUSED = "metrics.jsonl", "result.json", "status.json", "paused.json"
-CHECKPOINTS, EVENTS = "checkpoints", "events.out.tfevents.*"
-TASK_FILE, TRIAL_FILE = "sweep_task.json", "trial.json"  # a sweep's attempt at the run, a trial's lease
+RESULT, STATUS_FILE, TASK_FILE = "result.json", "status.json", "sweep_task.json"  # imported by name; RunDir has all
 CHECKPOINT_META, TRAIN_STATE = "checkpoint.json", "train_state.json"  # in a checkpoint folder
 SWEEP_FILE, STUDY_FILE, RUNNER_FILE = "sweep.json", "study.journal", ".local_runner.json"  # in a sweep folder
 RUN_NAME = re.compile(r"^(?P<cell>.+)-s(?P<seed>\d+)$")  # a sweep's run directory: <cell>-s<seed>
@@ -105,9 +102,10 @@ def _file(name: str) -> property:
     return property(lambda self: self.path / name, doc=f"<run>/{name}")
 
 
-def _object(path: Path) -> dict[str, Any]:
+def _object(path: Path) -> dict[str, Any] | None:
+    """The JSON object in `path`; None when it is missing, unreadable or not an object."""
     value = read_json_or_none(path)
-    return value if isinstance(value, dict) else {}
+    return value if isinstance(value, dict) else None
 
 
 class RunDir:
@@ -116,20 +114,20 @@ class RunDir:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
 
-    config = _file(CONFIG)
-    command = _file(COMMAND)
-    env = _file(ENV)
-    metrics = _file(METRICS)
+    config = _file("config.yaml")
+    command = _file("command.txt")
+    env = _file("env.json")
+    metrics = _file("metrics.jsonl")
     result = _file(RESULT)
     status = _file(STATUS_FILE)
-    paused = _file(PAUSED)
-    task = _file(TASK_FILE)
-    trial = _file(TRIAL_FILE)
-    checkpoints = _file(CHECKPOINTS)
-    events = _file(EVENTS)  # a pattern, for messages; event_files() lists the files
+    paused = _file("paused.json")
+    task = _file(TASK_FILE)  # a sweep's attempt at the run
+    trial = _file("trial.json")  # a search trial's lease
+    checkpoints = _file("checkpoints")
+    events = _file("events.out.tfevents.*")  # a pattern, for messages; event_files() lists the files
 
     def event_files(self) -> list[Path]:
-        return sorted(self.path.glob(EVENTS))
+        return sorted(self.path.glob(self.events.name))
 
     @property
     def is_finished(self) -> bool:
@@ -144,8 +142,9 @@ class RunDir:
     def traces(self) -> list[str]:
         """The names of what a run left here: config.yaml, metrics.jsonl, result.json, checkpoints,
         paused.json, event files (a fresh run refuses a folder with any)."""
-        found = [n for n in (CONFIG, METRICS, RESULT, CHECKPOINTS, PAUSED) if (self.path / n).exists()]
-        return found + ([EVENTS] if self.event_files() else [])
+        left = (self.config, self.metrics, self.result, self.checkpoints, self.paused)
+        found = [p.name for p in left if p.exists()]
+        return found + ([self.events.name] if self.event_files() else [])
 
     def metrics_rows(self, on_torn_tail: Callable[[str], object] | None = None) -> list[dict[str, Any]]:
         """metrics.jsonl, one row per finished epoch, each with an integer "epoch" (see `read_jsonl`)."""
@@ -167,16 +166,15 @@ class RunDir:
             return None
         if strict:
             return _check_result(self.result, read_json(self.result))
-        res = read_json_or_none(self.result)
-        return res if isinstance(res, dict) else None
+        return _object(self.result)
 
     def read_task(self) -> dict[str, Any]:
         """sweep_task.json ({} when missing or unreadable)."""
-        return _object(self.task)
+        return _object(self.task) or {}
 
     def read_trial(self) -> dict[str, Any]:
         """trial.json, a search trial's lease ({} when missing or unreadable)."""
-        return _object(self.trial)
+        return _object(self.trial) or {}
 
     def write_status(self, exit_status: int) -> None:
         """Record the trainer's exit status in status.json (global rank 0 only; atomic; one line)."""
@@ -188,7 +186,7 @@ class RunDir:
     def read_status(self) -> dict[str, Any] | None:
         """The recorded status ({"exit", "state", "time"}), or None when the run recorded none (killed, still
         running, or not started)."""
-        record = _object(self.status)
+        record = _object(self.status) or {}
         return record if isinstance(record.get("exit"), int) else None
 
 
@@ -207,8 +205,7 @@ def trial_name(number: int, seed: int) -> str:
 
 def read_sweep_json(sweep_dir: Path) -> dict[str, Any] | None:
     """<sweep_dir>/sweep.json as `cifar-dist sweep` writes it; None when missing or unreadable."""
-    record = read_json_or_none(Path(sweep_dir) / SWEEP_FILE)
-    return record if isinstance(record, dict) else None
+    return _object(Path(sweep_dir) / SWEEP_FILE)
 
 
 class StudyError(InputError):

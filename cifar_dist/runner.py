@@ -34,32 +34,18 @@ QUIET_RANK_WAIT_S = 30.0  # how long a silent process gives the reporting one to
 
 def run_schema(fn: Callable[..., int | None], schema: type, argv: list[str], prog: str,
                epilog: str | Callable[[], str] = "") -> int:
-    """Parse argv once against `schema`'s fields, then call `fn(**fields)`; input errors: one line, status 2.
-
-    `--help` is `schema`'s usage line, docstring, arguments and flags (from the fields), then `epilog`
-    (a callable is called only for the help: an epilog may need imports that flag checks must not wait for).
-    """
-    def call() -> int:
-        args = parse(schema, argv, prog)
-        rc = fn(**{f.name: getattr(args, f.name) for f in fields(args) if f.init})
-        return rc if isinstance(rc, int) else EXIT_OK
-
-    def help_text() -> str:
-        return schema_help(schema, prog, epilog() if callable(epilog) else epilog)
-
-    return _guarded(call, argv, help_text)
-
-
-def _guarded(call: Callable[[], int], argv: list[str], help_text: Callable[[], str]) -> int:
-    """`--help`/`-h` before a lone `--`: the help on stdout, status 0; else call(), an InputError becoming one
-    line and status 2."""
+    """Parse argv once against `schema`'s fields, then call `fn(**fields)` (see the module doc). `--help` before
+    a lone `--` is the schema's help, then `epilog` (a callable is called only for the help: an epilog may
+    need imports that flag checks must not wait for)."""
     head = argv[:argv.index("--")] if "--" in argv else argv  # after --: another program's options
     if any(a in ("-h", "--help") for a in head):
         if is_rank0(local=True):
-            sys.stdout.write(help_text())
+            sys.stdout.write(schema_help(schema, prog, epilog() if callable(epilog) else epilog))
         return EXIT_OK
     try:
-        return call()
+        args = parse(schema, argv, prog)
+        rc = fn(**{f.name: getattr(args, f.name) for f in fields(args) if f.init})
+        return rc if isinstance(rc, int) else EXIT_OK
     except InputError as e:
         if is_rank0(local=True):
             print(f"error: {e.one_line()}", file=sys.stderr, flush=True)

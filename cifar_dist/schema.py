@@ -13,9 +13,6 @@ boolean field also takes ``--name`` and ``--noname``. Two fields collect what no
 as (key, text) pairs for the config's own override machinery, which reads each value once. Anything the
 schema does not take is a one-line `FlagError` (with a "did you mean" for a misspelt flag); a value of the
 wrong type, or outside the field's `choices`, is a one-line `ConfigError` naming the flag.
-
-`schema_help(schema, prog, epilog)` is the `--help` of a command: a usage line, the schema's docstring, its
-arguments and its flags, each with its default (or its `metavar`), choices and help text, then `epilog`.
 """
 
 from __future__ import annotations
@@ -105,30 +102,17 @@ def coerce(key: str, tp: Any, value: Any) -> Any:
         if isinstance(value, int) and value in (0, 1):
             return bool(value)
         raise ConfigError(f"{key}: expected true or false, found {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected an integer, found {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
+    if tp in (int, float):  # an int takes a whole float and "1_000"; neither takes a bool
+        number = value
         if isinstance(value, str):
             try:
-                return int(value.replace("_", ""))
+                number = int(value.replace("_", "")) if tp is int else float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: expected an integer, found {value!r}")
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a number, found {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected a number, found {value!r}")
+        whole = isinstance(number, int) or (isinstance(number, float) and number.is_integer())
+        if isinstance(number, (int, float)) and not isinstance(number, bool) and (tp is float or whole):
+            return tp(number)
+        raise ConfigError(f"{key}: expected {'an integer' if tp is int else 'a number'}, found {value!r}")
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -158,10 +142,6 @@ def is_number(tok: str) -> bool:
 
 def _required(f: Field) -> bool:
     return f.default is MISSING and f.default_factory is MISSING
-
-
-def _default(f: Field) -> Any:
-    return f.default if f.default is not MISSING else f.default_factory()
 
 
 def _is_bool(tp: Any) -> bool:
@@ -277,7 +257,7 @@ def help_lines(schema: type, prefix: str = "--", choices: dict[str, Sequence[str
         if meta.get("collect") == ".":
             lines.append(f"{prefix}{meta['metavar']}  {meta.get('help', '')}".rstrip())
             continue
-        default = _default(f)
+        default = f.default if f.default is not MISSING else f.default_factory()
         allowed = (choices or {}).get(f.name) or meta.get("choices")
         kind = f"  ({type_name(f.type)})" if types else ""
         extra = f" [{'|'.join(allowed)}]" if allowed else ""
@@ -308,7 +288,8 @@ def usage_line(schema: type, prog: str) -> str:
 
 
 def schema_help(schema: type, prog: str, epilog: str = "") -> str:
-    """Usage line, the schema's docstring, its positional arguments, its flags with defaults, then `epilog`."""
+    """The `--help` of a command: a usage line, the schema's docstring, its arguments and its flags, each with
+    its default (or its `metavar`), choices and help text, then `epilog`."""
     hints = typing.get_type_hints(schema)
     arguments = [f for f in fields(schema) if f.init and (_required(f) or f.metadata.get("collect") == "--")]
     lines = [f"usage: {usage_line(schema, prog)}", "", inspect.getdoc(schema) or ""]

@@ -28,23 +28,13 @@ def make(n, seed):
     return np.clip(x, 0, 255).astype(np.uint8), y
 
 
-class Arrays:
-    def __init__(self, x, y):
-        self.x, self.y = x, y
-
-    def __len__(self):
-        return len(self.y)
-
-    def __getitem__(self, i):
-        return self.x[i], int(self.y[i])
-
-
 for split, n, seed in (("train", n_train, 1), ("test", n_test, 2)):
     x, y = make(n, seed)
     np.save(f"{out}/{name}_{split}_images.npy", x)
     np.save(f"{out}/{name}_{split}_labels.npy", y)
     fields = {"image": RGBImageField(write_mode="raw", max_resolution=32), "label": IntField()}
-    DatasetWriter(f"{out}/{name}_{split}.beton", fields, num_workers=1).from_indexed_dataset(Arrays(x, y))
+    pairs = list(zip(x, y.tolist()))  # (image, label): all an indexed dataset needs is len() and [i]
+    DatasetWriter(f"{out}/{name}_{split}.beton", fields, num_workers=1).from_indexed_dataset(pairs)
 classes = [f"class{k}" for k in range(10)]
 json.dump({"dataset": name, "class_names": classes}, open(f"{out}/{name}_manifest.json", "w"))
 """

@@ -162,7 +162,7 @@ def test_lr_scaling_rules():
 
 def test_optimizers_lookahead_and_norm_bias_exemption():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
-    groups = param_groups(model, 5e-4, exempt_norm_bias=True)
+    groups = param_groups(model, OptimConfig(wd_exempt_norm_bias=True), 5e-4)
     assert [len(g["params"]) for g in groups] == [1, 3] and groups[1]["weight_decay"] == 0.0
     from timm.optim import Lookahead
 

@@ -21,9 +21,7 @@ def pyproject() -> dict:
 
 def test_a_checkout_is_its_own_resource_root():
     assert resources.root() == REPO
-    assert resources.find("launch/cpu.yaml") == REPO / "launch" / "cpu.yaml"
-    with pytest.raises(FileNotFoundError, match="launch/none.yaml: not found in"):
-        resources.find("launch/none.yaml")
+    assert (resources.root() / "launch" / "cpu.yaml").is_file()  # what the local sweep runner launches with
 
 
 def test_a_user_path_falls_back_to_the_shipped_file(tmp_path, monkeypatch):

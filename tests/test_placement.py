@@ -21,7 +21,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cifar_dist.presets import list_presets
+from cifar_dist.presets import PRESETS
 
 # loading a checkpoint into meta tensors is a no-op by design here; torch says so for every tensor
 pytestmark = pytest.mark.filterwarnings("ignore:.*copying from a non-meta parameter:UserWarning")
@@ -292,7 +292,7 @@ def config(preset: str, tiny_data, **over):
                                   "run.out_dir": "unused", **over})
 
 
-@pytest.mark.parametrize("preset", list_presets())
+@pytest.mark.parametrize("preset", sorted(PRESETS))
 @pytest.mark.slow
 def test_every_preset_keeps_every_tensor_on_the_models_device(preset, tiny_data, tmp_path, monkeypatch, on_meta):
     assert run_everything(config(preset, tiny_data), tmp_path, monkeypatch, on_meta) == {}

@@ -54,14 +54,6 @@ class PresetsArgs:
     """Print the presets (named recipes) with the first line of their docstrings."""
 
 
-def models() -> int:
-    """`cifar-dist models` (its options: `ModelsArgs`, none)."""
-    from cifar_dist.models.info import print_models
-
-    print_models()
-    return EXIT_OK
-
-
 def presets() -> int:
     """`cifar-dist presets` (its options: `PresetsArgs`, none)."""
     from cifar_dist.presets import PRESETS
@@ -72,8 +64,7 @@ def presets() -> int:
 
 
 class Commands:
-    """The subcommands of `cifar-dist`, dispatched by Fire: each reads `argv` (the words after its name) once
-    against its own schema and returns the exit status."""
+    """The subcommands of `cifar-dist`: a command group over the words after the name (cli.dispatch)."""
 
     def __init__(self, argv: list[str]):
         self.argv = argv
@@ -99,7 +90,9 @@ class Commands:
         return run_schema(predict, PredictArgs, self.argv, "cifar-dist predict")
 
     def models(self) -> int:
-        return run_schema(models, ModelsArgs, self.argv, "cifar-dist models")
+        from cifar_dist.models.info import print_models
+
+        return run_schema(print_models, ModelsArgs, self.argv, "cifar-dist models")
 
     def presets(self) -> int:
         return run_schema(presets, PresetsArgs, self.argv, "cifar-dist presets")
@@ -135,7 +128,3 @@ def main(argv: list[str] | None = None) -> int:
               f"(see cifar-dist --help)", file=sys.stderr)
         return EXIT_BAD_INPUT
     return dispatch(Commands(rest), cmd, "cifar-dist")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

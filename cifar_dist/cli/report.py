@@ -1,8 +1,5 @@
-"""`cifar-dist report PATH [--out=DIR] [--metric=NAME]`: the options of the report command (`ReportArgs`).
-
-Parsed once by the strict runner (`cifar_dist.runner.run_schema`): every flag is checked before anything
-is read; input the report cannot use is one `error:` line and exit status 2, with nothing written.
-"""
+"""`cifar-dist report PATH [--out=DIR] [--metric=NAME]`: the options of the report command (`ReportArgs`),
+parsed once by `cifar_dist.runner.run_schema` before anything is read or written."""
 
 from __future__ import annotations
 

@@ -1,10 +1,8 @@
 """`python -m cifar_dist.train` and `cifar-dist train`: the trainer's options (`TrainArgs`, whose docstring is
 the first part of `--help`: the commands for a CPU, one GPU, several GPUs and several nodes) and `run_cli`.
 
-The command line is read once (`cifar_dist.runner.run_schema`): the trainer's own flags are `TrainArgs`
-fields, every `--section.key=value` flag is kept as text and read once by the config's own override
-machinery (`cifar_dist.presets.resolve` -> `cifar_dist.overrides`), which knows each key's type and
-choices. Keys, types, choices, presets and --resume are checked before torch is imported.
+The command line is read once (`cifar_dist.runner.run_schema`); each `--section.key=value` flag is kept as
+text for the config's own override machinery (`cifar_dist.presets.resolve` -> `cifar_dist.overrides`).
 """
 
 from __future__ import annotations
@@ -110,10 +108,10 @@ def train_help() -> str:
     every model option (imports the model registry, hence torch: only for the help)."""
     from cifar_dist.engine.rundir import MAY_CHANGE_ON_RESUME
     from cifar_dist.models import options_help
-    from cifar_dist.presets import list_presets
+    from cifar_dist.presets import PRESETS
 
     return (f"Keys that may change on resume: {', '.join(MAY_CHANGE_ON_RESUME)}.\n"
-            f"\nPresets: {', '.join(list_presets())}\n\nOptions (defaults before any preset):\n"
+            f"\nPresets: {', '.join(sorted(PRESETS))}\n\nOptions (defaults before any preset):\n"
             f"{config_help()}\n\n{options_help()}\n\n{EXIT_STATUSES}\n")
 
 
