@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cifar_dist.models.layers import SeparableConv2d
+from cifar_dist.models.layers import PostActBlock, SeparableConv2d, conv_bn_relu, make_stages
 from cifar_dist.models.registry import register_model
 
 
-class EfficientBlock(nn.Module):
+class EfficientBlock(PostActBlock):
     """sep-conv(stride) → BN → ReLU → sep-conv → BN → (+ shortcut) → ReLU.
 
     Each sep-conv is DW 3×3 (no bias) then PW 1×1 (no bias), with nothing between them (as in the seed).
@@ -18,22 +18,9 @@ class EfficientBlock(nn.Module):
     """
 
     def __init__(self, cin: int, cout: int, stride: int = 1):
-        super().__init__()
-        self.conv1 = SeparableConv2d(cin, cout, stride)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.relu1 = nn.ReLU(inplace=True)
-        self.conv2 = SeparableConv2d(cout, cout, 1)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.relu2 = nn.ReLU(inplace=True)
-        if stride == 1 and cin == cout:
-            self.shortcut: nn.Module = nn.Identity()
-        else:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu1(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu2(out + self.shortcut(x))
+        super().__init__(cin, cout, stride, (SeparableConv2d(cin, cout, stride), SeparableConv2d(cout, cout, 1)),
+                         lambda: nn.ReLU(inplace=True),
+                         lambda: nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)))
 
 
 class DSResNet200K(nn.Module):
@@ -47,18 +34,11 @@ class DSResNet200K(nn.Module):
         self, num_classes: int = 10, dropout: float = 0.2, widths: tuple[int, ...] = (20, 40, 80, 160)
     ):
         super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)
-        )
-        stages, cin = [], widths[0]
-        for i, w in enumerate(widths):
-            stride = 1 if i == 0 else 2
-            stages.append(nn.Sequential(EfficientBlock(cin, w, stride), EfficientBlock(w, w, 1)))
-            cin = w
-        self.stages = nn.Sequential(*stages)
+        self.stem = conv_bn_relu(3, widths[0])
+        self.stages = make_stages(EfficientBlock, widths[0], widths, [2] * len(widths))
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(cin, num_classes)
+        self.fc = nn.Linear(widths[-1], num_classes)
         self._init_weights()
 
     def _init_weights(self) -> None:

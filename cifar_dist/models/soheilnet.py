@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cifar_dist.models.layers import SeparableConv2d, expect_spatial
+from cifar_dist.models.layers import PostActBlock, SeparableConv2d, expect_spatial, make_stages
 from cifar_dist.models.registry import register_model
 
 
-class ResidualBlock(nn.Module):
+class ResidualBlock(PostActBlock):
     """sep-conv(stride) → BN → ReLU6 → sep-conv → BN → (+ shortcut) → ReLU6.
 
     Sep-convs are DW 3×3 *with* bias (PyTorch default, kept as in the seed) then PW 1×1 without bias.
@@ -18,24 +18,12 @@ class ResidualBlock(nn.Module):
     """
 
     def __init__(self, cin: int, cout: int, stride: int = 1):
-        super().__init__()
-        self.conv1 = SeparableConv2d(cin, cout, stride, dw_bias=True)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.act1 = nn.ReLU6(inplace=True)
-        self.conv2 = SeparableConv2d(cout, cout, 1, dw_bias=True)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.act2 = nn.ReLU6(inplace=True)
-        if stride == 1 and cin == cout:
-            self.shortcut: nn.Module = nn.Identity()
-        else:
-            self.shortcut = nn.Sequential(
-                SeparableConv2d(cin, cout, stride, kernel_size=1, dw_bias=True), nn.BatchNorm2d(cout)
-            )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.act1(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.act2(out + self.shortcut(x))
+        super().__init__(
+            cin, cout, stride,
+            (SeparableConv2d(cin, cout, stride, dw_bias=True), SeparableConv2d(cout, cout, 1, dw_bias=True)),
+            lambda: nn.ReLU6(inplace=True),
+            lambda: nn.Sequential(SeparableConv2d(cin, cout, stride, kernel_size=1, dw_bias=True), nn.BatchNorm2d(cout)),
+        )
 
 
 class SoheilNet(nn.Module):
@@ -56,12 +44,7 @@ class SoheilNet(nn.Module):
             nn.ReLU6(inplace=True),
             nn.MaxPool2d(3, 2, 1),
         )
-        stages, cin = [], 32
-        for i, w in enumerate((32, 64, 128, 256)):
-            stride = 1 if i == 0 else 2
-            stages.append(nn.Sequential(ResidualBlock(cin, w, stride), ResidualBlock(w, w, 1)))
-            cin = w
-        self.stages = nn.Sequential(*stages)
+        self.stages = make_stages(ResidualBlock, 32, (32, 64, 128, 256), (2, 2, 2, 2))
         self.adaptive_pool = adaptive_pool
         self.pool = nn.AdaptiveAvgPool2d(1) if adaptive_pool else nn.AvgPool2d(10, stride=1)
         self.head = nn.Sequential(nn.Linear(256, 64), nn.Dropout(dropout), nn.Linear(64, num_classes))
