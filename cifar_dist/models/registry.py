@@ -51,26 +51,6 @@ MODEL_REGISTRY: dict[str, ModelEntry] = {}
 _RESERVED = {f.name for f in fields(ModelConfig)}  # --model.name, --model.max_params, ... are not options
 
 
-def _options_from_signature(fn: Callable[..., nn.Module]) -> dict[str, Any]:
-    """Option name -> default for every parameter of ``fn`` except ``num_classes``.
-
-    Every option must have a default: a bare ``create_model(name)`` has to build the reference model.
-    """
-    params = inspect.signature(fn).parameters
-    if "num_classes" not in params:
-        raise TypeError(f"model builder {fn.__name__} must take a num_classes keyword")
-    options: dict[str, Any] = {}
-    for pname, p in params.items():
-        if pname == "num_classes":
-            continue
-        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.default is p.empty:
-            raise TypeError(f"model builder {fn.__name__}: option {pname!r} must be a keyword with a default")
-        if pname in _RESERVED:
-            raise TypeError(f"model builder {fn.__name__}: option {pname!r} clashes with --model.{pname}")
-        options[pname] = p.default
-    return options
-
-
 def _option_type(annotation: Any, default: Any) -> Any:
     """The annotation, else the default's type (a tuple default reads as ``tuple[<first item's type>, ...]``)."""
     if annotation is not inspect.Parameter.empty:
@@ -80,13 +60,31 @@ def _option_type(annotation: Any, default: Any) -> Any:
     return Any if default is None else type(default)
 
 
-def _types_from_signature(fn: Callable[..., nn.Module], options: Mapping[str, Any]) -> dict[str, Any]:
+def _options_from_signature(fn: Callable[..., nn.Module]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Option name -> default, and option name -> type (``_option_type``), for every parameter of ``fn``
+    except ``num_classes``.
+
+    Every option must have a default: a bare ``create_model(name)`` has to build the reference model.
+    """
+    params = inspect.signature(fn).parameters
+    if "num_classes" not in params:
+        raise TypeError(f"model builder {fn.__name__} must take a num_classes keyword")
     try:
         hints = typing.get_type_hints(fn)
     except NameError:  # an annotation naming something out of the builder's module scope
         hints = {}
-    empty = inspect.Parameter.empty
-    return {name: _option_type(hints.get(name, empty), default) for name, default in options.items()}
+    options: dict[str, Any] = {}
+    types: dict[str, Any] = {}
+    for pname, p in params.items():
+        if pname == "num_classes":
+            continue
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.default is p.empty:
+            raise TypeError(f"model builder {fn.__name__}: option {pname!r} must be a keyword with a default")
+        if pname in _RESERVED:
+            raise TypeError(f"model builder {fn.__name__}: option {pname!r} clashes with --model.{pname}")
+        options[pname] = p.default
+        types[pname] = _option_type(hints.get(pname, p.empty), p.default)
+    return options, types
 
 
 def register_model(
@@ -104,14 +102,14 @@ def register_model(
         if name in MODEL_REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
         doc_line = (inspect.getdoc(f) or "").strip().splitlines()
-        options = _options_from_signature(f)
+        options, types = _options_from_signature(f)
         MODEL_REGISTRY[name] = ModelEntry(
             name=name,
             fn=f,
             input_size=int(input_size),
             description=description or (doc_line[0] if doc_line else ""),
             options=MappingProxyType(options),
-            option_types=MappingProxyType(_types_from_signature(f, options)),
+            option_types=MappingProxyType(types),
         )
         return f
 
