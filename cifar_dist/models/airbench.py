@@ -79,11 +79,9 @@ class Airbench(nn.Module):
     The defaults are the registered builder's (``airbench``).
     """
 
-    def __init__(self, num_classes: int = 10, widths: Sequence[int] = (64, 256, 256), stem_width: int = 24,
-                 scale: float = 1 / 9, bn: tuple[float, float, bool] = (0.4, 1e-5, False),
-                 whiten: int | None = None):
+    def __init__(self, num_classes: int, widths: Sequence[int], stem_width: int, scale: float, bn_momentum: float,
+                 bn_eps: float, learn_bn_scale: bool, whiten: int | None):
         super().__init__()
-        bn_momentum, bn_eps, learn_bn_scale = bn
         self.whiten, self.whiten_bias_epochs = whiten is not None, whiten or 0
         if self.whiten:
             stem_width = 2 * 3 * 2 * 2  # the whitening filters and their negatives
@@ -138,5 +136,4 @@ def airbench(
     ``whiten=N`` replaces the stem by the frozen 2×2 patch-whitening conv (``stem_width`` is then 24)
     whose bias trains for the first N epochs (None = the 3×3 conv stem).
     """
-    return Airbench(num_classes=num_classes, widths=widths, stem_width=stem_width, scale=scale,
-                    bn=(bn_momentum, bn_eps, learn_bn_scale), whiten=whiten)
+    return Airbench(num_classes, widths, stem_width, scale, bn_momentum, bn_eps, learn_bn_scale, whiten)

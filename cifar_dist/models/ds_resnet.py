@@ -30,10 +30,9 @@ class DSResNet200K(nn.Module):
     Shapes: (B, 3, H, W) -> (B, 160, H/8, W/8) -> logits (B, num_classes); any H, W works (global pool).
     """
 
-    def __init__(
-        self, num_classes: int = 10, dropout: float = 0.2, widths: tuple[int, ...] = (20, 40, 80, 160)
-    ):
+    def __init__(self, num_classes: int, dropout: float):
         super().__init__()
+        widths = (20, 40, 80, 160)
         self.stem = conv_bn_relu(3, widths[0])
         self.stages = make_stages(EfficientBlock, widths[0], widths, [2] * len(widths))
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -43,15 +42,12 @@ class DSResNet200K(nn.Module):
 
     def _init_weights(self) -> None:
         # The seed's init, kept because the recipe (lr 0.05, warm-up) was tuned with it: Kaiming-normal
-        # fan_out/relu for convs *and* the Linear head, BN to the identity, biases to zero.
+        # fan_out/relu for convs *and* the Linear head, biases to zero; BN to the identity is PyTorch's own.
         for m in self.modules():
             if isinstance(m, nn.Conv2d | nn.Linear):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stages(self.stem(x))
