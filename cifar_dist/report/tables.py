@@ -41,9 +41,9 @@ def fmt_stat(s: Stat, digits: int, n_row: int | None = None, integer: bool = Fal
     return text if s.n == n_row else f"{text} (n={s.n})"
 
 
-def _partial_note(run: RunResult) -> str:
-    planned = f"/{run.planned_epochs}" if run.planned_epochs else ""
-    return f"{run.name}@{run.last_epoch}{planned}"
+def _epoch(run: RunResult) -> str:
+    """The run's last logged epoch, with its planned epochs when known: 3/10."""
+    return f"{run.last_epoch}/{run.planned_epochs}" if run.planned_epochs else str(run.last_epoch)
 
 
 def results_csv(sweep: SweepResults, metric: str) -> str:
@@ -57,7 +57,7 @@ def results_csv(sweep: SweepResults, metric: str) -> str:
         stats = [c.stat(m) for m in METRICS]
         w.writerow([c.name, *[fmt_value(c.key_value(k)) for k in sweep.override_keys], c.preset,
                     c.n_params if c.n_params is not None else "", c.status, len(c.runs), len(c.finished_runs),
-                    " ".join(_partial_note(r) for r in c.partial_runs),
+                    " ".join(f"{r.name}@{_epoch(r)}" for r in c.partial_runs),
                     *[x for m, s in zip(METRICS, stats)
                       for x in (_num(s.mean, METRICS[m].integer), _num(s.std), s.n)],
                     _num(reported.get(c.preset))])
@@ -144,7 +144,7 @@ def _cell_table(sweep: SweepResults, metric: str, reported: dict[str, float]) ->
             row.append(f"{reported[c.preset]:.2f}" if c.preset in reported else "—")
         note = c.status
         if c.partial_runs:
-            note += "; unfinished: " + ", ".join(_partial_note(r) for r in c.partial_runs)
+            note += "; unfinished: " + ", ".join(f"{r.name}@{_epoch(r)}" for r in c.partial_runs)
         row.append(note)
         rows.append(row)
     return _md_table(header, rows)
@@ -155,10 +155,9 @@ def _run_table(sweep: SweepResults) -> list[str]:
     run_rows = []
     for c in sweep.cells:
         for r in c.runs:
-            planned = f"/{r.planned_epochs}" if r.planned_epochs else ""
             vals = [r.value(k) for k in ("final_test_acc", "best_val_acc", "best_epoch")]
             run_rows.append([r.name, c.name, "—" if r.seed is None else str(r.seed), r.status,
-                             f"{r.last_epoch}{planned}", *["—" if v is None else f"{v:.2f}" for v in vals[:2]],
+                             _epoch(r), *["—" if v is None else f"{v:.2f}" for v in vals[:2]],
                              "—" if vals[2] is None else str(int(vals[2]))])
     lines = _md_table(["run", "cell", "seed", "status", "epoch", "test acc (%)", "best val acc (%)", "best epoch"],
                       run_rows)
