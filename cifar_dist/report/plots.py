@@ -1,7 +1,5 @@
-"""The report's figures (matplotlib's Agg canvas, no pyplot state): test and validation accuracy per epoch
-by each key that varies alone (else per cell), final test accuracy against parameters, the losses per epoch;
-PNG bytes for report_plots/. A figure is drawn only when it carries information (two epochs or more; two
-parameter counts or more), and every cell keeps one colour across the figures."""
+"""The report's figures as PNG bytes for report_plots/, drawn on matplotlib's Agg canvas (no pyplot state);
+`sweep_figures` says which figures a sweep gets."""
 
 from __future__ import annotations
 
@@ -155,8 +153,7 @@ def params_figure(cells: list[CellResult], keys: list[str] | tuple = (), colours
     return _finish(fig, ax, labels, legend=bool(ax.containers), grid_which="both")
 
 
-LOSSES = (("train_loss", "-", "train"), ("val_loss", ":", "validation"), ("test_loss", "--", "test"))
-_STYLE = {"-": "solid", ":": "dotted", "--": "dashed"}
+LOSSES = (("train_loss", "solid", "train"), ("val_loss", "dotted", "validation"), ("test_loss", "dashed", "test"))
 
 
 def loss_figure(cells: list[CellResult], keys: list[str] | tuple = (), colours: dict[str, Any] | None = None):
@@ -173,7 +170,7 @@ def loss_figure(cells: list[CellResult], keys: list[str] | tuple = (), colours: 
                 ax.plot(epochs, means, linestyle=style, marker="o", markersize=3, color=colours[cell.name],
                         label=label)
                 label = "_nolegend_"
-                drawn.append((what, _STYLE[style]))
+                drawn.append((what, style))
     styles = ", ".join(f"{what} {name}" for what, name in dict.fromkeys(drawn))
     return _finish(fig, ax, ("epoch", "loss (cross-entropy)", f"Loss per epoch, mean over seeds ({styles})"),
                    legend=bool(ax.lines))
