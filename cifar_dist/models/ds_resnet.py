@@ -23,14 +23,17 @@ class EfficientBlock(PostActBlock):
                          lambda: nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)))
 
 
+@register_model(name="ds_resnet_200k",
+                description="seed 004: OptimizedCIFAR10Net200K, depthwise-separable ResNet 20-160 ch")
 class DSResNet200K(nn.Module):
-    """Stem conv 3×3 3→20 + BN + ReLU; four stages of two EfficientBlocks at 20/40/80/160 channels
-    (stride 2 on the first block of stages 2-4); global average pool → Dropout → Linear 160→num_classes.
+    """Seed 004 network, 150,690 parameters at num_classes=10. Stem conv 3×3 3→20 + BN + ReLU; four stages
+    of two EfficientBlocks at 20/40/80/160 channels (stride 2 on the first block of stages 2-4); global
+    average pool → Dropout → Linear 160→num_classes (``dropout`` sits before it).
 
     Shapes: (B, 3, H, W) -> (B, 160, H/8, W/8) -> logits (B, num_classes); any H, W works (global pool).
     """
 
-    def __init__(self, num_classes: int, dropout: float):
+    def __init__(self, num_classes: int = 10, dropout: float = 0.2):
         super().__init__()
         widths = (20, 40, 80, 160)
         self.stem = conv_bn_relu(3, widths[0])
@@ -53,9 +56,3 @@ class DSResNet200K(nn.Module):
         x = self.stages(self.stem(x))
         x = torch.flatten(self.pool(x), 1)
         return self.fc(self.dropout(x))
-
-
-@register_model(description="seed 004: OptimizedCIFAR10Net200K, depthwise-separable ResNet 20-160 ch")
-def ds_resnet_200k(num_classes: int = 10, dropout: float = 0.2) -> nn.Module:
-    """Seed 004 network; 150,690 parameters at num_classes=10. ``dropout`` sits before the Linear head."""
-    return DSResNet200K(num_classes=num_classes, dropout=dropout)

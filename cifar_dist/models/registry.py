@@ -1,9 +1,10 @@
 """Model registry: ``@register_model`` fills ``MODEL_REGISTRY``; ``create_model`` builds by name.
 
-The registered function's name is the CLI name (``--model.name=tpsnet``). Its keyword parameters other
-than ``num_classes`` are the model's options (``--model.blocks=[3,3,3]``); they are read from the
-signature once, at registration, with their defaults and types, so an unknown option or a value of the
-wrong type is rejected before anything is built (``cifar_dist.models.options.check_options``).
+The registered builder's name (a function's own, or the ``name`` a model class is registered under) is the
+CLI name (``--model.name=tpsnet``). Its keyword parameters other than ``num_classes`` are the model's options
+(``--model.blocks=[3,3,3]``); they are read from the signature once, at registration, with their defaults
+and types, so an unknown option or a value of the wrong type is rejected before anything is built
+(``cifar_dist.models.options.check_options``).
 
 Names of the form ``timm:<name>`` are not in the registry; they are handed to timm (see ``timm_models``).
 """
@@ -29,7 +30,7 @@ class ModelEntry:
     """One registered model.
 
     Attributes:
-        name: CLI name (the builder function's ``__name__``).
+        name: CLI name (the builder function's ``__name__`` unless registered under another).
         fn: builder ``fn(*, num_classes: int, **options) -> nn.Module``.
         input_size: default square input side in pixels; the model is specified (and its MACs and
             receptive field reported) at ``(B, 3, input_size, input_size)``.
@@ -70,7 +71,7 @@ def _options_from_signature(fn: Callable[..., nn.Module]) -> tuple[dict[str, Any
     if "num_classes" not in params:
         raise TypeError(f"model builder {fn.__name__} must take a num_classes keyword")
     try:
-        hints = typing.get_type_hints(fn)
+        hints = typing.get_type_hints(fn.__init__ if isinstance(fn, type) else fn)
     except NameError:  # an annotation naming something out of the builder's module scope
         hints = {}
     options: dict[str, Any] = {}
@@ -88,23 +89,24 @@ def _options_from_signature(fn: Callable[..., nn.Module]) -> tuple[dict[str, Any
 
 
 def register_model(
-    fn: Callable[..., nn.Module] | None = None, *, input_size: int = 32, description: str = ""
+    fn: Callable[..., nn.Module] | None = None, *, name: str = "", input_size: int = 32, description: str = ""
 ):
-    """Register a model builder under its function name; usable as ``@register_model`` or
-    ``@register_model(input_size=320, description="...")``.
+    """Register a model builder under ``name``, by default its function name; usable as ``@register_model``
+    or ``@register_model(input_size=320, description="...")``. A builder may be the ``nn.Module`` class
+    itself (then with a ``name``): its ``__init__`` keywords are the options.
 
     ``description`` defaults to the first line of the builder's docstring. Returns the builder unchanged.
     Registering the same name twice is an error (two modules would silently shadow each other).
     """
 
     def decorate(f: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        name = f.__name__
-        if name in MODEL_REGISTRY:
-            raise ValueError(f"model {name!r} is registered twice")
+        model_name = name or f.__name__
+        if model_name in MODEL_REGISTRY:
+            raise ValueError(f"model {model_name!r} is registered twice")
         doc_line = (inspect.getdoc(f) or "").strip().splitlines()
         options, types = _options_from_signature(f)
-        MODEL_REGISTRY[name] = ModelEntry(
-            name=name,
+        MODEL_REGISTRY[model_name] = ModelEntry(
+            name=model_name,
             fn=f,
             input_size=int(input_size),
             description=description or (doc_line[0] if doc_line else ""),

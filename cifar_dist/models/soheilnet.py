@@ -26,8 +26,12 @@ class ResidualBlock(PostActBlock):
         )
 
 
+@register_model(name="soheilnet", input_size=320,
+                description="seed 000: SoheilNet, depthwise-separable ResNet-18-like @320px")
 class SoheilNet(nn.Module):
-    """Stem DW 7×7 s2 (bias) → PW 3→32 → BN → ReLU6 → MaxPool 3 s2; four stages of two ResidualBlocks at
+    """Seed 000 network, 387,712 parameters at num_classes=10, specified at 320×320 input.
+
+    Stem DW 7×7 s2 (bias) → PW 3→32 → BN → ReLU6 → MaxPool 3 s2; four stages of two ResidualBlocks at
     32/64/128/256 channels (stride 2 on the first block of stages 2-4); AvgPool 10 → Linear 256→64 →
     Dropout → Linear 64→num_classes (no nonlinearity between the Linears, as in the seed).
 
@@ -61,9 +65,3 @@ class SoheilNet(nn.Module):
                 "the seed's fixed pool needs a 320x320 input; pass adaptive_pool=True for other sizes",
             )
         return self.head(torch.flatten(self.pool(x), 1))
-
-
-@register_model(input_size=320, description="seed 000: SoheilNet, depthwise-separable ResNet-18-like @320px")
-def soheilnet(num_classes: int = 10, dropout: float = 0.2, adaptive_pool: bool = False) -> nn.Module:
-    """Seed 000 network; 387,712 parameters at num_classes=10, specified at 320×320 input."""
-    return SoheilNet(num_classes=num_classes, dropout=dropout, adaptive_pool=adaptive_pool)
