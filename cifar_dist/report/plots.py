@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import io
 import re
-import statistics
 from typing import Any
 
 from cifar_dist.report.load import CellResult, RunResult, SweepResults
-from cifar_dist.report.metrics import fmt_value, sort_key
+from cifar_dist.report.metrics import fmt_value, sort_key, summarize
 
 
 def _figure(width: float = 7.0, height: float = 4.5):
@@ -46,9 +45,8 @@ def mean_curve(runs: list[RunResult], key: str) -> tuple[list[int], list[float],
             if isinstance(row.get(key), (int, float)):
                 by_epoch.setdefault(row["epoch"], []).append(float(row[key]))
     epochs = sorted(by_epoch)
-    means = [statistics.fmean(by_epoch[e]) for e in epochs]
-    stds = [statistics.stdev(by_epoch[e]) if len(by_epoch[e]) > 1 else 0.0 for e in epochs]
-    return epochs, means, stds
+    stats = [summarize(by_epoch[e]) for e in epochs]
+    return epochs, [s.mean for s in stats], [s.std or 0.0 for s in stats]
 
 
 def _value_colours(values: list[Any]) -> dict[str, Any]:
