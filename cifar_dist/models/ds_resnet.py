@@ -10,12 +10,8 @@ from cifar_dist.models.registry import register_model
 
 
 class EfficientBlock(PostActBlock):
-    """sep-conv(stride) → BN → ReLU → sep-conv → BN → (+ shortcut) → ReLU.
-
-    Each sep-conv is DW 3×3 (no bias) then PW 1×1 (no bias), with nothing between them (as in the seed).
-    Shortcut: identity, or conv 1×1 stride s (no bias) + BN when stride or width changes.
-    Shapes: (B, cin, H, W) -> (B, cout, ceil(H/stride), ceil(W/stride)).
-    """
+    """Seed 004's PostActBlock: ReLU; each conv a sep-conv, DW 3×3 (no bias) then PW 1×1 (no bias) with
+    nothing between them (as in the seed); projection conv 1×1 stride s (no bias) + BN."""
 
     def __init__(self, cin: int, cout: int, stride: int = 1):
         super().__init__(cin, cout, stride, (SeparableConv2d(cin, cout, stride), SeparableConv2d(cout, cout, 1)),

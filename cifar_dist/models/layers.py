@@ -73,9 +73,8 @@ class PostActBlock(nn.Module):
 
 
 class BasicBlock(PostActBlock):
-    """Post-activation ResNet BasicBlock (kuangliu / He et al. 2016), shared by seeds 001 and 002.
-
-    conv3×3(stride) → BN → ReLU → [Dropout] → conv3×3 → BN → (+ shortcut) → ReLU.
+    """Post-activation ResNet BasicBlock (kuangliu / He et al. 2016) of seeds 001 and 002: a PostActBlock
+    with conv3×3 convs, ReLU and a Dropout (Identity at 0) between the convs.
 
     The shortcut projection is conv k×k (stride, no bias) + BN with k = ``shortcut_kernel``. The main path
     outputs ceil(H/stride) for any H; a k×k stride-s conv outputs that too iff its total padding is k-1, so we

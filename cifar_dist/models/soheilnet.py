@@ -10,12 +10,9 @@ from cifar_dist.models.registry import register_model
 
 
 class ResidualBlock(PostActBlock):
-    """sep-conv(stride) → BN → ReLU6 → sep-conv → BN → (+ shortcut) → ReLU6.
-
-    Sep-convs are DW 3×3 *with* bias (PyTorch default, kept as in the seed) then PW 1×1 without bias.
-    Projection shortcut (stride or width change): DW 1×1 stride s with bias, a strided per-channel
-    scale+shift, then PW Cin→Cout and BN. Shapes: (B, cin, H, W) -> (B, cout, ceil(H/s), ceil(W/s)).
-    """
+    """Seed 000's PostActBlock: ReLU6; sep-convs DW 3×3 *with* bias (PyTorch default, kept as in the seed)
+    then PW 1×1 without bias; projection DW 1×1 stride s with bias (a strided per-channel scale+shift), then
+    PW Cin→Cout and BN."""
 
     def __init__(self, cin: int, cout: int, stride: int = 1):
         super().__init__(
