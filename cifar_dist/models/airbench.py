@@ -70,20 +70,26 @@ def patch_whitening(images: torch.Tensor, patch: int = 2, eps: float = 5e-4) -> 
     return torch.cat([filters, -filters]).float()
 
 
+@register_model(name="airbench", description="airbench-style speedrun net: conv stem + 3 conv-pool-conv blocks, GELU")
 class Airbench(nn.Module):
-    """Stem (conv 3×3 3→stem_width + BN + GELU, or with ``whiten`` a 2×2 whitening conv + GELU); one
-    AirbenchBlock per entry of ``widths`` (each halves H and W); global max pool; Linear (no bias) → × ``scale``.
+    """Fast small net for the ``fast`` preset; 1,972,000 trainable parameters by default.
 
+    Stem (conv 3×3 3→stem_width + BN + GELU, or with ``whiten`` a 2×2 whitening conv + GELU); one
+    AirbenchBlock per entry of ``widths`` (each halves H and W); global max pool; Linear (no bias) → × ``scale``.
     Shapes: (B, 3, H, W) -> (B, widths[-1], H/2^n, W/2^n) -> logits (B, num_classes). Any H, W >= 2^n.
     ``scale`` keeps initial logits small so the softmax starts near uniform without a special init.
-    The defaults are the registered builder's (``airbench``).
+
+    ``bn_momentum`` is PyTorch's (weight of the newest batch in the running stats); 0.4 rather than 0.1
+    because the weights move a lot in a run of a few hundred steps and eval-mode statistics must keep up.
+    ``learn_bn_scale=False`` freezes every BatchNorm weight at 1 (not counted as trainable).
+    ``whiten=N`` replaces the stem by the frozen 2×2 patch-whitening conv (``stem_width`` is then 24)
+    whose bias trains for the first N epochs (None = the 3×3 conv stem).
     """
 
     def __init__(self, num_classes: int = 10, widths: Sequence[int] = (64, 256, 256), stem_width: int = 24,
-                 scale: float = 1 / 9, bn: tuple[float, float, bool] = (0.4, 1e-5, False),
+                 scale: float = 1 / 9, bn_momentum: float = 0.4, bn_eps: float = 1e-5, learn_bn_scale: bool = False,
                  whiten: int | None = None):
         super().__init__()
-        bn_momentum, bn_eps, learn_bn_scale = bn
         self.whiten, self.whiten_bias_epochs = whiten is not None, whiten or 0
         if self.whiten:
             stem_width = 2 * 3 * 2 * 2  # the whitening filters and their negatives
@@ -117,26 +123,3 @@ class Airbench(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(self.blocks(self.stem(x)))
         return self.fc(torch.flatten(x, 1)) * self.scale
-
-
-@register_model(description="airbench-style speedrun net: conv stem + 3 conv-pool-conv blocks, GELU")
-def airbench(
-    num_classes: int = 10,
-    widths: Sequence[int] = (64, 256, 256),
-    stem_width: int = 24,
-    scale: float = 1 / 9,
-    bn_momentum: float = 0.4,
-    bn_eps: float = 1e-5,
-    learn_bn_scale: bool = False,
-    whiten: int | None = None,
-) -> nn.Module:
-    """Fast small net for the ``fast`` preset; 1,972,000 trainable parameters by default.
-
-    ``bn_momentum`` is PyTorch's (weight of the newest batch in the running stats); 0.4 rather than 0.1
-    because the weights move a lot in a run of a few hundred steps and eval-mode statistics must keep up.
-    ``learn_bn_scale=False`` freezes every BatchNorm weight at 1 (not counted as trainable).
-    ``whiten=N`` replaces the stem by the frozen 2×2 patch-whitening conv (``stem_width`` is then 24)
-    whose bias trains for the first N epochs (None = the 3×3 conv stem).
-    """
-    return Airbench(num_classes=num_classes, widths=widths, stem_width=stem_width, scale=scale,
-                    bn=(bn_momentum, bn_eps, learn_bn_scale), whiten=whiten)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 from torch import nn
 
@@ -35,59 +37,81 @@ class SeparableConv2d(nn.Sequential):
         )
 
 
-class BasicBlock(nn.Module):
-    """Post-activation ResNet BasicBlock (kuangliu / He et al. 2016), shared by seeds 001 and 002.
+def conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
+    """conv 3×3 s1 'same' (no bias) + BN + ReLU: the CIFAR stem of seeds 001, 002 and 004."""
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
-    conv3×3(stride) → BN → ReLU → [Dropout] → conv3×3 → BN → (+ shortcut) → ReLU.
+
+class PostActBlock(nn.Module):
+    """conv1 → BN → act → [drop] → conv2 → BN → (+ shortcut) → act: the post-activation residual block of
+    seeds 000, 001, 002 and 004, which differ only in their convolutions, activation and projection.
+
+    The shortcut is the identity when the shape is unchanged (stride 1, cin == cout), else ``projection()``
+    (called after the convs exist, so parameters are created in module order). ``drop`` (seed 002's block
+    dropout) sits between the two convs; None leaves that slot out of the module tree.
     Shapes: (B, cin, H, W) -> (B, cout, ceil(H/stride), ceil(W/stride)).
+    """
 
-    The shortcut is the identity when shape is unchanged, else conv k×k (stride, no bias) + BN with
-    k = ``shortcut_kernel``. The main path outputs ceil(H/stride) for any H; a k×k stride-s conv outputs
-    that too iff its total padding is k-1, so we pad (k-1)//2 before and k-1-(k-1)//2 after. For odd k this
-    is ordinary symmetric padding; for even k it is one extra pixel at the bottom/right. (Seed 001 counted
-    k=3 shortcuts without padding, which gives 15×15 against 16×16 and cannot run; padding adds no
-    parameters, so the seed's counts are unchanged.)
+    def __init__(self, cin: int, cout: int, stride: int, convs: tuple[nn.Module, nn.Module],
+                 act: Callable[[], nn.Module], projection: Callable[[], nn.Module], drop: nn.Module | None = None):
+        super().__init__()
+        self.conv1 = convs[0]
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.act1 = act()
+        self.drop = drop
+        self.conv2 = convs[1]
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.act2 = act()
+        self.shortcut = nn.Identity() if stride == 1 and cin == cout else projection()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act1(self.bn1(self.conv1(x)))
+        if self.drop is not None:
+            out = self.drop(out)
+        out = self.bn2(self.conv2(out))
+        return self.act2(out + self.shortcut(x))
+
+
+class BasicBlock(PostActBlock):
+    """Post-activation ResNet BasicBlock (kuangliu / He et al. 2016) of seeds 001 and 002: a PostActBlock
+    with conv3×3 convs, ReLU and a Dropout (Identity at 0) between the convs.
+
+    The shortcut projection is conv k×k (stride, no bias) + BN with k = ``shortcut_kernel``. The main path
+    outputs ceil(H/stride) for any H; a k×k stride-s conv outputs that too iff its total padding is k-1, so we
+    pad (k-1)//2 before and k-1-(k-1)//2 after. For odd k this is ordinary symmetric padding; for even k it
+    is one extra pixel at the bottom/right. (Seed 001 counted k=3 shortcuts without padding, which gives
+    15×15 against 16×16 and cannot run; padding adds no parameters, so the seed's counts are unchanged.)
     """
 
     def __init__(self, cin: int, cout: int, stride: int = 1, shortcut_kernel: int = 1, dropout: float = 0.0):
-        super().__init__()
         if shortcut_kernel < 1:
             raise ValueError(f"shortcut_kernel must be >= 1, got {shortcut_kernel}")
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.relu1 = nn.ReLU(inplace=True)
-        # Seed 002's block dropout (off in its released code); Identity keeps the module tree stable.
-        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.relu2 = nn.ReLU(inplace=True)
-        if stride == 1 and cin == cout:
-            self.shortcut: nn.Module = nn.Identity()
-        else:
-            k = shortcut_kernel
-            before, after = (k - 1) // 2, k - 1 - (k - 1) // 2
-            layers: list[nn.Module] = []
+        k = shortcut_kernel
+        before, after = (k - 1) // 2, k - 1 - (k - 1) // 2
+
+        def projection() -> nn.Module:
             if before == after:
-                conv = nn.Conv2d(cin, cout, k, stride, before, bias=False)
-            else:
-                layers.append(nn.ZeroPad2d((before, after, before, after)))  # (left, right, top, bottom)
-                conv = nn.Conv2d(cin, cout, k, stride, 0, bias=False)
-            self.shortcut = nn.Sequential(*layers, conv, nn.BatchNorm2d(cout))
+                return nn.Sequential(nn.Conv2d(cin, cout, k, stride, before, bias=False), nn.BatchNorm2d(cout))
+            return nn.Sequential(nn.ZeroPad2d((before, after, before, after)),  # (left, right, top, bottom)
+                                 nn.Conv2d(cin, cout, k, stride, 0, bias=False), nn.BatchNorm2d(cout))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.drop(self.relu1(self.bn1(self.conv1(x))))
-        out = self.bn2(self.conv2(out))
-        return self.relu2(out + self.shortcut(x))
+        # Seed 002's block dropout (off in its released code); Identity keeps the module tree stable.
+        drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        super().__init__(cin, cout, stride, (nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+                                             nn.Conv2d(cout, cout, 3, 1, 1, bias=False)),
+                         lambda: nn.ReLU(inplace=True), projection, drop)
 
 
-def basic_stages(cin: int, widths: list[int], blocks: list[int], **block_options) -> nn.Sequential:
-    """Stages of BasicBlocks: stage i has blocks[i] blocks of width widths[i]; every stage after the
-    first halves the resolution in its first block. Module names are stages.<i>.<j>."""
+def make_stages(block: Callable[..., nn.Module], cin: int, widths: Sequence[int], blocks: Sequence[int],
+                **block_options) -> nn.Sequential:
+    """Stages of ``block(cin, cout, stride, **block_options)``: stage i has blocks[i] blocks of width
+    widths[i]; every stage after the first halves the resolution in its first block. Module names are
+    stages.<i>.<j>."""
     stages = []
     for i, (cout, n) in enumerate(zip(widths, blocks)):
         layers = []
         for j in range(n):
-            layers.append(BasicBlock(cin, cout, 2 if (i > 0 and j == 0) else 1, **block_options))
+            layers.append(block(cin, cout, 2 if (i > 0 and j == 0) else 1, **block_options))
             cin = cout
         stages.append(nn.Sequential(*layers))
     return nn.Sequential(*stages)

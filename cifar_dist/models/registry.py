@@ -1,9 +1,10 @@
 """Model registry: ``@register_model`` fills ``MODEL_REGISTRY``; ``create_model`` builds by name.
 
-The registered function's name is the CLI name (``--model.name=tpsnet``). Its keyword parameters other
-than ``num_classes`` are the model's options (``--model.blocks=[3,3,3]``); they are read from the
-signature once, at registration, with their defaults and types, so an unknown option or a value of the
-wrong type is rejected before anything is built (``cifar_dist.models.options.check_options``).
+The registered builder's name (a function's own, or the ``name`` a model class is registered under) is the
+CLI name (``--model.name=tpsnet``). Its keyword parameters other than ``num_classes`` are the model's options
+(``--model.blocks=[3,3,3]``); they are read from the signature once, at registration, with their defaults
+and types, so an unknown option or a value of the wrong type is rejected before anything is built
+(``cifar_dist.models.options.check_options``).
 
 Names of the form ``timm:<name>`` are not in the registry; they are handed to timm (see ``timm_models``).
 """
@@ -29,7 +30,7 @@ class ModelEntry:
     """One registered model.
 
     Attributes:
-        name: CLI name (the builder function's ``__name__``).
+        name: CLI name (the builder function's ``__name__`` unless registered under another).
         fn: builder ``fn(*, num_classes: int, **options) -> nn.Module``.
         input_size: default square input side in pixels; the model is specified (and its MACs and
             receptive field reported) at ``(B, 3, input_size, input_size)``.
@@ -51,26 +52,6 @@ MODEL_REGISTRY: dict[str, ModelEntry] = {}
 _RESERVED = {f.name for f in fields(ModelConfig)}  # --model.name, --model.max_params, ... are not options
 
 
-def _options_from_signature(fn: Callable[..., nn.Module]) -> dict[str, Any]:
-    """Option name -> default for every parameter of ``fn`` except ``num_classes``.
-
-    Every option must have a default: a bare ``create_model(name)`` has to build the reference model.
-    """
-    params = inspect.signature(fn).parameters
-    if "num_classes" not in params:
-        raise TypeError(f"model builder {fn.__name__} must take a num_classes keyword")
-    options: dict[str, Any] = {}
-    for pname, p in params.items():
-        if pname == "num_classes":
-            continue
-        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.default is p.empty:
-            raise TypeError(f"model builder {fn.__name__}: option {pname!r} must be a keyword with a default")
-        if pname in _RESERVED:
-            raise TypeError(f"model builder {fn.__name__}: option {pname!r} clashes with --model.{pname}")
-        options[pname] = p.default
-    return options
-
-
 def _option_type(annotation: Any, default: Any) -> Any:
     """The annotation, else the default's type (a tuple default reads as ``tuple[<first item's type>, ...]``)."""
     if annotation is not inspect.Parameter.empty:
@@ -80,38 +61,57 @@ def _option_type(annotation: Any, default: Any) -> Any:
     return Any if default is None else type(default)
 
 
-def _types_from_signature(fn: Callable[..., nn.Module], options: Mapping[str, Any]) -> dict[str, Any]:
+def _options_from_signature(fn: Callable[..., nn.Module]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Option name -> default, and option name -> type (``_option_type``), for every parameter of ``fn``
+    except ``num_classes``.
+
+    Every option must have a default: a bare ``create_model(name)`` has to build the reference model.
+    """
+    params = inspect.signature(fn).parameters
+    if "num_classes" not in params:
+        raise TypeError(f"model builder {fn.__name__} must take a num_classes keyword")
     try:
-        hints = typing.get_type_hints(fn)
+        hints = typing.get_type_hints(fn.__init__ if isinstance(fn, type) else fn)
     except NameError:  # an annotation naming something out of the builder's module scope
         hints = {}
-    empty = inspect.Parameter.empty
-    return {name: _option_type(hints.get(name, empty), default) for name, default in options.items()}
+    options: dict[str, Any] = {}
+    types: dict[str, Any] = {}
+    for pname, p in params.items():
+        if pname == "num_classes":
+            continue
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.default is p.empty:
+            raise TypeError(f"model builder {fn.__name__}: option {pname!r} must be a keyword with a default")
+        if pname in _RESERVED:
+            raise TypeError(f"model builder {fn.__name__}: option {pname!r} clashes with --model.{pname}")
+        options[pname] = p.default
+        types[pname] = _option_type(hints.get(pname, p.empty), p.default)
+    return options, types
 
 
 def register_model(
-    fn: Callable[..., nn.Module] | None = None, *, input_size: int = 32, description: str = ""
+    fn: Callable[..., nn.Module] | None = None, *, name: str = "", input_size: int = 32, description: str = ""
 ):
-    """Register a model builder under its function name; usable as ``@register_model`` or
-    ``@register_model(input_size=320, description="...")``.
+    """Register a model builder under ``name``, by default its function name; usable as ``@register_model``
+    or ``@register_model(input_size=320, description="...")``. A builder may be the ``nn.Module`` class
+    itself (then with a ``name``): its ``__init__`` keywords are the options.
 
     ``description`` defaults to the first line of the builder's docstring. Returns the builder unchanged.
     Registering the same name twice is an error (two modules would silently shadow each other).
     """
 
     def decorate(f: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        name = f.__name__
-        if name in MODEL_REGISTRY:
-            raise ValueError(f"model {name!r} is registered twice")
+        model_name = name or f.__name__
+        if model_name in MODEL_REGISTRY:
+            raise ValueError(f"model {model_name!r} is registered twice")
         doc_line = (inspect.getdoc(f) or "").strip().splitlines()
-        options = _options_from_signature(f)
-        MODEL_REGISTRY[name] = ModelEntry(
-            name=name,
+        options, types = _options_from_signature(f)
+        MODEL_REGISTRY[model_name] = ModelEntry(
+            name=model_name,
             fn=f,
             input_size=int(input_size),
             description=description or (doc_line[0] if doc_line else ""),
             options=MappingProxyType(options),
-            option_types=MappingProxyType(_types_from_signature(f, options)),
+            option_types=MappingProxyType(types),
         )
         return f
 

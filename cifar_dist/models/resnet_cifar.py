@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cifar_dist.models.layers import basic_stages, expect_spatial
+from cifar_dist.models.layers import BasicBlock, conv_bn_relu, expect_spatial, make_stages
 from cifar_dist.models.registry import register_model
 
 
@@ -23,25 +23,25 @@ class ResNetCIFAR(nn.Module):
     ``F.avg_pool2d(x, pool_size)``, whose output must be 1×1 because the Linear width does not depend on
     it (that is why the seed's budget notebook reports the same count for pool 2/4/8/16; only pool 4 runs
     at 32×32 with four stages). Any other combination raises ``ValueError`` in forward.
-    The defaults are the registered builder's (``resnet18_cifar``).
+    The defaults are the registered builder's (``resnet18_cifar``). ``stem_width`` (default ``width``) and
+    ``block_dropout`` (between the convs of every block) serve TPSNet; ``name`` is the model in error messages.
     """
 
     def __init__(self, num_classes: int, blocks: Sequence[int], width: int, shortcut_kernel: int,
-                 pool_size: int | None, dropout: float):
+                 pool_size: int | None, dropout: float, stem_width: int | None = None, block_dropout: float = 0.0,
+                 name: str = "resnet18_cifar"):
         super().__init__()
         blocks = tuple(int(b) for b in blocks)
         if not blocks or min(blocks) < 1:
-            raise ValueError(
-                f"resnet18_cifar: blocks must be a non-empty list of positive ints, got {blocks}"
-            )
+            raise ValueError(f"{name}: blocks must be a non-empty list of positive ints, got {blocks}")
         if pool_size is not None and pool_size < 1:
-            raise ValueError(f"resnet18_cifar: pool_size must be a positive int or None, got {pool_size}")
+            raise ValueError(f"{name}: pool_size must be a positive int or None, got {pool_size}")
         self.pool_size = pool_size
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
-        )
+        stem_width = width if stem_width is None else stem_width
+        self.stem = conv_bn_relu(3, stem_width)
         widths = [width * 2**i for i in range(len(blocks))]
-        self.stages = basic_stages(width, widths, list(blocks), shortcut_kernel=shortcut_kernel)
+        self.stages = make_stages(BasicBlock, stem_width, widths, blocks, shortcut_kernel=shortcut_kernel,
+                                  dropout=block_dropout)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(widths[-1], num_classes)
 

@@ -17,9 +17,10 @@ def _conv_block(cin: int, cout: int) -> nn.Sequential:
     )
 
 
+@register_model(name="simple_cnn", description="seed 003: 3 conv (2x2) + 3-layer MLP")
 class SimpleCNN(nn.Module):
-    """conv(3→32)→conv(32→64)→conv(64→128), each 2×2 p1 + BN + ReLU + MaxPool 2; then
-    Linear 2048→256 → ReLU → Linear 256→128 → ReLU → Linear 128→num_classes.
+    """Seed 003 CNN, 600,746 parameters at num_classes=10: conv(3→32)→conv(32→64)→conv(64→128), each 2×2 p1
+    + BN + ReLU + MaxPool 2; then Linear 2048→256 → ReLU → Linear 256→128 → ReLU → Linear 128→num_classes.
 
     Shapes: (B, 3, 32, 32) -> features (B, 128, 4, 4) -> logits (B, num_classes). The flatten fixes the
     input at 31 or 32 pixels. The seed's printout lists no activations between the Linear layers; the
@@ -45,9 +46,3 @@ class SimpleCNN(nn.Module):
         x = self.features(x)
         expect_spatial(x, (4, 4), "simple_cnn", "its Linear(2048, 256) head needs a 32x32 input")
         return self.head(x)
-
-
-@register_model(description="seed 003: 3 conv (2x2) + 3-layer MLP")
-def simple_cnn(num_classes: int = 10, dropout: float = 0.0) -> nn.Module:
-    """Seed 003 CNN; 600,746 parameters at num_classes=10. ``dropout`` is applied after fc1 and fc2."""
-    return SimpleCNN(num_classes=num_classes, dropout=dropout)

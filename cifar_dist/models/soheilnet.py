@@ -5,41 +5,30 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cifar_dist.models.layers import SeparableConv2d, expect_spatial
+from cifar_dist.models.layers import PostActBlock, SeparableConv2d, expect_spatial, make_stages
 from cifar_dist.models.registry import register_model
 
 
-class ResidualBlock(nn.Module):
-    """sep-conv(stride) → BN → ReLU6 → sep-conv → BN → (+ shortcut) → ReLU6.
-
-    Sep-convs are DW 3×3 *with* bias (PyTorch default, kept as in the seed) then PW 1×1 without bias.
-    Projection shortcut (stride or width change): DW 1×1 stride s with bias, a strided per-channel
-    scale+shift, then PW Cin→Cout and BN. Shapes: (B, cin, H, W) -> (B, cout, ceil(H/s), ceil(W/s)).
-    """
+class ResidualBlock(PostActBlock):
+    """Seed 000's PostActBlock: ReLU6; sep-convs DW 3×3 *with* bias (PyTorch default, kept as in the seed)
+    then PW 1×1 without bias; projection DW 1×1 stride s with bias (a strided per-channel scale+shift), then
+    PW Cin→Cout and BN."""
 
     def __init__(self, cin: int, cout: int, stride: int = 1):
-        super().__init__()
-        self.conv1 = SeparableConv2d(cin, cout, stride, dw_bias=True)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.act1 = nn.ReLU6(inplace=True)
-        self.conv2 = SeparableConv2d(cout, cout, 1, dw_bias=True)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.act2 = nn.ReLU6(inplace=True)
-        if stride == 1 and cin == cout:
-            self.shortcut: nn.Module = nn.Identity()
-        else:
-            self.shortcut = nn.Sequential(
-                SeparableConv2d(cin, cout, stride, kernel_size=1, dw_bias=True), nn.BatchNorm2d(cout)
-            )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.act1(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.act2(out + self.shortcut(x))
+        super().__init__(
+            cin, cout, stride,
+            (SeparableConv2d(cin, cout, stride, dw_bias=True), SeparableConv2d(cout, cout, 1, dw_bias=True)),
+            lambda: nn.ReLU6(inplace=True),
+            lambda: nn.Sequential(SeparableConv2d(cin, cout, stride, kernel_size=1, dw_bias=True), nn.BatchNorm2d(cout)),
+        )
 
 
+@register_model(name="soheilnet", input_size=320,
+                description="seed 000: SoheilNet, depthwise-separable ResNet-18-like @320px")
 class SoheilNet(nn.Module):
-    """Stem DW 7×7 s2 (bias) → PW 3→32 → BN → ReLU6 → MaxPool 3 s2; four stages of two ResidualBlocks at
+    """Seed 000 network, 387,712 parameters at num_classes=10, specified at 320×320 input.
+
+    Stem DW 7×7 s2 (bias) → PW 3→32 → BN → ReLU6 → MaxPool 3 s2; four stages of two ResidualBlocks at
     32/64/128/256 channels (stride 2 on the first block of stages 2-4); AvgPool 10 → Linear 256→64 →
     Dropout → Linear 64→num_classes (no nonlinearity between the Linears, as in the seed).
 
@@ -56,12 +45,7 @@ class SoheilNet(nn.Module):
             nn.ReLU6(inplace=True),
             nn.MaxPool2d(3, 2, 1),
         )
-        stages, cin = [], 32
-        for i, w in enumerate((32, 64, 128, 256)):
-            stride = 1 if i == 0 else 2
-            stages.append(nn.Sequential(ResidualBlock(cin, w, stride), ResidualBlock(w, w, 1)))
-            cin = w
-        self.stages = nn.Sequential(*stages)
+        self.stages = make_stages(ResidualBlock, 32, (32, 64, 128, 256), (2, 2, 2, 2))
         self.adaptive_pool = adaptive_pool
         self.pool = nn.AdaptiveAvgPool2d(1) if adaptive_pool else nn.AvgPool2d(10, stride=1)
         self.head = nn.Sequential(nn.Linear(256, 64), nn.Dropout(dropout), nn.Linear(64, num_classes))
@@ -78,9 +62,3 @@ class SoheilNet(nn.Module):
                 "the seed's fixed pool needs a 320x320 input; pass adaptive_pool=True for other sizes",
             )
         return self.head(torch.flatten(self.pool(x), 1))
-
-
-@register_model(input_size=320, description="seed 000: SoheilNet, depthwise-separable ResNet-18-like @320px")
-def soheilnet(num_classes: int = 10, dropout: float = 0.2, adaptive_pool: bool = False) -> nn.Module:
-    """Seed 000 network; 387,712 parameters at num_classes=10, specified at 320×320 input."""
-    return SoheilNet(num_classes=num_classes, dropout=dropout, adaptive_pool=adaptive_pool)

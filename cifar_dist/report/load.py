@@ -101,10 +101,6 @@ def load_run(path: Path) -> RunResult:
                      result=files.read_result(strict=True), env=env if isinstance(env, dict) else {})
 
 
-def is_run_dir(path: Path) -> bool:
-    return RunDir(path).holds_run
-
-
 # --------------------------------------------------------------------------------------------- cells
 
 
@@ -168,8 +164,6 @@ class SweepResults:
     path: Path
     cells: list[CellResult]
     info: dict[str, Any]  # sweep.json, or {} for a folder of plain runs
-    override_keys: list[str]  # the table's override columns
-    varying_keys: list[str]  # override keys with two or more values: one accuracy figure each
     missing: list[str]  # runs sweep.json expects that have no directory yet
     single_run: bool = False
     nested: list[Path] = field(default_factory=list)  # sweeps in sub-folders: not part of this report
@@ -177,6 +171,16 @@ class SweepResults:
     @property
     def runs(self) -> list[RunResult]:
         return [r for c in self.cells for r in c.runs]
+
+    @property
+    def override_keys(self) -> list[str]:
+        """The table's override columns: every key some cell overrides."""
+        return sorted({k for c in self.cells for k in c.overrides})
+
+    @property
+    def varying_keys(self) -> list[str]:
+        """The override keys with two or more values among the cells with runs: one accuracy figure each."""
+        return [k for k in self.override_keys if len({repr(c.key_value(k)) for c in self.cells if c.runs}) > 1]
 
     @property
     def keys_alone(self) -> list[str]:
@@ -201,8 +205,8 @@ class SweepResults:
 
 def nested_sweeps(path: Path) -> list[Path]:
     """Sub-folders of `path` that are sweeps or folders of runs themselves (not run directories)."""
-    return sorted(p for p in path.iterdir() if p.is_dir() and not is_run_dir(p)
-                  and ((p / SWEEP_FILE).is_file() or any(is_run_dir(q) for q in p.iterdir())))
+    return sorted(p for p in path.iterdir() if p.is_dir() and not RunDir(p).holds_run
+                  and ((p / SWEEP_FILE).is_file() or any(RunDir(q).holds_run for q in p.iterdir())))
 
 
 def _split_name(name: str) -> str:
@@ -223,10 +227,10 @@ def load_results(path: Path) -> SweepResults:
         raise ReportError(f"{path}: no such directory")
     if not path.is_dir():
         raise ReportError(f"{path}: expected a sweep or run directory, found a file")
-    if is_run_dir(path):
+    if RunDir(path).holds_run:
         run = load_run(path)
         cell = CellResult(_split_name(run.name), {}, [run])
-        return SweepResults(run.name, path, [cell], {}, [], [], [], single_run=True)
+        return SweepResults(run.name, path, [cell], {}, [], single_run=True)
 
     info: dict[str, Any] = {}
     sweep_json = path / SWEEP_FILE
@@ -236,7 +240,7 @@ def load_results(path: Path) -> SweepResults:
             raise ReportError(f"{sweep_json}: expected an object with a list under \"cells\"")
         if not isinstance(info.get("seeds", []), list):
             raise ReportError(f"{sweep_json}: expected a list under \"seeds\", found {info['seeds']!r}")
-    run_dirs = sorted(p for p in path.iterdir() if is_run_dir(p))
+    run_dirs = sorted(p for p in path.iterdir() if RunDir(p).holds_run)
     nested = nested_sweeps(path)
     if not run_dirs and nested:
         raise ReportError(f"{path}: no run directories of its own; it holds the sweeps "
@@ -267,12 +271,9 @@ def load_results(path: Path) -> SweepResults:
             missing += [f"{c['cell']}-s{s}" for s in info.get("seeds", []) if s not in present]
         # Runs the sweep file does not know (added by hand) are still reported, as cells of their own.
         cells += [CellResult(name, {}, runs) for name, runs in sorted(groups.items()) if name not in declared]
-        override_keys = sorted({k for c in cells for k in c.overrides})
     else:
         override_keys = _differing_keys([runs[0].config for runs in groups.values() if runs[0].config])
         cells = [CellResult(name, {k: runs[0].config.get(k) for k in override_keys}, runs)
                  for name, runs in sorted(groups.items())]
-    varying = [k for k in override_keys if len({repr(c.key_value(k)) for c in cells if c.runs}) > 1]
-    return SweepResults(str(info.get("name") or path.name), path, cells, info, override_keys, varying, missing,
-                        nested=nested)
+    return SweepResults(str(info.get("name") or path.name), path, cells, info, missing, nested=nested)
 

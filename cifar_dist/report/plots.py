@@ -1,17 +1,14 @@
-"""The report's figures (matplotlib's Agg canvas, no pyplot state): test and validation accuracy per epoch
-by each key that varies alone (else per cell), final test accuracy against parameters, the losses per epoch;
-PNG bytes for report_plots/. A figure is drawn only when it carries information (two epochs or more; two
-parameter counts or more), and every cell keeps one colour across the figures."""
+"""The report's figures as PNG bytes for report_plots/, drawn on matplotlib's Agg canvas (no pyplot state);
+`sweep_figures` says which figures a sweep gets."""
 
 from __future__ import annotations
 
 import io
 import re
-import statistics
 from typing import Any
 
 from cifar_dist.report.load import CellResult, RunResult, SweepResults
-from cifar_dist.report.metrics import fmt_value, sort_key
+from cifar_dist.report.metrics import fmt_value, sort_key, summarize
 
 
 def _figure(width: float = 7.0, height: float = 4.5):
@@ -48,9 +45,8 @@ def mean_curve(runs: list[RunResult], key: str) -> tuple[list[int], list[float],
             if isinstance(row.get(key), (int, float)):
                 by_epoch.setdefault(row["epoch"], []).append(float(row[key]))
     epochs = sorted(by_epoch)
-    means = [statistics.fmean(by_epoch[e]) for e in epochs]
-    stds = [statistics.stdev(by_epoch[e]) if len(by_epoch[e]) > 1 else 0.0 for e in epochs]
-    return epochs, means, stds
+    stats = [summarize(by_epoch[e]) for e in epochs]
+    return epochs, [s.mean for s in stats], [s.std or 0.0 for s in stats]
 
 
 def _value_colours(values: list[Any]) -> dict[str, Any]:
@@ -155,8 +151,7 @@ def params_figure(cells: list[CellResult], keys: list[str] | tuple = (), colours
     return _finish(fig, ax, labels, legend=bool(ax.containers), grid_which="both")
 
 
-LOSSES = (("train_loss", "-", "train"), ("val_loss", ":", "validation"), ("test_loss", "--", "test"))
-_STYLE = {"-": "solid", ":": "dotted", "--": "dashed"}
+LOSSES = (("train_loss", "solid", "train"), ("val_loss", "dotted", "validation"), ("test_loss", "dashed", "test"))
 
 
 def loss_figure(cells: list[CellResult], keys: list[str] | tuple = (), colours: dict[str, Any] | None = None):
@@ -173,7 +168,7 @@ def loss_figure(cells: list[CellResult], keys: list[str] | tuple = (), colours: 
                 ax.plot(epochs, means, linestyle=style, marker="o", markersize=3, color=colours[cell.name],
                         label=label)
                 label = "_nolegend_"
-                drawn.append((what, _STYLE[style]))
+                drawn.append((what, style))
     styles = ", ".join(f"{what} {name}" for what, name in dict.fromkeys(drawn))
     return _finish(fig, ax, ("epoch", "loss (cross-entropy)", f"Loss per epoch, mean over seeds ({styles})"),
                    legend=bool(ax.lines))

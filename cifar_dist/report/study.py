@@ -74,7 +74,8 @@ def load_study(sweep: SweepResults) -> StudyResults | None:
 
 
 def apply_overrides(sweep: SweepResults, study: StudyResults) -> None:
-    """Give each trial's cell its overrides (sweep.json has no cells for a search); recompute the key lists."""
+    """Give each trial's cell its overrides (sweep.json has no cells for a search); the sweep's key lists
+    follow from them."""
     by_run = {t.run.rsplit("-s", 1)[0]: t for t in study.trials}
     for cell in sweep.cells:
         t = by_run.get(cell.name)
@@ -82,9 +83,6 @@ def apply_overrides(sweep: SweepResults, study: StudyResults) -> None:
             cell.overrides = dict(t.overrides)
         for run in cell.runs if t is not None and t.state == "pruned" else []:
             run.pruned_at = t.pruned_at or max(t.curve, default=0)
-    keys = sorted({k for c in sweep.cells for k in c.overrides})
-    sweep.override_keys = keys
-    sweep.varying_keys = [k for k in keys if len({repr(c.key_value(k)) for c in sweep.cells if c.runs}) > 1]
 
 
 def _over(t: TrialResult) -> str:

@@ -7,6 +7,7 @@ import csv
 import io
 import math
 
+from cifar_dist.presets import REPORTED_ACC
 from cifar_dist.report.load import CellResult, RunResult, SweepResults
 from cifar_dist.report.metrics import METRICS, TTA_METRICS, Stat, fmt_value, hashable
 
@@ -41,9 +42,9 @@ def fmt_stat(s: Stat, digits: int, n_row: int | None = None, integer: bool = Fal
     return text if s.n == n_row else f"{text} (n={s.n})"
 
 
-def _partial_note(run: RunResult) -> str:
-    planned = f"/{run.planned_epochs}" if run.planned_epochs else ""
-    return f"{run.name}@{run.last_epoch}{planned}"
+def _epoch(run: RunResult) -> str:
+    """The run's last logged epoch, with its planned epochs when known: 3/10."""
+    return f"{run.last_epoch}/{run.planned_epochs}" if run.planned_epochs else str(run.last_epoch)
 
 
 def results_csv(sweep: SweepResults, metric: str) -> str:
@@ -52,15 +53,14 @@ def results_csv(sweep: SweepResults, metric: str) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["cell", *sweep.override_keys, "preset", "params", "status", "n_runs", "n_finished", "partial_runs",
                 *[f"{m}_{part}" for m in METRICS for part in ("mean", "std", "n")], "reported_test_acc"])
-    reported = _reported()
     for c in sorted_cells(sweep, metric):
         stats = [c.stat(m) for m in METRICS]
         w.writerow([c.name, *[fmt_value(c.key_value(k)) for k in sweep.override_keys], c.preset,
                     c.n_params if c.n_params is not None else "", c.status, len(c.runs), len(c.finished_runs),
-                    " ".join(_partial_note(r) for r in c.partial_runs),
+                    " ".join(f"{r.name}@{_epoch(r)}" for r in c.partial_runs),
                     *[x for m, s in zip(METRICS, stats)
                       for x in (_num(s.mean, METRICS[m].integer), _num(s.std), s.n)],
-                    _num(reported.get(c.preset))])
+                    _num(REPORTED_ACC.get(c.preset))])
     return buf.getvalue()
 
 
@@ -68,12 +68,6 @@ def _num(v: float | None, integer: bool = False) -> str:
     if v is None:
         return ""
     return str(int(v)) if integer and float(v).is_integer() else repr(float(v))
-
-
-def _reported() -> dict[str, float]:
-    from cifar_dist.presets import REPORTED_ACC
-
-    return REPORTED_ACC
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -84,7 +78,7 @@ def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
             *["| " + " | ".join(esc(x) for x in r) + " |" for r in rows]]
 
 
-def _summary(sweep: SweepResults, metric: str, reported: dict[str, float]) -> list[str]:
+def _summary(sweep: SweepResults, metric: str) -> list[str]:
     """The title, where the runs come from, the sweep's spec and fixed keys, how the table is sorted."""
     runs = sweep.runs
     n_partial = sum(r.unfinished for r in runs)
@@ -107,8 +101,8 @@ def _summary(sweep: SweepResults, metric: str, reported: dict[str, float]) -> li
     elif presets:
         lines.append(f"Preset: {', '.join(f'`{p}`' for p in presets)}.")
     for p in presets:
-        if p in reported:
-            lines.append(f"The seed behind preset `{p}` reported {reported[p]:.2f} % test accuracy "
+        if p in REPORTED_ACC:
+            lines.append(f"The seed behind preset `{p}` reported {REPORTED_ACC[p]:.2f} % test accuracy "
                          f"(column \"seed reported\"; see `cifar-dist presets` for how it was measured).")
     if sweep.nested:
         lines.append(f"Not included: the sweeps in sub-folders {', '.join(f'`{p.name}/`' for p in sweep.nested)} "
@@ -124,13 +118,13 @@ def _summary(sweep: SweepResults, metric: str, reported: dict[str, float]) -> li
     return lines
 
 
-def _cell_table(sweep: SweepResults, metric: str, reported: dict[str, float]) -> list[str]:
+def _cell_table(sweep: SweepResults, metric: str) -> list[str]:
     """One row per cell, best first: overrides, params, n, mean ± std of every metric with a value, status."""
     used_tta = any(r.config.get("run.tta", "none") != "none" for r in sweep.runs)
     cols = [k for k in METRICS if any(c.stat(k).n for c in sweep.cells)]
     if not used_tta:
         cols = [k for k in cols if k not in TTA_METRICS]
-    show_reported = any(c.preset in reported for c in sweep.cells)
+    show_reported = any(c.preset in REPORTED_ACC for c in sweep.cells)
     header = ["cell", *sweep.override_keys, "params", "n", *[METRICS[k].label for k in cols]]
     header += ["seed reported (%)"] if show_reported else []
     header.append("status")
@@ -141,10 +135,10 @@ def _cell_table(sweep: SweepResults, metric: str, reported: dict[str, float]) ->
                f"{c.n_params:,}" if c.n_params else "—", str(n_row),
                *[fmt_stat(c.stat(k), METRICS[k].digits, n_row, METRICS[k].integer) for k in cols]]
         if show_reported:
-            row.append(f"{reported[c.preset]:.2f}" if c.preset in reported else "—")
+            row.append(f"{REPORTED_ACC[c.preset]:.2f}" if c.preset in REPORTED_ACC else "—")
         note = c.status
         if c.partial_runs:
-            note += "; unfinished: " + ", ".join(_partial_note(r) for r in c.partial_runs)
+            note += "; unfinished: " + ", ".join(f"{r.name}@{_epoch(r)}" for r in c.partial_runs)
         row.append(note)
         rows.append(row)
     return _md_table(header, rows)
@@ -155,10 +149,9 @@ def _run_table(sweep: SweepResults) -> list[str]:
     run_rows = []
     for c in sweep.cells:
         for r in c.runs:
-            planned = f"/{r.planned_epochs}" if r.planned_epochs else ""
             vals = [r.value(k) for k in ("final_test_acc", "best_val_acc", "best_epoch")]
             run_rows.append([r.name, c.name, "—" if r.seed is None else str(r.seed), r.status,
-                             f"{r.last_epoch}{planned}", *["—" if v is None else f"{v:.2f}" for v in vals[:2]],
+                             _epoch(r), *["—" if v is None else f"{v:.2f}" for v in vals[:2]],
                              "—" if vals[2] is None else str(int(vals[2]))])
     lines = _md_table(["run", "cell", "seed", "status", "epoch", "test acc (%)", "best val acc (%)", "best epoch"],
                       run_rows)
@@ -175,8 +168,7 @@ def _run_table(sweep: SweepResults) -> list[str]:
 def report_markdown(sweep: SweepResults, metric: str, plots: list[tuple[str, str]], extra: list[str] = ()) -> str:
     """report.md: summary, the cell table sorted by `metric`, `extra` (a search's study section), the runs,
     the plots, TensorBoard."""
-    reported = _reported()
-    lines = [*_summary(sweep, metric, reported), *_cell_table(sweep, metric, reported), "", *extra, "## Runs", "",
+    lines = [*_summary(sweep, metric), *_cell_table(sweep, metric), "", *extra, "## Runs", "",
              *_run_table(sweep), "", "## Plots", ""]
     for name, title in plots:
         lines += [f"![{title}]({PLOTS_DIR}/{name})", ""]
