@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from cifar_dist.engine import checkpoint as ckpt
+from cifar_dist.engine.devices import eval_model
 from cifar_dist.engine.logs import RunLogger, append_line
 from cifar_dist.engine.rundir import RunDirError
 from tests.helpers import REPO, launch_cpu_two, read_json, small_tmpfs
@@ -183,7 +184,7 @@ def test_compiled_and_ddp_wrapped_models_save_plain_keys():
         model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
         plain_keys = set(model.state_dict())
         wrapped = acc.prepare(torch.compile(model))  # compiled lazily: nothing runs here
-        assert set(ckpt.plain_model(acc, wrapped).state_dict()) == plain_keys
+        assert set(eval_model(acc, wrapped).state_dict()) == plain_keys
     finally:
         AcceleratorState._reset_state(True)
         GradientState._reset_state()

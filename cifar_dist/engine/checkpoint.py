@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from cifar_dist.config import RESUME_MODES, Config, ConfigError, dump_yaml
+from cifar_dist.engine.devices import eval_model
 from cifar_dist.engine.rundir import agree, check_fresh, check_resume_config, disk_errors
 from cifar_dist.engine.train_state import TrainState, train_state
 from cifar_dist.errors import InputError
@@ -55,14 +56,6 @@ class CheckpointError(InputError):
 
 
 # ------------------------------------------------------------------------------------------ the parts
-
-
-def plain_model(accelerator, model: torch.nn.Module) -> torch.nn.Module:
-    """The model without DDP and torch.compile wrappers (its state dict keys have no prefixes)."""
-    from accelerate.utils import extract_model_from_parallel
-
-    m = accelerator.unwrap_model(model, keep_torch_compile=False)
-    return extract_model_from_parallel(m, keep_torch_compile=False)  # a model compiled before DDP wrapped it
 
 
 def stateful_parts(parts) -> dict[str, Any]:
@@ -157,7 +150,7 @@ def _write_files(parts, tmp: Path, state: TrainState, keep: str) -> None:
     acc = parts.accelerator
     files = {f"rng_{acc.process_index}.pt": _torch_bytes(rng_state())}
     if acc.is_main_process:
-        files[MODEL] = _model_bytes(plain_model(acc, parts.model))
+        files[MODEL] = _model_bytes(eval_model(acc, parts.model))
         files.update({f"{k}.pt": _torch_bytes(v.state_dict()) for k, v in stateful_parts(parts).items()})
         files[STATE] = json.dumps(asdict(state)).encode()
     for name, data in files.items():
@@ -166,13 +159,10 @@ def _write_files(parts, tmp: Path, state: TrainState, keep: str) -> None:
 
 
 def save_best(model: torch.nn.Module, ema, ckpt_dir: Path, epoch: int, val_acc: float) -> None:
-    """Weights of the best validation epoch (and its EMA), written atomically to best/model.pt (keys without
-    the compile prefix, like `last`)."""
-    from accelerate.utils import extract_model_from_parallel
-
+    """Weights of the best validation epoch (and its EMA), written atomically to best/model.pt; `model` is
+    `devices.eval_model`'s (keys without prefixes, like `last`)."""
     best = ckpt_dir / BEST
-    payload = {"model": extract_model_from_parallel(model, keep_torch_compile=False).state_dict(), "epoch": epoch,
-               "val_acc": val_acc}
+    payload = {"model": model.state_dict(), "epoch": epoch, "val_acc": val_acc}
     if ema is not None:
         payload["ema"] = ema.module.state_dict()
     with disk_errors(best / "model.pt", f"the previous {best / 'model.pt'} is intact"):
@@ -295,7 +285,7 @@ def read(path: Path, parts) -> Snapshot:
 def apply(snap: Snapshot, parts, seed: int) -> None:
     """Load a snapshot into the model, optimizer, schedule, EMA, ... and the RNGs of this process."""
     acc = parts.accelerator
-    targets = {MODEL: plain_model(acc, parts.model), **{f"{k}.pt": v for k, v in stateful_parts(parts).items()}}
+    targets = {MODEL: eval_model(acc, parts.model), **{f"{k}.pt": v for k, v in stateful_parts(parts).items()}}
     for name, obj in targets.items():
         _apply(snap.path / name, lambda o=obj, n=name: o.load_state_dict(snap.tensors[n]))
     if snap.rng is not None:
@@ -364,7 +354,7 @@ def resume(parts, run_dir: Path, mode: str, cfg: Config) -> TrainState | None:
             error = str(e)
         error = agree(acc, error)
         if not error:
-            best = _best_error(ckpt_dir, plain_model(acc, parts.model)) if acc.is_main_process else ""
+            best = _best_error(ckpt_dir, eval_model(acc, parts.model)) if acc.is_main_process else ""
             best = agree(acc, best)  # read at the end of the run: checked now, before anything is written
             if best:
                 raise CheckpointError(f"{best}; remove it to resume without the best-epoch weights")

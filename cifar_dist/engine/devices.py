@@ -230,9 +230,13 @@ def eval_model(accelerator, model: torch.nn.Module) -> torch.nn.Module:
     `keep_torch_compile=False` matters twice: evaluation must not run (and recompile) the compiled training
     graph for eval mode, other batch sizes and every TTA view; and accelerate's default (`True`) rewires the
     compiled wrapper's `_orig_mod` from the DDP module to the plain one, so `no_sync` and `.train()` would
-    silently stop reaching DDP.
+    silently stop reaching DDP. A model compiled before DDP wrapped it is unwrapped too, so its state dict
+    keys have no prefixes (no DDP `module.`, no compile `_orig_mod.`): checkpoints read it the same way.
     """
-    return accelerator.unwrap_model(model, keep_torch_compile=False)
+    from accelerate.utils import extract_model_from_parallel
+
+    m = accelerator.unwrap_model(model, keep_torch_compile=False)
+    return extract_model_from_parallel(m, keep_torch_compile=False)
 
 
 def check_shared_run_dir(accelerator, run_dir: Path, timeout_s: float = 10.0) -> None:

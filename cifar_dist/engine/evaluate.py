@@ -118,8 +118,6 @@ def finish(s: Session, status: str, first_step_s: float | None = None) -> dict[s
     result.json's timings: `train_s`, the training seconds of all epochs (device synchronised at each epoch's
     end, evaluation excluded); `first_step_s`, seconds from this session's launch to the end of its first
     optimizer step (start-up, data loading, compilation included); `wall_s`, the whole run."""
-    from accelerate.utils import extract_model_from_parallel
-
     state, acc, ema = s.state, s.accelerator, s.parts.ema
     plain = eval_model(acc, s.parts.model)
     final, final_tta = _test_with_tta(s, plain)
@@ -130,7 +128,7 @@ def finish(s: Session, status: str, first_step_s: float | None = None) -> dict[s
     saved = ckpt.load_best(s.ckpt_dir) if state.best_epoch else None
     if saved is not None:
         best_model = copy.deepcopy(plain)
-        extract_model_from_parallel(best_model, keep_torch_compile=False).load_state_dict(saved["model"])  # no prefixes
+        best_model.load_state_dict(saved["model"])  # keys without prefixes on both sides (eval_model)
         b, b_tta = _test_with_tta(s, best_model)
         best = {"epoch": state.best_epoch, "val_acc": state.best_val_acc, "test_acc": b["acc"],
                 "test_acc_tta": b_tta["acc"]}
