@@ -38,7 +38,7 @@ import torch
 
 from cifar_dist.config import RESUME_MODES, Config, ConfigError, dump_yaml
 from cifar_dist.engine.devices import eval_model
-from cifar_dist.engine.rundir import agree, check_fresh, check_resume_config, disk_errors
+from cifar_dist.engine.rundir import agree, check_fresh, check_resume_config, disk_errors, first_error
 from cifar_dist.engine.train_state import TrainState, train_state
 from cifar_dist.errors import InputError
 from cifar_dist.files import atomic_write_bytes
@@ -114,48 +114,38 @@ def save(parts, ckpt_dir: Path, state: TrainState) -> None:
     tmp = ckpt_dir / TMP
     last = find_last(ckpt_dir)
     keep = f"the previous checkpoint in {last} is intact" if last else "no checkpoint was saved yet"
-    error = ""
-    if acc.is_main_process:
+
+    def start() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
-        error = _try_write(lambda: tmp.mkdir(parents=True), tmp, keep)
-    error = agree(acc, error) or agree(acc, _try_write(lambda: _write_files(parts, tmp, state, keep), tmp, keep))
-    if not error and acc.is_main_process:
+        with disk_errors(tmp, keep):
+            tmp.mkdir(parents=True)
+
+    def write() -> None:  # every process: its RNG states; the main process: everything else
+        files = {f"rng_{acc.process_index}.pt": _torch_bytes(rng_state())}
+        if acc.is_main_process:
+            files[MODEL] = _model_bytes(eval_model(acc, parts.model))
+            files.update({f"{k}.pt": _torch_bytes(v.state_dict()) for k, v in stateful_parts(parts).items()})
+            files[STATE] = json.dumps(asdict(state)).encode()
+        for name, data in files.items():
+            with disk_errors(tmp / name, keep):
+                atomic_write_bytes(tmp / name, data)
+
+    def commit() -> None:  # checkpoint.json is written last: it marks the folder complete
         meta = {"format": FORMAT, "world_size": acc.num_processes, "accelerator_step": acc.step,
                 "files": sorted(p.name for p in tmp.iterdir() if not p.name.startswith("."))}
-        error = _try_write(lambda: atomic_write_bytes(tmp / META, json.dumps(meta).encode()), tmp / META, keep)
-        if not error:
-            last, old = ckpt_dir / LAST, ckpt_dir / OLD
-            shutil.rmtree(old, ignore_errors=True)
-            if last.exists():
-                os.replace(last, old)
-            os.replace(tmp, last)
-    error = agree(acc, error)
+        with disk_errors(tmp / META, keep):
+            atomic_write_bytes(tmp / META, json.dumps(meta).encode())
+        last, old = ckpt_dir / LAST, ckpt_dir / OLD
+        shutil.rmtree(old, ignore_errors=True)
+        if last.exists():
+            os.replace(last, old)
+        os.replace(tmp, last)
+
+    error = first_error(acc, start) or first_error(acc, write, everywhere=True) or first_error(acc, commit)
     if error:
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(error)
-
-
-def _try_write(write, path: Path, after: str) -> str:
-    """Run `write`; "" when it worked, else the one-line message (the path and why)."""
-    try:
-        with disk_errors(path, after):
-            write()
-    except InputError as e:
-        return str(e)
-    return ""
-
-
-def _write_files(parts, tmp: Path, state: TrainState, keep: str) -> None:
-    acc = parts.accelerator
-    files = {f"rng_{acc.process_index}.pt": _torch_bytes(rng_state())}
-    if acc.is_main_process:
-        files[MODEL] = _model_bytes(eval_model(acc, parts.model))
-        files.update({f"{k}.pt": _torch_bytes(v.state_dict()) for k, v in stateful_parts(parts).items()})
-        files[STATE] = json.dumps(asdict(state)).encode()
-    for name, data in files.items():
-        with disk_errors(tmp / name, keep):
-            atomic_write_bytes(tmp / name, data)
 
 
 def save_best(model: torch.nn.Module, ema, ckpt_dir: Path, epoch: int, val_acc: float) -> None:
@@ -169,23 +159,19 @@ def save_best(model: torch.nn.Module, ema, ckpt_dir: Path, epoch: int, val_acc: 
         atomic_write_bytes(best / "model.pt", _torch_bytes(payload))
 
 
-def _best_error(ckpt_dir: Path, model: torch.nn.Module) -> str:
-    """"" when best/model.pt is absent or holds this model's weights; else one line naming the file."""
+def _check_best(ckpt_dir: Path, model: torch.nn.Module) -> None:
+    """best/model.pt is absent or holds this model's weights; else CheckpointError, one line naming the file."""
     path = ckpt_dir / BEST / "model.pt"
-    try:
-        saved = load_best(ckpt_dir)
-    except CheckpointError as e:
-        return str(e)
+    saved = load_best(ckpt_dir)
     if saved is None:
-        return ""
+        return
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     weights = saved.get("model") if isinstance(saved, dict) else None
     got = {k: tuple(getattr(v, "shape", ())) for k, v in weights.items()} if isinstance(weights, dict) else {}
     if got != want:
         diff = sorted(set(want) ^ set(got)) or sorted(k for k in want if want[k] != got[k])
-        return (f"{path}: does not fit this run (expected the weights of this model, found other keys or "
-                f"shapes: {', '.join(diff[:3])})")
-    return ""
+        raise CheckpointError(f"{path}: does not fit this run (expected the weights of this model, found other "
+                              f"keys or shapes: {', '.join(diff[:3])})")
 
 
 def load_best(ckpt_dir: Path) -> dict | None:
@@ -322,23 +308,16 @@ def check_start(accelerator, run_dir: Path, mode: str) -> None:
     folder: `cifar_dist.engine.rundir.check_fresh`); every process stops with the main process's error."""
     if mode not in RESUME_MODES:
         raise ConfigError(f"--resume: expected one of {', '.join(RESUME_MODES)}, found {mode!r}")
-    error = ""
-    if accelerator.is_main_process:
-        ckpt_dir = RunDir(run_dir).checkpoints
-        try:
-            check_fresh(run_dir, mode, any(p.is_dir() for p in (ckpt_dir / LAST, ckpt_dir / OLD)))
-        except InputError as e:
-            error = str(e)
-    error = agree(accelerator, error)
+    ckpt_dir = RunDir(run_dir).checkpoints
+    error = first_error(accelerator, lambda: check_fresh(run_dir, mode, find_last(ckpt_dir) is not None))
     if error:
         raise CheckpointError(error)
 
 
 def resume(parts, run_dir: Path, mode: str, cfg: Config) -> TrainState | None:
     """`--resume`: "none" starts fresh; "auto" loads the newest checkpoint that loads, after checking the
-    config against the run's config.yaml; "force" does the same whatever the config says."""
-    if mode not in RESUME_MODES:
-        raise ConfigError(f"--resume: expected one of {', '.join(RESUME_MODES)}, found {mode!r}")
+    config against the run's config.yaml; "force" does the same whatever the config says (`mode` was
+    checked by `check_start`)."""
     ckpt_dir, acc = RunDir(run_dir).checkpoints, parts.accelerator
     candidates = [p for p in (ckpt_dir / LAST, ckpt_dir / OLD) if p.is_dir()]
     if mode == "none" or not candidates:
@@ -354,8 +333,8 @@ def resume(parts, run_dir: Path, mode: str, cfg: Config) -> TrainState | None:
             error = str(e)
         error = agree(acc, error)
         if not error:
-            best = _best_error(ckpt_dir, eval_model(acc, parts.model)) if acc.is_main_process else ""
-            best = agree(acc, best)  # read at the end of the run: checked now, before anything is written
+            # best/model.pt is read at the end of the run: checked now, before anything is written
+            best = first_error(acc, lambda: _check_best(ckpt_dir, eval_model(acc, parts.model)))
             if best:
                 raise CheckpointError(f"{best}; remove it to resume without the best-epoch weights")
             if errors:

@@ -193,15 +193,21 @@ def agree(accelerator, message: str) -> str:
     return next((m for m in gather_object([message]) if m), "")
 
 
+def first_error(accelerator, work: Callable[[], object], everywhere: bool = False) -> str:
+    """Run `work` on the main process (on every process with `everywhere`); every process learns the first
+    one-line `InputError` message it raised, as from `agree` ("" when it worked everywhere)."""
+    message = ""
+    if everywhere or accelerator.is_main_process:
+        try:
+            work()
+        except InputError as e:
+            message = str(e)
+    return agree(accelerator, message)
+
+
 def take_lock(run_dir: Path, accelerator) -> None:
     """The main process locks the run directory; every process stops with its error when that fails."""
-    message = ""
-    if accelerator.is_main_process:
-        try:
-            lock_run_dir(run_dir)
-        except RunDirError as e:
-            message = str(e)
-    message = agree(accelerator, message)
+    message = first_error(accelerator, lambda: lock_run_dir(run_dir))
     if message:
         raise RunDirError(message)
 
