@@ -130,13 +130,6 @@ def lock_run_dir(run_dir: Path) -> None:
         raise
 
 
-def release_lock(run_dir: Path) -> None:
-    """Let another run take the directory (the end of a run in a process that goes on)."""
-    held = _HELD.pop(str(run_dir.resolve()), None)
-    if held is not None:
-        os.close(held.fd)  # closing the only descriptor releases the flock
-
-
 def mark_begun(run_dir: Path) -> None:
     """The session starts writing the run directory: from here on its end is always recorded."""
     held = _HELD.get(str(run_dir.resolve()))
@@ -148,8 +141,9 @@ def end_run(run_dir: Path, exit_status: int) -> None:
     """The owner's last word on a run directory: record `exit_status` in status.json and release the lock.
     Nothing happens without the lock. A refusal (bad input) before the session wrote anything changes
     nothing: a directory this process created for it (only .lock in it) is removed, and an existing
-    status.json is kept (one is written only where none is, for the scripts that removed it before the start)."""
-    held = _HELD.get(str(run_dir.resolve()))
+    status.json is kept (one is written only where none is, for the scripts that removed it before the start).
+    Another run may then take the directory, also while this process goes on."""
+    held = _HELD.pop(str(run_dir.resolve()), None)
     if held is None:
         return
     try:
@@ -165,7 +159,7 @@ def end_run(run_dir: Path, exit_status: int) -> None:
     except OSError:  # a full disk: the error already reported says so; the exit status still tells
         pass
     finally:
-        release_lock(run_dir)
+        os.close(held.fd)  # closing the only descriptor releases the flock
 
 
 def check_fresh(run_dir: Path, mode: str, has_checkpoint: bool) -> None:
