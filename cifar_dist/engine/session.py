@@ -198,7 +198,10 @@ def build_parts(cfg: Config, accelerator, model: torch.nn.Module, steps_per_epoc
         lookahead = LookaheadEMA(placed, total_steps=steps_per_epoch * r.epochs, every=o.ema_lookahead,
                                  base=o.ema_lookahead_decay)
     if cfg.model.compile:
-        model = devices.compile_model(model)  # after DDP; evaluation runs devices.eval_model (uncompiled)
+        # The PREPARED model (compile outside DDP): dynamo's DDP optimizer splits the graph at gradient-bucket
+        # boundaries, so buckets all-reduce while the backward runs. Training batches have one shape
+        # (drop_last): training compiles once; evaluation runs devices.eval_model, never the compiled module.
+        model = torch.compile(model)
     schedule.optimizer = optimizer
     d = cfg.data
     normalize = Normalize(d.mean, d.std, d.resolution, cfg.model.channels_last).to(accelerator.device)
