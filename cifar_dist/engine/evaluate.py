@@ -86,15 +86,12 @@ def evaluate_epoch(s: Session, row: dict[str, Any]) -> bool:
     if epoch % r.eval_every and epoch != r.epochs:
         return False
     plain = eval_model(s.accelerator, s.parts.model)
-    if s.loaders.val is not None:
-        val = _eval(s, plain, s.loaders.val)
-        row["val_acc"], row["val_loss"] = val["acc"], val["loss"]
-        if ema is not None:
-            row["ema_val_acc"] = _eval(s, ema.module, s.loaders.val)["acc"]
-    test = _eval(s, plain, s.loaders.test)
-    row["test_acc"], row["test_loss"] = test["acc"], test["loss"]
-    if ema is not None:
-        row["ema_test_acc"] = _eval(s, ema.module, s.loaders.test)["acc"]
+    for split, loader in (("val", s.loaders.val), ("test", s.loaders.test)):
+        if loader is not None:
+            out = _eval(s, plain, loader)
+            row[f"{split}_acc"], row[f"{split}_loss"] = out["acc"], out["loss"]
+            if ema is not None:
+                row[f"ema_{split}_acc"] = _eval(s, ema.module, loader)["acc"]
     if "val_acc" not in row:
         return False
     state.val_history.append(row["val_acc"])
