@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import safetensors.torch
 import torch
 
 from cifar_dist.config import RESUME_MODES, Config, ConfigError, dump_yaml
@@ -98,10 +99,9 @@ def _torch_bytes(obj: Any) -> bytes:
 
 
 def _model_bytes(model: torch.nn.Module) -> bytes:
-    from safetensors.torch import save
-
     # copies: safetensors refuses tensors that share memory (tied weights load back through both names)
-    return save({k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()})
+    tensors = model.state_dict().items()
+    return safetensors.torch.save({k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors})
 
 
 # ---------------------------------------------------------------------------------------------- saving
@@ -195,7 +195,7 @@ def load_weights(ckpt_dir: Path, which: str) -> tuple[dict[str, torch.Tensor], d
     last = ckpt_dir / LAST
     _read(last / META, _json_load)  # written last: a folder without it is incomplete
     state = _read(last / STATE, _json_load)
-    weights = _read(last / MODEL, _safetensors_load)
+    weights = _read(last / MODEL, safetensors.torch.load_file)
     if (last / "lookahead.pt").is_file():  # the closing sync: every float weight becomes the slow copy
         slow = _read(last / "lookahead.pt", _torch_load)
         weights = {k: slow.get(k, v) if v.is_floating_point() else v for k, v in weights.items()}
@@ -214,12 +214,6 @@ def _torch_load(path: Path) -> Any:
 
 def _json_load(path: Path) -> Any:
     return json.loads(path.read_text())
-
-
-def _safetensors_load(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(path))
 
 
 def _read(path: Path, load) -> Any:
@@ -260,7 +254,7 @@ def read(path: Path, parts) -> Snapshot:
     steps = getattr(parts.schedule, "steps_per_epoch", None)
     steps = None if steps is None else steps * getattr(acc, "gradient_accumulation_steps", 1)
     state = _read(path / STATE, lambda p: train_state(_json_load(p), steps))
-    tensors = {MODEL: _read(path / MODEL, _safetensors_load)}
+    tensors = {MODEL: _read(path / MODEL, safetensors.torch.load_file)}
     tensors.update({f"{k}.pt": _read(path / f"{k}.pt", _torch_load) for k in stateful_parts(parts)})
     rng = None
     if meta["world_size"] == acc.num_processes:
