@@ -1,15 +1,6 @@
-"""The run directory as a shared resource: one writer at a time, a config a resume may not silently change,
-and write errors (a full disk above all) as one line naming the file.
-
-- `take_lock(run_dir, accelerator)`: the main process holds `fcntl.flock` on the run directory itself for
-  the life of the process (the kernel releases it on any exit, kill -9 included), before any data is read;
-  a second run with the same directory stops with one line naming the holder's pid and host (from
-  `<run>/.lock`, which only names the holder: deleting it lets no second run in). Only the holder writes
-  `status.json` (`end_run`); a run directory that the holder created and left empty is removed again.
-- `check_fresh(run_dir, mode)`: a run that starts afresh never writes into a directory holding another run.
-- `check_resume_config(run_dir, config_yaml, force, say)`: a resume under other values lists the keys that
-  differ and stops, except for `MAY_CHANGE_ON_RESUME`; `--resume=force` accepts anything (and says what).
-- `disk_errors(path, after)`: an OSError while writing `path` becomes `RunDirError`, one line.
+"""The run directory as a shared resource: one writer at a time (`take_lock`), a config a resume may not
+silently change (`check_resume_config`), one run per folder (`check_fresh`), and write errors (a full disk
+above all) as one line naming the file (`disk_errors`).
 """
 
 from __future__ import annotations
@@ -96,7 +87,9 @@ def _lock_fd(run_dir: Path) -> tuple[int, bool]:
 
 
 def lock_run_dir(run_dir: Path) -> None:
-    """Hold an exclusive lock on `run_dir` until the process ends; RunDirError if another process has it."""
+    """Hold an exclusive lock on `run_dir` until the process ends (`fcntl.flock`: the kernel releases it on any
+    exit, kill -9 included); RunDirError, naming the holder's pid and host, if another process has it. They are
+    read from `<run>/.lock`, which only names the holder: deleting it lets no second run in."""
     key = str(run_dir.resolve())
     if key in _HELD:  # this process holds it already (a second session in one process)
         return
