@@ -118,7 +118,7 @@ def run_epoch(s: Session, monitor: Monitor) -> tuple[dict[str, Any], bool]:
     monitor.open_bar()
     train_one_epoch(s.parts, s.loaders.train, state, s.sums, monitor.on_step)
     monitor.close_bar()
-    monitor.check(torch.zeros((), device=acc.device)).store(state)
+    monitor.check(torch.zeros((), device=acc.device))  # the epoch's sums of all processes into `state`
     row = epoch_row(state, s.parts.schedule.lr)
     stop = evaluate_epoch(s, row)
     s.logger.log_epoch(row)
