@@ -74,7 +74,7 @@ def should_stop_early(history: list[float], patience: int, window: int, drop: fl
 
 
 def _eval(s: Session, model, loader, tta: str = "none") -> dict:
-    return evaluate(model, loader, s.normalize, s.accelerator, s.num_classes, tta)
+    return evaluate(model, loader, s.normalize, s.accelerator, len(s.classes), tta)
 
 
 def evaluate_epoch(s: Session, row: dict[str, Any]) -> bool:

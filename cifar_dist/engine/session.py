@@ -102,10 +102,6 @@ class Session:
         return self.run_dir / "checkpoints"
 
     @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
     def steps_per_epoch(self) -> int:
         """Optimizer steps per epoch."""
         return len(self.loaders.train) // self.cfg.optim.accum_steps

@@ -51,10 +51,6 @@ class TrainedRun:
     val_acc: float | None  # validation accuracy of the best weights, %
 
     @property
-    def classes(self) -> list[str]:
-        return self.data.classes
-
-    @property
     def recorded(self) -> dict[str, Any]:
         """result.json's test accuracies for these weights ({} when the run has not finished)."""
         part = (RunDir(self.run_dir).read_result() or {}).get("best" if self.weights == "best" else "final")
@@ -139,10 +135,10 @@ def evaluate_run(run: TrainedRun, tta: str | None = None, limit_test: int | None
     # (0 = the whole file)
     rows = run.data.test_rows if limit_test is None else run.data.test_subset(limit_test)
     loader = eval_loader(run.data, rows, run.cfg.run.eval_batch_size, run.accelerator.device)
-    k = len(run.classes)
+    k = len(run.data.classes)
     plain = evaluate(run.model, loader, run.normalize, run.accelerator, k)
     confusion = plain["confusion"]
-    per_class = [(run.classes[c], int(confusion[c][c]), int(sum(confusion[c]))) for c in range(k)]
+    per_class = [(run.data.classes[c], int(confusion[c][c]), int(sum(confusion[c]))) for c in range(k)]
     tta_acc = evaluate(run.model, loader, run.normalize, run.accelerator, k, mode)["acc"] if mode != "none" else None
     return {"acc": plain["acc"], "loss": plain["loss"], "n": len(rows), "per_class": per_class, "tta": mode,
             "tta_acc": tta_acc}
@@ -172,7 +168,7 @@ def predict_images(run: TrainedRun, paths: list[Path], top: int = 3, batch: int 
     data.resolution, mean/std). Returns [{"path", "resized", "top": [(class, probability), ...]}].
     """
     images = [read_image(p) for p in paths]  # every file is checked before any work
-    top = max(1, min(int(top), len(run.classes)))
+    top = max(1, min(int(top), len(run.data.classes)))
     out = []
     for i in range(0, len(paths), batch):
         chunk = images[i:i + batch]
@@ -182,5 +178,5 @@ def predict_images(run: TrainedRun, paths: list[Path], top: int = 3, batch: int 
         p, idx = probs.topk(top, dim=1)
         for j, (_, resized) in enumerate(chunk):
             out.append({"path": paths[i + j], "resized": resized,
-                        "top": [(run.classes[c], float(q)) for c, q in zip(idx[j].tolist(), p[j].tolist())]})
+                        "top": [(run.data.classes[c], float(q)) for c, q in zip(idx[j].tolist(), p[j].tolist())]})
     return out
