@@ -1,8 +1,6 @@
 """The run directory: it explains itself (config, command, versions, git SHA, metrics, events, result).
 
 `RunLogger` writes the files of `runs/<name>/` that `cifar_dist.run_dir` lists (its docstring has the layout).
-Only the main process writes here. After a resume, metrics.jsonl and the events hold exactly what was
-logged up to the checkpoint, then this session's rows and points.
 """
 
 from __future__ import annotations

@@ -1,7 +1,4 @@
 """Start a run: the accelerator, the model and what trains it, the loaders, a resume, the run directory, the banner.
-
-`open_session(cfg, resume)` does it in the order that keeps runs reproducible (seed, weights, per-process
-seed, loaders, optimizer, resume) and returns a `Session`: everything `train` works with, by name.
 """
 
 from __future__ import annotations
@@ -108,7 +105,9 @@ class Session:
 
 
 def open_session(cfg: Config, resume: str = "none") -> Session:
-    """Build everything for `cfg`, resume if asked, open the run directory and print the banner."""
+    """Build everything for `cfg` in the order that keeps runs reproducible (seed, weights, per-process seed,
+    loaders, optimizer, resume), open the run directory and print the banner. The `Session` holds everything
+    `train` works with, by name."""
     from accelerate.utils import set_seed
 
     accelerator, per_device = make_accelerator(cfg)
