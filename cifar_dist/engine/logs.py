@@ -79,9 +79,7 @@ class RunLogger:
 
     def write_start(self, config_yaml: str, extra_env: dict[str, Any], step: int = 0) -> None:
         """config.yaml, command.txt and env.json, and the config and the command in TensorBoard's text tab
-        (at `step`: 0, or the optimizer step a resumed session starts from)."""
-        if not self.is_main:
-            return
+        (at `step`: 0, or the optimizer step a resumed session starts from). Main process only."""
         command = " ".join([sys.executable, *sys.argv])
         for path, text in ((self.files.config, config_yaml), (self.files.command, command + "\n"),
                            (self.files.env, json.dumps({**environment(), **extra_env}, indent=2) + "\n")):
@@ -175,26 +173,26 @@ def start_logger(run_dir: Path, is_main: bool, config_yaml: str, env: dict[str, 
     loaded), metrics rows past its epoch are dropped and the events past its step with them; a fresh start
     (see `rundir.check_fresh`) drops the metrics and events of an attempt that saved no checkpoint. A bad
     metrics.jsonl is refused before anything is changed."""
+    if not is_main:
+        return RunLogger(run_dir, is_main)
     files, torn = RunDir(run_dir), []
-    if is_main and resumed is not None:
+    if resumed is not None:
         rows = files.metrics_rows(on_torn_tail=torn.append)  # FileFormatError (exit 2) before any change
-    if is_main:
-        mark_begun(run_dir)
-        with disk_errors(files.result):
-            files.result.unlink(missing_ok=True)
-            if resumed is None:
-                for p in [files.metrics, *files.event_files()]:
-                    p.unlink(missing_ok=True)
+    mark_begun(run_dir)
+    with disk_errors(files.result):
+        files.result.unlink(missing_ok=True)
+        if resumed is None:
+            for p in [files.metrics, *files.event_files()]:
+                p.unlink(missing_ok=True)
     logger = RunLogger(run_dir, is_main, resumed)
-    if is_main and resumed is not None and files.metrics.is_file():  # keep the rows of the epochs done
+    if resumed is not None and files.metrics.is_file():  # keep the rows of the epochs done
         for line in torn:  # the end of a write cut by a kill or a full disk
             say(f"resume: {files.metrics}: dropped an incomplete last line ({line!r:.60}) left by an "
                 f"interrupted write")
         with disk_errors(files.metrics):
             atomic_write_text(files.metrics, "".join(json.dumps(r) + "\n" for r in rows
                                                      if r.get("epoch", 0) <= resumed.epoch))
-    if is_main:
-        files.paused.unlink(missing_ok=True)  # a new session: no longer paused
+    files.paused.unlink(missing_ok=True)  # a new session: no longer paused
     logger.write_start(config_yaml, env, 0 if resumed is None else resumed.global_step)
     return logger
 
