@@ -95,7 +95,7 @@ class RunLogger:
         for k, v in row.items():  # the step count per epoch would be a chart of a straight line
             if k not in ("epoch", "step") and isinstance(v, (int, float)) and v is not None:
                 self.scalar(f"epoch/{k}", v, row["epoch"])
-        self.flush()
+        self._tb("flush")
 
     def _tb(self, method: str, *args, **kwargs) -> None:
         if self.tb is not None:
@@ -116,9 +116,6 @@ class RunLogger:
 
     def text(self, tag: str, text: str, step: int = 0) -> None:
         self._tb("add_text", tag, text, step)
-
-    def flush(self) -> None:
-        self._tb("flush")
 
     def hparams(self, hparams: dict[str, Any], metric_tags: dict[str, str], extra: dict[str, Any] | None = None) -> None:
         """The HParams tab: the sweep's varied keys and a short fixed set (see `hparam_keys`) plus `extra`
