@@ -212,10 +212,11 @@ def eval_model(accelerator, model: torch.nn.Module) -> torch.nn.Module:
     silently stop reaching DDP. A model compiled before DDP wrapped it is unwrapped too, so its state dict
     keys have no prefixes (no DDP `module.`, no compile `_orig_mod.`): checkpoints read it the same way.
     """
-    from accelerate.utils import extract_model_from_parallel
+    from accelerate.utils import extract_model_from_parallel, is_compiled_module
 
     m = accelerator.unwrap_model(model, keep_torch_compile=False)
-    return extract_model_from_parallel(m, keep_torch_compile=False)
+    # the EMA update calls this every step: the second (slower) unwrap runs only where a compile is left
+    return extract_model_from_parallel(m, keep_torch_compile=False) if is_compiled_module(m) else m
 
 
 def check_shared_run_dir(accelerator, run_dir: Path, timeout_s: float = 10.0) -> None:
