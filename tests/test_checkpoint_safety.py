@@ -22,8 +22,10 @@ import pytest
 import torch
 
 from cifar_dist.engine import checkpoint as ckpt
+from cifar_dist.engine.devices import eval_model
 from cifar_dist.engine.logs import RunLogger, append_line
 from cifar_dist.engine.rundir import RunDirError
+from cifar_dist.errors import EXIT_OK
 from tests.helpers import REPO, launch_cpu_two, read_json, small_tmpfs
 from tests.test_train import metrics, run, train_cmd
 
@@ -183,7 +185,7 @@ def test_compiled_and_ddp_wrapped_models_save_plain_keys():
         model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
         plain_keys = set(model.state_dict())
         wrapped = acc.prepare(torch.compile(model))  # compiled lazily: nothing runs here
-        assert set(ckpt.plain_model(acc, wrapped).state_dict()) == plain_keys
+        assert set(eval_model(acc, wrapped).state_dict()) == plain_keys
     finally:
         AcceleratorState._reset_state(True)
         GradientState._reset_state()
@@ -338,7 +340,7 @@ def test_disk_full_in_checkpoint_metrics_and_result_keeps_what_was_there(small_d
         before = {p.name: p.read_bytes() for p in (ckpt_dir / "last").iterdir()}
         logger = RunLogger(small_disk / "run", is_main=True)
         logger.log_epoch({"epoch": 1, "train_loss": 1.0})
-        metrics_before = logger.metrics_path.read_bytes()
+        metrics_before = logger.files.metrics.read_bytes()
         filler = fill(small_disk)
 
         with pytest.raises(ckpt.CheckpointError, match="disk full .*previous checkpoint in .* is intact"):
@@ -346,13 +348,13 @@ def test_disk_full_in_checkpoint_metrics_and_result_keeps_what_was_there(small_d
         assert {p.name: p.read_bytes() for p in (ckpt_dir / "last").iterdir()} == before
         assert not (ckpt_dir / ".last.tmp").exists()
         with pytest.raises(RunDirError, match="metrics.jsonl: disk full"):
-            append_line(logger.metrics_path, json.dumps({"epoch": 2, "pad": "x" * 10000}))
-        assert logger.metrics_path.read_bytes() == metrics_before
+            append_line(logger.files.metrics, json.dumps({"epoch": 2, "pad": "x" * 10000}))
+        assert logger.files.metrics.read_bytes() == metrics_before
         with pytest.raises(RunDirError, match="result.json: disk full"):
             logger.finish({"status": "finished", "pad": "x" * 10000})
         assert not (small_disk / "run" / "result.json").exists()
         filler.unlink()
-        logger.close()
+        logger.close(EXIT_OK)
         assert ckpt.read(ckpt_dir / "last", SimpleNamespace(accelerator=acc, optimizer=opt, schedule=sched,
                                                             ema=None)).state.global_step == 1
     finally:
@@ -426,7 +428,7 @@ def test_hparams_show_the_sweeps_varied_keys_and_a_fixed_set_with_text_for_boole
     for name in ("c000-s0", "plain"):  # listed in sweep.json / not listed: the fixed set only
         logger = RunLogger(tmp_path / name, is_main=True)
         logger.hparams({**flat, "optim.lookahead": True, "aug.cutout": 8}, {"epoch/test_acc": "final test acc (%)"})
-        logger.close()
+        logger.close(EXIT_OK)
         acc = EventAccumulator(str(tmp_path / name), size_guidance={"tensors": 0})
         acc.Reload()
         content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]

@@ -3,10 +3,6 @@
     from cifar_dist.engine import train
     status = train(cfg, resume="auto")   # 0 done, 3 stopped by a signal, 4 non-finite loss
 
-Modules: `session` (accelerator, model, loaders, resume, run directory, banner), `loop` (`train`,
-`train_one_epoch`), `monitor` (between-step checks, checkpoints, stop signals), `evaluate` (split,
-epoch-end and final evaluations), `checkpoint` (atomic checkpoints), `train_state` (TrainState: where a run
-stands), `logs` (RunLogger).
 The engine never imports the command line (`cifar_dist.cli`); it raises `InputError` subclasses.
 """
 

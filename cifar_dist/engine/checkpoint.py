@@ -34,10 +34,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import safetensors.torch
 import torch
 
 from cifar_dist.config import RESUME_MODES, Config, ConfigError, dump_yaml
-from cifar_dist.engine.rundir import agree, check_fresh, check_resume_config, disk_errors
+from cifar_dist.engine.devices import eval_model
+from cifar_dist.engine.rundir import agree, check_fresh, check_resume_config, disk_errors, first_error
 from cifar_dist.engine.train_state import TrainState, train_state
 from cifar_dist.errors import InputError
 from cifar_dist.files import atomic_write_bytes
@@ -55,14 +57,6 @@ class CheckpointError(InputError):
 
 
 # ------------------------------------------------------------------------------------------ the parts
-
-
-def plain_model(accelerator, model: torch.nn.Module) -> torch.nn.Module:
-    """The model without DDP and torch.compile wrappers (its state dict keys have no prefixes)."""
-    from accelerate.utils import extract_model_from_parallel
-
-    m = accelerator.unwrap_model(model, keep_torch_compile=False)
-    return extract_model_from_parallel(m, keep_torch_compile=False)  # a model compiled before DDP wrapped it
 
 
 def stateful_parts(parts) -> dict[str, Any]:
@@ -105,10 +99,9 @@ def _torch_bytes(obj: Any) -> bytes:
 
 
 def _model_bytes(model: torch.nn.Module) -> bytes:
-    from safetensors.torch import save
-
     # copies: safetensors refuses tensors that share memory (tied weights load back through both names)
-    return save({k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()})
+    tensors = model.state_dict().items()
+    return safetensors.torch.save({k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors})
 
 
 # ---------------------------------------------------------------------------------------------- saving
@@ -121,81 +114,64 @@ def save(parts, ckpt_dir: Path, state: TrainState) -> None:
     tmp = ckpt_dir / TMP
     last = find_last(ckpt_dir)
     keep = f"the previous checkpoint in {last} is intact" if last else "no checkpoint was saved yet"
-    error = ""
-    if acc.is_main_process:
+
+    def start() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
-        error = _try_write(lambda: tmp.mkdir(parents=True), tmp, keep)
-    error = agree(acc, error) or agree(acc, _try_write(lambda: _write_files(parts, tmp, state, keep), tmp, keep))
-    if not error and acc.is_main_process:
+        with disk_errors(tmp, keep):
+            tmp.mkdir(parents=True)
+
+    def write() -> None:  # every process: its RNG states; the main process: everything else
+        files = {f"rng_{acc.process_index}.pt": _torch_bytes(rng_state())}
+        if acc.is_main_process:
+            files[MODEL] = _model_bytes(eval_model(acc, parts.model))
+            files.update({f"{k}.pt": _torch_bytes(v.state_dict()) for k, v in stateful_parts(parts).items()})
+            files[STATE] = json.dumps(asdict(state)).encode()
+        for name, data in files.items():
+            with disk_errors(tmp / name, keep):
+                atomic_write_bytes(tmp / name, data)
+
+    def commit() -> None:  # checkpoint.json is written last: it marks the folder complete
         meta = {"format": FORMAT, "world_size": acc.num_processes, "accelerator_step": acc.step,
                 "files": sorted(p.name for p in tmp.iterdir() if not p.name.startswith("."))}
-        error = _try_write(lambda: atomic_write_bytes(tmp / META, json.dumps(meta).encode()), tmp / META, keep)
-        if not error:
-            last, old = ckpt_dir / LAST, ckpt_dir / OLD
-            shutil.rmtree(old, ignore_errors=True)
-            if last.exists():
-                os.replace(last, old)
-            os.replace(tmp, last)
-    error = agree(acc, error)
+        with disk_errors(tmp / META, keep):
+            atomic_write_bytes(tmp / META, json.dumps(meta).encode())
+        last, old = ckpt_dir / LAST, ckpt_dir / OLD
+        shutil.rmtree(old, ignore_errors=True)
+        if last.exists():
+            os.replace(last, old)
+        os.replace(tmp, last)
+
+    error = first_error(acc, start) or first_error(acc, write, everywhere=True) or first_error(acc, commit)
     if error:
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(error)
 
 
-def _try_write(write, path: Path, after: str) -> str:
-    """Run `write`; "" when it worked, else the one-line message (the path and why)."""
-    try:
-        with disk_errors(path, after):
-            write()
-    except InputError as e:
-        return str(e)
-    return ""
-
-
-def _write_files(parts, tmp: Path, state: TrainState, keep: str) -> None:
-    acc = parts.accelerator
-    files = {f"rng_{acc.process_index}.pt": _torch_bytes(rng_state())}
-    if acc.is_main_process:
-        files[MODEL] = _model_bytes(plain_model(acc, parts.model))
-        files.update({f"{k}.pt": _torch_bytes(v.state_dict()) for k, v in stateful_parts(parts).items()})
-        files[STATE] = json.dumps(asdict(state)).encode()
-    for name, data in files.items():
-        with disk_errors(tmp / name, keep):
-            atomic_write_bytes(tmp / name, data)
-
-
 def save_best(model: torch.nn.Module, ema, ckpt_dir: Path, epoch: int, val_acc: float) -> None:
-    """Weights of the best validation epoch (and its EMA), written atomically to best/model.pt (keys without
-    the compile prefix, like `last`)."""
-    from accelerate.utils import extract_model_from_parallel
-
+    """Weights of the best validation epoch (and its EMA), written atomically to best/model.pt; `model` is
+    `devices.eval_model`'s (keys without prefixes, like `last`)."""
     best = ckpt_dir / BEST
-    payload = {"model": extract_model_from_parallel(model, keep_torch_compile=False).state_dict(), "epoch": epoch,
-               "val_acc": val_acc}
+    payload = {"model": model.state_dict(), "epoch": epoch, "val_acc": val_acc}
     if ema is not None:
         payload["ema"] = ema.module.state_dict()
     with disk_errors(best / "model.pt", f"the previous {best / 'model.pt'} is intact"):
         atomic_write_bytes(best / "model.pt", _torch_bytes(payload))
 
 
-def _best_error(ckpt_dir: Path, model: torch.nn.Module) -> str:
-    """"" when best/model.pt is absent or holds this model's weights; else one line naming the file."""
+def _check_best(ckpt_dir: Path, model: torch.nn.Module) -> None:
+    """best/model.pt is absent or holds this model's weights; else CheckpointError, one line naming the file."""
     path = ckpt_dir / BEST / "model.pt"
-    try:
-        saved = load_best(ckpt_dir)
-    except CheckpointError as e:
-        return str(e)
+    saved = load_best(ckpt_dir)
     if saved is None:
-        return ""
+        return
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     weights = saved.get("model") if isinstance(saved, dict) else None
     got = {k: tuple(getattr(v, "shape", ())) for k, v in weights.items()} if isinstance(weights, dict) else {}
     if got != want:
         diff = sorted(set(want) ^ set(got)) or sorted(k for k in want if want[k] != got[k])
-        return (f"{path}: does not fit this run (expected the weights of this model, found other keys or "
-                f"shapes: {', '.join(diff[:3])})")
-    return ""
+        raise CheckpointError(f"{path}: does not fit this run (expected the weights of this model, found other "
+                              f"keys or shapes: {', '.join(diff[:3])})")
 
 
 def load_best(ckpt_dir: Path) -> dict | None:
@@ -219,7 +195,7 @@ def load_weights(ckpt_dir: Path, which: str) -> tuple[dict[str, torch.Tensor], d
     last = ckpt_dir / LAST
     _read(last / META, _json_load)  # written last: a folder without it is incomplete
     state = _read(last / STATE, _json_load)
-    weights = _read(last / MODEL, _safetensors_load)
+    weights = _read(last / MODEL, safetensors.torch.load_file)
     if (last / "lookahead.pt").is_file():  # the closing sync: every float weight becomes the slow copy
         slow = _read(last / "lookahead.pt", _torch_load)
         weights = {k: slow.get(k, v) if v.is_floating_point() else v for k, v in weights.items()}
@@ -238,12 +214,6 @@ def _torch_load(path: Path) -> Any:
 
 def _json_load(path: Path) -> Any:
     return json.loads(path.read_text())
-
-
-def _safetensors_load(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(path))
 
 
 def _read(path: Path, load) -> Any:
@@ -284,7 +254,7 @@ def read(path: Path, parts) -> Snapshot:
     steps = getattr(parts.schedule, "steps_per_epoch", None)
     steps = None if steps is None else steps * getattr(acc, "gradient_accumulation_steps", 1)
     state = _read(path / STATE, lambda p: train_state(_json_load(p), steps))
-    tensors = {MODEL: _read(path / MODEL, _safetensors_load)}
+    tensors = {MODEL: _read(path / MODEL, safetensors.torch.load_file)}
     tensors.update({f"{k}.pt": _read(path / f"{k}.pt", _torch_load) for k in stateful_parts(parts)})
     rng = None
     if meta["world_size"] == acc.num_processes:
@@ -295,7 +265,7 @@ def read(path: Path, parts) -> Snapshot:
 def apply(snap: Snapshot, parts, seed: int) -> None:
     """Load a snapshot into the model, optimizer, schedule, EMA, ... and the RNGs of this process."""
     acc = parts.accelerator
-    targets = {MODEL: plain_model(acc, parts.model), **{f"{k}.pt": v for k, v in stateful_parts(parts).items()}}
+    targets = {MODEL: eval_model(acc, parts.model), **{f"{k}.pt": v for k, v in stateful_parts(parts).items()}}
     for name, obj in targets.items():
         _apply(snap.path / name, lambda o=obj, n=name: o.load_state_dict(snap.tensors[n]))
     if snap.rng is not None:
@@ -332,23 +302,16 @@ def check_start(accelerator, run_dir: Path, mode: str) -> None:
     folder: `cifar_dist.engine.rundir.check_fresh`); every process stops with the main process's error."""
     if mode not in RESUME_MODES:
         raise ConfigError(f"--resume: expected one of {', '.join(RESUME_MODES)}, found {mode!r}")
-    error = ""
-    if accelerator.is_main_process:
-        ckpt_dir = RunDir(run_dir).checkpoints
-        try:
-            check_fresh(run_dir, mode, any(p.is_dir() for p in (ckpt_dir / LAST, ckpt_dir / OLD)))
-        except InputError as e:
-            error = str(e)
-    error = agree(accelerator, error)
+    ckpt_dir = RunDir(run_dir).checkpoints
+    error = first_error(accelerator, lambda: check_fresh(run_dir, mode, find_last(ckpt_dir) is not None))
     if error:
         raise CheckpointError(error)
 
 
 def resume(parts, run_dir: Path, mode: str, cfg: Config) -> TrainState | None:
     """`--resume`: "none" starts fresh; "auto" loads the newest checkpoint that loads, after checking the
-    config against the run's config.yaml; "force" does the same whatever the config says."""
-    if mode not in RESUME_MODES:
-        raise ConfigError(f"--resume: expected one of {', '.join(RESUME_MODES)}, found {mode!r}")
+    config against the run's config.yaml; "force" does the same whatever the config says (`mode` was
+    checked by `check_start`)."""
     ckpt_dir, acc = RunDir(run_dir).checkpoints, parts.accelerator
     candidates = [p for p in (ckpt_dir / LAST, ckpt_dir / OLD) if p.is_dir()]
     if mode == "none" or not candidates:
@@ -364,8 +327,8 @@ def resume(parts, run_dir: Path, mode: str, cfg: Config) -> TrainState | None:
             error = str(e)
         error = agree(acc, error)
         if not error:
-            best = _best_error(ckpt_dir, plain_model(acc, parts.model)) if acc.is_main_process else ""
-            best = agree(acc, best)  # read at the end of the run: checked now, before anything is written
+            # best/model.pt is read at the end of the run: checked now, before anything is written
+            best = first_error(acc, lambda: _check_best(ckpt_dir, eval_model(acc, parts.model)))
             if best:
                 raise CheckpointError(f"{best}; remove it to resume without the best-epoch weights")
             if errors:

@@ -1,21 +1,11 @@
-"""What the hardware decides: precision where no GPU is usable, cuDNN autotuning, SyncBatchNorm, the compile
-order, the module evaluation runs, and the check that every process sees the same run directory.
-
-- `choose_precision`: a run that asked for bf16/fp16 (flag or launch file) on a machine with no sign of a GPU
-  trains in fp32 after one warning line; where the machine shows GPUs but CUDA is unusable (driver or wheel
-  mismatch) the run stops with one line (exit 2) unless `--run.allow_cpu=true`.
-- `use_sync_bn` / `convert_sync_bn`: BatchNorm statistics over the global batch when the per-device batch is
-  small (`SYNC_BN_BELOW`) and there is more than one process. On CPUs (gloo), where torch's SyncBatchNorm
-  refuses to run, `GlooSyncBatchNorm` computes the same statistics from all-reduced sums.
-- `compile_model`: `torch.compile` AFTER `accelerator.prepare`, so dynamo sees the DDP wrapper and splits the
-  graph at gradient-bucket boundaries (buckets all-reduce while the backward runs). `eval_model` is the
-  unwrapped, uncompiled module: evaluation (eval mode, other batch sizes, TTA views) never recompiles.
-- `check_shared_run_dir`: rank 0 writes a token into the run directory, every rank reads it; a node-local
-  directory stops every rank with one line instead of hanging at the first checkpoint.
+"""What the hardware decides: precision where no GPU is usable, the process group's timeout, cuDNN autotuning,
+SyncBatchNorm (also on CPUs), the module evaluation runs, and the check that every process sees the same run
+directory.
 """
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import secrets
@@ -191,13 +181,9 @@ class GlooSyncBatchNorm:
         return y * self.weight.view(shape) + self.bias.view(shape) if self.affine else y
 
 
-_GLOO_CLASSES: dict[type, type] = {}
-
-
+@functools.cache  # one class per BatchNorm class
 def _gloo_class(cls: type) -> type:
-    if cls not in _GLOO_CLASSES:
-        _GLOO_CLASSES[cls] = type(f"GlooSync{cls.__name__}", (GlooSyncBatchNorm, cls), {})
-    return _GLOO_CLASSES[cls]
+    return type(f"GlooSync{cls.__name__}", (GlooSyncBatchNorm, cls), {})
 
 
 def convert_sync_bn(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -217,22 +203,20 @@ def convert_sync_bn(model: torch.nn.Module, device: torch.device) -> torch.nn.Mo
     return model
 
 
-def compile_model(model: torch.nn.Module) -> torch.nn.Module:
-    """`torch.compile` of the PREPARED model (DDP outside, compile outside DDP): dynamo's DDP optimizer splits
-    the graph at bucket boundaries so gradients all-reduce during the backward. Training batches have one
-    shape (drop_last), so training compiles once; evaluation runs `eval_model`, never this."""
-    return torch.compile(model)
-
-
 def eval_model(accelerator, model: torch.nn.Module) -> torch.nn.Module:
     """The plain module under DDP and torch.compile, for evaluation, EMA updates and best-weight files.
 
     `keep_torch_compile=False` matters twice: evaluation must not run (and recompile) the compiled training
     graph for eval mode, other batch sizes and every TTA view; and accelerate's default (`True`) rewires the
     compiled wrapper's `_orig_mod` from the DDP module to the plain one, so `no_sync` and `.train()` would
-    silently stop reaching DDP.
+    silently stop reaching DDP. A model compiled before DDP wrapped it is unwrapped too, so its state dict
+    keys have no prefixes (no DDP `module.`, no compile `_orig_mod.`): checkpoints read it the same way.
     """
-    return accelerator.unwrap_model(model, keep_torch_compile=False)
+    from accelerate.utils import extract_model_from_parallel, is_compiled_module
+
+    m = accelerator.unwrap_model(model, keep_torch_compile=False)
+    # the EMA update calls this every step: the second (slower) unwrap runs only where a compile is left
+    return extract_model_from_parallel(m, keep_torch_compile=False) if is_compiled_module(m) else m
 
 
 def check_shared_run_dir(accelerator, run_dir: Path, timeout_s: float = 10.0) -> None:

@@ -74,7 +74,7 @@ def should_stop_early(history: list[float], patience: int, window: int, drop: fl
 
 
 def _eval(s: Session, model, loader, tta: str = "none") -> dict:
-    return evaluate(model, loader, s.normalize, s.accelerator, s.num_classes, tta)
+    return evaluate(model, loader, s.normalize, s.accelerator, len(s.classes), tta)
 
 
 def evaluate_epoch(s: Session, row: dict[str, Any]) -> bool:
@@ -86,15 +86,12 @@ def evaluate_epoch(s: Session, row: dict[str, Any]) -> bool:
     if epoch % r.eval_every and epoch != r.epochs:
         return False
     plain = eval_model(s.accelerator, s.parts.model)
-    if s.loaders.val is not None:
-        val = _eval(s, plain, s.loaders.val)
-        row["val_acc"], row["val_loss"] = val["acc"], val["loss"]
-        if ema is not None:
-            row["ema_val_acc"] = _eval(s, ema.module, s.loaders.val)["acc"]
-    test = _eval(s, plain, s.loaders.test)
-    row["test_acc"], row["test_loss"] = test["acc"], test["loss"]
-    if ema is not None:
-        row["ema_test_acc"] = _eval(s, ema.module, s.loaders.test)["acc"]
+    for split, loader in (("val", s.loaders.val), ("test", s.loaders.test)):
+        if loader is not None:
+            out = _eval(s, plain, loader)
+            row[f"{split}_acc"], row[f"{split}_loss"] = out["acc"], out["loss"]
+            if ema is not None:
+                row[f"ema_{split}_acc"] = _eval(s, ema.module, loader)["acc"]
     if "val_acc" not in row:
         return False
     state.val_history.append(row["val_acc"])
@@ -118,8 +115,6 @@ def finish(s: Session, status: str, first_step_s: float | None = None) -> dict[s
     result.json's timings: `train_s`, the training seconds of all epochs (device synchronised at each epoch's
     end, evaluation excluded); `first_step_s`, seconds from this session's launch to the end of its first
     optimizer step (start-up, data loading, compilation included); `wall_s`, the whole run."""
-    from accelerate.utils import extract_model_from_parallel
-
     state, acc, ema = s.state, s.accelerator, s.parts.ema
     plain = eval_model(acc, s.parts.model)
     final, final_tta = _test_with_tta(s, plain)
@@ -130,7 +125,7 @@ def finish(s: Session, status: str, first_step_s: float | None = None) -> dict[s
     saved = ckpt.load_best(s.ckpt_dir) if state.best_epoch else None
     if saved is not None:
         best_model = copy.deepcopy(plain)
-        extract_model_from_parallel(best_model, keep_torch_compile=False).load_state_dict(saved["model"])  # no prefixes
+        best_model.load_state_dict(saved["model"])  # keys without prefixes on both sides (eval_model)
         b, b_tta = _test_with_tta(s, best_model)
         best = {"epoch": state.best_epoch, "val_acc": state.best_val_acc, "test_acc": b["acc"],
                 "test_acc_tta": b_tta["acc"]}

@@ -1,8 +1,6 @@
 """The run directory: it explains itself (config, command, versions, git SHA, metrics, events, result).
 
 `RunLogger` writes the files of `runs/<name>/` that `cifar_dist.run_dir` lists (its docstring has the layout).
-Only the main process writes here. After a resume, metrics.jsonl and the events hold exactly what was
-logged up to the checkpoint, then this session's rows and points.
 """
 
 from __future__ import annotations
@@ -16,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from cifar_dist.engine.rundir import disk_errors, end_run, mark_begun, release_lock
+from cifar_dist.engine.rundir import disk_errors, end_run, mark_begun
 from cifar_dist.files import atomic_write_json, atomic_write_text
 from cifar_dist.run_dir import RunDir, read_sweep_json
 
@@ -65,7 +63,6 @@ class RunLogger:
 
     def __init__(self, run_dir: Path, is_main: bool, resumed=None):
         self.run_dir, self.is_main, self.files = run_dir, is_main, RunDir(run_dir)
-        self.metrics_path = self.files.metrics
         self.tb = None
         if is_main:
             earlier = self.files.event_files()
@@ -82,9 +79,7 @@ class RunLogger:
 
     def write_start(self, config_yaml: str, extra_env: dict[str, Any], step: int = 0) -> None:
         """config.yaml, command.txt and env.json, and the config and the command in TensorBoard's text tab
-        (at `step`: 0, or the optimizer step a resumed session starts from)."""
-        if not self.is_main:
-            return
+        (at `step`: 0, or the optimizer step a resumed session starts from). Main process only."""
         command = " ".join([sys.executable, *sys.argv])
         for path, text in ((self.files.config, config_yaml), (self.files.command, command + "\n"),
                            (self.files.env, json.dumps({**environment(), **extra_env}, indent=2) + "\n")):
@@ -93,26 +88,14 @@ class RunLogger:
         self.text("run/config", code_block(config_yaml), step)
         self.text("run/command", code_block(command), step)
 
-    def truncate_metrics(self, completed_epochs: int, say=print) -> None:
-        """Keep only the rows of epochs 1..completed_epochs (a resume replays the rest); a torn last line
-        (a kill or a full disk in the middle of a write) is dropped with a message."""
-        if not self.is_main or not self.metrics_path.is_file():
-            return
-        rows = self.files.metrics_rows(on_torn_tail=lambda torn: say(
-            f"resume: {self.metrics_path}: dropped an incomplete last line ({torn!r:.60}) left by an "
-            f"interrupted write"))
-        kept = [r for r in rows if r.get("epoch", 0) <= completed_epochs]
-        with disk_errors(self.metrics_path):
-            atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
-
     def log_epoch(self, row: dict[str, Any]) -> None:
         if not self.is_main:
             return
-        append_line(self.metrics_path, json.dumps(row))
+        append_line(self.files.metrics, json.dumps(row))
         for k, v in row.items():  # the step count per epoch would be a chart of a straight line
             if k not in ("epoch", "step") and isinstance(v, (int, float)) and v is not None:
                 self.scalar(f"epoch/{k}", v, row["epoch"])
-        self.flush()
+        self._tb("flush")
 
     def _tb(self, method: str, *args, **kwargs) -> None:
         if self.tb is not None:
@@ -133,9 +116,6 @@ class RunLogger:
 
     def text(self, tag: str, text: str, step: int = 0) -> None:
         self._tb("add_text", tag, text, step)
-
-    def flush(self) -> None:
-        self._tb("flush")
 
     def hparams(self, hparams: dict[str, Any], metric_tags: dict[str, str], extra: dict[str, Any] | None = None) -> None:
         """The HParams tab: the sweep's varied keys and a short fixed set (see `hparam_keys`) plus `extra`
@@ -172,18 +152,15 @@ class RunLogger:
         with disk_errors(self.files.result):
             atomic_write_json(self.files.result, result)
 
-    def close(self, exit_status: int | None = None) -> None:
-        """Flush and close the events; record `exit_status` in status.json (when given) and let another run
-        take the directory."""
+    def close(self, exit_status: int) -> None:
+        """Flush and close the events; record `exit_status` in status.json and let another run take the
+        directory (`rundir.end_run`)."""
         if self.tb is not None:
             tb, self.tb = self.tb, None
             with disk_errors(self.files.events):
                 tb.close()
         if self.is_main:
-            if exit_status is None:
-                release_lock(self.run_dir)
-            else:
-                end_run(self.run_dir, exit_status)
+            end_run(self.run_dir, exit_status)
 
 
 def start_logger(run_dir: Path, is_main: bool, config_yaml: str, env: dict[str, Any], resumed=None,
@@ -193,21 +170,26 @@ def start_logger(run_dir: Path, is_main: bool, config_yaml: str, env: dict[str, 
     loaded), metrics rows past its epoch are dropped and the events past its step with them; a fresh start
     (see `rundir.check_fresh`) drops the metrics and events of an attempt that saved no checkpoint. A bad
     metrics.jsonl is refused before anything is changed."""
-    files = RunDir(run_dir)
-    if is_main and resumed is not None:
-        files.metrics_rows(on_torn_tail=lambda torn: None)  # FileFormatError (exit 2) before any change
-    if is_main:
-        mark_begun(run_dir)
-        with disk_errors(files.result):
-            files.result.unlink(missing_ok=True)
-            if resumed is None:
-                for p in [files.metrics, *files.event_files()]:
-                    p.unlink(missing_ok=True)
-    logger = RunLogger(run_dir, is_main, resumed)
+    if not is_main:
+        return RunLogger(run_dir, is_main)
+    files, torn = RunDir(run_dir), []
     if resumed is not None:
-        logger.truncate_metrics(resumed.epoch, say)
-    if is_main:
-        files.paused.unlink(missing_ok=True)  # a new session: no longer paused
+        rows = files.metrics_rows(on_torn_tail=torn.append)  # FileFormatError (exit 2) before any change
+    mark_begun(run_dir)
+    with disk_errors(files.result):
+        files.result.unlink(missing_ok=True)
+        if resumed is None:
+            for p in [files.metrics, *files.event_files()]:
+                p.unlink(missing_ok=True)
+    logger = RunLogger(run_dir, is_main, resumed)
+    if resumed is not None and files.metrics.is_file():  # keep the rows of the epochs done
+        for line in torn:  # the end of a write cut by a kill or a full disk
+            say(f"resume: {files.metrics}: dropped an incomplete last line ({line!r:.60}) left by an "
+                f"interrupted write")
+        with disk_errors(files.metrics):
+            atomic_write_text(files.metrics, "".join(json.dumps(r) + "\n" for r in rows
+                                                     if r.get("epoch", 0) <= resumed.epoch))
+    files.paused.unlink(missing_ok=True)  # a new session: no longer paused
     logger.write_start(config_yaml, env, 0 if resumed is None else resumed.global_step)
     return logger
 

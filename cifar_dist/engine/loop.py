@@ -1,9 +1,6 @@
-"""The training loop: `train(cfg, resume)` runs a config to the end and returns the exit status.
-
-Exit statuses (cifar_dist.errors): 0 done (or paused at `run.stop_after`, see `pause`), 3 stopped by
-SIGTERM/SIGUSR1/SIGINT after saving a checkpoint, 4 stopped on a non-finite loss (the last good checkpoint is
-kept). Bad input raises an `InputError` subclass (ConfigError, DataError) before anything is written; the
-command line turns it into status 2.
+"""The training loop: `train(cfg, resume)` runs a config to the end and returns the exit status (the
+`cifar_dist.errors` EXIT_ constants; 0 also when paused at `run.stop_after`, see `pause`). Bad input raises an
+`InputError` subclass (ConfigError, DataError) before anything is written; the command line exits 2.
 """
 
 from __future__ import annotations
@@ -118,7 +115,7 @@ def run_epoch(s: Session, monitor: Monitor) -> tuple[dict[str, Any], bool]:
     monitor.open_bar()
     train_one_epoch(s.parts, s.loaders.train, state, s.sums, monitor.on_step)
     monitor.close_bar()
-    monitor.check(torch.zeros((), device=acc.device)).store(state)
+    monitor.check(torch.zeros((), device=acc.device))  # the epoch's sums of all processes into `state`
     row = epoch_row(state, s.parts.schedule.lr)
     stop = evaluate_epoch(s, row)
     s.logger.log_epoch(row)

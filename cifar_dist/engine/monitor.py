@@ -44,21 +44,6 @@ class SignalFlag:
         self.signum = signum
 
 
-@dataclass(frozen=True)
-class Totals:
-    """One stop check, summed over all processes."""
-
-    signalled: bool  # some process got SIGTERM, SIGUSR1 or SIGINT
-    step_loss: float  # mean training loss of the latest step
-    loss_sum: float  # this epoch so far: training loss x images
-    correct: float  # this epoch so far: training images classified right
-    seen: int  # this epoch so far: training images
-
-    def store(self, state: ckpt.TrainState) -> None:
-        """Put the epoch's sums into the train state (they travel in the checkpoint)."""
-        state.loss_sum, state.correct, state.seen = self.loss_sum, self.correct, self.seen
-
-
 @dataclass
 class Monitor:
     """The loop's between-step duties for one session (`on_step` is train_one_epoch's callback)."""
@@ -76,15 +61,15 @@ class Monitor:
         """Wall time of the run: earlier sessions plus this one."""
         return self.earlier + time.time() - self.started
 
-    def save_last(self, totals: Totals | None = None) -> None:
-        """Checkpoint; `totals` (from `check`) carries the epoch sums of all processes."""
-        if totals is not None:
-            totals.store(self.s.state)
+    def save_last(self) -> None:
+        """Checkpoint (the train state holds the epoch sums of all processes from the latest `check`)."""
         self.s.state.wall_seconds = self.wall_seconds()
         ckpt.save(self.s.parts, self.s.ckpt_dir, self.s.state)
 
-    def check(self, loss: torch.Tensor) -> Totals:
-        """Sum [signal, step loss x n, n, epoch sums] over processes; stop on a non-finite loss."""
+    def check(self, loss: torch.Tensor) -> tuple[bool, float]:
+        """Sum [signal, step loss x n, n, epoch sums] over processes; stop on a non-finite loss. The epoch's sums
+        go into the train state (they travel in the checkpoint). Returns whether some process got SIGTERM,
+        SIGUSR1 or SIGINT, and the mean training loss of the latest step."""
         acc, state = self.s.accelerator, self.s.state
         f64 = dict(dtype=torch.float64, device=acc.device)
         n = torch.full((), float(self.s.per_device), **f64)
@@ -93,7 +78,8 @@ class Monitor:
         if not (math.isfinite(step_loss_x_n) and math.isfinite(loss_sum)):
             raise StopRun(EXIT_NONFINITE, f"error: non-finite loss in epoch {state.epoch + 1} (by step "
                           f"{state.step_in_epoch}); stopping, {ckpt.last_kept(self.s.ckpt_dir)}")
-        return Totals(signum > 0, step_loss_x_n / step_n, loss_sum, correct, int(seen))
+        state.loss_sum, state.correct, state.seen = loss_sum, correct, int(seen)
+        return signum > 0, step_loss_x_n / step_n
 
     def on_step(self, step: int, loss: torch.Tensor) -> None:
         """After optimizer step `step` of the epoch (loss: this process's mean loss of the step)."""
@@ -109,19 +95,19 @@ class Monitor:
         epoch_end = state.step_in_epoch >= s.steps_per_epoch * s.cfg.optim.accum_steps
         if not (due_log or due_ckpt or epoch_end):
             return
-        totals = self.check(loss)
+        signalled, step_loss = self.check(loss)
         lr = s.parts.schedule.lr
         if due_log:
-            s.logger.scalar("train/loss", totals.step_loss, g)
+            s.logger.scalar("train/loss", step_loss, g)
             s.logger.scalar("train/lr", lr, g)
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{totals.step_loss:.3f}", lr=f"{lr:.2e}")
-        if totals.signalled:
-            self.save_last(totals)
+            self.bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}")
+        if signalled:
+            self.save_last()
             raise StopRun(EXIT_STOPPED, f"stopped by signal at epoch {state.epoch + 1} step {step + 1}; "
                           f"checkpoint saved, resume with --resume=auto")
         if due_ckpt:
-            self.save_last(totals)
+            self.save_last()
 
     def open_bar(self) -> None:
         """A progress bar for the epoch being trained (main process, run.progress, stderr a terminal).

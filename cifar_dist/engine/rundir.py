@@ -1,15 +1,6 @@
-"""The run directory as a shared resource: one writer at a time, a config a resume may not silently change,
-and write errors (a full disk above all) as one line naming the file.
-
-- `take_lock(run_dir, accelerator)`: the main process holds `fcntl.flock` on the run directory itself for
-  the life of the process (the kernel releases it on any exit, kill -9 included), before any data is read;
-  a second run with the same directory stops with one line naming the holder's pid and host (from
-  `<run>/.lock`, which only names the holder: deleting it lets no second run in). Only the holder writes
-  `status.json` (`end_run`); a run directory that the holder created and left empty is removed again.
-- `check_fresh(run_dir, mode)`: a run that starts afresh never writes into a directory holding another run.
-- `check_resume_config(run_dir, config_yaml, force, say)`: a resume under other values lists the keys that
-  differ and stops, except for `MAY_CHANGE_ON_RESUME`; `--resume=force` accepts anything (and says what).
-- `disk_errors(path, after)`: an OSError while writing `path` becomes `RunDirError`, one line.
+"""The run directory as a shared resource: one writer at a time (`take_lock`), a config a resume may not
+silently change (`check_resume_config`), one run per folder (`check_fresh`), and write errors (a full disk
+above all) as one line naming the file (`disk_errors`).
 """
 
 from __future__ import annotations
@@ -96,7 +87,9 @@ def _lock_fd(run_dir: Path) -> tuple[int, bool]:
 
 
 def lock_run_dir(run_dir: Path) -> None:
-    """Hold an exclusive lock on `run_dir` until the process ends; RunDirError if another process has it."""
+    """Hold an exclusive lock on `run_dir` until the process ends (`fcntl.flock`: the kernel releases it on any
+    exit, kill -9 included); RunDirError, naming the holder's pid and host, if another process has it. They are
+    read from `<run>/.lock`, which only names the holder: deleting it lets no second run in."""
     key = str(run_dir.resolve())
     if key in _HELD:  # this process holds it already (a second session in one process)
         return
@@ -130,13 +123,6 @@ def lock_run_dir(run_dir: Path) -> None:
         raise
 
 
-def release_lock(run_dir: Path) -> None:
-    """Let another run take the directory (the end of a run in a process that goes on)."""
-    held = _HELD.pop(str(run_dir.resolve()), None)
-    if held is not None:
-        os.close(held.fd)  # closing the only descriptor releases the flock
-
-
 def mark_begun(run_dir: Path) -> None:
     """The session starts writing the run directory: from here on its end is always recorded."""
     held = _HELD.get(str(run_dir.resolve()))
@@ -148,8 +134,9 @@ def end_run(run_dir: Path, exit_status: int) -> None:
     """The owner's last word on a run directory: record `exit_status` in status.json and release the lock.
     Nothing happens without the lock. A refusal (bad input) before the session wrote anything changes
     nothing: a directory this process created for it (only .lock in it) is removed, and an existing
-    status.json is kept (one is written only where none is, for the scripts that removed it before the start)."""
-    held = _HELD.get(str(run_dir.resolve()))
+    status.json is kept (one is written only where none is, for the scripts that removed it before the start).
+    Another run may then take the directory, also while this process goes on."""
+    held = _HELD.pop(str(run_dir.resolve()), None)
     if held is None:
         return
     try:
@@ -165,7 +152,7 @@ def end_run(run_dir: Path, exit_status: int) -> None:
     except OSError:  # a full disk: the error already reported says so; the exit status still tells
         pass
     finally:
-        release_lock(run_dir)
+        os.close(held.fd)  # closing the only descriptor releases the flock
 
 
 def check_fresh(run_dir: Path, mode: str, has_checkpoint: bool) -> None:
@@ -193,15 +180,21 @@ def agree(accelerator, message: str) -> str:
     return next((m for m in gather_object([message]) if m), "")
 
 
+def first_error(accelerator, work: Callable[[], object], everywhere: bool = False) -> str:
+    """Run `work` on the main process (on every process with `everywhere`); every process learns the first
+    one-line `InputError` message it raised, as from `agree` ("" when it worked everywhere)."""
+    message = ""
+    if everywhere or accelerator.is_main_process:
+        try:
+            work()
+        except InputError as e:
+            message = str(e)
+    return agree(accelerator, message)
+
+
 def take_lock(run_dir: Path, accelerator) -> None:
     """The main process locks the run directory; every process stops with its error when that fails."""
-    message = ""
-    if accelerator.is_main_process:
-        try:
-            lock_run_dir(run_dir)
-        except RunDirError as e:
-            message = str(e)
-    message = agree(accelerator, message)
+    message = first_error(accelerator, lambda: lock_run_dir(run_dir))
     if message:
         raise RunDirError(message)
 

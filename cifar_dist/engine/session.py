@@ -1,7 +1,4 @@
 """Start a run: the accelerator, the model and what trains it, the loaders, a resume, the run directory, the banner.
-
-`open_session(cfg, resume)` does it in the order that keeps runs reproducible (seed, weights, per-process
-seed, loaders, optimizer, resume) and returns a `Session`: everything `train` works with, by name.
 """
 
 from __future__ import annotations
@@ -102,17 +99,15 @@ class Session:
         return self.run_dir / "checkpoints"
 
     @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
     def steps_per_epoch(self) -> int:
         """Optimizer steps per epoch."""
         return len(self.loaders.train) // self.cfg.optim.accum_steps
 
 
 def open_session(cfg: Config, resume: str = "none") -> Session:
-    """Build everything for `cfg`, resume if asked, open the run directory and print the banner."""
+    """Build everything for `cfg` in the order that keeps runs reproducible (seed, weights, per-process seed,
+    loaders, optimizer, resume), open the run directory and print the banner. The `Session` holds everything
+    `train` works with, by name."""
     from accelerate.utils import set_seed
 
     accelerator, per_device = make_accelerator(cfg)
@@ -198,7 +193,10 @@ def build_parts(cfg: Config, accelerator, model: torch.nn.Module, steps_per_epoc
         lookahead = LookaheadEMA(placed, total_steps=steps_per_epoch * r.epochs, every=o.ema_lookahead,
                                  base=o.ema_lookahead_decay)
     if cfg.model.compile:
-        model = devices.compile_model(model)  # after DDP; evaluation runs devices.eval_model (uncompiled)
+        # The PREPARED model (compile outside DDP): dynamo's DDP optimizer splits the graph at gradient-bucket
+        # boundaries, so buckets all-reduce while the backward runs. Training batches have one shape
+        # (drop_last): training compiles once; evaluation runs devices.eval_model, never the compiled module.
+        model = torch.compile(model)
     schedule.optimizer = optimizer
     d = cfg.data
     normalize = Normalize(d.mean, d.std, d.resolution, cfg.model.channels_last).to(accelerator.device)
@@ -212,8 +210,7 @@ def build_parts(cfg: Config, accelerator, model: torch.nn.Module, steps_per_epoc
 def build_loaders(cfg: Config, data: Dataset, accelerator, per_device_batch: int) -> Loaders:
     """Train, validation and test loaders for this process, over the rows of `data`."""
     d, a = data.config, cfg.aug
-    train_path, test_path = data.train_path, data.test_path
-    train_idx, val_idx, test_rows = data.train_rows, data.val_rows, data.test_rows
+    train_path, train_idx, val_idx = data.train_path, data.train_rows, data.val_rows
     aug = Augment(crop_padding=a.crop_padding, crop_pad=a.crop_pad, flip=a.flip, flip_mode=a.flip_mode,
                   cutout_size=a.cutout, cutout_prob=a.cutout_prob,
                   cutout_fill=tuple(int(round(m * 255)) for m in d.mean))
@@ -223,12 +220,10 @@ def build_loaders(cfg: Config, data: Dataset, accelerator, per_device_batch: int
     eval_bs, dev = cfg.run.eval_batch_size, accelerator.device
     if d.loader == "tensor":
         x_train, y_train = read_images(train_path)
-        x_test, y_test = read_images(test_path, test_rows)
         train = TensorLoader(x_train[train_idx], y_train[train_idx], batch_size=per_device_batch, device=dev,
                              order=train_order, aug=aug)
         val = None if val_idx is None else TensorLoader(x_train[val_idx], y_train[val_idx], batch_size=eval_bs,
                                                         device=dev, order=shard)
-        test = TensorLoader(x_test, y_test, batch_size=eval_bs, device=dev, order=shard)
     else:
         train = FFCVLoader(Split(train_path, train_idx), batch_size=per_device_batch, device=dev, order=train_order,
                            aug=aug, num_workers=d.num_workers)
@@ -236,9 +231,16 @@ def build_loaders(cfg: Config, data: Dataset, accelerator, per_device_batch: int
         # with repeated images to a multiple of the world size, which would count them twice.
         val = None if val_idx is None else FFCVLoader(Split(train_path, val_idx[rank::world]), batch_size=eval_bs,
                                                       device=dev, num_workers=d.num_workers)
-        test = FFCVLoader(Split(test_path, test_rows[rank::world]), batch_size=eval_bs, device=dev,
-                          num_workers=d.num_workers)
-    return Loaders(train, val, test)
+    return Loaders(train, val, eval_loader(data, data.test_rows, eval_bs, dev, rank, world))
+
+
+def eval_loader(data: Dataset, rows: np.ndarray, batch_size: int, device, rank: int = 0, world: int = 1):
+    """An evaluation loader over `rows` of the test file: the share of process `rank` of `world`."""
+    if data.config.loader == "tensor":
+        x, y = read_images(data.test_path, rows)
+        return TensorLoader(x, y, batch_size=batch_size, device=device, order=Order(rank=rank, world_size=world))
+    return FFCVLoader(Split(data.test_path, rows[rank::world]), batch_size=batch_size, device=device,
+                      num_workers=data.config.num_workers)
 
 
 def lr_rule(peak_lr: float, o, global_batch: int) -> str:

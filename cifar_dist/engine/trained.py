@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from cifar_dist.config import WEIGHTS, Config, ConfigError
-from cifar_dist.data import FFCVLoader, Normalize, Order, Split, TensorLoader, read_images
+from cifar_dist.data import Normalize
 from cifar_dist.dataset import Dataset, open_dataset
 from cifar_dist.engine import checkpoint as ckpt
 from cifar_dist.engine.evaluate import evaluate
@@ -49,10 +49,6 @@ class TrainedRun:
     weights: str  # "best" | "last"
     epoch: int | None  # the epoch the weights are from (1-based)
     val_acc: float | None  # validation accuracy of the best weights, %
-
-    @property
-    def classes(self) -> list[str]:
-        return self.data.classes
 
     @property
     def recorded(self) -> dict[str, Any]:
@@ -124,35 +120,27 @@ def open_run(run_dir: Path, weights: str = "auto", data_dir: str | None = None) 
     return TrainedRun(run_dir, cfg, data, model, normalize, accelerator, which, info["epoch"], info["val_acc"])
 
 
-def test_loader(run: TrainedRun, limit_test: int | None = None):
-    """The run's test split (the same rows: a `data.limit_test` draw is seeded by `data.split_seed`), or
-    `limit_test` images of it (0 = the whole file). Returns (loader, number of images)."""
-    data, d, device = run.data, run.data.config, run.accelerator.device
-    rows = data.test_rows if limit_test is None else data.test_subset(limit_test)
-    bs = run.cfg.run.eval_batch_size
-    if d.loader == "tensor":
-        x, y = read_images(data.test_path, rows)
-        return TensorLoader(x, y, batch_size=bs, device=device, order=Order()), len(rows)
-    return FFCVLoader(Split(data.test_path, rows), batch_size=bs, device=device, num_workers=d.num_workers), len(rows)
-
-
 def evaluate_run(run: TrainedRun, tta: str | None = None, limit_test: int | None = None) -> dict[str, Any]:
     """Test accuracy (%) and loss of the run's weights, per class, and with TTA (the run's mode unless `tta`).
 
     Returns {"acc", "loss", "n", "per_class": [(class, correct, total)], "tta", "tta_acc" (None without TTA)}.
     """
     from cifar_dist.config import CHOICES
+    from cifar_dist.engine.session import eval_loader
 
     mode = run.cfg.run.tta if tta is None else tta
     if mode not in CHOICES["run.tta"]:
         raise RunError(f"--tta: expected one of {', '.join(CHOICES['run.tta'])}, found {mode!r}")
-    loader, n = test_loader(run, limit_test)
-    k = len(run.classes)
+    # the run's test rows (a `data.limit_test` draw is seeded by `data.split_seed`), or `limit_test` of them
+    # (0 = the whole file)
+    rows = run.data.test_rows if limit_test is None else run.data.test_subset(limit_test)
+    loader = eval_loader(run.data, rows, run.cfg.run.eval_batch_size, run.accelerator.device)
+    k = len(run.data.classes)
     plain = evaluate(run.model, loader, run.normalize, run.accelerator, k)
     confusion = plain["confusion"]
-    per_class = [(run.classes[c], int(confusion[c][c]), int(sum(confusion[c]))) for c in range(k)]
+    per_class = [(run.data.classes[c], int(confusion[c][c]), int(sum(confusion[c]))) for c in range(k)]
     tta_acc = evaluate(run.model, loader, run.normalize, run.accelerator, k, mode)["acc"] if mode != "none" else None
-    return {"acc": plain["acc"], "loss": plain["loss"], "n": n, "per_class": per_class, "tta": mode,
+    return {"acc": plain["acc"], "loss": plain["loss"], "n": len(rows), "per_class": per_class, "tta": mode,
             "tta_acc": tta_acc}
 
 
@@ -180,7 +168,7 @@ def predict_images(run: TrainedRun, paths: list[Path], top: int = 3, batch: int 
     data.resolution, mean/std). Returns [{"path", "resized", "top": [(class, probability), ...]}].
     """
     images = [read_image(p) for p in paths]  # every file is checked before any work
-    top = max(1, min(int(top), len(run.classes)))
+    top = max(1, min(int(top), len(run.data.classes)))
     out = []
     for i in range(0, len(paths), batch):
         chunk = images[i:i + batch]
@@ -190,5 +178,5 @@ def predict_images(run: TrainedRun, paths: list[Path], top: int = 3, batch: int 
         p, idx = probs.topk(top, dim=1)
         for j, (_, resized) in enumerate(chunk):
             out.append({"path": paths[i + j], "resized": resized,
-                        "top": [(run.classes[c], float(q)) for c, q in zip(idx[j].tolist(), p[j].tolist())]})
+                        "top": [(run.data.classes[c], float(q)) for c, q in zip(idx[j].tolist(), p[j].tolist())]})
     return out
