@@ -451,7 +451,13 @@ def test_slurm_array_with_a_preempted_worker(tmp_path, tiny_data, slurm_cluster)
     log0 = (sweep_dir / "slurm" / f"{me}.out").read_text()
     assert "requeueing" in log0, log0
     assert log0.count("sweep.sh: search worker") == 2, log0  # the requeued attempt ran
-    number = int(target.name[1:4])
+    # The trial the signal stopped: the one seen training, unless its rung ended before USR1 reached its
+    # trainer (sweep.sh then signals the worker's next trainer): the worker's log names it either way.
+    stopped = re.search(rf"worker {me}: trial (\d+) stopped after", log0)
+    assert stopped, log0
+    number = int(stopped[1])
+    assert number >= int(target.name[1:4]), log0
+    target = sweep_dir / trial_name(number, 0)
     assert f"worker {me}: trial {number} (resumed)" in log0, log0
     trial_log = (sweep_dir / "logs" / f"{target.name}.out").read_text()
     stop = re.search(r"stopped by signal at epoch (\d+) step (\d+)", trial_log)  # the trainer checkpointed
