@@ -13,7 +13,6 @@ Order of a training batch (see `DeviceAugment`, then `TrainTransform`):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -21,18 +20,7 @@ import torch.nn.functional as F
 
 from cifar_dist.config import AugConfig, ConfigError, LossConfig
 
-
-@dataclass(frozen=True)
-class Augment:
-    """What a training loader does to each uint8 batch: random crop, flip, cutout."""
-
-    crop_padding: int = 0  # shift up to this many pixels (0 = no crop)
-    crop_pad: str = "zeros"  # zeros | reflect
-    flip: bool = False  # left-right flip
-    flip_mode: str = "random"  # random (p = 0.5 per image and epoch) | alternating (see DeviceAugment)
-    cutout_size: int = 0  # side of one square filled with cutout_fill (0 = off)
-    cutout_prob: float = 1.0
-    cutout_fill: tuple[int, ...] = (0, 0, 0)
+NO_AUG = AugConfig(crop_padding=0, flip=False)  # the loaders' default: no crop, flip or cutout
 
 
 def batch_generator(seed: int, epoch: int, step: int, rank: int, device: torch.device) -> torch.Generator:
@@ -111,14 +99,16 @@ class DeviceAugment:
     and the FFCV loader give the same images the same augmentation, and a resumed epoch is bit-exact.
     """
 
-    def __init__(self, aug: Augment, n: int, seed: int, rank: int, device: torch.device):
-        """`n`: images in the split (alternating flips are drawn for each)."""
+    def __init__(self, aug: AugConfig, cutout_fill: tuple[int, ...], n: int, seed: int, rank: int,
+                 device: torch.device):
+        """`cutout_fill`: the uint8 colour of the cutout square; `n`: images in the split (alternating flips are
+        drawn for each)."""
         self.aug, self.seed, self.rank, self.device = aug, seed, rank, torch.device(device)
         self.base_flips = None
         if aug.flip and aug.flip_mode == "alternating":
             g = torch.Generator().manual_seed(seed * 7919 + 104_729)
             self.base_flips = (torch.rand(n, generator=g) < 0.5).to(self.device)
-        self.cutout_fill = torch.tensor(aug.cutout_fill, dtype=torch.uint8, device=self.device)
+        self.cutout_fill = torch.tensor(cutout_fill, dtype=torch.uint8, device=self.device)
 
     @property
     def needs_rows(self) -> bool:
@@ -128,14 +118,14 @@ class DeviceAugment:
     def __call__(self, x: torch.Tensor, rows: torch.Tensor | None, epoch: int, step: int) -> torch.Tensor:
         """x: uint8 (B, C, H, W) on the device; rows: (B,) positions of its images in the split, on the device."""
         a = self.aug
-        if not (a.crop_padding or a.flip or a.cutout_size):
+        if not (a.crop_padding or a.flip or a.cutout):
             return x
         g = batch_generator(self.seed, epoch, step, self.rank, x.device)
         if a.crop_padding or a.flip:
             flip = a.flip if self.base_flips is None else self.base_flips[rows] ^ bool(epoch % 2)
             x = crop_flip(x, a.crop_padding, flip, g, a.crop_pad)
-        if a.cutout_size:
-            x = cutout(x, a.cutout_size, a.cutout_prob, self.cutout_fill, g)
+        if a.cutout:
+            x = cutout(x, a.cutout, a.cutout_prob, self.cutout_fill, g)
         return x
 
 

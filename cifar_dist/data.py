@@ -30,7 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cifar_dist.augment import Augment, DeviceAugment
+from cifar_dist.augment import NO_AUG, DeviceAugment
+from cifar_dist.config import AugConfig
 from cifar_dist.errors import InputError
 
 
@@ -158,7 +159,8 @@ class TensorLoader:
     """
 
     def __init__(self, images: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, *, batch_size: int,
-                 device: torch.device | str = "cpu", order: Order = Order(), aug: Augment = Augment()):
+                 device: torch.device | str = "cpu", order: Order = Order(), aug: AugConfig = NO_AUG,
+                 cutout_fill: tuple[int, ...] = (0, 0, 0)):
         self.device = torch.device(device)
         imgs = torch.as_tensor(images)
         if imgs.ndim != 4:
@@ -168,7 +170,7 @@ class TensorLoader:
         self.images = imgs.contiguous().to(self.device)
         self.labels = torch.as_tensor(labels, dtype=torch.int64).to(self.device)
         self.batch_size, self.order, self.train = batch_size, order, order.train
-        self.augment = DeviceAugment(aug, len(self.labels), order.seed, order.rank, self.device)
+        self.augment = DeviceAugment(aug, cutout_fill, len(self.labels), order.seed, order.rank, self.device)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -236,7 +238,7 @@ class FFCVLoader:
     """
 
     def __init__(self, split: Split, *, batch_size: int, device: torch.device | str = "cpu", order: Order = Order(),
-                 aug: Augment = Augment(), num_workers: int = 2):
+                 aug: AugConfig = NO_AUG, cutout_fill: tuple[int, ...] = (0, 0, 0), num_workers: int = 2):
         """`order.world_size > 1` shards with FFCV's `distributed=True` (rank from torch.distributed)."""
         from ffcv.loader import Loader, OrderOption
 
@@ -245,7 +247,7 @@ class FFCVLoader:
         self.train, self.batch_size = order.train, batch_size
         self.indices = None if split.indices is None else np.asarray(split.indices)
         n = len(read_labels(split.path)) if self.indices is None else len(self.indices)  # tables, not images
-        self.augment = DeviceAugment(aug, n, order.seed, order.rank, self.device)
+        self.augment = DeviceAugment(aug, cutout_fill, n, order.seed, order.rank, self.device)
         self.loader = Loader(
             str(split.path),
             batch_size=batch_size,

@@ -25,9 +25,7 @@ from dataclasses import fields
 
 from cifar_dist.errors import EXIT_BAD_INPUT, EXIT_OK, InputError
 from cifar_dist.run_dir import is_rank0
-from cifar_dist.schema import FlagError, parse, schema_help
-
-__all__ = ["FlagError", "run_schema"]
+from cifar_dist.schema import parse, schema_help
 
 QUIET_RANK_WAIT_S = 30.0  # how long a silent process gives the reporting one to print and exit first
 

@@ -64,7 +64,9 @@ def type_name(tp: Any) -> str:
     """An annotation as its source spells it: `int`, `tuple[float, ...]`, `bool | None`."""
     if isinstance(tp, str):  # `from __future__ import annotations`: the source text itself
         return tp
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+    if isinstance(tp, type) and typing.get_origin(tp) is None:
+        return tp.__name__
+    return str(tp).replace("typing.", "").replace("collections.abc.", "")
 
 
 def coerce(key: str, tp: Any, value: Any) -> Any:

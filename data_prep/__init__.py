@@ -16,7 +16,8 @@ Importing this package does not import FFCV (that happens on first read; writes 
 from .arrays import SourceData, SplitArrays
 from .beton import read_beton, read_labels, verify_split
 from .errors import DataPrepError
-from .writer import PrepOptions, output_paths, write_beton
+from .options import PrepOptions
+from .writer import output_paths, write_beton
 
 __all__ = [
     "DataPrepError",

@@ -25,7 +25,8 @@ from cifar_dist.runner import run_schema
 from cifar_dist.schema import opt
 
 from .errors import DataPrepError
-from .writer import PrepOptions, output_paths, write_beton
+from .options import PrepOptions
+from .writer import output_paths, write_beton
 
 PROG = "python -m data_prep"
 

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from .arrays import SplitArrays
 from .errors import DataPrepError
+from .options import PrepOptions
 
 CHUNK = 100  # samples per work item of an FFCV writer worker (data_prep.ffcv_child)
 TIMEOUT_BASE = 300.0  # seconds a split may take: this much plus TIMEOUT_PER_IMAGE per image
@@ -53,21 +54,10 @@ class SplitJob:
     def workers_cap(self) -> int:
         return -(-len(self.split) // CHUNK)  # FFCV hands out work in chunks of CHUNK samples
 
-
-@dataclass(frozen=True)
-class WriterSettings:
-    """How to write: the image field's mode ("raw" or "jpg") and JPEG quality, FFCV writer worker
-    processes, a progress bar on stderr, and the seconds a split may take (None: TIMEOUT_BASE +
-    TIMEOUT_PER_IMAGE per image; the first split's time includes importing FFCV)."""
-
-    mode: str
-    jpeg_quality: int
-    num_workers: int = 2
-    progress: bool = False
-    timeout: float | None = None
-
-    def seconds(self, job: SplitJob) -> float:
-        return self.timeout if self.timeout is not None else TIMEOUT_BASE + TIMEOUT_PER_IMAGE * len(job.split)
+    def seconds(self, timeout: float | None) -> float:
+        """The seconds this split may take: `timeout`, or when None TIMEOUT_BASE + TIMEOUT_PER_IMAGE per image
+        (the first split's time includes importing FFCV)."""
+        return timeout if timeout is not None else TIMEOUT_BASE + TIMEOUT_PER_IMAGE * len(self.split)
 
 
 @dataclass
@@ -77,11 +67,13 @@ class _Outcome:
     current: int = 0  # the split being written
 
 
-def write_splits(jobs: list[SplitJob], settings: WriterSettings) -> None:
-    """Write every job's split to its path in one child process; raise DataPrepError on a failure or timeout."""
-    cmd = [sys.executable, "-m", "data_prep.ffcv_child", settings.mode, str(settings.jpeg_quality)]
+def write_splits(jobs: list[SplitJob], opts: PrepOptions) -> None:
+    """Write every job's split to its path in one child process; raise DataPrepError on a failure or timeout.
+    `opts` gives the image field's mode and JPEG quality, the FFCV writer's worker processes, the progress bar
+    and the deadline (write_timeout)."""
+    cmd = [sys.executable, "-m", "data_prep.ffcv_child", opts.mode, str(opts.jpeg_quality)]
     for job in jobs:
-        cmd += [str(job.path), str(len(job.split)), str(max(1, min(settings.num_workers, job.workers_cap)))]
+        cmd += [str(job.path), str(len(job.split)), str(max(1, min(opts.num_workers, job.workers_cap)))]
     with tempfile.TemporaryFile() as log:
         try:
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
@@ -91,7 +83,7 @@ def write_splits(jobs: list[SplitJob], settings: WriterSettings) -> None:
         feeder = threading.Thread(target=_feed, args=(proc.stdin, jobs), name="feed-ffcv-writer", daemon=True)
         try:
             feeder.start()
-            outcome = _follow(proc, jobs, settings)
+            outcome = _follow(proc, jobs, opts)
         finally:
             end_session(proc)
             feeder.join(timeout=5)
@@ -100,7 +92,7 @@ def write_splits(jobs: list[SplitJob], settings: WriterSettings) -> None:
                     stream.close()
         job = jobs[min(outcome.current, len(jobs) - 1)]
         if outcome.status is None:
-            raise DataPrepError(job.shown, f"the FFCV writer to finish within {settings.seconds(job):g} s",
+            raise DataPrepError(job.shown, f"the FFCV writer to finish within {job.seconds(opts.write_timeout):g} s",
                                 "no result in time (its processes were stopped)")
         if outcome.status != 0:
             raise DataPrepError(job.shown, "the FFCV writer to encode every sample", _failure(outcome, log))
@@ -124,10 +116,10 @@ def _feed(stream: IO[bytes], jobs: list[SplitJob]) -> None:
         pass
 
 
-def _follow(proc: subprocess.Popen, jobs: list[SplitJob], settings: WriterSettings) -> _Outcome:
+def _follow(proc: subprocess.Popen, jobs: list[SplitJob], opts: PrepOptions) -> _Outcome:
     """Read the child's protocol lines until it exits or the split being written misses its deadline."""
     outcome = _Outcome()
-    deadline = time.monotonic() + settings.seconds(jobs[0])
+    deadline = time.monotonic() + jobs[0].seconds(opts.write_timeout)
     bar: tqdm | None = None
     pending = b""
     with selectors.DefaultSelector() as sel, contextlib.ExitStack() as stack:
@@ -145,9 +137,9 @@ def _follow(proc: subprocess.Popen, jobs: list[SplitJob], settings: WriterSettin
                 if kind == "start" and rest.isdigit() and int(rest) < len(jobs):
                     outcome.current = int(rest)
                     job = jobs[outcome.current]
-                    deadline = time.monotonic() + settings.seconds(job)
+                    deadline = time.monotonic() + job.seconds(opts.write_timeout)
                     bar = tqdm(total=len(job.split), desc=f"write {job.shown.name}", unit="img",
-                               disable=not settings.progress)
+                               disable=not opts.show_progress)
                 elif kind == "done" and rest.isdigit() and bar is not None:
                     bar.update(max(0, min(int(rest), bar.total) - bar.n))
                 elif kind == "wrote" and bar is not None:

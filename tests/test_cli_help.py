@@ -76,7 +76,7 @@ def _set_help(monkeypatch, schema: type, name: str, text: str) -> None:
 
 def test_prepare_help_is_read_from_the_fields(monkeypatch, capsys):
     """The help of a PrepOptions field changed in the schema is what `prepare --help` prints, nothing stale."""
-    from data_prep.writer import PrepOptions
+    from data_prep.options import PrepOptions
 
     _set_help(monkeypatch, PrepOptions, "jpeg_quality", "quality text changed by the test")
     rc, out, err = run(capsys, "prepare", "--help")

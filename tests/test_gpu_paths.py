@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from cifar_dist.data import Augment, FFCVLoader, Order, Split, beton_paths, ffcv_pipelines
+from cifar_dist.config import AugConfig
+from cifar_dist.data import FFCVLoader, Order, Split, beton_paths, ffcv_pipelines
 
 
 def declared(ops, state):
@@ -49,7 +50,7 @@ def test_ffcv_batches_are_on_the_requested_device(tiny_data, train):
     train_path, _ = beton_paths(data_dir, name)
     device = torch.device("cpu")
     loader = FFCVLoader(Split(train_path), batch_size=64, device=device, order=Order(train=train, seed=1),
-                        aug=Augment(crop_padding=4, flip=True, cutout_size=8), num_workers=1)
+                        aug=AugConfig(crop_padding=4, flip=True, cutout=8), num_workers=1)
     n = 0
     for x, y in loader:
         assert x.device == device and y.device == device

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from cifar_dist.augment import Augment, crop_flip, cutout
+from cifar_dist.augment import crop_flip, cutout
+from cifar_dist.config import AugConfig
 from cifar_dist.data import (
     FFCVLoader,
     Normalize,
@@ -105,8 +106,8 @@ def test_training_shards_split_each_global_batch(arrays):
 
 def test_train_order_is_a_function_of_seed_and_epoch(arrays):
     x_np, y_np = arrays["train"]
-    a = TensorLoader(x_np, y_np, batch_size=50, order=Order(train=True, seed=0), aug=Augment(crop_padding=4, flip=True, cutout_size=8))
-    b = TensorLoader(x_np, y_np, batch_size=50, order=Order(train=True, seed=0), aug=Augment(crop_padding=4, flip=True, cutout_size=8))
+    a = TensorLoader(x_np, y_np, batch_size=50, order=Order(train=True, seed=0), aug=AugConfig(crop_padding=4, flip=True, cutout=8))
+    b = TensorLoader(x_np, y_np, batch_size=50, order=Order(train=True, seed=0), aug=AugConfig(crop_padding=4, flip=True, cutout=8))
     a.set_epoch(3)
     b.set_epoch(3)
     full = collect(a)[0]
@@ -154,12 +155,12 @@ def test_crop_flip_cutout_ops():
     assert torch.equal(cutout(img, 8, 0.0, fill, g), img)
 
 
-@pytest.mark.parametrize("aug", [
-    Augment(crop_padding=2, crop_pad="reflect", flip=True, flip_mode="alternating"),  # the `fast` recipe's
-    Augment(crop_padding=4, flip=True, cutout_size=8, cutout_prob=0.5, cutout_fill=(125, 123, 114)),
+@pytest.mark.parametrize(("aug", "fill"), [
+    (AugConfig(crop_padding=2, crop_pad="reflect", flip=True, flip_mode="alternating"), (0, 0, 0)),  # `fast`'s
+    (AugConfig(crop_padding=4, flip=True, cutout=8, cutout_prob=0.5), (125, 123, 114)),
 ], ids=["reflect_alternating", "zeros_random_cutout"])
 @pytest.mark.slow
-def test_ffcv_and_tensor_loaders_give_the_same_images_the_same_augmentation(tiny_data, arrays, aug):
+def test_ffcv_and_tensor_loaders_give_the_same_images_the_same_augmentation(tiny_data, arrays, aug, fill):
     """FFCV's batches (which images: read from an unaugmented FFCV loader with the same order, matched by their
     pixels) come out exactly as the tensor loader's augmentation makes them, epoch after epoch, on a sub-split
     (positions in the split, not rows of the file, key the alternating flips)."""
@@ -169,8 +170,8 @@ def test_ffcv_and_tensor_loaders_give_the_same_images_the_same_augmentation(tiny
     position = {img.tobytes(): i for i, img in enumerate(x_np[rows])}
     assert len(position) == len(rows)  # every image is unique: pixels identify it
     order = Order(train=True, seed=3)
-    tensor = TensorLoader(x_np[rows], y_np[rows], batch_size=32, order=order, aug=aug)
-    ffcv = FFCVLoader(Split(train, rows), batch_size=32, num_workers=1, order=order, aug=aug)
+    tensor = TensorLoader(x_np[rows], y_np[rows], batch_size=32, order=order, aug=aug, cutout_fill=fill)
+    ffcv = FFCVLoader(Split(train, rows), batch_size=32, num_workers=1, order=order, aug=aug, cutout_fill=fill)
     plain = FFCVLoader(Split(train, rows), batch_size=32, num_workers=1, order=order)
     for epoch in (0, 1, 2):
         ffcv.set_epoch(epoch)
@@ -194,7 +195,7 @@ def test_alternating_flips_mirror_each_image_every_other_epoch_on_the_ffcv_loade
     original = {img.tobytes(): i for i, img in enumerate(x_np)}
     mirrored = {img[:, ::-1].tobytes(): i for i, img in enumerate(x_np)}
     loader = FFCVLoader(Split(train), batch_size=50, num_workers=1, order=Order(train=True, seed=5),
-                        aug=Augment(flip=True, flip_mode="alternating"))
+                        aug=AugConfig(crop_padding=0, flip=True, flip_mode="alternating"))
     flipped = []
     for epoch in (0, 1):
         loader.set_epoch(epoch)

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from cifar_dist.augment import Augment, crop_flip
+from cifar_dist.augment import crop_flip
+from cifar_dist.config import AugConfig
 from cifar_dist.data import Order, TensorLoader
 from cifar_dist.lookahead import LookaheadEMA
 from cifar_dist.models import count_params, create_model
@@ -80,7 +81,7 @@ def test_alternating_flip_flips_each_image_the_other_way_every_other_epoch():
     images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 3, 4, 4).clone()
     images[:, :, :, 0] = 255  # a marker column: left edge, or right edge when flipped
     labels = torch.arange(n) % 10
-    loader = TensorLoader(images, labels, batch_size=16, order=Order(train=True, seed=5), aug=Augment(flip=True, flip_mode="alternating"))
+    loader = TensorLoader(images, labels, batch_size=16, order=Order(train=True, seed=5), aug=AugConfig(crop_padding=0, flip=True, flip_mode="alternating"))
     seen = []
     for epoch in range(4):
         loader.set_epoch(epoch)

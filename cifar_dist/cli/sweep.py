@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from cifar_dist import sweep as sweeps
 from cifar_dist.cli.dispatch import dispatch, subcommands
 from cifar_dist.errors import EXIT_BAD_INPUT, EXIT_OK, InputError, did_you_mean
-from cifar_dist.runner import FlagError, run_schema
-from cifar_dist.schema import after_dashes, opt
+from cifar_dist.runner import run_schema
+from cifar_dist.schema import FlagError, after_dashes, opt
 from cifar_dist.sweep import local, plan, slurm, status
 from cifar_dist.sweep.worker import run_worker
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cifar_dist.augment import Augment, BatchMixer, TrainTransform
+from cifar_dist.augment import BatchMixer, TrainTransform
 from cifar_dist.config import Config, ConfigError, dump_yaml
 from cifar_dist.data import (
     FFCVLoader,
@@ -209,11 +209,9 @@ def build_parts(cfg: Config, accelerator, model: torch.nn.Module, steps_per_epoc
 
 def build_loaders(cfg: Config, data: Dataset, accelerator, per_device_batch: int) -> Loaders:
     """Train, validation and test loaders for this process, over the rows of `data`."""
-    d, a = data.config, cfg.aug
+    d = data.config
     train_path, train_idx, val_idx = data.train_path, data.train_rows, data.val_rows
-    aug = Augment(crop_padding=a.crop_padding, crop_pad=a.crop_pad, flip=a.flip, flip_mode=a.flip_mode,
-                  cutout_size=a.cutout, cutout_prob=a.cutout_prob,
-                  cutout_fill=tuple(int(round(m * 255)) for m in d.mean))
+    fill = tuple(int(round(m * 255)) for m in d.mean)  # cutout fills with the mean colour
     rank, world = accelerator.process_index, accelerator.num_processes
     shard = Order(rank=rank, world_size=world)
     train_order = Order(train=True, seed=cfg.run.seed, rank=rank, world_size=world)
@@ -221,12 +219,12 @@ def build_loaders(cfg: Config, data: Dataset, accelerator, per_device_batch: int
     if d.loader == "tensor":
         x_train, y_train = read_images(train_path)
         train = TensorLoader(x_train[train_idx], y_train[train_idx], batch_size=per_device_batch, device=dev,
-                             order=train_order, aug=aug)
+                             order=train_order, aug=cfg.aug, cutout_fill=fill)
         val = None if val_idx is None else TensorLoader(x_train[val_idx], y_train[val_idx], batch_size=eval_bs,
                                                         device=dev, order=shard)
     else:
         train = FFCVLoader(Split(train_path, train_idx), batch_size=per_device_batch, device=dev, order=train_order,
-                           aug=aug, num_workers=d.num_workers)
+                           aug=cfg.aug, cutout_fill=fill, num_workers=d.num_workers)
         # Evaluation shards are rank-strided rows, not FFCV's distributed order: that pads the split
         # with repeated images to a multiple of the world size, which would count them twice.
         val = None if val_idx is None else FFCVLoader(Split(train_path, val_idx[rank::world]), batch_size=eval_bs,

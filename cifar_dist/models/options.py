@@ -21,6 +21,7 @@ from cifar_dist.models.layers import dirac_init_
 from cifar_dist.models.registry import MODEL_REGISTRY, TIMM_PREFIX, count_params, create_model, get_entry
 from cifar_dist.models.timm_models import TIMM_OPTION_TYPES
 from cifar_dist.overrides import coerce_value
+from cifar_dist.schema import type_name
 
 
 def check_options(m: ModelConfig) -> ModelConfig:
@@ -83,12 +84,6 @@ def build_model(m: ModelConfig, num_classes: int) -> nn.Module:
     return model
 
 
-def _type_name(tp: Any) -> str:
-    if isinstance(tp, type) and typing.get_origin(tp) is None:
-        return tp.__name__
-    return str(tp).replace("typing.", "").replace("collections.abc.", "")
-
-
 def _show(value: Any) -> str:
     return str(list(value)) if isinstance(value, tuple) else str(value)
 
@@ -101,7 +96,7 @@ def options_help() -> str:
         entry = MODEL_REGISTRY[name]
         lines.append(f"  {name}:" + ("" if entry.options else " no options"))
         for opt, default in entry.options.items():
-            lines.append(f"    --model.{opt}={_show(default)}  ({_type_name(entry.option_types[opt])})")
+            lines.append(f"    --model.{opt}={_show(default)}  ({type_name(entry.option_types[opt])})")
     lines.append(f"  {TIMM_PREFIX}<name>:")
     lines.append("    --model.cifar_stem=False  (bool)  3x3 stride-1 stem, no max-pool")
     lines.append("    --model.dropout=<timm default>  (float)  timm's drop_rate")
