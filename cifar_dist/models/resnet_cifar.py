@@ -24,13 +24,15 @@ class ResNetCIFAR(nn.Module):
     it (that is why the seed's budget notebook reports the same count for pool 2/4/8/16; only pool 4 runs
     at 32×32 with four stages). Any other combination raises ``ValueError`` in forward.
     The defaults are the registered builder's (``resnet18_cifar``). ``stem_width`` (default ``width``) and
-    ``block_dropout`` (between the convs of every block) serve TPSNet; ``name`` is the model in error messages.
+    ``block_dropout`` (between the convs of every block) serve TPSNet; ``model_name`` is the model in error messages.
     """
 
+    model_name = "resnet18_cifar"
+
     def __init__(self, num_classes: int, blocks: Sequence[int], width: int, shortcut_kernel: int,
-                 pool_size: int | None, dropout: float, stem_width: int | None = None, block_dropout: float = 0.0,
-                 name: str = "resnet18_cifar"):
+                 pool_size: int | None, dropout: float, stem_width: int | None = None, block_dropout: float = 0.0):
         super().__init__()
+        name = self.model_name
         blocks = tuple(int(b) for b in blocks)
         if not blocks or min(blocks) < 1:
             raise ValueError(f"{name}: blocks must be a non-empty list of positive ints, got {blocks}")

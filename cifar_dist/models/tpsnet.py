@@ -22,7 +22,9 @@ class TPSNet(ResNetCIFAR):
     convs of every block (its block_p; commented out in the released model, hence off by default).
     """
 
+    model_name = "tpsnet"
+
     def __init__(self, num_classes: int = 10, blocks: Sequence[int] = (13, 13, 13), c1: int = 16, k: int = 2,
                  dropout: float = 0.0, block_dropout: float = 0.0):
         super().__init__(num_classes, blocks, k * c1, 1, None, dropout, stem_width=c1,
-                         block_dropout=block_dropout, name="tpsnet")
+                         block_dropout=block_dropout)
