@@ -83,8 +83,8 @@ def loader_rows(report: Report, data_dir: Path, name: str, device_name: str) -> 
     """One epoch of each loader on the device after a warm-up epoch; every batch's device asserted."""
     import torch
 
-    from cifar_dist.config import DataConfig
-    from cifar_dist.data import Augment, FFCVLoader, Order, Split, TensorLoader, read_images, usable_cpus
+    from cifar_dist.config import AugConfig, DataConfig
+    from cifar_dist.data import FFCVLoader, Order, Split, TensorLoader, read_images, usable_cpus
     from cifar_dist.dataset import open_dataset
 
     device = torch.device(device_name)
@@ -93,7 +93,7 @@ def loader_rows(report: Report, data_dir: Path, name: str, device_name: str) -> 
     train_path, test_path = data.train_path, data.test_path
     workers = max(1, usable_cpus())
     bs = min(512, max(1, len(data.test_rows) // 4))  # full batches on a small data set too
-    fast_aug = Augment(crop_padding=2, crop_pad="reflect", flip=True, flip_mode="alternating")
+    fast_aug = AugConfig(crop_padding=2, crop_pad="reflect", flip=True, flip_mode="alternating")
     makers = {
         "loader ffcv train": lambda: FFCVLoader(Split(train_path), batch_size=bs, device=device,
                                                 order=Order(train=True), aug=fast_aug, num_workers=workers),

@@ -69,8 +69,8 @@ def main() -> None:
     import torchvision.transforms as T
     from PIL import Image
 
+    from cifar_dist.config import AugConfig
     from cifar_dist.data import (
-        Augment,
         FFCVLoader,
         Normalize,
         Order,
@@ -107,8 +107,8 @@ def main() -> None:
         for xb, yb in dl:
             yield xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
 
-    ffcv = FFCVLoader(Split(train_path), batch_size=args.batch, num_workers=threads, device=device, order=Order(train=True, seed=0), aug=Augment(crop_padding=4, flip=True))
-    tensor = TensorLoader(x, y, batch_size=args.batch, device=device, order=Order(train=True, seed=0), aug=Augment(crop_padding=4, flip=True))
+    ffcv = FFCVLoader(Split(train_path), batch_size=args.batch, num_workers=threads, device=device, order=Order(train=True, seed=0), aug=AugConfig(crop_padding=4, flip=True))
+    tensor = TensorLoader(x, y, batch_size=args.batch, device=device, order=Order(train=True, seed=0), aug=AugConfig(crop_padding=4, flip=True))
 
     def normalised(loader):
         def it(epoch):
