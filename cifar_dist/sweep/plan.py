@@ -5,6 +5,7 @@ one builder of trainer flags: a grid run's and a search trial segment's."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import re
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cifar_dist.config import ConfigError, flatten, to_dict
+from cifar_dist.config import ConfigError, ModelOptions, flatten, to_dict
 from cifar_dist.files import atomic_write_text
 from cifar_dist.presets import resolve
 from cifar_dist.run_dir import STUDY_FILE, SWEEP_FILE, RunDir, read_sweep_json, run_name, trial_name
@@ -110,28 +111,19 @@ def _canonical(cfg, key: str) -> Any:
     return flatten(to_dict(cfg))[key]  # model options sit flat in the model section, tuples as lists
 
 
-_PARAM_CACHE: dict[tuple, int] = {}
+@functools.cache
+def count_model_params(name: str, options: ModelOptions) -> int:
+    """Trainable parameters of a model at 10 classes; built on the meta device (no memory, no init), cached
+    (ModelOptions is hashable)."""
+    import torch
 
+    from cifar_dist.models import count_params, create_model
 
-def _freeze(v: Any) -> Any:
-    return tuple(_freeze(x) for x in v) if isinstance(v, (list, tuple)) else v
-
-
-def count_model_params(name: str, options: dict[str, Any]) -> int:
-    """Trainable parameters of a model at 10 classes; built on the meta device (no memory, no init), cached."""
-    key = (name, tuple(sorted((k, _freeze(v)) for k, v in options.items())))
-    if key not in _PARAM_CACHE:
-        import torch
-
-        from cifar_dist.models import count_params, create_model
-
-        try:
-            with torch.device("meta"):
-                n = count_params(create_model(name, num_classes=10, **options))
-        except (RuntimeError, NotImplementedError):  # a model that cannot be built on the meta device
-            n = count_params(create_model(name, num_classes=10, **options))
-        _PARAM_CACHE[key] = n
-    return _PARAM_CACHE[key]
+    try:
+        with torch.device("meta"):
+            return count_params(create_model(name, num_classes=10, **options))
+    except (RuntimeError, NotImplementedError):  # a model that cannot be built on the meta device
+        return count_params(create_model(name, num_classes=10, **options))
 
 
 def _resolve_cell(spec: Spec, n: int, over: dict[str, Any]):
@@ -152,7 +144,7 @@ def _resolve_cell(spec: Spec, n: int, over: dict[str, Any]):
 
 def _params(spec: Spec, n: int, cfg, over: dict[str, Any]) -> int:
     try:
-        return count_model_params(cfg.model.name, dict(cfg.model.options))
+        return count_model_params(cfg.model.name, cfg.model.options)
     except ValueError as e:  # an option the model does not take, an unknown model
         raise SpecError(f"{spec.path}: candidate {n} ({describe(over)}): {e}") from e
 
