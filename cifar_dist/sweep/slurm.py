@@ -38,11 +38,6 @@ def array_ranges(indices: list[int]) -> str:
     return ",".join(parts)
 
 
-def _display_path(p: Path) -> str:
-    rel = os.path.relpath(p)
-    return str(p) if rel.startswith("..") else rel
-
-
 def sbatch_command(sweep: Sweep, indices: list[int], parallel: int, extra: list[str] | None = None) -> list[str]:
     """The sbatch command line of a job array over `indices` (array index = run index)."""
     cmd = ["sbatch", f"--job-name={sweep.spec.name}", f"--array={array_ranges(indices)}%{parallel}",
@@ -53,7 +48,8 @@ def sbatch_command(sweep: Sweep, indices: list[int], parallel: int, extra: list[
     # GPUs only where the partition has them, never more CPUs than a node has (sweep.sh asks for neither);
     # nothing where sinfo does not answer
     resources = task_resources(given, ask(["sinfo", "-h", "-N", "-o", SINFO_FORMAT]), parallel)
-    cmd += [*resources, *given, _display_path(SWEEP_SCRIPT), str(sweep.spec.path)]
+    script = os.path.relpath(SWEEP_SCRIPT)  # relative only below the working directory
+    cmd += [*resources, *given, str(SWEEP_SCRIPT) if script.startswith("..") else script, str(sweep.spec.path)]
     return cmd
 
 
