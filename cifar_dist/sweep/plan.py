@@ -263,12 +263,10 @@ def search_record(spec: Spec) -> dict[str, Any]:
             "sampler": s.sampler, "seed": s.seed, "space": space, "study": STUDY_FILE}
 
 
-def write_sweep_json(sweep: Sweep) -> Path:
+def write_sweep_json(sweep: Sweep) -> None:
     """Write sweep.json, first refusing a changed spec that would give a started run another config."""
-    path = sweep.dir / SWEEP_FILE
     check_unchanged(sweep, read_sweep_json(sweep.dir))
-    atomic_write_text(path, json.dumps(sweep_record(sweep), indent=1) + "\n")
-    return path
+    atomic_write_text(sweep.dir / SWEEP_FILE, json.dumps(sweep_record(sweep), indent=1) + "\n")
 
 
 def check_unchanged(sweep: Sweep, old: dict[str, Any] | None) -> None:
