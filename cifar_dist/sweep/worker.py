@@ -76,7 +76,8 @@ class Worker:
         self.stop = 0
         self.proc: subprocess.Popen | None = None
         self.launch = shlex.split(os.environ.get(LAUNCH_ENV, "")) or None
-        self.env = trainer_env(drop=(LAUNCH_ENV,))
+        self.env = trainer_env()
+        self.env.pop(LAUNCH_ENV, None)
         self.store = None  # the study's storage, once `run` opened the study
 
     def check_budget(self, over: dict[str, Any]) -> str | None:
