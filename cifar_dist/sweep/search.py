@@ -46,16 +46,12 @@ def all_rungs(search: Search) -> list[int]:
     return sorted({e for b in range(n_brackets(search)) for e in bracket_rungs(search, b)})
 
 
-def _allocation(search: Search) -> list[int]:
-    n = n_brackets(search)
-    return [math.ceil(n * search.reduction_factor ** (n - 1 - b) / (n - b)) for b in range(n)]
-
-
 def bracket_of(search: Search, study_name: str, number: int) -> int:
     """Trial `number`'s Hyperband bracket, by Optuna's rule (HyperbandPruner._get_bracket_id); 0 for asha."""
     if search.pruner == "asha":
         return 0
-    budgets = _allocation(search)
+    brackets, eta = n_brackets(search), search.reduction_factor
+    budgets = [math.ceil(brackets * eta ** (brackets - 1 - b) / (brackets - b)) for b in range(brackets)]
     n = binascii.crc32(f"{study_name}_{number}".encode()) % sum(budgets)
     for b, budget in enumerate(budgets):
         n -= budget
