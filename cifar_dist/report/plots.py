@@ -179,10 +179,8 @@ def _slug(text: str) -> str:
 
 
 def sweep_figures(sweep: SweepResults) -> list[tuple[str, str, Any]]:
-    """[(file name, title, Figure)] for a sweep, only figures that carry information: accuracy per epoch by
-    each key that varies alone (`SweepResults.keys_alone`), else per cell, for the test split and the
-    validation split when there is one; accuracy against parameters when the cells differ in size; the
-    losses. Curves need two epochs or more. Every cell has one colour in every figure."""
+    """[(file name, title, Figure)] for a sweep: those of report_plots/ in the package docstring that carry
+    information (a key that varies alone: `SweepResults.keys_alone`)."""
     cells = [c for c in sweep.cells if c.runs]
     colours = cell_colours(cells)
     keys = sweep.varying_keys
