@@ -135,8 +135,7 @@ class LocalRunner:
 
 
 def run_local(sweep: Sweep, parallel: int, procs: int) -> int:
-    """Run every unfinished run of the sweep here (a search: `parallel` local workers sharing its study),
-    `parallel` at a time; SIGINT/SIGTERM checkpoint the runs (trials) and stop."""
+    """`sweep run` (the module docstring): a line per run started and ended, a summary; the exit status."""
     name, logs, runs = sweep.spec.name, sweep.dir / "logs", sweep.runs
     if sweep.spec.search is not None:
         todo: list[Run | WorkerSlot] = [WorkerSlot(i, f"local-{i}", sweep.dir / "workers" / f"local-{i}")
@@ -181,8 +180,7 @@ class LocalBackend:
     name: str = field(default="local", init=False)
 
     def run(self, sweep: Sweep, runs: list[Run | WorkerSlot], parallel: int) -> LocalRunner:
-        """Train `runs` (a search: its workers) `parallel` at a time, SIGINT/SIGTERM forwarded to them as
-        SIGTERM; the runner, with its counts."""
+        """Train `runs` (a search: its workers) as the module docstring says; the runner, with its counts."""
         runner = (WorkerRunner if sweep.spec.search is not None else LocalRunner)(sweep, self.procs)
         with handling(runner.on_signal, signal.SIGINT, signal.SIGTERM):
             runner.run(list(runs), parallel)
