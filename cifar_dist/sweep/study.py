@@ -49,16 +49,6 @@ MAX_TAKEOVERS = 2  # a trial whose worker died more often than this is marked fa
 STALE_BEATS = 3  # a lease is stale after this many missed heartbeats
 
 
-def storage(sweep: Sweep):
-    """The study's JournalStorage (the sweep directory is created if needed)."""
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
-
-    path = sweep.dir / STUDY_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return replayed(path, lambda: JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileSymlinkLock(str(path)))))
-
-
 def make_sampler(search: Search, number: int = 0):
     """The sampler for trial `number`, seeded by (search.seed, number): a trial's random draws do not depend
     on which worker asks for it (TPE's later proposals still depend on the trials finished before)."""
@@ -81,14 +71,19 @@ def make_pruner(search: Search):
 
 
 def open_study(sweep: Sweep):
-    """Create or load the sweep's study (named after the sweep); returns (study, the storage it is kept in):
-    the storage's public API addresses a trial by id (`trial_id`), which the study keeps to itself."""
+    """Create or load the sweep's study (named after the sweep; the sweep directory is created if needed);
+    returns (study, its JournalStorage): the storage's public API addresses a trial by id (`trial_id`), which
+    the study keeps to itself."""
     import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 
     search = sweep.spec.search
     assert search is not None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    store = storage(sweep)
+    path = sweep.dir / STUDY_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    store = replayed(path, lambda: JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileSymlinkLock(str(path)))))
     study = optuna.create_study(storage=store, study_name=sweep.spec.name, direction=search.direction,
                                 sampler=make_sampler(search), pruner=make_pruner(search), load_if_exists=True)
     return study, store
