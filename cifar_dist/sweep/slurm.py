@@ -45,8 +45,7 @@ def sbatch_command(sweep: Sweep, indices: list[int], parallel: int, extra: list[
     if Path.cwd().resolve() != root():  # sweep.sh finds the code through the submit directory otherwise
         cmd.append(f"--export=ALL,CIFAR_DIST_ROOT={root()}")
     given = [*sweep.spec.sbatch, *(extra or [])]
-    # GPUs only where the partition has them, never more CPUs than a node has (sweep.sh asks for neither);
-    # nothing where sinfo does not answer
+    # the GPUs and CPUs the partition can give (the rules: cluster.py; sweep.sh asks for neither)
     resources = task_resources(given, ask(["sinfo", "-h", "-N", "-o", SINFO_FORMAT]), parallel)
     script = os.path.relpath(SWEEP_SCRIPT)  # relative only below the working directory
     cmd += [*resources, *given, str(SWEEP_SCRIPT) if script.startswith("..") else script, str(sweep.spec.path)]
