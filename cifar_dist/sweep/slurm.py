@@ -72,12 +72,6 @@ def squeue_tasks(job_name: str) -> dict[str, Any] | None:
     return {"by_index": by_index, "by_job": by_job}
 
 
-def max_array_size() -> int | None:
-    """The cluster's MaxArraySize (None without scontrol)."""
-    m = re.search(r"^MaxArraySize\s*=\s*(\d+)", ask(["scontrol", "show", "config"]) or "", re.M)
-    return int(m.group(1)) if m else None
-
-
 def _space_text(d) -> str:
     if d.kind == "zip":
         return f"  {d.name}: one of {len(d.args)}: " + " | ".join(describe(o) for o in d.args)
@@ -187,7 +181,8 @@ class SlurmBackend:
         if self.dry_run:
             print(shlex.join(cmd))
             return EXIT_OK
-        limit = max_array_size()
+        m = re.search(r"^MaxArraySize\s*=\s*(\d+)", ask(["scontrol", "show", "config"]) or "", re.M)
+        limit = int(m.group(1)) if m else None  # the cluster's MaxArraySize (None without scontrol)
         if limit is not None and max(todo) >= limit:
             raise SpecError(f"{sweep.spec.path}: array index {max(todo)}: expected below MaxArraySize={limit} of "
                             f"this cluster, found {len(sweep.runs)} runs; split the spec")
