@@ -231,9 +231,8 @@ register_backend(SlurmBackend())
 
 
 def resolve_task(grid: str | Path, index: int, shell: bool = False) -> str:
-    """The train flags of array index `index` (one line), or with `shell` the bash assignments sweep.sh
-    evaluates: run_name, run_dir, cell, seed, finished, sweep_dir, train_args=(...). Writes sweep.json if missing.
-    A search's array task `index` is worker `index`: `sweep.sh` runs `cifar-dist sweep worker` (worker=1)."""
+    """The train flags of array index `index` (one line), or with `shell` the bash lines sweep.sh evaluates;
+    writes sweep.json if missing. A search's task `index` is worker `index` (worker=1: sweep.sh starts it)."""
     spec = load_spec(grid)
     record = read_sweep_json(Path(spec.out_dir) / spec.name)
     sweep_file_ok = bool(record) and record.get("spec_sha256") == spec.sha256

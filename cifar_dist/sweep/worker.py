@@ -46,8 +46,7 @@ def _die_with_parent() -> None:  # in the trainer, before exec: SIGTERM when the
 
 
 def hparams_for_pruned(run_dir: Path, trial: dict[str, Any]) -> None:
-    """TensorBoard HParams of a pruned trial (config.yaml and its last/best metrics); the trainer writes
-    them itself only when a run finishes."""
+    """TensorBoard HParams of a pruned trial: config.yaml, its last/best metrics (see the module docstring)."""
     from torch.utils.tensorboard import SummaryWriter
     from torch.utils.tensorboard.summary import hparams
 
