@@ -13,8 +13,6 @@ from cifar_dist.report.metrics import fmt_value, hashable
 from cifar_dist.report.plots import _figure, _finish
 from cifar_dist.run_dir import STUDY_FILE, RunDir, load_trials, trial_name
 
-STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
-
 
 @dataclass
 class TrialResult:
@@ -64,7 +62,7 @@ def load_study(sweep: SweepResults) -> StudyResults | None:
             continue
         name = trial_name(t.number, seed)
         record = RunDir(Path(sweep.path) / name).read_trial()
-        state = STATES.get(t.state.name, t.state.name.lower())
+        state = "failed" if t.state.name == "FAIL" else t.state.name.lower()  # complete, pruned, running, ...
         if state == "running" and record.get("lease") == "preempted":
             state = "preempted"
         out.trials.append(TrialResult(t.number, name, state, t.value, dict(t.user_attrs.get("overrides") or {}),
