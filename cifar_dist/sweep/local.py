@@ -18,7 +18,7 @@ from typing import Any
 
 from cifar_dist.errors import EXIT_FAILED, EXIT_OK, EXIT_STOPPED, InputError
 from cifar_dist.files import atomic_write_json, atomic_write_text, pid_alive, read_json_or_none
-from cifar_dist.run_dir import RUNNER_FILE, RunDir
+from cifar_dist.run_dir import RUNNER_FILE, STUDY_FILE, RunDir
 from cifar_dist.sweep.backend import Queued, WorkerSlot, register_backend
 from cifar_dist.sweep.plan import Run, Sweep, describe
 from cifar_dist.sweep.trainer import handling, host, local_command, start_trainer, trainer_env
@@ -141,7 +141,7 @@ def run_local(sweep: Sweep, parallel: int, procs: int) -> int:
         todo: list[Run | WorkerSlot] = [WorkerSlot(i, f"local-{i}", sweep.dir / "workers" / f"local-{i}")
                                         for i in range(parallel)]
         print(f"search {name}: {parallel} local worker(s), {procs} process(es) per trial; study "
-              f"{sweep.dir / 'study.journal'}; logs in {logs}", flush=True)
+              f"{sweep.dir / STUDY_FILE}; logs in {logs}", flush=True)
     else:
         todo = []
         for run in runs:
