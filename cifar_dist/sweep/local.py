@@ -6,7 +6,6 @@ SIGINT/SIGTERM are forwarded as SIGTERM, so each trainer saves a checkpoint and 
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import signal
 import subprocess
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cifar_dist.errors import EXIT_FAILED, EXIT_OK, EXIT_STOPPED, InputError
-from cifar_dist.files import atomic_write_json, atomic_write_text, pid_alive, read_json_or_none
+from cifar_dist.files import atomic_write_json, pid_alive, read_json_or_none
 from cifar_dist.run_dir import RUNNER_FILE, STUDY_FILE, RunDir
 from cifar_dist.sweep.backend import Queued, WorkerSlot, register_backend
 from cifar_dist.sweep.plan import Run, Sweep, describe
@@ -50,7 +49,7 @@ def write_task(run: Run | WorkerSlot, state: str, exit_status: int | None, pid: 
     """Record the outcome of an attempt in <run>/sweep_task.json (same fields as slurm/sweep.sh writes)."""
     record = {"state": state, "exit": exit_status, "job": "local", "host": host(), "pid": pid,
               "time": int(time.time())}
-    atomic_write_text(RunDir(run.dir).task, json.dumps(record) + "\n")
+    atomic_write_json(RunDir(run.dir).task, record, indent=None)
 
 
 def result_text(run_dir: Path) -> str:

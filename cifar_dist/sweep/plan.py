@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cifar_dist.config import ConfigError, ModelOptions, flatten, to_dict
-from cifar_dist.files import atomic_write_text
+from cifar_dist.files import atomic_write_json
 from cifar_dist.presets import resolve
 from cifar_dist.run_dir import STUDY_FILE, SWEEP_FILE, RunDir, read_sweep_json, run_name, trial_name
 from cifar_dist.sweep.spec import Dim, Search, Spec, SpecError, bad, load_spec
@@ -262,7 +262,7 @@ def sweep_record(sweep: Sweep) -> dict[str, Any]:
 def write_sweep_json(sweep: Sweep) -> None:
     """Write sweep.json, first refusing a changed spec that would give a started run another config."""
     check_unchanged(sweep, read_sweep_json(sweep.dir))
-    atomic_write_text(sweep.dir / SWEEP_FILE, json.dumps(sweep_record(sweep), indent=1) + "\n")
+    atomic_write_json(sweep.dir / SWEEP_FILE, sweep_record(sweep), indent=1)
 
 
 def check_unchanged(sweep: Sweep, old: dict[str, Any] | None) -> None:

@@ -28,7 +28,6 @@ taken. A trial is asked once and told once, so the study never counts it twice.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 import uuid
@@ -36,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cifar_dist.files import atomic_write_text, pid_alive
+from cifar_dist.files import atomic_write_json, pid_alive
 from cifar_dist.run_dir import STUDY_FILE, RunDir, load_trials, replayed
 from cifar_dist.sweep.backend import owner_of
 from cifar_dist.sweep.plan import Sweep
@@ -110,7 +109,7 @@ def claims_lock(sweep: Sweep):
 
 
 def write_record(run_dir: Path, record: dict[str, Any]) -> None:
-    atomic_write_text(RunDir(run_dir).trial, json.dumps(record, indent=1) + "\n")
+    atomic_write_json(RunDir(run_dir).trial, record, indent=1)
 
 
 @dataclass
