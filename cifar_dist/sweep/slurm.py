@@ -258,9 +258,8 @@ def resolve_task(grid: str | Path, index: int, shell: bool = False) -> str:
 
 
 def preempt(sweep: Sweep, task: int) -> int:
-    """Preempt array task `task` of this sweep by hand: `scontrol requeue <array job>_<task>`; one line says
-    what happened. SLURM sends TERM to every process of the task (the trainer saves a checkpoint and exits 3,
-    within KillWait), puts the task back in the queue and starts it again later; that attempt resumes.
+    """Preempt array task `task` by hand: `scontrol requeue`, as `sweep preempt --help` says (the trainer
+    checkpoints and exits 3 within KillWait); one line says what happened.
 
     Why not USR1: on SLURM 22.05, `scancel --signal=USR1 [--batch|--full]` on a running task of an array
     that still has pending tasks (a `%N` limit) delivers the signal, then reports "Job can not be altered

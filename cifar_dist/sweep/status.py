@@ -1,6 +1,5 @@
-"""Status of every run of a sweep (`cifar-dist sweep status`): pending / running / done / failed, from the
-run directory, its sweep_task.json and what the sweep backends hold (`cifar_dist.sweep.backend`: a live local
-runner, squeue when it answers); the rules are in the package docstring."""
+"""`cifar-dist sweep status`: pending / running / done / failed per run, by the rules in the package docstring,
+from what the sweep backends hold (`cifar_dist.sweep.backend`: a live local runner, squeue when it answers)."""
 
 from __future__ import annotations
 
