@@ -1,6 +1,5 @@
-"""The study of a search sweep (sweep.json has a "search" entry; runs/<sweep>/study.journal): its best
-trials with their overrides, the pruned trials with the rung at which they stopped, and the objective
-against epochs for every trial (pruned ones end in a cross where they were cut)."""
+"""The study of a search sweep (sweep.json has a "search" entry; runs/<sweep>/study.journal): report.md's
+"Study" section and study.png, as the package docstring describes them."""
 
 from __future__ import annotations
 
