@@ -67,8 +67,7 @@ def _promoted(value: float, competing: list[float], eta: int) -> bool:
 
 
 def trial_epochs(search: Search, study_name: str, qualities: list[float]) -> list[int]:
-    """Epochs each trial trains when trial n has objective `qualities[n]` at every rung and the trials are
-    judged in the order they start (Optuna's rule, maximising)."""
+    """Epochs each trial trains when trial n has objective `qualities[n]` at every rung (see Costs above)."""
     seen: dict[tuple[int, int], list[float]] = {}  # (bracket, rung) -> values that reached it
     out = []
     for n, q in enumerate(qualities):
