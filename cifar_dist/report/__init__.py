@@ -32,14 +32,11 @@ Exit status: 0 written; 2 bad input (one line on stderr naming the file or flag;
 """
 
 
-from cifar_dist.report.build import Report, build_report, write_report
-from cifar_dist.report.load import CellResult, ReportError, RunResult, SweepResults, load_results, load_run
-from cifar_dist.report.metrics import METRICS, Metric, Stat, fmt_value, summarize
+from cifar_dist.report.build import build_report, write_report
+from cifar_dist.report.load import CellResult, load_results
+from cifar_dist.report.metrics import METRICS
 from cifar_dist.report.plots import accuracy_figure, figure_png, loss_figure, params_figure, sweep_figures
-from cifar_dist.report.tables import PLOTS_DIR, report_markdown, results_csv
+from cifar_dist.report.tables import PLOTS_DIR
 
-__all__ = [
-    "METRICS", "PLOTS_DIR", "CellResult", "Metric", "Report", "ReportError", "RunResult", "Stat", "SweepResults",
-    "accuracy_figure", "build_report", "figure_png", "fmt_value", "load_results", "load_run", "loss_figure",
-    "params_figure", "report_markdown", "results_csv", "summarize", "sweep_figures", "write_report",
-]
+__all__ = ["METRICS", "PLOTS_DIR", "CellResult", "accuracy_figure", "build_report", "figure_png", "load_results",
+           "loss_figure", "params_figure", "sweep_figures", "write_report"]

@@ -1,5 +1,4 @@
-"""Building a report in memory from a results folder, then writing it: plots first, then results.csv,
-then report.md (which links the plots), each file through a temporary name."""
+"""Building a report in memory from a results folder (`build_report`), then writing it (`write_report`)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,6 @@
 """Reading a sweep's results from disk: run directories (config.yaml, metrics.jsonl, result.json, env.json)
 grouped into cells by sweep.json (written by `cifar-dist sweep`) or by their names and config differences.
-
-Types: `RunResult` (one run directory as read), `CellResult` (the runs of one grid point, one per seed),
-`SweepResults` (the cells of a folder); `load_results(path)` builds them. The sweep's own plan types
-(`cifar_dist.sweep.Cell`, `Run`, `Sweep`) describe what is to be trained; these describe what was.
+These types describe what was trained; the sweep's plan types (`cifar_dist.sweep.plan`) what is to be.
 """
 
 from __future__ import annotations
@@ -160,6 +157,8 @@ class CellResult:
 
 @dataclass
 class SweepResults:
+    """The cells of one folder: a sweep, a folder of plain runs, or one run (`load_results` builds it)."""
+
     name: str
     path: Path
     cells: list[CellResult]

@@ -11,11 +11,11 @@ from cifar_dist.report.load import CellResult, RunResult, SweepResults
 from cifar_dist.report.metrics import fmt_value, sort_key, summarize
 
 
-def _figure(width: float = 7.0, height: float = 4.5):
+def _figure():
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=100)
+    fig = Figure(figsize=(7.0, 4.5), dpi=100)
     FigureCanvasAgg(fig)  # Agg renders PNG without pyplot's global state
     return fig, fig.add_subplot()
 
@@ -174,18 +174,13 @@ def loss_figure(cells: list[CellResult], keys: list[str] | tuple = (), colours: 
                    legend=bool(ax.lines))
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
-
-
 def sweep_figures(sweep: SweepResults) -> list[tuple[str, str, Any]]:
-    """[(file name, title, Figure)] for a sweep, only figures that carry information: accuracy per epoch by
-    each key that varies alone (`SweepResults.keys_alone`), else per cell, for the test split and the
-    validation split when there is one; accuracy against parameters when the cells differ in size; the
-    losses. Curves need two epochs or more. Every cell has one colour in every figure."""
+    """[(file name, title, Figure)] for a sweep: those of report_plots/ in the package docstring that carry
+    information (a key that varies alone: `SweepResults.keys_alone`)."""
     cells = [c for c in sweep.cells if c.runs]
     colours = cell_colours(cells)
     keys = sweep.varying_keys
+    slugs = {k: re.sub(r"[^A-Za-z0-9_.-]+", "_", k) for k in sweep.keys_alone}  # keys as parts of file names
     out: list[tuple[str, str, Any]] = []
     curves = any(len(mean_curve(c.counted_runs, "test_acc")[0]) > 1 for c in cells)
     has_val = any(r.get("val_acc") is not None for run in sweep.runs for r in run.rows)
@@ -193,7 +188,7 @@ def sweep_figures(sweep: SweepResults) -> list[tuple[str, str, Any]]:
         if not curves:
             break
         what = CURVES[metric][0]
-        out += [(f"{metric}_by_{_slug(k)}.png", f"{what} by {k}",
+        out += [(f"{metric}_by_{slugs[k]}.png", f"{what} by {k}",
                  accuracy_figure(sweep.cells, key=k, metric=metric, colours=colours)) for k in sweep.keys_alone]
         if not sweep.keys_alone or sweep.keys_together:
             out.append((f"{metric}.png", f"{what} per cell",

@@ -1,6 +1,5 @@
-"""The study of a search sweep (sweep.json has a "search" entry; runs/<sweep>/study.journal): its best
-trials with their overrides, the pruned trials with the rung at which they stopped, and the objective
-against epochs for every trial (pruned ones end in a cross where they were cut)."""
+"""The study of a search sweep (sweep.json has a "search" entry; runs/<sweep>/study.journal): report.md's
+"Study" section and study.png, as the package docstring describes them."""
 
 from __future__ import annotations
 
@@ -12,8 +11,6 @@ from cifar_dist.report.load import ReportError, SweepResults
 from cifar_dist.report.metrics import fmt_value, hashable
 from cifar_dist.report.plots import _figure, _finish
 from cifar_dist.run_dir import STUDY_FILE, RunDir, load_trials, trial_name
-
-STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
 
 
 @dataclass
@@ -64,7 +61,7 @@ def load_study(sweep: SweepResults) -> StudyResults | None:
             continue
         name = trial_name(t.number, seed)
         record = RunDir(Path(sweep.path) / name).read_trial()
-        state = STATES.get(t.state.name, t.state.name.lower())
+        state = "failed" if t.state.name == "FAIL" else t.state.name.lower()  # complete, pruned, running, ...
         if state == "running" and record.get("lease") == "preempted":
             state = "preempted"
         out.trials.append(TrialResult(t.number, name, state, t.value, dict(t.user_attrs.get("overrides") or {}),

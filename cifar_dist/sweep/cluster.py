@@ -94,10 +94,9 @@ def _gpu_request(args: list[str]) -> int | None:
 
 
 def task_resources(given: list[str], sinfo_text: str | None, parallel: int = 1) -> list[str]:
-    """The sbatch options to add for one sweep task (see the module docstring); `given` are the options
-    the user's spec and command line already pass, `sinfo_text` the output of `sinfo -h -N -o SINFO_FORMAT`, `parallel` the
-    array tasks meant to run at once: spread over the partition's nodes, they must fit side by side, so the
-    CPU count is the smallest node's CPUs divided by the tasks each node gets (at least 1)."""
+    """The sbatch options to add for one sweep task (see the module docstring); `given`: the options the spec
+    and command line already pass, `sinfo_text`: the output of `sinfo -h -N -o SINFO_FORMAT`, `parallel`: the
+    array tasks meant to run at once (the CPUs: the smallest node's over the tasks each node gets, at least 1)."""
     nodes = parse_sinfo(sinfo_text or "")
     wanted = {p for v in _option_values(given, "partition", "p") for p in v.split(",") if p}
     nodes = [n for n in nodes if n.partition in wanted] if wanted else [n for n in nodes if n.default]

@@ -6,7 +6,6 @@ SIGINT/SIGTERM are forwarded as SIGTERM, so each trainer saves a checkpoint and 
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import signal
 import subprocess
@@ -17,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from cifar_dist.errors import EXIT_FAILED, EXIT_OK, EXIT_STOPPED, InputError
-from cifar_dist.files import atomic_write_json, atomic_write_text, pid_alive, read_json_or_none
-from cifar_dist.run_dir import RUNNER_FILE, RunDir
+from cifar_dist.files import atomic_write_json, pid_alive, read_json_or_none
+from cifar_dist.run_dir import RUNNER_FILE, STUDY_FILE, RunDir
 from cifar_dist.sweep.backend import Queued, WorkerSlot, register_backend
 from cifar_dist.sweep.plan import Run, Sweep, describe
 from cifar_dist.sweep.trainer import handling, host, local_command, start_trainer, trainer_env
@@ -50,7 +49,7 @@ def write_task(run: Run | WorkerSlot, state: str, exit_status: int | None, pid: 
     """Record the outcome of an attempt in <run>/sweep_task.json (same fields as slurm/sweep.sh writes)."""
     record = {"state": state, "exit": exit_status, "job": "local", "host": host(), "pid": pid,
               "time": int(time.time())}
-    atomic_write_text(RunDir(run.dir).task, json.dumps(record) + "\n")
+    atomic_write_json(RunDir(run.dir).task, record, indent=None)
 
 
 def result_text(run_dir: Path) -> str:
@@ -135,14 +134,13 @@ class LocalRunner:
 
 
 def run_local(sweep: Sweep, parallel: int, procs: int) -> int:
-    """Run every unfinished run of the sweep here (a search: `parallel` local workers sharing its study),
-    `parallel` at a time; SIGINT/SIGTERM checkpoint the runs (trials) and stop."""
+    """`sweep run` (the module docstring): a line per run started and ended, a summary; the exit status."""
     name, logs, runs = sweep.spec.name, sweep.dir / "logs", sweep.runs
     if sweep.spec.search is not None:
         todo: list[Run | WorkerSlot] = [WorkerSlot(i, f"local-{i}", sweep.dir / "workers" / f"local-{i}")
                                         for i in range(parallel)]
         print(f"search {name}: {parallel} local worker(s), {procs} process(es) per trial; study "
-              f"{sweep.dir / 'study.journal'}; logs in {logs}", flush=True)
+              f"{sweep.dir / STUDY_FILE}; logs in {logs}", flush=True)
     else:
         todo = []
         for run in runs:
@@ -181,8 +179,7 @@ class LocalBackend:
     name: str = field(default="local", init=False)
 
     def run(self, sweep: Sweep, runs: list[Run | WorkerSlot], parallel: int) -> LocalRunner:
-        """Train `runs` (a search: its workers) `parallel` at a time, SIGINT/SIGTERM forwarded to them as
-        SIGTERM; the runner, with its counts."""
+        """Train `runs` (a search: its workers) as the module docstring says; the runner, with its counts."""
         runner = (WorkerRunner if sweep.spec.search is not None else LocalRunner)(sweep, self.procs)
         with handling(runner.on_signal, signal.SIGINT, signal.SIGTERM):
             runner.run(list(runs), parallel)

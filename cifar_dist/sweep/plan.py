@@ -5,6 +5,7 @@ one builder of trainer flags: a grid run's and a search trial segment's."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import re
@@ -12,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cifar_dist.config import ConfigError, flatten, to_dict
-from cifar_dist.files import atomic_write_text
+from cifar_dist.config import ConfigError, ModelOptions, flatten, to_dict
+from cifar_dist.files import atomic_write_json
 from cifar_dist.presets import resolve
 from cifar_dist.run_dir import STUDY_FILE, SWEEP_FILE, RunDir, read_sweep_json, run_name, trial_name
 from cifar_dist.sweep.spec import Dim, Search, Spec, SpecError, bad, load_spec
@@ -110,28 +111,19 @@ def _canonical(cfg, key: str) -> Any:
     return flatten(to_dict(cfg))[key]  # model options sit flat in the model section, tuples as lists
 
 
-_PARAM_CACHE: dict[tuple, int] = {}
+@functools.cache
+def count_model_params(name: str, options: ModelOptions) -> int:
+    """Trainable parameters of a model at 10 classes; built on the meta device (no memory, no init), cached
+    (ModelOptions is hashable)."""
+    import torch
 
+    from cifar_dist.models import count_params, create_model
 
-def _freeze(v: Any) -> Any:
-    return tuple(_freeze(x) for x in v) if isinstance(v, (list, tuple)) else v
-
-
-def count_model_params(name: str, options: dict[str, Any]) -> int:
-    """Trainable parameters of a model at 10 classes; built on the meta device (no memory, no init), cached."""
-    key = (name, tuple(sorted((k, _freeze(v)) for k, v in options.items())))
-    if key not in _PARAM_CACHE:
-        import torch
-
-        from cifar_dist.models import count_params, create_model
-
-        try:
-            with torch.device("meta"):
-                n = count_params(create_model(name, num_classes=10, **options))
-        except (RuntimeError, NotImplementedError):  # a model that cannot be built on the meta device
-            n = count_params(create_model(name, num_classes=10, **options))
-        _PARAM_CACHE[key] = n
-    return _PARAM_CACHE[key]
+    try:
+        with torch.device("meta"):
+            return count_params(create_model(name, num_classes=10, **options))
+    except (RuntimeError, NotImplementedError):  # a model that cannot be built on the meta device
+        return count_params(create_model(name, num_classes=10, **options))
 
 
 def _resolve_cell(spec: Spec, n: int, over: dict[str, Any]):
@@ -152,7 +144,7 @@ def _resolve_cell(spec: Spec, n: int, over: dict[str, Any]):
 
 def _params(spec: Spec, n: int, cfg, over: dict[str, Any]) -> int:
     try:
-        return count_model_params(cfg.model.name, dict(cfg.model.options))
+        return count_model_params(cfg.model.name, cfg.model.options)
     except ValueError as e:  # an option the model does not take, an unknown model
         raise SpecError(f"{spec.path}: candidate {n} ({describe(over)}): {e}") from e
 
@@ -247,8 +239,8 @@ def load_sweep(path: str | Path, count: bool = True) -> Sweep:
 
 def sweep_record(sweep: Sweep) -> dict[str, Any]:
     """The content of <out_dir>/<name>/sweep.json (read by `cifar-dist report` to group runs by cell)."""
-    s = sweep.spec
-    return {
+    s, se = sweep.spec, sweep.spec.search
+    record: dict[str, Any] = {
         "name": s.name, "spec": str(s.path), "spec_sha256": s.sha256, "preset": s.preset, "fixed": sweep.fixed,
         "out_dir": str(sweep.dir),
         "cells": [{"cell": c.cell, "index": c.index, "overrides": c.overrides, "params": c.params,
@@ -257,26 +249,20 @@ def sweep_record(sweep: Sweep) -> dict[str, Any]:
         "array": {"size": len(sweep.runs), "index": "cell position * len(seeds) + seed position"},
         "runs": [{"index": r.index, "run": r.name, "cell": r.cell.cell, "seed": r.seed} for r in sweep.runs],
         "dropped": sweep.dropped,
-        **({"search": search_record(s)} if s.search else {}),
     }
+    if se is not None:  # the search settings and where its study is
+        space = {d.name: {d.kind: d.args if d.kind != "zip" else len(d.args)} for d in se.space}
+        record["search"] = {
+            "pruner": se.pruner, "objective": se.objective, "direction": se.direction, "trials": se.trials,
+            "epochs": {"min": se.min_epochs, "max": se.max_epochs, "reduction_factor": se.reduction_factor},
+            "sampler": se.sampler, "seed": se.seed, "space": space, "study": STUDY_FILE}
+    return record
 
 
-def search_record(spec: Spec) -> dict[str, Any]:
-    """The `search` entry of sweep.json: the search settings and where its study is."""
-    s = spec.search
-    assert s is not None
-    space = {d.name: {d.kind: d.args if d.kind != "zip" else len(d.args)} for d in s.space}
-    return {"pruner": s.pruner, "objective": s.objective, "direction": s.direction, "trials": s.trials,
-            "epochs": {"min": s.min_epochs, "max": s.max_epochs, "reduction_factor": s.reduction_factor},
-            "sampler": s.sampler, "seed": s.seed, "space": space, "study": STUDY_FILE}
-
-
-def write_sweep_json(sweep: Sweep) -> Path:
+def write_sweep_json(sweep: Sweep) -> None:
     """Write sweep.json, first refusing a changed spec that would give a started run another config."""
-    path = sweep.dir / SWEEP_FILE
     check_unchanged(sweep, read_sweep_json(sweep.dir))
-    atomic_write_text(path, json.dumps(sweep_record(sweep), indent=1) + "\n")
-    return path
+    atomic_write_json(sweep.dir / SWEEP_FILE, sweep_record(sweep), indent=1)
 
 
 def check_unchanged(sweep: Sweep, old: dict[str, Any] | None) -> None:

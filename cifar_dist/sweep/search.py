@@ -46,16 +46,12 @@ def all_rungs(search: Search) -> list[int]:
     return sorted({e for b in range(n_brackets(search)) for e in bracket_rungs(search, b)})
 
 
-def _allocation(search: Search) -> list[int]:
-    n = n_brackets(search)
-    return [math.ceil(n * search.reduction_factor ** (n - 1 - b) / (n - b)) for b in range(n)]
-
-
 def bracket_of(search: Search, study_name: str, number: int) -> int:
     """Trial `number`'s Hyperband bracket, by Optuna's rule (HyperbandPruner._get_bracket_id); 0 for asha."""
     if search.pruner == "asha":
         return 0
-    budgets = _allocation(search)
+    brackets, eta = n_brackets(search), search.reduction_factor
+    budgets = [math.ceil(brackets * eta ** (brackets - 1 - b) / (brackets - b)) for b in range(brackets)]
     n = binascii.crc32(f"{study_name}_{number}".encode()) % sum(budgets)
     for b, budget in enumerate(budgets):
         n -= budget
@@ -71,8 +67,7 @@ def _promoted(value: float, competing: list[float], eta: int) -> bool:
 
 
 def trial_epochs(search: Search, study_name: str, qualities: list[float]) -> list[int]:
-    """Epochs each trial trains when trial n has objective `qualities[n]` at every rung and the trials are
-    judged in the order they start (Optuna's rule, maximising)."""
+    """Epochs each trial trains when trial n has objective `qualities[n]` at every rung (see Costs above)."""
     seen: dict[tuple[int, int], list[float]] = {}  # (bracket, rung) -> values that reached it
     out = []
     for n, q in enumerate(qualities):

@@ -38,11 +38,6 @@ def array_ranges(indices: list[int]) -> str:
     return ",".join(parts)
 
 
-def _display_path(p: Path) -> str:
-    rel = os.path.relpath(p)
-    return str(p) if rel.startswith("..") else rel
-
-
 def sbatch_command(sweep: Sweep, indices: list[int], parallel: int, extra: list[str] | None = None) -> list[str]:
     """The sbatch command line of a job array over `indices` (array index = run index)."""
     cmd = ["sbatch", f"--job-name={sweep.spec.name}", f"--array={array_ranges(indices)}%{parallel}",
@@ -50,10 +45,10 @@ def sbatch_command(sweep: Sweep, indices: list[int], parallel: int, extra: list[
     if Path.cwd().resolve() != root():  # sweep.sh finds the code through the submit directory otherwise
         cmd.append(f"--export=ALL,CIFAR_DIST_ROOT={root()}")
     given = [*sweep.spec.sbatch, *(extra or [])]
-    # GPUs only where the partition has them, never more CPUs than a node has (sweep.sh asks for neither);
-    # nothing where sinfo does not answer
+    # the GPUs and CPUs the partition can give (the rules: cluster.py; sweep.sh asks for neither)
     resources = task_resources(given, ask(["sinfo", "-h", "-N", "-o", SINFO_FORMAT]), parallel)
-    cmd += [*resources, *given, _display_path(SWEEP_SCRIPT), str(sweep.spec.path)]
+    script = os.path.relpath(SWEEP_SCRIPT)  # relative only below the working directory
+    cmd += [*resources, *given, str(SWEEP_SCRIPT) if script.startswith("..") else script, str(sweep.spec.path)]
     return cmd
 
 
@@ -75,12 +70,6 @@ def squeue_tasks(job_name: str) -> dict[str, Any] | None:
         if m and name == job_name:
             by_index[int(m.group(2))] = (jobid, state)
     return {"by_index": by_index, "by_job": by_job}
-
-
-def max_array_size() -> int | None:
-    """The cluster's MaxArraySize (None without scontrol)."""
-    m = re.search(r"^MaxArraySize\s*=\s*(\d+)", ask(["scontrol", "show", "config"]) or "", re.M)
-    return int(m.group(1)) if m else None
 
 
 def _space_text(d) -> str:
@@ -192,7 +181,8 @@ class SlurmBackend:
         if self.dry_run:
             print(shlex.join(cmd))
             return EXIT_OK
-        limit = max_array_size()
+        m = re.search(r"^MaxArraySize\s*=\s*(\d+)", ask(["scontrol", "show", "config"]) or "", re.M)
+        limit = int(m.group(1)) if m else None  # the cluster's MaxArraySize (None without scontrol)
         if limit is not None and max(todo) >= limit:
             raise SpecError(f"{sweep.spec.path}: array index {max(todo)}: expected below MaxArraySize={limit} of "
                             f"this cluster, found {len(sweep.runs)} runs; split the spec")
@@ -241,9 +231,8 @@ register_backend(SlurmBackend())
 
 
 def resolve_task(grid: str | Path, index: int, shell: bool = False) -> str:
-    """The train flags of array index `index` (one line), or with `shell` the bash assignments sweep.sh
-    evaluates: run_name, run_dir, cell, seed, finished, sweep_dir, train_args=(...). Writes sweep.json if missing.
-    A search's array task `index` is worker `index`: `sweep.sh` runs `cifar-dist sweep worker` (worker=1)."""
+    """The train flags of array index `index` (one line), or with `shell` the bash lines sweep.sh evaluates;
+    writes sweep.json if missing. A search's task `index` is worker `index` (worker=1: sweep.sh starts it)."""
     spec = load_spec(grid)
     record = read_sweep_json(Path(spec.out_dir) / spec.name)
     sweep_file_ok = bool(record) and record.get("spec_sha256") == spec.sha256
@@ -269,9 +258,8 @@ def resolve_task(grid: str | Path, index: int, shell: bool = False) -> str:
 
 
 def preempt(sweep: Sweep, task: int) -> int:
-    """Preempt array task `task` of this sweep by hand: `scontrol requeue <array job>_<task>`; one line says
-    what happened. SLURM sends TERM to every process of the task (the trainer saves a checkpoint and exits 3,
-    within KillWait), puts the task back in the queue and starts it again later; that attempt resumes.
+    """Preempt array task `task` by hand: `scontrol requeue`, as `sweep preempt --help` says (the trainer
+    checkpoints and exits 3 within KillWait); one line says what happened.
 
     Why not USR1: on SLURM 22.05, `scancel --signal=USR1 [--batch|--full]` on a running task of an array
     that still has pending tasks (a `%N` limit) delivers the signal, then reports "Job can not be altered

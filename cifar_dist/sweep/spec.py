@@ -2,8 +2,7 @@
 
 Scalar values go through the run config's own coercion (`cifar_dist.config`), so a spec accepts a value
 exactly when `--section.key=value` would (PyYAML's `1e-3` string is the number it means); what the
-spec adds on top (a positive count, a name that can be a directory) is checked after it. Every error is
-a `SpecError` whose one line names the file, the key, what was expected and what was found.
+spec adds on top (a positive count, a name that can be a directory) is checked after it (`SpecError`).
 """
 
 from __future__ import annotations

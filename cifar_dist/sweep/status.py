@@ -1,6 +1,5 @@
-"""Status of every run of a sweep (`cifar-dist sweep status`): pending / running / done / failed, from the
-run directory, its sweep_task.json and what the sweep backends hold (`cifar_dist.sweep.backend`: a live local
-runner, squeue when it answers); the rules are in the package docstring."""
+"""`cifar-dist sweep status`: pending / running / done / failed per run, by the rules in the package docstring,
+from what the sweep backends hold (`cifar_dist.sweep.backend`: a live local runner, squeue when it answers)."""
 
 from __future__ import annotations
 
@@ -10,8 +9,6 @@ from typing import Any
 from cifar_dist.run_dir import RunDir, load_trials
 from cifar_dist.sweep.backend import queued_runs
 from cifar_dist.sweep.plan import Run, Sweep
-
-STATES = ("done", "running", "pending", "failed")
 
 
 def _is_num(v: Any) -> bool:
@@ -118,7 +115,7 @@ def status_text(sweep: Sweep, queue: dict[str, Any] | None, as_json: bool = Fals
     rows = status_rows(sweep, queue)
     if as_json:
         return json.dumps({"name": sweep.spec.name, "squeue": queue is not None, "runs": rows}, indent=1) + "\n"
-    counts = {s: sum(r["state"] == s for r in rows) for s in STATES}
+    counts = {s: sum(r["state"] == s for r in rows) for s in ("done", "running", "pending", "failed")}
     lines = [f"sweep {sweep.spec.name}: {len(rows)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items())
              + ("" if queue is not None else " (squeue not available: running = started without a result)"),
              f"{'run':10s} {'index':>5s}  {'state':8s} {'epoch':>7s}  {'metric':30s} detail"]

@@ -28,7 +28,6 @@ taken. A trial is asked once and told once, so the study never counts it twice.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 import uuid
@@ -36,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cifar_dist.files import atomic_write_text, pid_alive
+from cifar_dist.files import atomic_write_json, pid_alive
 from cifar_dist.run_dir import STUDY_FILE, RunDir, load_trials, replayed
 from cifar_dist.sweep.backend import owner_of
 from cifar_dist.sweep.plan import Sweep
@@ -47,16 +46,6 @@ from cifar_dist.sweep.trainer import host
 CLAIMS = "claims"  # <sweep>/claims.lock guards claims and lease renewals
 MAX_TAKEOVERS = 2  # a trial whose worker died more often than this is marked failed
 STALE_BEATS = 3  # a lease is stale after this many missed heartbeats
-
-
-def storage(sweep: Sweep):
-    """The study's JournalStorage (the sweep directory is created if needed)."""
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
-
-    path = sweep.dir / STUDY_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return replayed(path, lambda: JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileSymlinkLock(str(path)))))
 
 
 def make_sampler(search: Search, number: int = 0):
@@ -81,14 +70,19 @@ def make_pruner(search: Search):
 
 
 def open_study(sweep: Sweep):
-    """Create or load the sweep's study (named after the sweep); returns (study, the storage it is kept in):
-    the storage's public API addresses a trial by id (`trial_id`), which the study keeps to itself."""
+    """Create or load the sweep's study (named after the sweep; the sweep directory is created if needed);
+    returns (study, its JournalStorage): the storage's public API addresses a trial by id (`trial_id`), which
+    the study keeps to itself."""
     import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 
     search = sweep.spec.search
     assert search is not None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    store = storage(sweep)
+    path = sweep.dir / STUDY_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    store = replayed(path, lambda: JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileSymlinkLock(str(path)))))
     study = optuna.create_study(storage=store, study_name=sweep.spec.name, direction=search.direction,
                                 sampler=make_sampler(search), pruner=make_pruner(search), load_if_exists=True)
     return study, store
@@ -115,7 +109,7 @@ def claims_lock(sweep: Sweep):
 
 
 def write_record(run_dir: Path, record: dict[str, Any]) -> None:
-    atomic_write_text(RunDir(run_dir).trial, json.dumps(record, indent=1) + "\n")
+    atomic_write_json(RunDir(run_dir).trial, record, indent=1)
 
 
 @dataclass

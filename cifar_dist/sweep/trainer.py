@@ -20,12 +20,9 @@ def host() -> str:
     return socket.gethostname().split(".")[0]
 
 
-def trainer_env(drop: tuple[str, ...] = ()) -> dict[str, str]:
+def trainer_env() -> dict[str, str]:
     """This environment with the checkout (or share/cifar_dist of an install) first on PYTHONPATH."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(root()), os.environ.get("PYTHONPATH")) if p)}
-    for key in drop:
-        env.pop(key, None)
-    return env
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(root()), os.environ.get("PYTHONPATH")) if p)}
 
 
 def local_command(flags: list[str], procs: int, number: int) -> list[str]:

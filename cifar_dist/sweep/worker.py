@@ -46,8 +46,7 @@ def _die_with_parent() -> None:  # in the trainer, before exec: SIGTERM when the
 
 
 def hparams_for_pruned(run_dir: Path, trial: dict[str, Any]) -> None:
-    """TensorBoard HParams of a pruned trial (config.yaml and its last/best metrics); the trainer writes
-    them itself only when a run finishes."""
+    """TensorBoard HParams of a pruned trial: config.yaml, its last/best metrics (see the module docstring)."""
     from torch.utils.tensorboard import SummaryWriter
     from torch.utils.tensorboard.summary import hparams
 
@@ -76,7 +75,8 @@ class Worker:
         self.stop = 0
         self.proc: subprocess.Popen | None = None
         self.launch = shlex.split(os.environ.get(LAUNCH_ENV, "")) or None
-        self.env = trainer_env(drop=(LAUNCH_ENV,))
+        self.env = trainer_env()
+        self.env.pop(LAUNCH_ENV, None)
         self.store = None  # the study's storage, once `run` opened the study
 
     def check_budget(self, over: dict[str, Any]) -> str | None:
