@@ -221,9 +221,8 @@ def usage() -> str:
     return "\n".join(lines) + "\n\n" + (sweeps.__doc__ or "")
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str]) -> int:
     """`cifar-dist sweep ...`; returns the exit status (2 = bad spec or arguments, one line on stderr)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("-h", "--help"):
         sys.stdout.write(usage())
         return EXIT_OK
@@ -236,6 +235,3 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     return dispatch(Sweep(argv[1:]), argv[0], PROG)
 
-
-if __name__ == "__main__":
-    sys.exit(main())
