@@ -1,9 +1,7 @@
 """The one parser for conversion: ``python -m data_prep SOURCE ...`` and ``cifar-dist prepare SOURCE ...``.
 
 Both entry points call `main`, which reads the command line once against `PrepareArgs` (SOURCE, --out and
-the fields of `PrepOptions`) through the project's strict flag runner (`cifar_dist.runner.run_schema`):
-every flag is checked and typed before anything is read or written (an unknown flag is one ``error:``
-line and status 2), and ``--help``/``-h`` print the help generated from those fields on stdout, status 0.
+the fields of `PrepOptions`) through the project's strict flag runner, `cifar_dist.runner.run_schema`.
 
 `prepare` calls `write_beton`, prints a dataset summary table on stdout and returns an exit status —
 0 on success (also when the outputs were already up to date), 2 on a `DataPrepError` (one
@@ -57,8 +55,6 @@ def format_summary(manifest: dict, out: str | os.PathLike[str]) -> str:
 
 @dataclass(frozen=True)
 class _Where:
-    """Where a conversion reads and writes: SOURCE and --out (every other flag is a `PrepOptions` field)."""
-
     source: str = opt(help="what to convert: an official archive (cifar-10-python.tar.gz, cifar-100-python.tar.gz), "
                            "an extracted batches folder (cifar-10-batches-py/, cifar-100-python/), an image-folder "
                            "tree train/<class>/*, test/<class>/* (folder or .tar/.tar.gz), an http(s) URL, or the "
@@ -166,5 +162,3 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     return run_schema(prepare, PrepareArgs, argv, prog, epilog=EPILOG)
 
-
-__all__ = ["PrepareArgs", "format_summary", "main", "prepare"]
