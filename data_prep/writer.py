@@ -9,13 +9,9 @@ Contract:
 * Atomic: everything is written under temporary names (``.<file>.tmp-<pid>``) in ``out_dir`` and
   renamed at the end, manifest last. On any failure (a full disk, Ctrl-C, ...) the temporaries are
   removed and no new beton or manifest appears; files of an earlier successful run are untouched.
-* Each split is written by FFCV in a child process with a deadline (`data_prep.split_writer`): a
-  dead or hung writer is a `DataPrepError`, never a hang, and leaves no process behind.
-* Idempotent: if the existing manifest records the same source sha256, options and row order, and
-  both betons still have the recorded sha256, nothing is written (unless ``force=True``).
-* ``verify=True`` re-reads the files (`data_prep.beton.verify_split`): counts, every label, and
-  pixels (raw: every image bit-exact; jpg: a sample's mean absolute difference under a bound).
-* Errors a user can fix raise `DataPrepError` (one line: path, expected, found).
+* Each split is written by FFCV in a child process with a deadline (`data_prep.split_writer`).
+* Idempotent: nothing is written while the outputs are up to date (`data_prep.manifest`), unless ``force=True``.
+* ``verify=True`` re-reads the files and checks them against the source (`data_prep.beton.verify_split`).
 """
 
 from __future__ import annotations
@@ -25,7 +21,6 @@ import re
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -87,21 +82,9 @@ def _remove_stale_temps(out: Path, name: str) -> None:
 def write_beton(
     source: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, log: Log | None = print, **options: Any
 ) -> dict:
-    """Convert a CIFAR source into ``<name>_train.beton``, ``<name>_test.beton`` and ``<name>_manifest.json``.
-
-    Args:
-        source: archive path, batches folder, image-folder tree (folder or tar), URL, or
-            ``cifar10``/``cifar100`` (download of the official archive).
-        out_dir: output folder (created if needed).
-        log: receives one-line status messages (None = silent).
-        **options: the fields of `PrepOptions`.
-
-    Returns:
-        The manifest dict (the existing one when the outputs were already up to date).
-
-    Raises:
-        DataPrepError: any bad input or output location; no new outputs are left behind.
-    """
+    """Convert `source` (what `data_prep.sources.resolve_source` takes) into the outputs in `out_dir` (created if
+    needed), as the module docstring says; return the manifest (the existing one when they were up to date).
+    `log` receives one-line status messages (None: silent); `options` are the fields of `PrepOptions`."""
     opts = PrepOptions(**options)
     opts.check()
     say: Log = log or (lambda _msg: None)
@@ -113,7 +96,7 @@ def write_beton(
     finals = output_paths(out, name)
     _remove_stale_temps(out, name)
     sha = source_sha256(spec)
-    options = manifest_options(spec, asdict(opts), name, sha)
+    options = manifest_options(spec, opts, name, sha)
     existing = None if opts.force else up_to_date(finals, options)
     if existing is None:
         return _Conversion(spec, opts, finals, say).run(options)
