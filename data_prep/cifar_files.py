@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import io
-import os
 import pickle
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -143,13 +142,9 @@ def _parse_cifar(
     return SourceData(dataset, class_names, load(train_names), load(test_names))
 
 
-def read_cifar_archive(
-    path: str | os.PathLike[str], dataset: str, *, labels: str = "fine", given: str | None = None,
-    progress: bool = False,
-) -> SourceData:
-    """Read an official ``cifar-10-python.tar.gz`` / ``cifar-100-python.tar.gz`` in one streaming pass."""
-    path = Path(path)
-    given = given or str(path)
+def read_cifar_archive(path: Path, dataset: str, given: str, *, labels: str, progress: bool) -> SourceData:
+    """Read an official ``cifar-10-python.tar.gz`` / ``cifar-100-python.tar.gz`` (`given`, as the user named it)
+    in one streaming pass."""
     wanted = batch_files(dataset)
     blobs: dict[str, bytes] = {}
     member_of: dict[str, str] = {}
@@ -172,9 +167,8 @@ def read_cifar_archive(
     return _parse_cifar(dataset, files, where, labels)
 
 
-def read_cifar_dir(path: str | os.PathLike[str], dataset: str, *, labels: str = "fine") -> SourceData:
+def read_cifar_dir(path: Path, dataset: str, *, labels: str) -> SourceData:
     """Read an extracted ``cifar-10-batches-py/`` or ``cifar-100-python/`` folder."""
-    path = Path(path)
     names = batch_files(dataset)
     files = {n: functools.partial(_read_file, path / n) for n in names if (path / n).is_file()}
     return _parse_cifar(dataset, files, lambda n: str(path / n), labels)

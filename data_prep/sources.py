@@ -88,9 +88,6 @@ def resolve_source(
 
     `md5`, when given, is checked against a local archive file; downloads are always checked against
     `md5` or, for the official archives, their published md5.
-
-    Raises:
-        DataPrepError: missing path, unsupported file, unreachable URL, md5 mismatch, ...
     """
     given = os.fspath(source)
     if is_url(given) or (given in OFFICIAL and not Path(given).exists()):
@@ -219,17 +216,11 @@ def _source_sha256(spec: SourceSpec) -> str:
 def read_source(
     spec: SourceSpec, *, labels: str = "fine", num_workers: int = 2, progress: bool = True
 ) -> SourceData:
-    """Read the whole source into memory (see the module docstring for the contract).
-
-    Args:
-        spec: from `resolve_source`.
-        labels: "fine" or "coarse"; "coarse" is only valid for CIFAR-100.
-        num_workers: processes used to decode image files (image-folder sources).
-        progress: show tqdm bars on stderr.
-    """
+    """Read the whole source (`resolve_source`'s spec) into memory, as the module docstring says; `num_workers`
+    threads decode image files, `progress` shows tqdm bars on stderr."""
     check_labels(labels, spec.dataset)
     if spec.kind == "cifar_archive":
-        return read_cifar_archive(spec.path, spec.dataset, labels=labels, given=spec.given, progress=progress)
+        return read_cifar_archive(spec.path, spec.dataset, spec.given, labels=labels, progress=progress)
     if spec.kind == "cifar_dir":
         return read_cifar_dir(spec.path, spec.dataset, labels=labels)
     if spec.kind == "folder_dir":
