@@ -1,10 +1,8 @@
 """`cifar-dist sweep plan|submit|status|preempt|run|resolve|worker GRID ...`: the sweep commands.
 
-Each subcommand is one dataclass (`PlanArgs`, `SubmitArgs`, ...): its fields are the options, read once by the
-strict runner (`cifar_dist.runner.run_schema`), and its `run()` does the work: every flag is checked before
-anything is read or written, and its `--help` is generated from the fields. Fire dispatches the subcommand
-(`Sweep`, `cifar_dist.cli.dispatch`).
-`submit GRID -- SBATCH_OPTION ...` passes everything after `--` to sbatch unchanged.
+Each subcommand is one dataclass (`PlanArgs`, `SubmitArgs`, ...): its fields are the options, read once by
+`cifar_dist.runner.run_schema`, and its `run()` does the work. Fire dispatches the subcommand (`Sweep`,
+`cifar_dist.cli.dispatch`).
 """
 
 from __future__ import annotations
