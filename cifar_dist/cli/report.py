@@ -10,8 +10,6 @@ from cifar_dist.errors import EXIT_OK
 from cifar_dist.runner import run_schema
 from cifar_dist.schema import opt
 
-PROG = "cifar-dist report"
-
 
 @dataclass(frozen=True)
 class ReportArgs:
@@ -40,4 +38,4 @@ def epilog() -> str:
 
 def main(argv: list[str]) -> int:
     """`cifar-dist report PATH [--out DIR] [--metric NAME]`; returns the exit status."""
-    return run_schema(report, ReportArgs, argv, PROG, epilog=epilog)
+    return run_schema(report, ReportArgs, argv, "cifar-dist report", epilog=epilog)
