@@ -99,24 +99,32 @@ def write_beton(
     options = manifest_options(spec, opts, name, sha)
     existing = None if opts.force else up_to_date(finals, options)
     if existing is None:
-        return _Conversion(spec, opts, finals, say).run(options)
+        return _Conversion(spec, opts, name, finals, say).run(options)
     say(f"{name}: up to date in {out} (same source sha256 {sha[:12]}, options and .beton sha256; "
         "use --force to rewrite)")
     if opts.verify:
         data = read_source(spec, labels=opts.labels, num_workers=opts.num_workers, progress=opts.show_progress)
-        for split in SPLITS:
-            report = verify_split(finals[split], data.split(split), mode=opts.mode, jpeg_quality=opts.jpeg_quality)
-            say(f"verified {finals[split].name}: {dict(report, sha256='as in the manifest')}")
+        _verify(finals, finals, data, opts, say, sha256="as in the manifest")
     return existing
+
+
+def _verify(files: dict[str, Path], finals: dict[str, Path], data: SourceData, opts: PrepOptions, say: Log,
+            **note: str) -> dict[str, Any]:
+    """`verify_split` of each split's file in `files` (named as in `finals`), each report said as it comes."""
+    reports = {}
+    for split in SPLITS:
+        reports[split] = verify_split(files[split], data.split(split), mode=opts.mode, jpeg_quality=opts.jpeg_quality,
+                                      shown=str(finals[split]))
+        say(f"verified {finals[split].name}: {dict(reports[split], **note)}")
+    return reports
 
 
 class _Conversion:
     """Read the source, write both splits under temporary names, verify, then rename into place."""
 
-    def __init__(self, spec: SourceSpec, opts: PrepOptions, finals: dict[str, Path], say: Log) -> None:
-        self.spec, self.opts, self.finals, self.say = spec, opts, finals, say
+    def __init__(self, spec: SourceSpec, opts: PrepOptions, name: str, finals: dict[str, Path], say: Log) -> None:
+        self.spec, self.opts, self.name, self.finals, self.say = spec, opts, name, finals, say
         self.temps = {key: path.with_name(f".{path.name}.tmp-{os.getpid()}") for key, path in finals.items()}
-        self.name = finals["manifest"].name.removesuffix("_manifest.json")
         self.seconds: dict[str, float] = {}
         self.started = time.perf_counter()
 
@@ -137,7 +145,8 @@ class _Conversion:
                 raise DataPrepError(spec.given, f"at least one {split} image", f"no {split} images")
         try:
             self._timed("write", lambda: self._write(data))
-            verification = self._timed("verify", lambda: self._verify(data)) if opts.verify else None
+            verification = self._timed("verify", lambda: _verify(self.temps, self.finals, data, opts, self.say)) \
+                if opts.verify else None
             self.seconds["total"] = time.perf_counter() - self.started
             files = file_entries(self.temps, self.finals)
             manifest = build_manifest(data, spec, options, files, verification, self.seconds)
@@ -157,14 +166,6 @@ class _Conversion:
             self.say(f"{self.name}: writing {self.finals[split]} ({len(data.split(split))} images, {opts.mode})")
         jobs = [SplitJob(self.temps[split], self.finals[split], data.split(split)) for split in SPLITS]
         write_splits(jobs, opts)
-
-    def _verify(self, data: SourceData) -> dict[str, Any]:
-        verification = {}
-        for split in SPLITS:
-            verification[split] = verify_split(self.temps[split], data.split(split), mode=self.opts.mode,
-                                               jpeg_quality=self.opts.jpeg_quality, shown=str(self.finals[split]))
-            self.say(f"verified {self.finals[split].name}: {verification[split]}")
-        return verification
 
     def _commit(self, manifest: dict[str, Any]) -> None:
         """Rename the betons into place, then the manifest (written first, so a full disk changes nothing)."""
