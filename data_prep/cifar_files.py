@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .archives import iter_members, open_tar, read_member
-from .arrays import SIDE, SourceData, SplitArrays, concat
+from .arrays import SIDE, SourceData, SplitArrays
 from .errors import DataPrepError
 
 CIFAR10_FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch")
@@ -131,13 +131,10 @@ def _parse_cifar(
     _require_keys(meta, (meta_key,), where(meta_name))
     class_names = _names(meta[meta_key], where(meta_name), meta_key)
 
-    def load(names: Sequence[str]) -> SplitArrays:
-        return concat(
-            [
-                _batch_arrays(_load_pickle(files[n](), where(n)), label_key, len(class_names), where(n))
-                for n in names
-            ]
-        )
+    def load(names: Sequence[str]) -> SplitArrays:  # the batches one after the other
+        parts = [_batch_arrays(_load_pickle(files[n](), where(n)), label_key, len(class_names), where(n))
+                 for n in names]
+        return SplitArrays(np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts]))
 
     return SourceData(dataset, class_names, load(train_names), load(test_names))
 
