@@ -118,7 +118,7 @@ class RunArgs(_Grid):
         if not self.local:
             raise FlagError("sweep run: --local=false: `sweep run` trains on this machine; on a SLURM cluster use "
                             "`cifar-dist sweep submit GRID`")
-        parallel = _count("parallel", self.parallel) or 1
+        parallel = _count("parallel", self.parallel)
         procs = _procs(self.procs)
         sweep = plan.load_sweep(self.grid)
         local.lock_sweep(sweep.dir)  # one local runner per sweep folder (exit 2 for a second), before any write
@@ -181,7 +181,7 @@ def _procs(value: int | None) -> int:
         try:
             value = int(env)
         except ValueError:
-            raise InputError(f"CIFAR_DIST_CPU_PROCS: expected a positive integer, found {env!r}") from None
+            raise InputError(f"CIFAR_DIST_CPU_PROCS: expected {POSITIVE}, found {env!r}") from None
     return _count("procs", value)
 
 
@@ -190,9 +190,7 @@ SCHEMAS = {"plan": PlanArgs, "submit": SubmitArgs, "status": StatusArgs, "preemp
 
 
 class Sweep:
-    """The subcommands of `cifar-dist sweep`, dispatched by Fire: one method per entry of `SCHEMAS`, which
-    reads `argv` (the words after its name) once against that schema and returns the exit status of its
-    `run()`."""
+    """The subcommands of `cifar-dist sweep`, a command group (cli.dispatch): one method per entry of `SCHEMAS`."""
 
     def __init__(self, argv: list[str]):
         self.argv = argv
