@@ -70,10 +70,11 @@ def _prepare_out_dir(out: Path) -> Path:
     return out
 
 
-def _remove_stale_temps(out: Path, name: str) -> None:
-    """Delete temporaries of earlier runs for `name` whose process no longer exists."""
-    pattern = re.compile(rf"^\.{re.escape(name)}_(train\.beton|test\.beton|manifest\.json)\.tmp-(\d+)$")
-    for p in out.iterdir():
+def _remove_stale_temps(finals: dict[str, Path]) -> None:
+    """Delete the temporaries (`_Conversion.temps`) of `finals` left by earlier runs whose process no longer exists."""
+    names = "|".join(re.escape(path.name) for path in finals.values())
+    pattern = re.compile(rf"^\.({names})\.tmp-(\d+)$")
+    for p in finals["manifest"].parent.iterdir():
         m = pattern.match(p.name)
         if m and int(m.group(2)) != os.getpid() and not pid_alive(int(m.group(2))):
             p.unlink(missing_ok=True)
@@ -94,7 +95,7 @@ def write_beton(
     check_labels(opts.labels, spec.dataset)
     name = check_name(str(opts.name) if opts.name is not None else spec.default_name)
     finals = output_paths(out, name)
-    _remove_stale_temps(out, name)
+    _remove_stale_temps(finals)
     sha = source_sha256(spec)
     options = manifest_options(spec, opts, name, sha)
     existing = None if opts.force else up_to_date(finals, options)
