@@ -1,11 +1,9 @@
 """The strict flag runner every command goes through: `run_schema`, a dataclass of options parsed once.
 
-`run_schema(fn, schema, argv, prog)` reads argv once against the fields of `schema`
-(`cifar_dist.schema.parse`: each value read as its field's type, a flag or value the schema does not take
-is one line) and calls `fn(**fields)`; its `--help` is generated from the fields' metadata
-(`cifar_dist.schema.schema_help`), so a flag's help text cannot drift from the parser. `--help`/`-h`
-print the help on stdout and exit 0; input errors (`InputError`: a flag, a value, or what the command
-raises about its input) become one `error:` line and status 2.
+`run_schema(fn, schema, argv, prog)` reads argv once against the fields of `schema` (`cifar_dist.schema.parse`)
+and calls `fn(**fields)`. `--help`/`-h` print `cifar_dist.schema.schema_help` on stdout and exit 0; input
+errors (`InputError`: a flag, a value, or what the command raises about its input) become one `error:` line
+and status 2.
 
 Under a multi-process launch (`accelerate launch`, torchrun: LOCAL_RANK/RANK set) only the first
 process of each launcher (LOCAL_RANK 0) prints the error line or the help; the others exit with the
@@ -45,13 +43,9 @@ def run_schema(fn: Callable[..., int | None], schema: type, argv: list[str], pro
         rc = fn(**{f.name: getattr(args, f.name) for f in fields(args) if f.init})
         return rc if isinstance(rc, int) else EXIT_OK
     except InputError as e:
+        dist = sys.modules.get("torch.distributed")  # never imported here: flags are checked before torch is
         if is_rank0(local=True):
             print(f"error: {e.one_line()}", file=sys.stderr, flush=True)
-        elif not _process_group_up():  # the launcher stops this one once the reporting one has exited
-            time.sleep(QUIET_RANK_WAIT_S)
+        elif not (dist is not None and dist.is_available() and dist.is_initialized()):  # no process group: the
+            time.sleep(QUIET_RANK_WAIT_S)  # launcher stops this one once the reporting one has exited
         return EXIT_BAD_INPUT
-
-
-def _process_group_up() -> bool:
-    dist = sys.modules.get("torch.distributed")  # never imported here: flags are checked before torch is
-    return bool(dist is not None and dist.is_available() and dist.is_initialized())

@@ -8,11 +8,10 @@ parser reads and cannot drift from the code.
 `parse(schema, argv, prog)` reads a command line once against a schema: a field without a default is a
 positional argument (also accepted as ``--name=value``; the last one, when it is a tuple, takes every
 remaining argument: ``IMAGES...``); every other field is a flag, ``--name=value`` or ``--name value``; a
-boolean field also takes ``--name`` and ``--noname``. Two fields collect what no single field names:
-`after_dashes` everything after a lone ``--`` (verbatim), `dotted_flags` every ``--section.key=value`` flag
-as (key, text) pairs for the config's own override machinery, which reads each value once. Anything the
-schema does not take is a one-line `FlagError` (with a "did you mean" for a misspelt flag); a value of the
-wrong type, or outside the field's `choices`, is a one-line `ConfigError` naming the flag.
+boolean field also takes ``--name`` and ``--noname``; `after_dashes` and `dotted_flags` fields collect what
+no single field names. Anything the schema does not take is a one-line `FlagError` (with a "did you mean" for
+a misspelt flag); a value of the wrong type, or outside the field's `choices`, is a one-line `ConfigError`
+naming the flag.
 """
 
 from __future__ import annotations

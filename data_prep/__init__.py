@@ -7,26 +7,13 @@ Public API:
 * `data_prep.cli.prepare(source, out="data", ...) -> int` — the command (prints a summary, returns
   the exit status); ``python -m data_prep`` and ``cifar-dist prepare`` both run it via `data_prep.cli.main`;
 * `read_beton(path, indices=None)` / `read_labels(path)` — read a written beton back without a Loader;
-* `SourceData` / `SplitArrays` — a source in memory;
 * `DataPrepError` — the one exception for bad inputs (one-line message: path, expected, found).
 
 Importing this package does not import FFCV (that happens on first read; writes run in a child process).
 """
 
-from .arrays import SourceData, SplitArrays
-from .beton import read_beton, read_labels, verify_split
+from .beton import read_beton, read_labels
 from .errors import DataPrepError
-from .options import PrepOptions
 from .writer import output_paths, write_beton
 
-__all__ = [
-    "DataPrepError",
-    "PrepOptions",
-    "SourceData",
-    "SplitArrays",
-    "output_paths",
-    "read_beton",
-    "read_labels",
-    "verify_split",
-    "write_beton",
-]
+__all__ = ["DataPrepError", "output_paths", "read_beton", "read_labels", "write_beton"]

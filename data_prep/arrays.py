@@ -21,11 +21,6 @@ class SplitArrays:
         return int(self.labels.shape[0])
 
 
-def concat(parts: list[SplitArrays]) -> SplitArrays:
-    """The splits one after the other."""
-    return SplitArrays(np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts]))
-
-
 @dataclass(frozen=True)
 class SourceData:
     """A whole data set read from a source.

@@ -89,11 +89,7 @@ def read_beton(
     path: str | os.PathLike[str], indices: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read images (N, 32, 32, 3) uint8 RGB and labels (N,) int64 back from a beton written here, as the
-    module docstring explains (no FFCV import, no JIT, no workers); `indices` selects rows (default: all).
-
-    Raises:
-        DataPrepError: the file is not a beton with ``image`` (RGBImageField) and ``label`` fields.
-    """
+    module docstring explains (no FFCV import, no JIT, no workers); `indices` selects rows (default: all)."""
     path = Path(path)
     beton = open_beton(path)
     img_meta, label_meta = beton.images, beton.labels

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import io
-import os
 import pickle
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .archives import iter_members, open_tar, read_member
-from .arrays import SIDE, SourceData, SplitArrays, concat
+from .arrays import SIDE, SourceData, SplitArrays
 from .errors import DataPrepError
 
 CIFAR10_FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch")
@@ -132,24 +131,17 @@ def _parse_cifar(
     _require_keys(meta, (meta_key,), where(meta_name))
     class_names = _names(meta[meta_key], where(meta_name), meta_key)
 
-    def load(names: Sequence[str]) -> SplitArrays:
-        return concat(
-            [
-                _batch_arrays(_load_pickle(files[n](), where(n)), label_key, len(class_names), where(n))
-                for n in names
-            ]
-        )
+    def load(names: Sequence[str]) -> SplitArrays:  # the batches one after the other
+        parts = [_batch_arrays(_load_pickle(files[n](), where(n)), label_key, len(class_names), where(n))
+                 for n in names]
+        return SplitArrays(np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts]))
 
     return SourceData(dataset, class_names, load(train_names), load(test_names))
 
 
-def read_cifar_archive(
-    path: str | os.PathLike[str], dataset: str, *, labels: str = "fine", given: str | None = None,
-    progress: bool = False,
-) -> SourceData:
-    """Read an official ``cifar-10-python.tar.gz`` / ``cifar-100-python.tar.gz`` in one streaming pass."""
-    path = Path(path)
-    given = given or str(path)
+def read_cifar_archive(path: Path, dataset: str, given: str, *, labels: str, progress: bool) -> SourceData:
+    """Read an official ``cifar-10-python.tar.gz`` / ``cifar-100-python.tar.gz`` (`given`, as the user named it)
+    in one streaming pass."""
     wanted = batch_files(dataset)
     blobs: dict[str, bytes] = {}
     member_of: dict[str, str] = {}
@@ -172,9 +164,8 @@ def read_cifar_archive(
     return _parse_cifar(dataset, files, where, labels)
 
 
-def read_cifar_dir(path: str | os.PathLike[str], dataset: str, *, labels: str = "fine") -> SourceData:
+def read_cifar_dir(path: Path, dataset: str, *, labels: str) -> SourceData:
     """Read an extracted ``cifar-10-batches-py/`` or ``cifar-100-python/`` folder."""
-    path = Path(path)
     names = batch_files(dataset)
     files = {n: functools.partial(_read_file, path / n) for n in names if (path / n).is_file()}
     return _parse_cifar(dataset, files, lambda n: str(path / n), labels)

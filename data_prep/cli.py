@@ -1,9 +1,7 @@
 """The one parser for conversion: ``python -m data_prep SOURCE ...`` and ``cifar-dist prepare SOURCE ...``.
 
 Both entry points call `main`, which reads the command line once against `PrepareArgs` (SOURCE, --out and
-the fields of `PrepOptions`) through the project's strict flag runner (`cifar_dist.runner.run_schema`):
-every flag is checked and typed before anything is read or written (an unknown flag is one ``error:``
-line and status 2), and ``--help``/``-h`` print the help generated from those fields on stdout, status 0.
+the fields of `PrepOptions`) through the project's strict flag runner, `cifar_dist.runner.run_schema`.
 
 `prepare` calls `write_beton`, prints a dataset summary table on stdout and returns an exit status —
 0 on success (also when the outputs were already up to date), 2 on a `DataPrepError` (one
@@ -57,8 +55,6 @@ def format_summary(manifest: dict, out: str | os.PathLike[str]) -> str:
 
 @dataclass(frozen=True)
 class _Where:
-    """Where a conversion reads and writes: SOURCE and --out (every other flag is a `PrepOptions` field)."""
-
     source: str = opt(help="what to convert: an official archive (cifar-10-python.tar.gz, cifar-100-python.tar.gz), "
                            "an extracted batches folder (cifar-10-batches-py/, cifar-100-python/), an image-folder "
                            "tree train/<class>/*, test/<class>/* (folder or .tar/.tar.gz), an http(s) URL, or the "
@@ -105,17 +101,18 @@ def prepare(source: str, *, out: str = "data", **options: Any) -> int:
     """Convert `source` into .beton files and a manifest in `out`, print a summary; return the exit status
     (see the module docstring). `options` are the fields of `PrepOptions`, as `write_beton` takes them."""
     created = _missing_dirs(out)
-    term = _stop_on_sigterm()
+    try:  # SIGTERM raises Terminated while the conversion runs, in the main thread only
+        term = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread: signals stay as they are
+        term = None
     try:
         manifest = write_beton(str(source), str(out), log=lambda msg: print(msg, flush=True), **options)
-    except DataPrepError as exc:
+    except (DataPrepError, KeyboardInterrupt) as exc:  # Ctrl-C, or SIGTERM: the writer removed its temporaries
         _remove_empty(created)
         sys.stdout.flush()
-        print(f"error: {exc.one_line()}", file=sys.stderr, flush=True)
-        return 2
-    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated): the writer removed its temporaries
-        _remove_empty(created)
-        sys.stdout.flush()
+        if isinstance(exc, DataPrepError):
+            print(f"error: {exc.one_line()}", file=sys.stderr, flush=True)
+            return 2
         signum = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
         print(f"error: stopped by {signal.Signals(signum).name}; no output files were changed", file=sys.stderr,
               flush=True)
@@ -133,14 +130,6 @@ class Terminated(KeyboardInterrupt):
 
 def _raise_terminated(signum, frame):
     raise Terminated(signum)
-
-
-def _stop_on_sigterm():
-    """Make SIGTERM raise Terminated (main thread only); returns the previous handler to restore."""
-    try:
-        return signal.signal(signal.SIGTERM, _raise_terminated)
-    except ValueError:  # not the main thread: signals stay as they are
-        return None
 
 
 def _missing_dirs(out: str | os.PathLike[str]) -> list[Path]:
@@ -166,5 +155,3 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     return run_schema(prepare, PrepareArgs, argv, prog, epilog=EPILOG)
 
-
-__all__ = ["PrepareArgs", "format_summary", "main", "prepare"]

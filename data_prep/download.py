@@ -76,12 +76,8 @@ def file_digest(path: Path, algorithm: str) -> str:
 def fetch(
     url: str, cache_dir: Path, md5: str | None, *, timeout: float = 30.0, progress: bool = True
 ) -> Path:
-    """Download `url` into `cache_dir` (or reuse a cached copy with the right md5) and return its path.
-
-    Raises:
-        DataPrepError: the URL is unreachable (offline, DNS, HTTP error), the download's md5 is not
-            `md5`, or the cache directory cannot be written. No partial file is left behind.
-    """
+    """Download `url` into `cache_dir` (or reuse a cached copy with the right md5) and return its path (see the
+    module docstring)."""
     name = url_file_name(url) or "download"
     dest = cache_dir / name
     if dest.is_file() and (md5 is None or file_digest(dest, "md5") == md5.lower()):

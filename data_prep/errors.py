@@ -1,10 +1,4 @@
-"""The one exception type of `data_prep`.
-
-Every problem a user can fix (a missing path, a corrupt archive, a wrong image size, an output
-directory that cannot be created, a full disk, ...) is raised as `DataPrepError`, an `InputError` of
-the project. Its message is one line of the form ``<path>: expected <what>, found <what>``; the
-command line prints it as ``error: <message>`` on stderr and exits with status 2.
-"""
+"""The one exception type of `data_prep`: `DataPrepError`."""
 
 from __future__ import annotations
 
@@ -14,7 +8,9 @@ from cifar_dist.errors import InputError
 
 
 class DataPrepError(InputError):
-    """A bad input or environment problem, described in one line that names the file.
+    """Every problem a user can fix (a missing path, a corrupt archive, a wrong image size, an output directory
+    that cannot be created, a full disk, ...), as an `InputError` of the project whose message is one line of
+    the form ``<path>: expected <what>, found <what>``.
 
     Attributes:
         path: the file, directory, archive member or URL the problem is about.

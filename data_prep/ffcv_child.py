@@ -1,7 +1,6 @@
 """The process FFCV's writer runs in: ``python -m data_prep.ffcv_child MODE QUALITY [PATH COUNT WORKERS]...``.
 
-`data_prep.split_writer` starts it in a session of its own and stops the whole session when a split
-misses its deadline, so nothing here can hang the caller or outlive it. It writes the splits one
+`data_prep.split_writer` starts it and stops its whole session (see there). It writes the splits one
 after the other (FFCV's import costs seconds, paid once). Protocol:
 
 * stdin, per split: COUNT images as raw uint8 bytes (COUNT, 32, 32, 3) RGB, then COUNT labels as

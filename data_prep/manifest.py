@@ -19,24 +19,21 @@ from cifar_dist.files import read_json_or_none
 from .arrays import SIDE, SPLITS, SourceData
 from .beton import ffcv_version
 from .download import file_digest
+from .options import PrepOptions
 from .sources import SourceSpec, write_order
 
 MANIFEST_VERSION = 2  # 2: .beton sha256 compared on re-runs; image folders written shuffled
 
 
-def manifest_options(spec: SourceSpec, fmt: dict[str, Any], name: str, sha: str) -> dict[str, Any]:
-    """The manifest entries that decide whether existing outputs are up to date.
-
-    `fmt` holds ``mode``, ``jpeg_quality`` and ``labels`` as given.
-    """
-    mode = fmt["mode"]
+def manifest_options(spec: SourceSpec, opts: PrepOptions, name: str, sha: str) -> dict[str, Any]:
+    """The manifest entries that decide whether existing outputs are up to date."""
     return {
         "format_version": MANIFEST_VERSION,
         "name": name,
         "dataset": spec.dataset,
-        "labels": fmt["labels"] if spec.dataset == "cifar100" else None,
-        "write_mode": mode,
-        "jpeg_quality": fmt["jpeg_quality"] if mode == "jpg" else None,
+        "labels": opts.labels if spec.dataset == "cifar100" else None,
+        "write_mode": opts.mode,
+        "jpeg_quality": opts.jpeg_quality if opts.mode == "jpg" else None,
         "image_resolution": SIDE,
         "source_sha256": sha,
         "order": write_order(spec),

@@ -17,10 +17,7 @@ MODES = ("raw", "jpg")
 
 @dataclass(frozen=True)
 class PrepOptions:
-    """The options of a conversion: the keyword arguments of `write_beton` and the flags of `prepare`.
-
-    Each field's help text (its metadata) is what `python -m data_prep --help` prints for its flag.
-    """
+    """The keyword arguments of `write_beton` and the flags of `prepare` (each field's help text is its flag's)."""
 
     name: str | None = opt(None, "file-name prefix of the outputs (default: cifar10, cifar100, or the folder/archive "
                                  "name). Example: --name cifar10 writes cifar10_train.beton")

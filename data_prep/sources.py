@@ -41,7 +41,7 @@ from .cifar_files import (
     read_cifar_archive,
     read_cifar_dir,
 )
-from .download import OFFICIAL, default_cache_dir, fetch, file_digest, is_url, official_md5
+from .download import CHUNK, OFFICIAL, default_cache_dir, fetch, file_digest, is_url, official_md5
 from .errors import DataPrepError
 from .image_folder import FOLDER_ORDER, read_image_folder, read_image_folder_tar
 
@@ -88,9 +88,6 @@ def resolve_source(
 
     `md5`, when given, is checked against a local archive file; downloads are always checked against
     `md5` or, for the official archives, their published md5.
-
-    Raises:
-        DataPrepError: missing path, unsupported file, unreachable URL, md5 mismatch, ...
     """
     given = os.fspath(source)
     if is_url(given) or (given in OFFICIAL and not Path(given).exists()):
@@ -182,34 +179,30 @@ def source_sha256(spec: SourceSpec) -> str:
     exactly the files the reader consumes (the CIFAR batch files, or everything under train/ and
     test/), so unrelated files next to them do not matter.
     """
+    root = spec.path
     try:
-        return _source_sha256(spec)
+        if spec.kind in ("cifar_archive", "folder_tar"):
+            return file_digest(root, "sha256")
+        if spec.kind == "cifar_dir":
+            files = [root / n for n in batch_files(spec.dataset) if (root / n).is_file()]
+        else:
+            files = [
+                p for split in SPLITS if (root / split).is_dir() for p in (root / split).rglob("*") if p.is_file()
+            ]
+        sha = hashlib.sha256()
+        for p in sorted(files, key=lambda q: q.relative_to(root).as_posix()):
+            rel = p.relative_to(root).as_posix().encode()
+            sha.update(len(rel).to_bytes(4, "little") + rel + p.stat().st_size.to_bytes(8, "little"))
+            with open(p, "rb") as f:
+                while block := f.read(CHUNK):
+                    sha.update(block)
+        return sha.hexdigest()
     except OSError as exc:
         raise DataPrepError(
             getattr(exc, "filename", None) or spec.path,
             "a readable source",
             f"an error ({exc.strerror or exc})",
         ) from exc
-
-
-def _source_sha256(spec: SourceSpec) -> str:
-    if spec.kind in ("cifar_archive", "folder_tar"):
-        return file_digest(spec.path, "sha256")
-    root = spec.path
-    if spec.kind == "cifar_dir":
-        files = [root / n for n in batch_files(spec.dataset) if (root / n).is_file()]
-    else:
-        files = [
-            p for split in SPLITS if (root / split).is_dir() for p in (root / split).rglob("*") if p.is_file()
-        ]
-    sha = hashlib.sha256()
-    for p in sorted(files, key=lambda q: q.relative_to(root).as_posix()):
-        rel = p.relative_to(root).as_posix().encode()
-        sha.update(len(rel).to_bytes(4, "little") + rel + p.stat().st_size.to_bytes(8, "little"))
-        with open(p, "rb") as f:
-            while block := f.read(1 << 20):
-                sha.update(block)
-    return sha.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -219,17 +212,11 @@ def _source_sha256(spec: SourceSpec) -> str:
 def read_source(
     spec: SourceSpec, *, labels: str = "fine", num_workers: int = 2, progress: bool = True
 ) -> SourceData:
-    """Read the whole source into memory (see the module docstring for the contract).
-
-    Args:
-        spec: from `resolve_source`.
-        labels: "fine" or "coarse"; "coarse" is only valid for CIFAR-100.
-        num_workers: processes used to decode image files (image-folder sources).
-        progress: show tqdm bars on stderr.
-    """
+    """Read the whole source (`resolve_source`'s spec) into memory, as the module docstring says; `num_workers`
+    threads decode image files, `progress` shows tqdm bars on stderr."""
     check_labels(labels, spec.dataset)
     if spec.kind == "cifar_archive":
-        return read_cifar_archive(spec.path, spec.dataset, labels=labels, given=spec.given, progress=progress)
+        return read_cifar_archive(spec.path, spec.dataset, spec.given, labels=labels, progress=progress)
     if spec.kind == "cifar_dir":
         return read_cifar_dir(spec.path, spec.dataset, labels=labels)
     if spec.kind == "folder_dir":

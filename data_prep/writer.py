@@ -9,13 +9,9 @@ Contract:
 * Atomic: everything is written under temporary names (``.<file>.tmp-<pid>``) in ``out_dir`` and
   renamed at the end, manifest last. On any failure (a full disk, Ctrl-C, ...) the temporaries are
   removed and no new beton or manifest appears; files of an earlier successful run are untouched.
-* Each split is written by FFCV in a child process with a deadline (`data_prep.split_writer`): a
-  dead or hung writer is a `DataPrepError`, never a hang, and leaves no process behind.
-* Idempotent: if the existing manifest records the same source sha256, options and row order, and
-  both betons still have the recorded sha256, nothing is written (unless ``force=True``).
-* ``verify=True`` re-reads the files (`data_prep.beton.verify_split`): counts, every label, and
-  pixels (raw: every image bit-exact; jpg: a sample's mean absolute difference under a bound).
-* Errors a user can fix raise `DataPrepError` (one line: path, expected, found).
+* Each split is written by FFCV in a child process with a deadline (`data_prep.split_writer`).
+* Idempotent: nothing is written while the outputs are up to date (`data_prep.manifest`), unless ``force=True``.
+* ``verify=True`` re-reads the files and checks them against the source (`data_prep.beton.verify_split`).
 """
 
 from __future__ import annotations
@@ -25,7 +21,6 @@ import re
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -75,10 +70,11 @@ def _prepare_out_dir(out: Path) -> Path:
     return out
 
 
-def _remove_stale_temps(out: Path, name: str) -> None:
-    """Delete temporaries of earlier runs for `name` whose process no longer exists."""
-    pattern = re.compile(rf"^\.{re.escape(name)}_(train\.beton|test\.beton|manifest\.json)\.tmp-(\d+)$")
-    for p in out.iterdir():
+def _remove_stale_temps(finals: dict[str, Path]) -> None:
+    """Delete the temporaries (`_Conversion.temps`) of `finals` left by earlier runs whose process no longer exists."""
+    names = "|".join(re.escape(path.name) for path in finals.values())
+    pattern = re.compile(rf"^\.({names})\.tmp-(\d+)$")
+    for p in finals["manifest"].parent.iterdir():
         m = pattern.match(p.name)
         if m and int(m.group(2)) != os.getpid() and not pid_alive(int(m.group(2))):
             p.unlink(missing_ok=True)
@@ -87,21 +83,9 @@ def _remove_stale_temps(out: Path, name: str) -> None:
 def write_beton(
     source: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, log: Log | None = print, **options: Any
 ) -> dict:
-    """Convert a CIFAR source into ``<name>_train.beton``, ``<name>_test.beton`` and ``<name>_manifest.json``.
-
-    Args:
-        source: archive path, batches folder, image-folder tree (folder or tar), URL, or
-            ``cifar10``/``cifar100`` (download of the official archive).
-        out_dir: output folder (created if needed).
-        log: receives one-line status messages (None = silent).
-        **options: the fields of `PrepOptions`.
-
-    Returns:
-        The manifest dict (the existing one when the outputs were already up to date).
-
-    Raises:
-        DataPrepError: any bad input or output location; no new outputs are left behind.
-    """
+    """Convert `source` (what `data_prep.sources.resolve_source` takes) into the outputs in `out_dir` (created if
+    needed), as the module docstring says; return the manifest (the existing one when they were up to date).
+    `log` receives one-line status messages (None: silent); `options` are the fields of `PrepOptions`."""
     opts = PrepOptions(**options)
     opts.check()
     say: Log = log or (lambda _msg: None)
@@ -111,29 +95,37 @@ def write_beton(
     check_labels(opts.labels, spec.dataset)
     name = check_name(str(opts.name) if opts.name is not None else spec.default_name)
     finals = output_paths(out, name)
-    _remove_stale_temps(out, name)
+    _remove_stale_temps(finals)
     sha = source_sha256(spec)
-    options = manifest_options(spec, asdict(opts), name, sha)
+    options = manifest_options(spec, opts, name, sha)
     existing = None if opts.force else up_to_date(finals, options)
     if existing is None:
-        return _Conversion(spec, opts, finals, say).run(options)
+        return _Conversion(spec, opts, name, finals, say).run(options)
     say(f"{name}: up to date in {out} (same source sha256 {sha[:12]}, options and .beton sha256; "
         "use --force to rewrite)")
     if opts.verify:
         data = read_source(spec, labels=opts.labels, num_workers=opts.num_workers, progress=opts.show_progress)
-        for split in SPLITS:
-            report = verify_split(finals[split], data.split(split), mode=opts.mode, jpeg_quality=opts.jpeg_quality)
-            say(f"verified {finals[split].name}: {dict(report, sha256='as in the manifest')}")
+        _verify(finals, finals, data, opts, say, sha256="as in the manifest")
     return existing
+
+
+def _verify(files: dict[str, Path], finals: dict[str, Path], data: SourceData, opts: PrepOptions, say: Log,
+            **note: str) -> dict[str, Any]:
+    """`verify_split` of each split's file in `files` (named as in `finals`), each report said as it comes."""
+    reports = {}
+    for split in SPLITS:
+        reports[split] = verify_split(files[split], data.split(split), mode=opts.mode, jpeg_quality=opts.jpeg_quality,
+                                      shown=str(finals[split]))
+        say(f"verified {finals[split].name}: {dict(reports[split], **note)}")
+    return reports
 
 
 class _Conversion:
     """Read the source, write both splits under temporary names, verify, then rename into place."""
 
-    def __init__(self, spec: SourceSpec, opts: PrepOptions, finals: dict[str, Path], say: Log) -> None:
-        self.spec, self.opts, self.finals, self.say = spec, opts, finals, say
+    def __init__(self, spec: SourceSpec, opts: PrepOptions, name: str, finals: dict[str, Path], say: Log) -> None:
+        self.spec, self.opts, self.name, self.finals, self.say = spec, opts, name, finals, say
         self.temps = {key: path.with_name(f".{path.name}.tmp-{os.getpid()}") for key, path in finals.items()}
-        self.name = finals["manifest"].name.removesuffix("_manifest.json")
         self.seconds: dict[str, float] = {}
         self.started = time.perf_counter()
 
@@ -154,7 +146,8 @@ class _Conversion:
                 raise DataPrepError(spec.given, f"at least one {split} image", f"no {split} images")
         try:
             self._timed("write", lambda: self._write(data))
-            verification = self._timed("verify", lambda: self._verify(data)) if opts.verify else None
+            verification = self._timed("verify", lambda: _verify(self.temps, self.finals, data, opts, self.say)) \
+                if opts.verify else None
             self.seconds["total"] = time.perf_counter() - self.started
             files = file_entries(self.temps, self.finals)
             manifest = build_manifest(data, spec, options, files, verification, self.seconds)
@@ -174,14 +167,6 @@ class _Conversion:
             self.say(f"{self.name}: writing {self.finals[split]} ({len(data.split(split))} images, {opts.mode})")
         jobs = [SplitJob(self.temps[split], self.finals[split], data.split(split)) for split in SPLITS]
         write_splits(jobs, opts)
-
-    def _verify(self, data: SourceData) -> dict[str, Any]:
-        verification = {}
-        for split in SPLITS:
-            verification[split] = verify_split(self.temps[split], data.split(split), mode=self.opts.mode,
-                                               jpeg_quality=self.opts.jpeg_quality, shown=str(self.finals[split]))
-            self.say(f"verified {self.finals[split].name}: {verification[split]}")
-        return verification
 
     def _commit(self, manifest: dict[str, Any]) -> None:
         """Rename the betons into place, then the manifest (written first, so a full disk changes nothing)."""

@@ -26,9 +26,5 @@ def dispatch(commands: object, name: str, prog: str) -> int:
     Fire prints a command's return value; `serialize` turns it into None, which Fire does not print, and
     Fire still returns the value itself.
     """
-    status = fire.Fire(commands, command=[name], name=prog, serialize=_nothing)
+    status = fire.Fire(commands, command=[name], name=prog, serialize=lambda result: None)
     return status if isinstance(status, int) else EXIT_OK
-
-
-def _nothing(result: object) -> None:
-    return None

@@ -3,15 +3,12 @@ parsed once by `cifar_dist.runner.run_schema` before anything is read or written
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 from cifar_dist import report as reports
 from cifar_dist.errors import EXIT_OK
 from cifar_dist.runner import run_schema
 from cifar_dist.schema import opt
-
-PROG = "cifar-dist report"
 
 
 @dataclass(frozen=True)
@@ -39,11 +36,6 @@ def epilog() -> str:
     return f"metrics: {', '.join(reports.METRICS)}\n\n{reports.__doc__ or ''}"
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str]) -> int:
     """`cifar-dist report PATH [--out DIR] [--metric NAME]`; returns the exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    return run_schema(report, ReportArgs, argv, PROG, epilog=epilog)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return run_schema(report, ReportArgs, argv, "cifar-dist report", epilog=epilog)

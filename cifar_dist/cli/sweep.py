@@ -1,10 +1,8 @@
 """`cifar-dist sweep plan|submit|status|preempt|run|resolve|worker GRID ...`: the sweep commands.
 
-Each subcommand is one dataclass (`PlanArgs`, `SubmitArgs`, ...): its fields are the options, read once by the
-strict runner (`cifar_dist.runner.run_schema`), and its `run()` does the work: every flag is checked before
-anything is read or written, and its `--help` is generated from the fields. Fire dispatches the subcommand
-(`Sweep`, `cifar_dist.cli.dispatch`).
-`submit GRID -- SBATCH_OPTION ...` passes everything after `--` to sbatch unchanged.
+Each subcommand is one dataclass (`PlanArgs`, `SubmitArgs`, ...): its fields are the options, read once by
+`cifar_dist.runner.run_schema`, and its `run()` does the work. Fire dispatches the subcommand (`Sweep`,
+`cifar_dist.cli.dispatch`).
 """
 
 from __future__ import annotations
@@ -120,7 +118,7 @@ class RunArgs(_Grid):
         if not self.local:
             raise FlagError("sweep run: --local=false: `sweep run` trains on this machine; on a SLURM cluster use "
                             "`cifar-dist sweep submit GRID`")
-        parallel = _count("parallel", self.parallel) or 1
+        parallel = _count("parallel", self.parallel)
         procs = _procs(self.procs)
         sweep = plan.load_sweep(self.grid)
         local.lock_sweep(sweep.dir)  # one local runner per sweep folder (exit 2 for a second), before any write
@@ -183,7 +181,7 @@ def _procs(value: int | None) -> int:
         try:
             value = int(env)
         except ValueError:
-            raise InputError(f"CIFAR_DIST_CPU_PROCS: expected a positive integer, found {env!r}") from None
+            raise InputError(f"CIFAR_DIST_CPU_PROCS: expected {POSITIVE}, found {env!r}") from None
     return _count("procs", value)
 
 
@@ -192,9 +190,7 @@ SCHEMAS = {"plan": PlanArgs, "submit": SubmitArgs, "status": StatusArgs, "preemp
 
 
 class Sweep:
-    """The subcommands of `cifar-dist sweep`, dispatched by Fire: one method per entry of `SCHEMAS`, which
-    reads `argv` (the words after its name) once against that schema and returns the exit status of its
-    `run()`."""
+    """The subcommands of `cifar-dist sweep`, a command group (cli.dispatch): one method per entry of `SCHEMAS`."""
 
     def __init__(self, argv: list[str]):
         self.argv = argv
@@ -221,9 +217,8 @@ def usage() -> str:
     return "\n".join(lines) + "\n\n" + (sweeps.__doc__ or "")
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str]) -> int:
     """`cifar-dist sweep ...`; returns the exit status (2 = bad spec or arguments, one line on stderr)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("-h", "--help"):
         sys.stdout.write(usage())
         return EXIT_OK
@@ -236,6 +231,3 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     return dispatch(Sweep(argv[1:]), argv[0], PROG)
 
-
-if __name__ == "__main__":
-    sys.exit(main())
