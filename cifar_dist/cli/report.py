@@ -3,6 +3,7 @@ parsed once by `cifar_dist.runner.run_schema` before anything is read or written
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 from cifar_dist import report as reports
@@ -36,6 +37,11 @@ def epilog() -> str:
     return f"metrics: {', '.join(reports.METRICS)}\n\n{reports.__doc__ or ''}"
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str] | None = None) -> int:
     """`cifar-dist report PATH [--out DIR] [--metric NAME]`; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     return run_schema(report, ReportArgs, argv, "cifar-dist report", epilog=epilog)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

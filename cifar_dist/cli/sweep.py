@@ -217,8 +217,9 @@ def usage() -> str:
     return "\n".join(lines) + "\n\n" + (sweeps.__doc__ or "")
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str] | None = None) -> int:
     """`cifar-dist sweep ...`; returns the exit status (2 = bad spec or arguments, one line on stderr)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("-h", "--help"):
         sys.stdout.write(usage())
         return EXIT_OK
@@ -231,3 +232,6 @@ def main(argv: list[str]) -> int:
         return EXIT_BAD_INPUT
     return dispatch(Sweep(argv[1:]), argv[0], PROG)
 
+
+if __name__ == "__main__":
+    sys.exit(main())
