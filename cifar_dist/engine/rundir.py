@@ -192,13 +192,6 @@ def first_error(accelerator, work: Callable[[], object], everywhere: bool = Fals
     return agree(accelerator, message)
 
 
-def take_lock(run_dir: Path, accelerator) -> None:
-    """The main process locks the run directory; every process stops with its error when that fails."""
-    message = first_error(accelerator, lambda: lock_run_dir(run_dir))
-    if message:
-        raise RunDirError(message)
-
-
 def _flat_yaml(text: str) -> dict[str, Any]:
     data = yaml.safe_load(text) or {}
     if not isinstance(data, dict):

@@ -26,7 +26,7 @@ from cifar_dist.dataset import Dataset, open_dataset
 from cifar_dist.engine import checkpoint as ckpt
 from cifar_dist.engine import devices
 from cifar_dist.engine.logs import RunLogger, start_logger
-from cifar_dist.engine.rundir import take_lock
+from cifar_dist.engine.rundir import RunDirError, first_error, lock_run_dir
 from cifar_dist.lookahead import LookaheadEMA
 from cifar_dist.models import build_model, count_params
 from cifar_dist.optim import Schedule, build_optimizer, kilostep, scaled_lr
@@ -112,7 +112,10 @@ def open_session(cfg: Config, resume: str = "none") -> Session:
 
     accelerator, per_device = make_accelerator(cfg)
     run_dir = Path(cfg.run.out_dir) / cfg.run.name
-    take_lock(run_dir, accelerator)  # one writer per run directory, before any data is read or file written
+    # one writer per run directory, before any data is read or file written; every process stops on a refusal
+    error = first_error(accelerator, lambda: lock_run_dir(run_dir))
+    if error:
+        raise RunDirError(error)
     devices.check_shared_run_dir(accelerator, run_dir)  # every rank sees run_dir, or all stop here (exit 2)
     ckpt.check_start(accelerator, run_dir, resume)  # one run, one folder
     data = open_dataset(cfg.data)  # a missing or bad file is reported before any work
