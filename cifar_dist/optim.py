@@ -141,13 +141,10 @@ class MuonWithCompanion(torch.optim.Optimizer):
 
 
 def _torch_optimizer(name: str, groups: list[dict], lr: float, cfg: OptimConfig) -> torch.optim.Optimizer:
-    betas = tuple(cfg.betas)
-    if len(betas) != 2:
-        raise ConfigError(f"--optim.betas: expected two numbers, found {list(betas)}")
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     adam = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adamax": torch.optim.Adamax}[name]
-    return adam(groups, lr=lr, betas=betas, eps=cfg.eps)
+    return adam(groups, lr=lr, betas=cfg.betas, eps=cfg.eps)  # two betas: `cifar_dist.rules`
 
 
 def _muon(groups: list[dict], cfg: OptimConfig, lr: float) -> MuonWithCompanion:
