@@ -163,8 +163,7 @@ class RunLogger:
             end_run(self.run_dir, exit_status)
 
 
-def start_logger(run_dir: Path, is_main: bool, config_yaml: str, env: dict[str, Any], resumed=None,
-                 say=print) -> RunLogger:
+def start_logger(run_dir: Path, is_main: bool, config_yaml: str, env: dict[str, Any], resumed=None) -> RunLogger:
     """The logger of one session of a run: config, command and env written, a finished run's result.json
     removed (until this session finishes, the run has none). After a resume (`resumed`: the TrainState
     loaded), metrics rows past its epoch are dropped and the events past its step with them; a fresh start
@@ -184,7 +183,7 @@ def start_logger(run_dir: Path, is_main: bool, config_yaml: str, env: dict[str, 
     logger = RunLogger(run_dir, is_main, resumed)
     if resumed is not None and files.metrics.is_file():  # keep the rows of the epochs done
         for line in torn:  # the end of a write cut by a kill or a full disk
-            say(f"resume: {files.metrics}: dropped an incomplete last line ({line!r:.60}) left by an "
+            print(f"resume: {files.metrics}: dropped an incomplete last line ({line!r:.60}) left by an "
                 f"interrupted write")
         with disk_errors(files.metrics):
             atomic_write_text(files.metrics, "".join(json.dumps(r) + "\n" for r in rows
@@ -274,7 +273,7 @@ def _keep_point(tag: str, step: int, epochs_done: int, global_step: int) -> bool
     return step <= (epochs_done if tag.startswith(EPOCH_AXIS) else global_step)
 
 
-def confusion_figure(confusion, class_names: list[str], title: str = ""):
+def confusion_figure(confusion, class_names: list[str], title: str):
     """A matplotlib figure of a (K, K) confusion matrix (rows = true class, columns = predicted), with a
     colour bar (images per cell) and `title` (which weights, what accuracy)."""
     import matplotlib
@@ -291,8 +290,7 @@ def confusion_figure(confusion, class_names: list[str], title: str = ""):
     bar.locator = MaxNLocator(integer=True)  # counts
     bar.update_ticks()
     top = max(max(row) for row in confusion) or 1
-    if title:
-        ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize=9)
     ax.set_xticks(range(k), class_names, rotation=90)
     ax.set_yticks(range(k), class_names)
     ax.set_xlabel("predicted")
