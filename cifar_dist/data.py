@@ -301,11 +301,11 @@ class Normalize(torch.nn.Module):
     so a model trained at a different resolution (seed 000's 320 px) sees the same pipeline.
     """
 
-    def __init__(self, mean, std, resolution: int = 32, channels_last: bool = False, dtype=torch.float32):
+    def __init__(self, mean, std, resolution: int = 32, channels_last: bool = False):
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255)
-        self.resolution, self.channels_last, self.dtype = resolution, channels_last, dtype
+        self.resolution, self.channels_last = resolution, channels_last
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float()
@@ -315,4 +315,4 @@ class Normalize(torch.nn.Module):
         x = (x - self.mean) / self.std
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return x.to(self.dtype)
+        return x
