@@ -16,13 +16,13 @@ from typing import Any
 
 from cifar_dist.engine.rundir import disk_errors, end_run, mark_begun
 from cifar_dist.files import atomic_write_json, atomic_write_text
+from cifar_dist.resources import SOURCE_ROOT
 from cifar_dist.run_dir import RunDir, read_sweep_json
 
 
 def git_sha() -> str:
     try:
-        root = Path(__file__).resolve().parents[2]
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=SOURCE_ROOT, capture_output=True, text=True, timeout=5)
         return out.stdout.strip() if out.returncode == 0 else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
