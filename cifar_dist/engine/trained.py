@@ -85,11 +85,11 @@ def choose_weights(ckpt_dir: Path, which: str) -> str:
         raise RunError(f"--weights: expected one of {', '.join(WEIGHTS)}, found {which!r}")
     if which != "auto":
         return which
-    if (ckpt_dir / ckpt.BEST / "model.pt").is_file():
+    if (ckpt_dir / ckpt.BEST_MODEL).is_file():
         return ckpt.BEST
     if (ckpt_dir / ckpt.LAST).is_dir():
         return ckpt.LAST
-    raise RunError(f"{ckpt_dir}: no weights (neither {ckpt.BEST}/model.pt nor {ckpt.LAST}/); "
+    raise RunError(f"{ckpt_dir}: no weights (neither {ckpt.BEST_MODEL} nor {ckpt.LAST}/); "
                    f"has the run trained an epoch?")
 
 
@@ -112,8 +112,8 @@ def open_run(run_dir: Path, weights: str = "auto", data_dir: str | None = None) 
         model.load_state_dict(state)
     except (RuntimeError, KeyError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise RunError(f"{run_dir / 'checkpoints' / which}: the weights do not fit the model of "
-                       f"{run_dir / 'config.yaml'} ({first})") from None
+        raise RunError(f"{ckpt_dir / which}: the weights do not fit the model of {RunDir(run_dir).config} "
+                       f"({first})") from None
     model.to(accelerator.device).eval()
     d = cfg.data
     normalize = Normalize(d.mean, d.std, d.resolution, cfg.model.channels_last).to(accelerator.device)
