@@ -106,8 +106,7 @@ class Session:
 
 def open_session(cfg: Config, resume: str = "none") -> Session:
     """Build everything for `cfg` in the order that keeps runs reproducible (seed, weights, per-process seed,
-    loaders, optimizer, resume), open the run directory and print the banner. The `Session` holds everything
-    `train` works with, by name."""
+    loaders, optimizer, resume), open the run directory and print the banner."""
     from accelerate.utils import set_seed
 
     accelerator, per_device = make_accelerator(cfg)
