@@ -73,7 +73,11 @@ class RunLogger:
 
                 self.tb = SummaryWriter(str(run_dir))
             if resumed is not None:  # the earlier events up to the checkpoint move into this session's file
-                self._write_events(kept_events(earlier, resumed.epoch, resumed.global_step))
+                events = kept_events(earlier, resumed.epoch, resumed.global_step)
+                with disk_errors(self.files.events):
+                    for event in events:
+                        self.tb.file_writer.event_writer.add_event(event)  # as it was: step and wall time kept
+                    self.tb.flush()
                 for path in earlier:
                     path.unlink()
 
@@ -101,12 +105,6 @@ class RunLogger:
         if self.tb is not None:
             with disk_errors(self.files.events):
                 getattr(self.tb, method)(*args, **kwargs)
-
-    def _write_events(self, events: list) -> None:
-        with disk_errors(self.files.events):
-            for event in events:
-                self.tb.file_writer.event_writer.add_event(event)  # as it was: step and wall time kept
-            self.tb.flush()
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         self._tb("add_scalar", tag, value, step)
