@@ -28,8 +28,7 @@ from cifar_dist.engine import checkpoint as ckpt
 from cifar_dist.engine.evaluate import evaluate
 from cifar_dist.errors import InputError
 from cifar_dist.run_dir import RunDir
-
-IMAGE_SIDE = 32  # the stored image size of every .beton `cifar-dist prepare` writes
+from data_prep.arrays import SIDE  # the side of every image `cifar-dist prepare` stores
 
 
 class RunError(InputError):
@@ -154,9 +153,9 @@ def read_image(path: Path) -> tuple[np.ndarray, bool]:
             rgb = im.convert("RGB")
     except (OSError, UnidentifiedImageError) as e:
         raise RunError(f"{path}: not an image PIL can read ({type(e).__name__})") from None
-    resized = rgb.size != (IMAGE_SIDE, IMAGE_SIDE)
+    resized = rgb.size != (SIDE, SIDE)
     if resized:
-        rgb = rgb.resize((IMAGE_SIDE, IMAGE_SIDE), Image.Resampling.BICUBIC)
+        rgb = rgb.resize((SIDE, SIDE), Image.Resampling.BICUBIC)
     return np.asarray(rgb, dtype=np.uint8), resized
 
 
