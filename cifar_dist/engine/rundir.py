@@ -1,4 +1,4 @@
-"""The run directory as a shared resource: one writer at a time (`take_lock`), a config a resume may not
+"""The run directory as a shared resource: one writer at a time (`lock_run_dir`), a config a resume may not
 silently change (`check_resume_config`), one run per folder (`check_fresh`), and write errors (a full disk
 above all) as one line naming the file (`disk_errors`).
 """
