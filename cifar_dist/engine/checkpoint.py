@@ -292,12 +292,6 @@ def find_last(ckpt_dir: Path) -> Path | None:
     return next((p for p in (ckpt_dir / LAST, ckpt_dir / OLD) if p.is_dir()), None)
 
 
-def last_kept(ckpt_dir: Path) -> str:
-    """For a stop message: where the last good checkpoint is, or that there is none yet."""
-    last = find_last(ckpt_dir)
-    return f"last good checkpoint kept in {last}" if last is not None else "no checkpoint was saved yet"
-
-
 def check_start(accelerator, run_dir: Path, mode: str) -> None:
     """Before any data is read: `--resume` is known and the run directory may take this run (one run, one
     folder: `cifar_dist.engine.rundir.check_fresh`); every process stops with the main process's error."""
