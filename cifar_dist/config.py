@@ -260,14 +260,15 @@ def to_dict(cfg: Any) -> dict[str, Any]:
         if is_dataclass(v):
             out[f.name] = to_dict(v)
         elif isinstance(v, ModelOptions):
-            out.update({k: _plain(o) for k, o in v.items()})
+            out.update({k: plain(o) for k, o in v.items()})
         else:
-            out[f.name] = _plain(v)
+            out[f.name] = plain(v)
     return out
 
 
-def _plain(value: Any) -> Any:
-    return [_plain(v) for v in value] if isinstance(value, tuple) else value
+def plain(value: Any) -> Any:
+    """A config value as YAML and JSON write it: tuples (also nested) as lists."""
+    return [plain(v) for v in value] if isinstance(value, tuple) else value
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

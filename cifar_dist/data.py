@@ -151,11 +151,10 @@ def compute_threads() -> int:
 
 
 class TensorLoader:
-    """A split resident on the device as one uint8 tensor, augmented batch-wise.
+    """A split resident on the device as one uint8 tensor, augmented batch-wise (see the module doc).
 
-    Yields (images uint8 (B, 3, 32, 32), labels int64 (B,)). Order and augmentation are a pure
-    function of (seed, epoch, step, rank): `set_epoch(e)` then iterate; `iter_from(step)` starts
-    mid-epoch, which is how an interrupted epoch resumes.
+    Order and augmentation are a pure function of (seed, epoch, step, rank): `set_epoch(e)` then iterate;
+    `iter_from(step)` starts mid-epoch, which is how an interrupted epoch resumes.
     """
 
     def __init__(self, images: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, *, batch_size: int,
@@ -230,16 +229,12 @@ def ffcv_pipelines(device: torch.device) -> tuple[list, list]:
 
 
 class FFCVLoader:
-    """FFCV's compiled loader over a .beton file, with the same interface as `TensorLoader`.
-
-    The pipeline decodes in FFCV's JIT-compiled code and moves uint8 NCHW batches to the device; a training
-    batch is then augmented there by `DeviceAugment`, exactly as the tensor loader does it. Sharding across
-    ranks is FFCV's `distributed=True` (reads torch.distributed's rank and world size).
+    """FFCV's compiled loader over a .beton file (`ffcv_pipelines`), with the same interface as `TensorLoader`.
+    `order.world_size > 1` shards with FFCV's `distributed=True` (rank and world size from torch.distributed).
     """
 
     def __init__(self, split: Split, *, batch_size: int, device: torch.device | str = "cpu", order: Order = Order(),
                  aug: AugConfig = NO_AUG, cutout_fill: tuple[int, ...] = (0, 0, 0), num_workers: int = 2):
-        """`order.world_size > 1` shards with FFCV's `distributed=True` (rank from torch.distributed)."""
         from ffcv.loader import Loader, OrderOption
 
         self.device = torch.device(device)
@@ -306,11 +301,11 @@ class Normalize(torch.nn.Module):
     so a model trained at a different resolution (seed 000's 320 px) sees the same pipeline.
     """
 
-    def __init__(self, mean, std, resolution: int = 32, channels_last: bool = False, dtype=torch.float32):
+    def __init__(self, mean, std, resolution: int = 32, channels_last: bool = False):
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255)
-        self.resolution, self.channels_last, self.dtype = resolution, channels_last, dtype
+        self.resolution, self.channels_last = resolution, channels_last
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float()
@@ -320,4 +315,4 @@ class Normalize(torch.nn.Module):
         x = (x - self.mean) / self.std
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return x.to(self.dtype)
+        return x

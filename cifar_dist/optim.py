@@ -36,12 +36,6 @@ _NORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torc
           torch.nn.LayerNorm)
 
 
-def _head_params(model: torch.nn.Module) -> set[int]:
-    """ids of the classifier head's parameters: those of the model's last Linear layer."""
-    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    return {id(p) for p in linears[-1].parameters()} if linears else set()
-
-
 def is_filter(p: torch.Tensor) -> bool:
     """A convolution filter bank (out, in, *kernel): what `--optim.name=muon` trains with Muon."""
     return p.ndim >= 3
@@ -60,7 +54,8 @@ def param_groups(model: torch.nn.Module, cfg: OptimConfig, weight_decay: float) 
     frozen_after = model.frozen_after() if callable(getattr(model, "frozen_after", None)) else {}
     norm_bias = {id(m.bias) for m in model.modules()
                  if isinstance(m, _NORMS) and getattr(m, "bias", None) is not None}
-    head = _head_params(model) if cfg.head_lr_scale != 1.0 else set()
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]  # the head is the last one
+    head = {id(p) for p in linears[-1].parameters()} if linears and cfg.head_lr_scale != 1.0 else set()
     groups: dict[tuple, dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -141,13 +136,10 @@ class MuonWithCompanion(torch.optim.Optimizer):
 
 
 def _torch_optimizer(name: str, groups: list[dict], lr: float, cfg: OptimConfig) -> torch.optim.Optimizer:
-    betas = tuple(cfg.betas)
-    if len(betas) != 2:
-        raise ConfigError(f"--optim.betas: expected two numbers, found {list(betas)}")
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     adam = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adamax": torch.optim.Adamax}[name]
-    return adam(groups, lr=lr, betas=betas, eps=cfg.eps)
+    return adam(groups, lr=lr, betas=cfg.betas, eps=cfg.eps)  # two betas: `cifar_dist.rules`
 
 
 def _muon(groups: list[dict], cfg: OptimConfig, lr: float) -> MuonWithCompanion:

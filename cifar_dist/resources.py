@@ -27,23 +27,19 @@ def _is_root(path: Path) -> bool:
     return (path / "launch").is_dir() and (path / "slurm").is_dir()
 
 
-def _installed_root() -> Path | None:
-    try:
-        files = importlib.metadata.files("cifar_dist") or []
-    except importlib.metadata.PackageNotFoundError:
-        return None
-    for f in files:
-        if f.as_posix().endswith(f"share/cifar_dist/{_MARKER}"):
-            return Path(f.locate()).resolve().parent.parent
-    return None
-
-
 def root() -> Path:
     """The resource root (see the module doc); the checkout's path when neither rule finds one."""
     if _is_root(SOURCE_ROOT):
         return SOURCE_ROOT
-    installed = _installed_root()
-    return installed if installed is not None and _is_root(installed) else SOURCE_ROOT
+    try:  # an installed wheel: the files the distribution recorded
+        files = importlib.metadata.files("cifar_dist") or []
+    except importlib.metadata.PackageNotFoundError:
+        return SOURCE_ROOT
+    for f in files:
+        if f.as_posix().endswith(f"share/cifar_dist/{_MARKER}"):
+            installed = Path(f.locate()).resolve().parent.parent
+            return installed if _is_root(installed) else SOURCE_ROOT
+    return SOURCE_ROOT
 
 
 def locate(user_path: str | Path) -> Path:
@@ -57,19 +53,13 @@ def locate(user_path: str | Path) -> Path:
     return shipped if shipped.exists() else path
 
 
-def enclosing_checkout(start: Path) -> Path | None:
-    """The cifar_dist source checkout holding `start` (it or a parent with cifar_dist/__init__.py and
-    launch/cpu.yaml), or None."""
-    for d in (start, *start.parents):
-        if (d / "cifar_dist" / "__init__.py").is_file() and (d / _MARKER).is_file():
-            return d
-    return None
-
-
 def checkout_warning(cwd: Path | None = None) -> str | None:
-    """The one warning line of the module doc when `cwd` lies in another checkout; None otherwise."""
+    """The one warning line of the module doc when `cwd` lies in another checkout (it or a parent holds
+    cifar_dist/__init__.py and launch/cpu.yaml); None otherwise."""
     try:
-        here = enclosing_checkout((cwd or Path.cwd()).resolve())
+        start = (cwd or Path.cwd()).resolve()
+        here = next((d for d in (start, *start.parents)
+                     if (d / "cifar_dist" / "__init__.py").is_file() and (d / _MARKER).is_file()), None)
     except OSError:
         return None
     if here is None or here == SOURCE_ROOT:

@@ -7,20 +7,14 @@ The engine never imports the command line (`cifar_dist.cli`); it raises `InputEr
 """
 
 from cifar_dist.engine.evaluate import evaluate, should_stop_early
-from cifar_dist.engine.logs import RunLogger
 from cifar_dist.engine.loop import train, train_one_epoch
-from cifar_dist.engine.monitor import StopRun
-from cifar_dist.engine.session import Session, StepParts, open_session
+from cifar_dist.engine.session import StepParts
 from cifar_dist.engine.train_state import TrainState
 
 __all__ = [
-    "RunLogger",
-    "Session",
     "StepParts",
-    "StopRun",
     "TrainState",
     "evaluate",
-    "open_session",
     "should_stop_early",
     "train",
     "train_one_epoch",

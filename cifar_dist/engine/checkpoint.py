@@ -48,6 +48,7 @@ from cifar_dist.run_dir import TRAIN_STATE as STATE
 from cifar_dist.run_dir import RunDir
 
 LAST, BEST, OLD, TMP = "last", "best", ".last.old", ".last.tmp"
+BEST_MODEL = f"{BEST}/model.pt"  # the best validation epoch's weights (`save_best`)
 MODEL = "model.safetensors"
 FORMAT = 2  # 1 was accelerate's save_state (pickles): not read any more
 
@@ -151,17 +152,17 @@ def save(parts, ckpt_dir: Path, state: TrainState) -> None:
 def save_best(model: torch.nn.Module, ema, ckpt_dir: Path, epoch: int, val_acc: float) -> None:
     """Weights of the best validation epoch (and its EMA), written atomically to best/model.pt; `model` is
     `devices.eval_model`'s (keys without prefixes, like `last`)."""
-    best = ckpt_dir / BEST
+    path = ckpt_dir / BEST_MODEL
     payload = {"model": model.state_dict(), "epoch": epoch, "val_acc": val_acc}
     if ema is not None:
         payload["ema"] = ema.module.state_dict()
-    with disk_errors(best / "model.pt", f"the previous {best / 'model.pt'} is intact"):
-        atomic_write_bytes(best / "model.pt", _torch_bytes(payload))
+    with disk_errors(path, f"the previous {path} is intact"):
+        atomic_write_bytes(path, _torch_bytes(payload))
 
 
 def _check_best(ckpt_dir: Path, model: torch.nn.Module) -> None:
     """best/model.pt is absent or holds this model's weights; else CheckpointError, one line naming the file."""
-    path = ckpt_dir / BEST / "model.pt"
+    path = ckpt_dir / BEST_MODEL
     saved = load_best(ckpt_dir)
     if saved is None:
         return
@@ -175,7 +176,7 @@ def _check_best(ckpt_dir: Path, model: torch.nn.Module) -> None:
 
 
 def load_best(ckpt_dir: Path) -> dict | None:
-    p = ckpt_dir / BEST / "model.pt"
+    p = ckpt_dir / BEST_MODEL
     return _read(p, _torch_load) if p.is_file() else None
 
 
@@ -187,9 +188,9 @@ def load_weights(ckpt_dir: Path, which: str) -> tuple[dict[str, torch.Tensor], d
     without prefixes) and {"epoch", "val_acc"} (val_acc None for "last"). CheckpointError names a missing or
     damaged file."""
     if which == BEST:
-        saved = _read(ckpt_dir / BEST / "model.pt", _torch_load)
+        saved = _read(ckpt_dir / BEST_MODEL, _torch_load)
         if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
-            raise CheckpointError(f"{ckpt_dir / BEST / 'model.pt'}: expected the saved best weights, found "
+            raise CheckpointError(f"{ckpt_dir / BEST_MODEL}: expected the saved best weights, found "
                                   f"{type(saved).__name__}")
         return saved["model"], {"epoch": saved.get("epoch"), "val_acc": saved.get("val_acc")}
     last = ckpt_dir / LAST
@@ -289,12 +290,6 @@ def _apply(path: Path, load) -> None:
 def find_last(ckpt_dir: Path) -> Path | None:
     """The newest checkpoint folder (`last`, else `.last.old`), complete or not; None without any."""
     return next((p for p in (ckpt_dir / LAST, ckpt_dir / OLD) if p.is_dir()), None)
-
-
-def last_kept(ckpt_dir: Path) -> str:
-    """For a stop message: where the last good checkpoint is, or that there is none yet."""
-    last = find_last(ckpt_dir)
-    return f"last good checkpoint kept in {last}" if last is not None else "no checkpoint was saved yet"
 
 
 def check_start(accelerator, run_dir: Path, mode: str) -> None:

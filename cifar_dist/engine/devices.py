@@ -233,9 +233,8 @@ def check_shared_run_dir(accelerator, run_dir: Path, timeout_s: float = 10.0) ->
     path = Path(run_dir) / SHARED_TOKEN
     token = [None]
     if accelerator.is_main_process:
-        path.parent.mkdir(parents=True, exist_ok=True)
         token = [secrets.token_hex(16)]
-        atomic_write_text(path, token[0])
+        atomic_write_text(path, token[0])  # makes the folder if need be
     broadcast_object_list(token)  # also the barrier: the file is written before anyone reads it
     deadline = time.monotonic() + timeout_s
     while True:

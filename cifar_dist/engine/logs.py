@@ -16,16 +16,8 @@ from typing import Any
 
 from cifar_dist.engine.rundir import disk_errors, end_run, mark_begun
 from cifar_dist.files import atomic_write_json, atomic_write_text
+from cifar_dist.resources import SOURCE_ROOT
 from cifar_dist.run_dir import RunDir, read_sweep_json
-
-
-def git_sha() -> str:
-    try:
-        root = Path(__file__).resolve().parents[2]
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() if out.returncode == 0 else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def environment() -> dict[str, Any]:
@@ -37,7 +29,12 @@ def environment() -> dict[str, Any]:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             versions[pkg] = None
-    return {"python": sys.version.split()[0], "platform": platform.platform(), "packages": versions, "git_sha": git_sha()}
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=SOURCE_ROOT, capture_output=True, text=True, timeout=5)
+        sha = out.stdout.strip() if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        sha = "unknown"
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "packages": versions, "git_sha": sha}
 
 
 def _quiet_event_writer_errors() -> None:
@@ -73,7 +70,11 @@ class RunLogger:
 
                 self.tb = SummaryWriter(str(run_dir))
             if resumed is not None:  # the earlier events up to the checkpoint move into this session's file
-                self._write_events(kept_events(earlier, resumed.epoch, resumed.global_step))
+                events = kept_events(earlier, resumed.epoch, resumed.global_step)
+                with disk_errors(self.files.events):
+                    for event in events:
+                        self.tb.file_writer.event_writer.add_event(event)  # as it was: step and wall time kept
+                    self.tb.flush()
                 for path in earlier:
                     path.unlink()
 
@@ -101,12 +102,6 @@ class RunLogger:
         if self.tb is not None:
             with disk_errors(self.files.events):
                 getattr(self.tb, method)(*args, **kwargs)
-
-    def _write_events(self, events: list) -> None:
-        with disk_errors(self.files.events):
-            for event in events:
-                self.tb.file_writer.event_writer.add_event(event)  # as it was: step and wall time kept
-            self.tb.flush()
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         self._tb("add_scalar", tag, value, step)
@@ -163,8 +158,7 @@ class RunLogger:
             end_run(self.run_dir, exit_status)
 
 
-def start_logger(run_dir: Path, is_main: bool, config_yaml: str, env: dict[str, Any], resumed=None,
-                 say=print) -> RunLogger:
+def start_logger(run_dir: Path, is_main: bool, config_yaml: str, env: dict[str, Any], resumed=None) -> RunLogger:
     """The logger of one session of a run: config, command and env written, a finished run's result.json
     removed (until this session finishes, the run has none). After a resume (`resumed`: the TrainState
     loaded), metrics rows past its epoch are dropped and the events past its step with them; a fresh start
@@ -184,7 +178,7 @@ def start_logger(run_dir: Path, is_main: bool, config_yaml: str, env: dict[str, 
     logger = RunLogger(run_dir, is_main, resumed)
     if resumed is not None and files.metrics.is_file():  # keep the rows of the epochs done
         for line in torn:  # the end of a write cut by a kill or a full disk
-            say(f"resume: {files.metrics}: dropped an incomplete last line ({line!r:.60}) left by an "
+            print(f"resume: {files.metrics}: dropped an incomplete last line ({line!r:.60}) left by an "
                 f"interrupted write")
         with disk_errors(files.metrics):
             atomic_write_text(files.metrics, "".join(json.dumps(r) + "\n" for r in rows
@@ -260,7 +254,8 @@ def kept_events(paths: list[Path], epochs_done: int, global_step: int) -> list:
         for event in LegacyEventFileLoader(str(path)).Load():
             if not event.HasField("summary"):
                 continue  # file version, session logs: the new file has its own
-            values = [v for v in event.summary.value if _keep_point(v.tag, event.step, epochs_done, global_step)]
+            values = [v for v in event.summary.value if not v.tag.startswith(FINAL_TAGS)
+                      and event.step <= (epochs_done if v.tag.startswith(EPOCH_AXIS) else global_step)]
             if values:
                 del event.summary.value[:]
                 event.summary.value.extend(values)
@@ -268,13 +263,7 @@ def kept_events(paths: list[Path], epochs_done: int, global_step: int) -> list:
     return kept
 
 
-def _keep_point(tag: str, step: int, epochs_done: int, global_step: int) -> bool:
-    if tag.startswith(FINAL_TAGS):
-        return False
-    return step <= (epochs_done if tag.startswith(EPOCH_AXIS) else global_step)
-
-
-def confusion_figure(confusion, class_names: list[str], title: str = ""):
+def confusion_figure(confusion, class_names: list[str], title: str):
     """A matplotlib figure of a (K, K) confusion matrix (rows = true class, columns = predicted), with a
     colour bar (images per cell) and `title` (which weights, what accuracy)."""
     import matplotlib
@@ -291,8 +280,7 @@ def confusion_figure(confusion, class_names: list[str], title: str = ""):
     bar.locator = MaxNLocator(integer=True)  # counts
     bar.update_ticks()
     top = max(max(row) for row in confusion) or 1
-    if title:
-        ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize=9)
     ax.set_xticks(range(k), class_names, rotation=90)
     ax.set_yticks(range(k), class_names)
     ax.set_xlabel("predicted")

@@ -76,8 +76,10 @@ class Monitor:
         local = torch.stack([torch.full((), float(self.flag.signum), **f64), loss.double() * n, n, *self.s.sums])
         signum, step_loss_x_n, step_n, loss_sum, correct, seen = acc.reduce(local, reduction="sum").tolist()
         if not (math.isfinite(step_loss_x_n) and math.isfinite(loss_sum)):
+            last = ckpt.find_last(self.s.ckpt_dir)
+            kept = f"last good checkpoint kept in {last}" if last is not None else "no checkpoint was saved yet"
             raise StopRun(EXIT_NONFINITE, f"error: non-finite loss in epoch {state.epoch + 1} (by step "
-                          f"{state.step_in_epoch}); stopping, {ckpt.last_kept(self.s.ckpt_dir)}")
+                          f"{state.step_in_epoch}); stopping, {kept}")
         state.loss_sum, state.correct, state.seen = loss_sum, correct, int(seen)
         return signum > 0, step_loss_x_n / step_n
 

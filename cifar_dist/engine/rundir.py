@@ -1,4 +1,4 @@
-"""The run directory as a shared resource: one writer at a time (`take_lock`), a config a resume may not
+"""The run directory as a shared resource: one writer at a time (`lock_run_dir`), a config a resume may not
 silently change (`check_resume_config`), one run per folder (`check_fresh`), and write errors (a full disk
 above all) as one line naming the file (`disk_errors`).
 """
@@ -190,13 +190,6 @@ def first_error(accelerator, work: Callable[[], object], everywhere: bool = Fals
         except InputError as e:
             message = str(e)
     return agree(accelerator, message)
-
-
-def take_lock(run_dir: Path, accelerator) -> None:
-    """The main process locks the run directory; every process stops with its error when that fails."""
-    message = first_error(accelerator, lambda: lock_run_dir(run_dir))
-    if message:
-        raise RunDirError(message)
 
 
 def _flat_yaml(text: str) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from cifar_dist.dataset import Dataset, open_dataset
 from cifar_dist.engine import checkpoint as ckpt
 from cifar_dist.engine import devices
 from cifar_dist.engine.logs import RunLogger, start_logger
-from cifar_dist.engine.rundir import take_lock
+from cifar_dist.engine.rundir import RunDirError, first_error, lock_run_dir
 from cifar_dist.lookahead import LookaheadEMA
 from cifar_dist.models import build_model, count_params
 from cifar_dist.optim import Schedule, build_optimizer, kilostep, scaled_lr
@@ -106,13 +106,15 @@ class Session:
 
 def open_session(cfg: Config, resume: str = "none") -> Session:
     """Build everything for `cfg` in the order that keeps runs reproducible (seed, weights, per-process seed,
-    loaders, optimizer, resume), open the run directory and print the banner. The `Session` holds everything
-    `train` works with, by name."""
+    loaders, optimizer, resume), open the run directory and print the banner."""
     from accelerate.utils import set_seed
 
     accelerator, per_device = make_accelerator(cfg)
     run_dir = Path(cfg.run.out_dir) / cfg.run.name
-    take_lock(run_dir, accelerator)  # one writer per run directory, before any data is read or file written
+    # one writer per run directory, before any data is read or file written; every process stops on a refusal
+    error = first_error(accelerator, lambda: lock_run_dir(run_dir))
+    if error:
+        raise RunDirError(error)
     devices.check_shared_run_dir(accelerator, run_dir)  # every rank sees run_dir, or all stop here (exit 2)
     ckpt.check_start(accelerator, run_dir, resume)  # one run, one folder
     data = open_dataset(cfg.data)  # a missing or bad file is reported before any work
@@ -210,55 +212,48 @@ def build_parts(cfg: Config, accelerator, model: torch.nn.Module, steps_per_epoc
 def build_loaders(cfg: Config, data: Dataset, accelerator, per_device_batch: int) -> Loaders:
     """Train, validation and test loaders for this process, over the rows of `data`."""
     d = data.config
-    train_path, train_idx, val_idx = data.train_path, data.train_rows, data.val_rows
     fill = tuple(int(round(m * 255)) for m in d.mean)  # cutout fills with the mean colour
     rank, world = accelerator.process_index, accelerator.num_processes
-    shard = Order(rank=rank, world_size=world)
     train_order = Order(train=True, seed=cfg.run.seed, rank=rank, world_size=world)
     eval_bs, dev = cfg.run.eval_batch_size, accelerator.device
     if d.loader == "tensor":
-        x_train, y_train = read_images(train_path)
-        train = TensorLoader(x_train[train_idx], y_train[train_idx], batch_size=per_device_batch, device=dev,
-                             order=train_order, aug=cfg.aug, cutout_fill=fill)
-        val = None if val_idx is None else TensorLoader(x_train[val_idx], y_train[val_idx], batch_size=eval_bs,
-                                                        device=dev, order=shard)
+        x_train, y_train = read_images(data.train_path, data.train_rows)
+        train = TensorLoader(x_train, y_train, batch_size=per_device_batch, device=dev, order=train_order,
+                             aug=cfg.aug, cutout_fill=fill)
     else:
-        train = FFCVLoader(Split(train_path, train_idx), batch_size=per_device_batch, device=dev, order=train_order,
-                           aug=cfg.aug, cutout_fill=fill, num_workers=d.num_workers)
-        # Evaluation shards are rank-strided rows, not FFCV's distributed order: that pads the split
-        # with repeated images to a multiple of the world size, which would count them twice.
-        val = None if val_idx is None else FFCVLoader(Split(train_path, val_idx[rank::world]), batch_size=eval_bs,
-                                                      device=dev, num_workers=d.num_workers)
-    return Loaders(train, val, eval_loader(data, data.test_rows, eval_bs, dev, rank, world))
+        train = FFCVLoader(Split(data.train_path, data.train_rows), batch_size=per_device_batch, device=dev,
+                           order=train_order, aug=cfg.aug, cutout_fill=fill, num_workers=d.num_workers)
+    val = None if data.val_rows is None else eval_loader(data, data.train_path, data.val_rows, eval_bs, dev, rank,
+                                                         world)
+    return Loaders(train, val, eval_loader(data, data.test_path, data.test_rows, eval_bs, dev, rank, world))
 
 
-def eval_loader(data: Dataset, rows: np.ndarray, batch_size: int, device, rank: int = 0, world: int = 1):
-    """An evaluation loader over `rows` of the test file: the share of process `rank` of `world`."""
+def eval_loader(data: Dataset, path: Path, rows: np.ndarray, batch_size: int, device, rank: int = 0,
+                world: int = 1):
+    """An evaluation loader over `rows` of `path` (a file of `data`): the share of process `rank` of `world`."""
     if data.config.loader == "tensor":
-        x, y = read_images(data.test_path, rows)
+        x, y = read_images(path, rows)
         return TensorLoader(x, y, batch_size=batch_size, device=device, order=Order(rank=rank, world_size=world))
-    return FFCVLoader(Split(data.test_path, rows[rank::world]), batch_size=batch_size, device=device,
+    # Evaluation shards are rank-strided rows, not FFCV's distributed order: that pads the split
+    # with repeated images to a multiple of the world size, which would count them twice.
+    return FFCVLoader(Split(path, rows[rank::world]), batch_size=batch_size, device=device,
                       num_workers=data.config.num_workers)
-
-
-def lr_rule(peak_lr: float, o, global_batch: int) -> str:
-    """How the peak lr follows from the flags, e.g. `lr 0.2 = 0.1 x (256/128)^linear`."""
-    if o.decoupled:
-        k = kilostep(o.momentum)
-        return f"lr {peak_lr:.4g} = {o.lr:g} x {global_batch}/{k:.0f} (decoupled: {k:.0f} = 1024 x (1 + 1/(1 - momentum)))"
-    return f"lr {peak_lr:g} = {o.lr:g} x ({global_batch}/{o.ref_batch_size})^{o.lr_scaling}"
 
 
 def banner(s: Session) -> str:
     """The one line a run starts with: model, processes, batch arithmetic, lr scaling, length, run dir."""
     cfg, acc, state = s.cfg, s.accelerator, s.state
     r, o, world = cfg.run, cfg.optim, acc.num_processes
+    if o.decoupled:  # how the peak lr follows from the flags, e.g. `lr 0.2 = 0.1 x (256/128)^linear`
+        k = kilostep(o.momentum)
+        lr_rule = f"lr {s.peak_lr:.4g} = {o.lr:g} x {r.global_batch_size}/{k:.0f} (decoupled: {k:.0f} = 1024 x (1 + 1/(1 - momentum)))"
+    else:
+        lr_rule = f"lr {s.peak_lr:g} = {o.lr:g} x ({r.global_batch_size}/{o.ref_batch_size})^{o.lr_scaling}"
     return (
         f"cifar_dist: {cfg.preset or 'custom'} | model {cfg.model.name} ({s.n_params:,} params) | processes {world} "
         f"({acc.distributed_type}, {acc.device}, precision {acc.mixed_precision}) | "
         f"threads {torch.get_num_threads()}/process of {usable_cpus()} usable CPUs | "
         f"batch {s.per_device}/device x {world} x accum {o.accum_steps} = {r.global_batch_size} global | "
-        f"{lr_rule(s.peak_lr, o, r.global_batch_size)} | "
-        f"{s.steps_per_epoch} steps/epoch x {r.epochs} epochs | run dir {s.run_dir}"
+        f"{lr_rule} | {s.steps_per_epoch} steps/epoch x {r.epochs} epochs | run dir {s.run_dir}"
         + (f" | resumed at epoch {state.epoch + 1} step {state.step_in_epoch}" if s.resumed else "")
     )

@@ -28,8 +28,7 @@ from cifar_dist.engine import checkpoint as ckpt
 from cifar_dist.engine.evaluate import evaluate
 from cifar_dist.errors import InputError
 from cifar_dist.run_dir import RunDir
-
-IMAGE_SIDE = 32  # the stored image size of every .beton `cifar-dist prepare` writes
+from data_prep.arrays import SIDE  # the side of every image `cifar-dist prepare` stores
 
 
 class RunError(InputError):
@@ -85,11 +84,11 @@ def choose_weights(ckpt_dir: Path, which: str) -> str:
         raise RunError(f"--weights: expected one of {', '.join(WEIGHTS)}, found {which!r}")
     if which != "auto":
         return which
-    if (ckpt_dir / ckpt.BEST / "model.pt").is_file():
+    if (ckpt_dir / ckpt.BEST_MODEL).is_file():
         return ckpt.BEST
     if (ckpt_dir / ckpt.LAST).is_dir():
         return ckpt.LAST
-    raise RunError(f"{ckpt_dir}: no weights (neither {ckpt.BEST}/model.pt nor {ckpt.LAST}/); "
+    raise RunError(f"{ckpt_dir}: no weights (neither {ckpt.BEST_MODEL} nor {ckpt.LAST}/); "
                    f"has the run trained an epoch?")
 
 
@@ -112,8 +111,8 @@ def open_run(run_dir: Path, weights: str = "auto", data_dir: str | None = None) 
         model.load_state_dict(state)
     except (RuntimeError, KeyError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise RunError(f"{run_dir / 'checkpoints' / which}: the weights do not fit the model of "
-                       f"{run_dir / 'config.yaml'} ({first})") from None
+        raise RunError(f"{ckpt_dir / which}: the weights do not fit the model of {RunDir(run_dir).config} "
+                       f"({first})") from None
     model.to(accelerator.device).eval()
     d = cfg.data
     normalize = Normalize(d.mean, d.std, d.resolution, cfg.model.channels_last).to(accelerator.device)
@@ -134,7 +133,7 @@ def evaluate_run(run: TrainedRun, tta: str | None = None, limit_test: int | None
     # the run's test rows (a `data.limit_test` draw is seeded by `data.split_seed`), or `limit_test` of them
     # (0 = the whole file)
     rows = run.data.test_rows if limit_test is None else run.data.test_subset(limit_test)
-    loader = eval_loader(run.data, rows, run.cfg.run.eval_batch_size, run.accelerator.device)
+    loader = eval_loader(run.data, run.data.test_path, rows, run.cfg.run.eval_batch_size, run.accelerator.device)
     k = len(run.data.classes)
     plain = evaluate(run.model, loader, run.normalize, run.accelerator, k)
     confusion = plain["confusion"]
@@ -154,9 +153,9 @@ def read_image(path: Path) -> tuple[np.ndarray, bool]:
             rgb = im.convert("RGB")
     except (OSError, UnidentifiedImageError) as e:
         raise RunError(f"{path}: not an image PIL can read ({type(e).__name__})") from None
-    resized = rgb.size != (IMAGE_SIDE, IMAGE_SIDE)
+    resized = rgb.size != (SIDE, SIDE)
     if resized:
-        rgb = rgb.resize((IMAGE_SIDE, IMAGE_SIDE), Image.Resampling.BICUBIC)
+        rgb = rgb.resize((SIDE, SIDE), Image.Resampling.BICUBIC)
     return np.asarray(rgb, dtype=np.uint8), resized
 
 

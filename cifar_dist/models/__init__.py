@@ -18,24 +18,18 @@ from cifar_dist.models import airbench, ds_resnet, resnet_cifar, simple_cnn, soh
 from cifar_dist.models.options import build_model, check_options, options_help
 from cifar_dist.models.registry import (
     MODEL_REGISTRY,
-    TIMM_PREFIX,
-    ModelEntry,
     count_params,
     create_model,
-    get_entry,
     list_models,
     register_model,
 )
 
 __all__ = [
     "MODEL_REGISTRY",
-    "TIMM_PREFIX",
-    "ModelEntry",
     "build_model",
     "check_options",
     "count_params",
     "create_model",
-    "get_entry",
     "list_models",
     "options_help",
     "register_model",

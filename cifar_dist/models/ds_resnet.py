@@ -37,9 +37,6 @@ class DSResNet200K(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(widths[-1], num_classes)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
         # The seed's init, kept because the recipe (lr 0.05, warm-up) was tuned with it: Kaiming-normal
         # fan_out/relu for convs *and* the Linear head, biases to zero; BN to the identity is PyTorch's own.
         for m in self.modules():

@@ -16,7 +16,7 @@ import torch
 import yaml
 from torch import nn
 
-from cifar_dist.config import ConfigError, ModelConfig, ModelOptions
+from cifar_dist.config import ConfigError, ModelConfig, ModelOptions, plain
 from cifar_dist.models.layers import dirac_init_
 from cifar_dist.models.registry import MODEL_REGISTRY, TIMM_PREFIX, count_params, create_model, get_entry
 from cifar_dist.models.timm_models import TIMM_OPTION_TYPES
@@ -84,10 +84,6 @@ def build_model(m: ModelConfig, num_classes: int) -> nn.Module:
     return model
 
 
-def _show(value: Any) -> str:
-    return str(list(value)) if isinstance(value, tuple) else str(value)
-
-
 def options_help() -> str:
     """Every registered model's options as ``--model.<option>=<default>  (type)``, one per line, for
     ``--help``; then the options of ``timm:<name>`` models."""
@@ -96,7 +92,7 @@ def options_help() -> str:
         entry = MODEL_REGISTRY[name]
         lines.append(f"  {name}:" + ("" if entry.options else " no options"))
         for opt, default in entry.options.items():
-            lines.append(f"    --model.{opt}={_show(default)}  ({type_name(entry.option_types[opt])})")
+            lines.append(f"    --model.{opt}={plain(default)}  ({type_name(entry.option_types[opt])})")
     lines.append(f"  {TIMM_PREFIX}<name>:")
     lines.append("    --model.cifar_stem=False  (bool)  3x3 stride-1 stem, no max-pool")
     lines.append("    --model.dropout=<timm default>  (float)  timm's drop_rate")

@@ -135,12 +135,10 @@ def get_entry(name: str) -> ModelEntry:
 
 
 def create_model(name: str, *, num_classes: int = 10, **options: Any) -> nn.Module:
-    """Build model ``name`` with ``num_classes`` outputs.
+    """Build model ``name`` with ``num_classes`` outputs (every model's contract is in the package doc).
 
-    Contract: the result maps a float tensor ``(B, 3, H, W)`` (H = W = the entry's ``input_size`` is always
-    valid) to logits ``(B, num_classes)``. Options not accepted by the model raise ``ValueError`` before
-    anything is built. ``timm:<name>`` builds an untrained timm model (no download) and accepts
-    ``cifar_stem: bool`` plus any keyword the timm model takes.
+    Options not accepted by the model raise ``ValueError`` before anything is built. ``timm:<name>`` builds an
+    untrained timm model (no download) and accepts ``cifar_stem: bool`` plus any keyword the timm model takes.
     """
     if name.startswith(TIMM_PREFIX):
         # Imported lazily: timm is heavy to import and only this branch needs it.
