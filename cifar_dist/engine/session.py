@@ -212,31 +212,34 @@ def build_parts(cfg: Config, accelerator, model: torch.nn.Module, steps_per_epoc
 def build_loaders(cfg: Config, data: Dataset, accelerator, per_device_batch: int) -> Loaders:
     """Train, validation and test loaders for this process, over the rows of `data`."""
     d = data.config
+    train_path, train_idx, val_idx = data.train_path, data.train_rows, data.val_rows
     fill = tuple(int(round(m * 255)) for m in d.mean)  # cutout fills with the mean colour
     rank, world = accelerator.process_index, accelerator.num_processes
+    shard = Order(rank=rank, world_size=world)
     train_order = Order(train=True, seed=cfg.run.seed, rank=rank, world_size=world)
     eval_bs, dev = cfg.run.eval_batch_size, accelerator.device
     if d.loader == "tensor":
-        x_train, y_train = read_images(data.train_path, data.train_rows)
-        train = TensorLoader(x_train, y_train, batch_size=per_device_batch, device=dev, order=train_order,
-                             aug=cfg.aug, cutout_fill=fill)
+        x_train, y_train = read_images(train_path)
+        train = TensorLoader(x_train[train_idx], y_train[train_idx], batch_size=per_device_batch, device=dev,
+                             order=train_order, aug=cfg.aug, cutout_fill=fill)
+        val = None if val_idx is None else TensorLoader(x_train[val_idx], y_train[val_idx], batch_size=eval_bs,
+                                                        device=dev, order=shard)
     else:
-        train = FFCVLoader(Split(data.train_path, data.train_rows), batch_size=per_device_batch, device=dev,
-                           order=train_order, aug=cfg.aug, cutout_fill=fill, num_workers=d.num_workers)
-    val = None if data.val_rows is None else eval_loader(data, data.train_path, data.val_rows, eval_bs, dev, rank,
-                                                         world)
-    return Loaders(train, val, eval_loader(data, data.test_path, data.test_rows, eval_bs, dev, rank, world))
+        train = FFCVLoader(Split(train_path, train_idx), batch_size=per_device_batch, device=dev, order=train_order,
+                           aug=cfg.aug, cutout_fill=fill, num_workers=d.num_workers)
+        # Evaluation shards are rank-strided rows, not FFCV's distributed order: that pads the split
+        # with repeated images to a multiple of the world size, which would count them twice.
+        val = None if val_idx is None else FFCVLoader(Split(train_path, val_idx[rank::world]), batch_size=eval_bs,
+                                                      device=dev, num_workers=d.num_workers)
+    return Loaders(train, val, eval_loader(data, data.test_rows, eval_bs, dev, rank, world))
 
 
-def eval_loader(data: Dataset, path: Path, rows: np.ndarray, batch_size: int, device, rank: int = 0,
-                world: int = 1):
-    """An evaluation loader over `rows` of `path` (a file of `data`): the share of process `rank` of `world`."""
+def eval_loader(data: Dataset, rows: np.ndarray, batch_size: int, device, rank: int = 0, world: int = 1):
+    """An evaluation loader over `rows` of the test file: the share of process `rank` of `world`."""
     if data.config.loader == "tensor":
-        x, y = read_images(path, rows)
+        x, y = read_images(data.test_path, rows)
         return TensorLoader(x, y, batch_size=batch_size, device=device, order=Order(rank=rank, world_size=world))
-    # Evaluation shards are rank-strided rows, not FFCV's distributed order: that pads the split
-    # with repeated images to a multiple of the world size, which would count them twice.
-    return FFCVLoader(Split(path, rows[rank::world]), batch_size=batch_size, device=device,
+    return FFCVLoader(Split(data.test_path, rows[rank::world]), batch_size=batch_size, device=device,
                       num_workers=data.config.num_workers)
 
 

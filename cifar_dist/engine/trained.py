@@ -133,7 +133,7 @@ def evaluate_run(run: TrainedRun, tta: str | None = None, limit_test: int | None
     # the run's test rows (a `data.limit_test` draw is seeded by `data.split_seed`), or `limit_test` of them
     # (0 = the whole file)
     rows = run.data.test_rows if limit_test is None else run.data.test_subset(limit_test)
-    loader = eval_loader(run.data, run.data.test_path, rows, run.cfg.run.eval_batch_size, run.accelerator.device)
+    loader = eval_loader(run.data, rows, run.cfg.run.eval_batch_size, run.accelerator.device)
     k = len(run.data.classes)
     plain = evaluate(run.model, loader, run.normalize, run.accelerator, k)
     confusion = plain["confusion"]
