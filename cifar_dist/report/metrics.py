@@ -47,8 +47,6 @@ def _best_val_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return best
 
 
-
-
 @dataclass(frozen=True)
 class Metric:
     label: str  # column title, with the unit
