@@ -23,6 +23,14 @@ from cifar_dist.config import AugConfig, ConfigError, LossConfig
 NO_AUG = AugConfig(crop_padding=0, flip=False)  # the loaders' default: no crop, flip or cutout
 
 
+def batch_generator(seed: int, epoch: int, step: int, rank: int, device: torch.device) -> torch.Generator:
+    """A generator seeded by (seed, epoch, step, rank): augmentation draws do not depend on history."""
+    mixed = (seed * 1_000_003 + epoch * 10_007 + step * 101 + rank) % (2**63 - 1)
+    g = torch.Generator(device=device)
+    g.manual_seed(mixed)
+    return g
+
+
 def _reflect(i: torch.Tensor, n: int) -> torch.Tensor:
     """Mirror indices that fall outside [0, n) back inside (edge pixel not repeated)."""
     i = i.abs()
@@ -112,8 +120,7 @@ class DeviceAugment:
         a = self.aug
         if not (a.crop_padding or a.flip or a.cutout):
             return x
-        g = torch.Generator(device=x.device)  # draws seeded by (seed, epoch, step, rank), not by history
-        g.manual_seed((self.seed * 1_000_003 + epoch * 10_007 + step * 101 + self.rank) % (2**63 - 1))
+        g = batch_generator(self.seed, epoch, step, self.rank, x.device)
         if a.crop_padding or a.flip:
             flip = a.flip if self.base_flips is None else self.base_flips[rows] ^ bool(epoch % 2)
             x = crop_flip(x, a.crop_padding, flip, g, a.crop_pad)

@@ -62,18 +62,15 @@ def _checked_labels(path: Path, classes: list[str], d: DataConfig) -> np.ndarray
     return labels
 
 
-def balanced_rows(labels: np.ndarray, n: int, seed: int, what: str = "--data.limit_train",
-                  prefer: np.ndarray | None = None) -> np.ndarray:
-    """A seeded, class-stratified subset of `n` rows (sorted), whatever the storage order of `labels`.
+def _class_quotas(counts: np.ndarray, n: int, rng: np.random.Generator, prefer: np.ndarray | None = None,
+                  what: str = "--data.limit_train") -> np.ndarray:
+    """Images to take per class so that the shares differ by at most one image.
 
-    The class shares differ by at most one image. The n % K classes that get one image more are drawn with
-    the seed; `prefer` (a boolean mask) names classes to give them to first (or all of them and then others),
-    so that a balanced subset split into two balanced parts leaves a balanced remainder.
+    The n % K classes that get one image more are drawn with `rng`; `prefer` (a boolean mask) names
+    classes to give them to first (or all of them and then others), so that a balanced subset split
+    into two balanced parts leaves a balanced remainder.
     """
-    labels = np.asarray(labels)
-    k = int(labels.max()) + 1 if len(labels) else 0
-    counts = np.bincount(labels, minlength=k)
-    rng = np.random.default_rng(seed)
+    k = len(counts)
     if n < k:
         raise DataError(f"{what}: expected at least {k} images (one per class), found {n}")
     quota = np.full(k, n // k, dtype=np.int64)
@@ -86,6 +83,17 @@ def balanced_rows(labels: np.ndarray, n: int, seed: int, what: str = "--data.lim
         c = int(short[0])
         raise DataError(f"{what}: expected at most {int(counts[c])} images of class {c} for a class-balanced "
                         f"subset of {n}, found a share of {int(quota[c])}")
+    return quota
+
+
+def balanced_rows(labels: np.ndarray, n: int, seed: int, what: str = "--data.limit_train",
+                  prefer: np.ndarray | None = None) -> np.ndarray:
+    """A seeded, class-stratified subset of `n` rows (sorted), whatever the storage order of `labels`."""
+    labels = np.asarray(labels)
+    k = int(labels.max()) + 1 if len(labels) else 0
+    counts = np.bincount(labels, minlength=k)
+    rng = np.random.default_rng(seed)
+    quota = _class_quotas(counts, n, rng, prefer, what)
     picked = [rng.permutation(np.flatnonzero(labels == c))[: quota[c]] for c in range(k)]
     return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
 

@@ -53,13 +53,19 @@ def locate(user_path: str | Path) -> Path:
     return shipped if shipped.exists() else path
 
 
+def enclosing_checkout(start: Path) -> Path | None:
+    """The cifar_dist source checkout holding `start` (it or a parent with cifar_dist/__init__.py and
+    launch/cpu.yaml), or None."""
+    for d in (start, *start.parents):
+        if (d / "cifar_dist" / "__init__.py").is_file() and (d / _MARKER).is_file():
+            return d
+    return None
+
+
 def checkout_warning(cwd: Path | None = None) -> str | None:
-    """The one warning line of the module doc when `cwd` lies in another checkout (it or a parent holds
-    cifar_dist/__init__.py and launch/cpu.yaml); None otherwise."""
+    """The one warning line of the module doc when `cwd` lies in another checkout; None otherwise."""
     try:
-        start = (cwd or Path.cwd()).resolve()
-        here = next((d for d in (start, *start.parents)
-                     if (d / "cifar_dist" / "__init__.py").is_file() and (d / _MARKER).is_file()), None)
+        here = enclosing_checkout((cwd or Path.cwd()).resolve())
     except OSError:
         return None
     if here is None or here == SOURCE_ROOT:

@@ -86,6 +86,18 @@ def read_jsonl(path: str | os.PathLike[str], on_torn_tail: Callable[[str], objec
     return rows
 
 
+def _check_result(path: Path, res: Any) -> dict[str, Any]:
+    if not isinstance(res, dict):
+        raise FileFormatError(f"{path}: expected a JSON object, found {type(res).__name__}")
+    for key in ("final", "best"):
+        if not isinstance(res.get(key), dict):
+            raise FileFormatError(f"{path}: expected an object under {key!r}, found {res.get(key)!r}")
+    if not isinstance(res["final"].get("test_acc"), (int, float)):
+        raise FileFormatError(f"{path}: expected a number at final.test_acc, "
+                              f"found {res['final'].get('test_acc')!r}")
+    return res
+
+
 def _file(name: str) -> property:
     return property(lambda self: self.path / name, doc=f"<run>/{name}")
 
@@ -152,18 +164,9 @@ class RunDir:
         of a run that may be half-written): the JSON object as it is, None for anything else."""
         if not self.is_finished:
             return None
-        if not strict:
-            return _object(self.result)
-        path, res = self.result, read_json(self.result)
-        if not isinstance(res, dict):
-            raise FileFormatError(f"{path}: expected a JSON object, found {type(res).__name__}")
-        for key in ("final", "best"):
-            if not isinstance(res.get(key), dict):
-                raise FileFormatError(f"{path}: expected an object under {key!r}, found {res.get(key)!r}")
-        if not isinstance(res["final"].get("test_acc"), (int, float)):
-            raise FileFormatError(f"{path}: expected a number at final.test_acc, "
-                                  f"found {res['final'].get('test_acc')!r}")
-        return res
+        if strict:
+            return _check_result(self.result, read_json(self.result))
+        return _object(self.result)
 
     def read_task(self) -> dict[str, Any]:
         """sweep_task.json ({} when missing or unreadable)."""

@@ -101,18 +101,17 @@ def prepare(source: str, *, out: str = "data", **options: Any) -> int:
     """Convert `source` into .beton files and a manifest in `out`, print a summary; return the exit status
     (see the module docstring). `options` are the fields of `PrepOptions`, as `write_beton` takes them."""
     created = _missing_dirs(out)
-    try:  # SIGTERM raises Terminated while the conversion runs, in the main thread only
-        term = signal.signal(signal.SIGTERM, _raise_terminated)
-    except ValueError:  # not the main thread: signals stay as they are
-        term = None
+    term = _stop_on_sigterm()
     try:
         manifest = write_beton(str(source), str(out), log=lambda msg: print(msg, flush=True), **options)
-    except (DataPrepError, KeyboardInterrupt) as exc:  # Ctrl-C, or SIGTERM: the writer removed its temporaries
+    except DataPrepError as exc:
         _remove_empty(created)
         sys.stdout.flush()
-        if isinstance(exc, DataPrepError):
-            print(f"error: {exc.one_line()}", file=sys.stderr, flush=True)
-            return 2
+        print(f"error: {exc.one_line()}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated): the writer removed its temporaries
+        _remove_empty(created)
+        sys.stdout.flush()
         signum = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
         print(f"error: stopped by {signal.Signals(signum).name}; no output files were changed", file=sys.stderr,
               flush=True)
@@ -130,6 +129,14 @@ class Terminated(KeyboardInterrupt):
 
 def _raise_terminated(signum, frame):
     raise Terminated(signum)
+
+
+def _stop_on_sigterm():
+    """Make SIGTERM raise Terminated (main thread only); returns the previous handler to restore."""
+    try:
+        return signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread: signals stay as they are
+        return None
 
 
 def _missing_dirs(out: str | os.PathLike[str]) -> list[Path]:

@@ -155,23 +155,26 @@ class _Decoder:
             self.pending.append((keys, self.pool.apply_async(_decode_chunk, (self.buffer,))))
         self.buffer = []
 
+    @staticmethod
+    def _wait(keys: list[str], result: Any) -> tuple[np.ndarray, dict[int, Problem]]:
+        try:
+            return result.get(timeout=DECODE_DEADLINE)
+        except multiprocessing.TimeoutError:
+            raise DataPrepError(
+                keys[0],
+                f"{len(keys)} images from here on decoded within {DECODE_DEADLINE:g} s",
+                "their decoding thread still busy (a stuck image decoder)",
+            ) from None
+
     def finish(self) -> tuple[dict[str, int], np.ndarray, dict[str, Problem]]:
         self._flush()
         index: dict[str, int] = {}
         arrays: list[np.ndarray] = []
         problems: dict[str, Problem] = {}
         for keys, result in self.pending:
+            arr, probs = result if self.pool is None else self._wait(keys, result)
             if self.pool is not None:
-                try:
-                    result = result.get(timeout=DECODE_DEADLINE)
-                except multiprocessing.TimeoutError:
-                    raise DataPrepError(
-                        keys[0],
-                        f"{len(keys)} images from here on decoded within {DECODE_DEADLINE:g} s",
-                        "their decoding thread still busy (a stuck image decoder)",
-                    ) from None
                 self.bar.update(len(keys))
-            arr, probs = result
             for i, key in enumerate(keys):
                 index[key] = len(index)
                 if i in probs:

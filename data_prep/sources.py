@@ -41,7 +41,7 @@ from .cifar_files import (
     read_cifar_archive,
     read_cifar_dir,
 )
-from .download import CHUNK, OFFICIAL, default_cache_dir, fetch, file_digest, is_url, official_md5
+from .download import OFFICIAL, default_cache_dir, fetch, file_digest, is_url, official_md5
 from .errors import DataPrepError
 from .image_folder import FOLDER_ORDER, read_image_folder, read_image_folder_tar
 
@@ -179,30 +179,34 @@ def source_sha256(spec: SourceSpec) -> str:
     exactly the files the reader consumes (the CIFAR batch files, or everything under train/ and
     test/), so unrelated files next to them do not matter.
     """
-    root = spec.path
     try:
-        if spec.kind in ("cifar_archive", "folder_tar"):
-            return file_digest(root, "sha256")
-        if spec.kind == "cifar_dir":
-            files = [root / n for n in batch_files(spec.dataset) if (root / n).is_file()]
-        else:
-            files = [
-                p for split in SPLITS if (root / split).is_dir() for p in (root / split).rglob("*") if p.is_file()
-            ]
-        sha = hashlib.sha256()
-        for p in sorted(files, key=lambda q: q.relative_to(root).as_posix()):
-            rel = p.relative_to(root).as_posix().encode()
-            sha.update(len(rel).to_bytes(4, "little") + rel + p.stat().st_size.to_bytes(8, "little"))
-            with open(p, "rb") as f:
-                while block := f.read(CHUNK):
-                    sha.update(block)
-        return sha.hexdigest()
+        return _source_sha256(spec)
     except OSError as exc:
         raise DataPrepError(
             getattr(exc, "filename", None) or spec.path,
             "a readable source",
             f"an error ({exc.strerror or exc})",
         ) from exc
+
+
+def _source_sha256(spec: SourceSpec) -> str:
+    if spec.kind in ("cifar_archive", "folder_tar"):
+        return file_digest(spec.path, "sha256")
+    root = spec.path
+    if spec.kind == "cifar_dir":
+        files = [root / n for n in batch_files(spec.dataset) if (root / n).is_file()]
+    else:
+        files = [
+            p for split in SPLITS if (root / split).is_dir() for p in (root / split).rglob("*") if p.is_file()
+        ]
+    sha = hashlib.sha256()
+    for p in sorted(files, key=lambda q: q.relative_to(root).as_posix()):
+        rel = p.relative_to(root).as_posix().encode()
+        sha.update(len(rel).to_bytes(4, "little") + rel + p.stat().st_size.to_bytes(8, "little"))
+        with open(p, "rb") as f:
+            while block := f.read(1 << 20):
+                sha.update(block)
+    return sha.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------- #

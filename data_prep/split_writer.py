@@ -50,6 +50,10 @@ class SplitJob:
     shown: Path
     split: SplitArrays
 
+    @property
+    def workers_cap(self) -> int:
+        return -(-len(self.split) // CHUNK)  # FFCV hands out work in chunks of CHUNK samples
+
     def seconds(self, timeout: float | None) -> float:
         """The seconds this split may take: `timeout`, or when None TIMEOUT_BASE + TIMEOUT_PER_IMAGE per image
         (the first split's time includes importing FFCV)."""
@@ -68,9 +72,8 @@ def write_splits(jobs: list[SplitJob], opts: PrepOptions) -> None:
     `opts` gives the image field's mode and JPEG quality, the FFCV writer's worker processes, the progress bar
     and the deadline (write_timeout)."""
     cmd = [sys.executable, "-m", "data_prep.ffcv_child", opts.mode, str(opts.jpeg_quality)]
-    for job in jobs:  # no more FFCV writer workers than chunks of CHUNK samples, the work FFCV hands out
-        chunks = -(-len(job.split) // CHUNK)
-        cmd += [str(job.path), str(len(job.split)), str(max(1, min(opts.num_workers, chunks)))]
+    for job in jobs:
+        cmd += [str(job.path), str(len(job.split)), str(max(1, min(opts.num_workers, job.workers_cap)))]
     with tempfile.TemporaryFile() as log:
         try:
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,

@@ -254,13 +254,18 @@ def kept_events(paths: list[Path], epochs_done: int, global_step: int) -> list:
         for event in LegacyEventFileLoader(str(path)).Load():
             if not event.HasField("summary"):
                 continue  # file version, session logs: the new file has its own
-            values = [v for v in event.summary.value if not v.tag.startswith(FINAL_TAGS)
-                      and event.step <= (epochs_done if v.tag.startswith(EPOCH_AXIS) else global_step)]
+            values = [v for v in event.summary.value if _keep_point(v.tag, event.step, epochs_done, global_step)]
             if values:
                 del event.summary.value[:]
                 event.summary.value.extend(values)
                 kept.append(event)
     return kept
+
+
+def _keep_point(tag: str, step: int, epochs_done: int, global_step: int) -> bool:
+    if tag.startswith(FINAL_TAGS):
+        return False
+    return step <= (epochs_done if tag.startswith(EPOCH_AXIS) else global_step)
 
 
 def confusion_figure(confusion, class_names: list[str], title: str):

@@ -116,10 +116,7 @@ def run_epoch(s: Session, monitor: Monitor) -> tuple[dict[str, Any], bool]:
     train_one_epoch(s.parts, s.loaders.train, state, s.sums, monitor.on_step)
     monitor.close_bar()
     monitor.check(torch.zeros((), device=acc.device))  # the epoch's sums of all processes into `state`
-    seen = max(state.seen, 1)  # the training half of the epoch's metrics row (the evaluations add to it)
-    row = {"epoch": state.epoch + 1, "step": state.global_step, "train_loss": state.loss_sum / seen,
-           "train_acc": 100 * state.correct / seen, "lr": s.parts.schedule.lr,
-           "images_per_s": state.seen / max(state.train_seconds, 1e-9), "epoch_s": state.train_seconds}
+    row = epoch_row(state, s.parts.schedule.lr)
     stop = evaluate_epoch(s, row)
     s.logger.log_epoch(row)
     s.logger.scalar("epoch/wall_s", monitor.wall_seconds(), row["epoch"])  # all sessions so far
@@ -141,3 +138,10 @@ def pause(s: Session) -> int:
     s.accelerator.end_training()
     return EXIT_OK
 
+
+def epoch_row(state: TrainState, lr: float) -> dict[str, Any]:
+    """The training half of an epoch's metrics row (the evaluations add to it)."""
+    seen = max(state.seen, 1)
+    return {"epoch": state.epoch + 1, "step": state.global_step, "train_loss": state.loss_sum / seen,
+            "train_acc": 100 * state.correct / seen, "lr": lr,
+            "images_per_s": state.seen / max(state.train_seconds, 1e-9), "epoch_s": state.train_seconds}

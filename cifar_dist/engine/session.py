@@ -243,20 +243,24 @@ def eval_loader(data: Dataset, rows: np.ndarray, batch_size: int, device, rank: 
                       num_workers=data.config.num_workers)
 
 
+def lr_rule(peak_lr: float, o, global_batch: int) -> str:
+    """How the peak lr follows from the flags, e.g. `lr 0.2 = 0.1 x (256/128)^linear`."""
+    if o.decoupled:
+        k = kilostep(o.momentum)
+        return f"lr {peak_lr:.4g} = {o.lr:g} x {global_batch}/{k:.0f} (decoupled: {k:.0f} = 1024 x (1 + 1/(1 - momentum)))"
+    return f"lr {peak_lr:g} = {o.lr:g} x ({global_batch}/{o.ref_batch_size})^{o.lr_scaling}"
+
+
 def banner(s: Session) -> str:
     """The one line a run starts with: model, processes, batch arithmetic, lr scaling, length, run dir."""
     cfg, acc, state = s.cfg, s.accelerator, s.state
     r, o, world = cfg.run, cfg.optim, acc.num_processes
-    if o.decoupled:  # how the peak lr follows from the flags, e.g. `lr 0.2 = 0.1 x (256/128)^linear`
-        k = kilostep(o.momentum)
-        lr_rule = f"lr {s.peak_lr:.4g} = {o.lr:g} x {r.global_batch_size}/{k:.0f} (decoupled: {k:.0f} = 1024 x (1 + 1/(1 - momentum)))"
-    else:
-        lr_rule = f"lr {s.peak_lr:g} = {o.lr:g} x ({r.global_batch_size}/{o.ref_batch_size})^{o.lr_scaling}"
     return (
         f"cifar_dist: {cfg.preset or 'custom'} | model {cfg.model.name} ({s.n_params:,} params) | processes {world} "
         f"({acc.distributed_type}, {acc.device}, precision {acc.mixed_precision}) | "
         f"threads {torch.get_num_threads()}/process of {usable_cpus()} usable CPUs | "
         f"batch {s.per_device}/device x {world} x accum {o.accum_steps} = {r.global_batch_size} global | "
-        f"{lr_rule} | {s.steps_per_epoch} steps/epoch x {r.epochs} epochs | run dir {s.run_dir}"
+        f"{lr_rule(s.peak_lr, o, r.global_batch_size)} | "
+        f"{s.steps_per_epoch} steps/epoch x {r.epochs} epochs | run dir {s.run_dir}"
         + (f" | resumed at epoch {state.epoch + 1} step {state.step_in_epoch}" if s.resumed else "")
     )

@@ -239,8 +239,8 @@ def load_sweep(path: str | Path, count: bool = True) -> Sweep:
 
 def sweep_record(sweep: Sweep) -> dict[str, Any]:
     """The content of <out_dir>/<name>/sweep.json (read by `cifar-dist report` to group runs by cell)."""
-    s, se = sweep.spec, sweep.spec.search
-    record: dict[str, Any] = {
+    s = sweep.spec
+    return {
         "name": s.name, "spec": str(s.path), "spec_sha256": s.sha256, "preset": s.preset, "fixed": sweep.fixed,
         "out_dir": str(sweep.dir),
         "cells": [{"cell": c.cell, "index": c.index, "overrides": c.overrides, "params": c.params,
@@ -249,14 +249,18 @@ def sweep_record(sweep: Sweep) -> dict[str, Any]:
         "array": {"size": len(sweep.runs), "index": "cell position * len(seeds) + seed position"},
         "runs": [{"index": r.index, "run": r.name, "cell": r.cell.cell, "seed": r.seed} for r in sweep.runs],
         "dropped": sweep.dropped,
+        **({"search": search_record(s)} if s.search else {}),
     }
-    if se is not None:  # the search settings and where its study is
-        space = {d.name: {d.kind: d.args if d.kind != "zip" else len(d.args)} for d in se.space}
-        record["search"] = {
-            "pruner": se.pruner, "objective": se.objective, "direction": se.direction, "trials": se.trials,
-            "epochs": {"min": se.min_epochs, "max": se.max_epochs, "reduction_factor": se.reduction_factor},
-            "sampler": se.sampler, "seed": se.seed, "space": space, "study": STUDY_FILE}
-    return record
+
+
+def search_record(spec: Spec) -> dict[str, Any]:
+    """The `search` entry of sweep.json: the search settings and where its study is."""
+    s = spec.search
+    assert s is not None
+    space = {d.name: {d.kind: d.args if d.kind != "zip" else len(d.args)} for d in s.space}
+    return {"pruner": s.pruner, "objective": s.objective, "direction": s.direction, "trials": s.trials,
+            "epochs": {"min": s.min_epochs, "max": s.max_epochs, "reduction_factor": s.reduction_factor},
+            "sampler": s.sampler, "seed": s.seed, "space": space, "study": STUDY_FILE}
 
 
 def write_sweep_json(sweep: Sweep) -> None:

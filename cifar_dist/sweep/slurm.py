@@ -38,6 +38,11 @@ def array_ranges(indices: list[int]) -> str:
     return ",".join(parts)
 
 
+def _display_path(p: Path) -> str:
+    rel = os.path.relpath(p)
+    return str(p) if rel.startswith("..") else rel
+
+
 def sbatch_command(sweep: Sweep, indices: list[int], parallel: int, extra: list[str] | None = None) -> list[str]:
     """The sbatch command line of a job array over `indices` (array index = run index)."""
     cmd = ["sbatch", f"--job-name={sweep.spec.name}", f"--array={array_ranges(indices)}%{parallel}",
@@ -47,8 +52,7 @@ def sbatch_command(sweep: Sweep, indices: list[int], parallel: int, extra: list[
     given = [*sweep.spec.sbatch, *(extra or [])]
     # the GPUs and CPUs the partition can give (the rules: cluster.py; sweep.sh asks for neither)
     resources = task_resources(given, ask(["sinfo", "-h", "-N", "-o", SINFO_FORMAT]), parallel)
-    script = os.path.relpath(SWEEP_SCRIPT)  # relative only below the working directory
-    cmd += [*resources, *given, str(SWEEP_SCRIPT) if script.startswith("..") else script, str(sweep.spec.path)]
+    cmd += [*resources, *given, _display_path(SWEEP_SCRIPT), str(sweep.spec.path)]
     return cmd
 
 
@@ -70,6 +74,12 @@ def squeue_tasks(job_name: str) -> dict[str, Any] | None:
         if m and name == job_name:
             by_index[int(m.group(2))] = (jobid, state)
     return {"by_index": by_index, "by_job": by_job}
+
+
+def max_array_size() -> int | None:
+    """The cluster's MaxArraySize (None without scontrol)."""
+    m = re.search(r"^MaxArraySize\s*=\s*(\d+)", ask(["scontrol", "show", "config"]) or "", re.M)
+    return int(m.group(1)) if m else None
 
 
 def _space_text(d) -> str:
@@ -181,8 +191,7 @@ class SlurmBackend:
         if self.dry_run:
             print(shlex.join(cmd))
             return EXIT_OK
-        m = re.search(r"^MaxArraySize\s*=\s*(\d+)", ask(["scontrol", "show", "config"]) or "", re.M)
-        limit = int(m.group(1)) if m else None  # the cluster's MaxArraySize (None without scontrol)
+        limit = max_array_size()
         if limit is not None and max(todo) >= limit:
             raise SpecError(f"{sweep.spec.path}: array index {max(todo)}: expected below MaxArraySize={limit} of "
                             f"this cluster, found {len(sweep.runs)} runs; split the spec")
