@@ -43,9 +43,13 @@ def run_schema(fn: Callable[..., int | None], schema: type, argv: list[str], pro
         rc = fn(**{f.name: getattr(args, f.name) for f in fields(args) if f.init})
         return rc if isinstance(rc, int) else EXIT_OK
     except InputError as e:
-        dist = sys.modules.get("torch.distributed")  # never imported here: flags are checked before torch is
         if is_rank0(local=True):
             print(f"error: {e.one_line()}", file=sys.stderr, flush=True)
-        elif not (dist is not None and dist.is_available() and dist.is_initialized()):  # no process group: the
-            time.sleep(QUIET_RANK_WAIT_S)  # launcher stops this one once the reporting one has exited
+        elif not _process_group_up():  # the launcher stops this one once the reporting one has exited
+            time.sleep(QUIET_RANK_WAIT_S)
         return EXIT_BAD_INPUT
+
+
+def _process_group_up() -> bool:
+    dist = sys.modules.get("torch.distributed")  # never imported here: flags are checked before torch is
+    return bool(dist is not None and dist.is_available() and dist.is_initialized())
