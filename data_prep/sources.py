@@ -41,7 +41,7 @@ from .cifar_files import (
     read_cifar_archive,
     read_cifar_dir,
 )
-from .download import OFFICIAL, default_cache_dir, fetch, file_digest, is_url, official_md5
+from .download import CHUNK, OFFICIAL, default_cache_dir, fetch, file_digest, is_url, official_md5
 from .errors import DataPrepError
 from .image_folder import FOLDER_ORDER, read_image_folder, read_image_folder_tar
 
@@ -204,7 +204,7 @@ def _source_sha256(spec: SourceSpec) -> str:
         rel = p.relative_to(root).as_posix().encode()
         sha.update(len(rel).to_bytes(4, "little") + rel + p.stat().st_size.to_bytes(8, "little"))
         with open(p, "rb") as f:
-            while block := f.read(1 << 20):
+            while block := f.read(CHUNK):
                 sha.update(block)
     return sha.hexdigest()
 
