@@ -65,10 +65,8 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
             raise ConfigError(f"--{key}: unknown section {section!r}; expected one of {', '.join(sections)}"
                               f"{did_you_mean(section, sections)}")
         types_ = _field_types(type(sections[section]))
-        if section == "model" and (name not in types_ or name == "options"):  # a model option
-            if name == "options" and not isinstance(value, Mapping):  # a mapping, as nested YAML gives it
-                raise ConfigError(f"--{key}: expected a mapping of model options, found {value!r}")
-            options.update(value if name == "options" else {name: value})
+        if section == "model" and (name not in types_ or name == "options"):
+            options.update(_option_items(key, name, value))
             continue
         if name not in types_:
             raise ConfigError(f"--{key}: unknown key; {section} has {', '.join(types_)}"
@@ -81,3 +79,12 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
         changes.setdefault("model", {})["options"] = ModelOptions({**kept, **options})
     new_sections = {s: replace(sections[s], **c) for s, c in changes.items()}
     return replace(cfg, **new_sections, **top)
+
+
+def _option_items(key: str, name: str, value: Any) -> dict[str, Any]:
+    """`model.<option>` -> {option: value}; `model.options` (a mapping, as nested YAML gives it) -> itself."""
+    if name != "options":
+        return {name: value}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"--{key}: expected a mapping of model options, found {value!r}")
+    return dict(value)

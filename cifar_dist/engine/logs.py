@@ -20,6 +20,14 @@ from cifar_dist.resources import SOURCE_ROOT
 from cifar_dist.run_dir import RunDir, read_sweep_json
 
 
+def git_sha() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=SOURCE_ROOT, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
 def environment() -> dict[str, Any]:
     import importlib.metadata as md
 
@@ -29,12 +37,7 @@ def environment() -> dict[str, Any]:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             versions[pkg] = None
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=SOURCE_ROOT, capture_output=True, text=True, timeout=5)
-        sha = out.stdout.strip() if out.returncode == 0 else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        sha = "unknown"
-    return {"python": sys.version.split()[0], "platform": platform.platform(), "packages": versions, "git_sha": sha}
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "packages": versions, "git_sha": git_sha()}
 
 
 def _quiet_event_writer_errors() -> None:
